@@ -1,0 +1,59 @@
+"""seqatlas: per-position likelihoods and per-token embeddings of masked sequence language
+models over whole proteomes and genomes, stored as a queryable Parquet atlas.
+
+Heavy modules (torch, ray, transformers) load only when a function that needs them runs.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Atlas",
+    "IngestConfig",
+    "IngestReport",
+    "SeqAtlasError",
+    "demo",
+    "info",
+    "ingest",
+]
+
+_LAZY = {
+    "Atlas": ("seqatlas.atlas", "Atlas"),
+    "IngestConfig": ("seqatlas.ingest.pipeline", "IngestConfig"),
+    "IngestReport": ("seqatlas.ingest.pipeline", "IngestReport"),
+    "SeqAtlasError": ("seqatlas.errors", "SeqAtlasError"),
+    "demo": ("seqatlas.demo", "demo"),
+    "info": ("seqatlas.atlas", "info"),
+}
+
+
+# Import the ``ingest`` subpackage first so that the function below owns the name
+# ``seqatlas.ingest`` (importing a submodule later does not rebind it).
+from seqatlas import ingest as _ingest_package  # noqa: E402,F401
+
+
+def ingest(fasta, *, atlas, **options):
+    """Score FASTA file(s) into the atlas directory ``atlas``.
+
+    Options are the fields of :class:`seqatlas.IngestConfig` (model, kind, likelihood,
+    embeddings, layer, window, overlap, batch_tokens, unit_tokens, workers, ...).
+    Re-running the same call skips committed work; a crashed run resumes where it stopped.
+    Returns an :class:`seqatlas.IngestReport`.
+    """
+    from seqatlas.ingest.pipeline import ingest as run
+
+    return run(fasta, atlas=atlas, **options)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'seqatlas' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

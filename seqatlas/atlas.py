@@ -1,0 +1,235 @@
+"""The atlas directory: manifest, atomic commit of Parquet parts, and reading.
+
+Commit protocol: a part is written under a temporary name, fsynced, renamed, and only then
+recorded in ``atlas.json``, which is itself replaced atomically. Readers see only parts the
+manifest lists, so a crash at any point leaves a consistent atlas.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from seqatlas import schema
+from seqatlas.errors import AtlasError, AtlasMismatchError
+
+MANIFEST = "atlas.json"
+LOCK = ".lock"
+# Rows per Parquet row group: ~1 MB of positions columns, ~16 MB of fp16 embeddings.
+ROW_GROUP_ROWS = {"sequences": 65536, "positions": 131072, "tokens": 16384}
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class Atlas:
+    """An atlas directory, readable as Arrow tables.
+
+    >>> atlas = Atlas("my_atlas")          # doctest: +SKIP
+    >>> atlas.positions(columns=["seq_id", "pos", "logp"])  # doctest: +SKIP
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        manifest = self.path / MANIFEST
+        if not manifest.exists():
+            raise AtlasError(f"{self.path} is not an atlas (no {MANIFEST}); "
+                             "create one with `seqatlas ingest FASTA --atlas DIR`")
+        try:
+            self.manifest = json.loads(manifest.read_text())
+        except json.JSONDecodeError as exc:
+            raise AtlasError(f"{manifest} is corrupt ({exc}); restore it or re-ingest") from None
+        version = self.manifest.get("schema_version")
+        if version != schema.SCHEMA_VERSION:
+            raise AtlasError(f"{self.path} has schema version {version}; this seqatlas reads "
+                             f"version {schema.SCHEMA_VERSION}")
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{t}={self.count(t)}" for t in schema.TABLES)
+        return f"Atlas({str(self.path)!r}, {counts})"
+
+    def part_paths(self, table: str) -> list[Path]:
+        parts = self.manifest["parts"].get(table, {})
+        return [self.path / table / name for name in sorted(parts)]
+
+    def count(self, table: str) -> int:
+        return sum(p["rows"] for p in self.manifest["parts"].get(table, {}).values())
+
+    def _read(self, table: str, columns, arrow_schema: pa.Schema) -> pa.Table:
+        paths = self.part_paths(table)
+        if not paths:
+            return arrow_schema.empty_table() if columns is None else \
+                arrow_schema.empty_table().select(columns)
+        import pyarrow.dataset as ds
+
+        data = ds.dataset([str(p) for p in paths], format="parquet", schema=arrow_schema)
+        return data.to_table(columns=columns)
+
+    def sequences(self, columns: list[str] | None = None) -> pa.Table:
+        table = self._read("sequences", None, schema.SEQUENCES).sort_by("ordinal")
+        return table if columns is None else table.select(columns)
+
+    def positions(self, columns: list[str] | None = None) -> pa.Table:
+        """One row per residue or base; see :data:`seqatlas.schema.POSITIONS`."""
+        return self._read("positions", columns, schema.POSITIONS)
+
+    def tokens(self, columns: list[str] | None = None) -> pa.Table:
+        """One row per model token, with its embedding when the atlas stores them."""
+        dim = self.manifest["model"]["hidden_size"] if self.manifest["scoring"]["embeddings"] \
+            else None
+        return self._read("tokens", columns, schema.tokens_schema(dim))
+
+    def summary(self) -> dict:
+        """Counts and bytes on disk per table, plus the manifest's headline facts."""
+        tables = {}
+        for table in schema.TABLES:
+            parts = self.manifest["parts"].get(table, {})
+            tables[table] = {"parts": len(parts), "rows": sum(p["rows"] for p in parts.values()),
+                             "bytes": sum(p["bytes"] for p in parts.values())}
+        return {
+            "path": str(self.path),
+            "kind": self.manifest["kind"],
+            "model": self.manifest["model"],
+            "scoring": self.manifest["scoring"],
+            "inputs": self.manifest["inputs"],
+            "tables": tables,
+            "units": {"committed": len(self.manifest["units"])},
+            "created": self.manifest["created"],
+            "updated": self.manifest["updated"],
+        }
+
+
+class AtlasWriter:
+    """Creates or extends an atlas; the only code that writes parts and the manifest."""
+
+    def __init__(self, path: str | os.PathLike, *, kind: str, model: dict, scoring: dict,
+                 seqatlas_version: str):
+        self.path = Path(path)
+        if self.path.exists() and not self.path.is_dir():
+            raise AtlasError(f"{self.path} exists and is not a directory")
+        manifest_path = self.path / MANIFEST
+        if self.path.exists() and any(self.path.iterdir()) and not manifest_path.exists():
+            raise AtlasError(f"{self.path} is a non-empty directory that is not an atlas; "
+                             "choose a new --atlas directory")
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.path / LOCK, "w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise AtlasError(f"{self.path} is being written by another seqatlas process; "
+                             "wait for it to finish") from None
+        if manifest_path.exists():
+            self.manifest = Atlas(self.path).manifest
+            self._check_compatible(kind, model, scoring)
+        else:
+            self.manifest = {
+                "schema_version": schema.SCHEMA_VERSION,
+                "seqatlas_version": seqatlas_version,
+                "created": _now(),
+                "updated": _now(),
+                "kind": kind,
+                "model": model,
+                "scoring": scoring,
+                "inputs": [],
+                "parts": {t: {} for t in schema.TABLES},
+                "units": {},
+            }
+            self._write_manifest()
+
+    def _check_compatible(self, kind: str, model: dict, scoring: dict) -> None:
+        old = self.manifest
+        differences = []
+        if old["kind"] != kind:
+            differences.append(f"kind: atlas {old['kind']!r}, now {kind!r}")
+        for key in ("name", "weights_sha256", "tokenizer"):
+            if old["model"].get(key) != model.get(key):
+                differences.append(f"model {key}: atlas {old['model'].get(key)!r}, "
+                                   f"now {model.get(key)!r}")
+        for key in sorted(set(old["scoring"]) | set(scoring)):
+            if old["scoring"].get(key) != scoring.get(key):
+                differences.append(f"{key}: atlas {old['scoring'].get(key)!r}, "
+                                   f"now {scoring.get(key)!r}")
+        if differences:
+            raise AtlasMismatchError(
+                f"{self.path} was built with other settings ({'; '.join(differences)}). "
+                "Use the atlas's settings (`seqatlas info` shows them) or a new --atlas directory."
+            )
+
+    def close(self) -> None:
+        if not self._lock.closed:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+
+    def __enter__(self) -> AtlasWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def committed_units(self) -> set[str]:
+        return set(self.manifest["units"])
+
+    def _write_manifest(self) -> None:
+        self.manifest["updated"] = _now()
+        _atomic_write(self.path / MANIFEST,
+                      json.dumps(self.manifest, indent=1, sort_keys=True).encode())
+
+    def _write_part(self, table: str, name: str, data: pa.Table) -> dict:
+        directory = self.path / table
+        directory.mkdir(exist_ok=True)
+        final = directory / name
+        tmp = directory / f".{name}.tmp-{os.getpid()}"
+        pq.write_table(data, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS[table],
+                       write_statistics=True)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(directory)
+        return {"rows": data.num_rows, "bytes": final.stat().st_size}
+
+    def commit(self, key: str, tables: dict[str, pa.Table | None], *,
+               unit: dict | None = None, inputs: list[dict] | None = None) -> None:
+        """Write the parts named by content ``key``, then record them in one manifest update."""
+        name = f"part-{key[:24]}.parquet"
+        written = {}
+        for table, data in tables.items():
+            if data is not None:
+                written[table] = self._write_part(table, name, data)
+        for table, meta in written.items():
+            self.manifest["parts"][table][name] = {**meta, "unit": key}
+        self.manifest["units"][key] = {**(unit or {}), "committed": _now()}
+        if inputs:
+            self.manifest["inputs"].extend(inputs)
+        self._write_manifest()
+
+
+def info(atlas: str | os.PathLike) -> dict:
+    """Manifest summary, row counts and bytes on disk of an atlas."""
+    return Atlas(atlas).summary()

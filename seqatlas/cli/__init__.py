@@ -1,0 +1,1 @@
+"""The ``seqatlas`` command line: thin Typer wrappers over the library functions."""

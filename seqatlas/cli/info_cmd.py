@@ -1,0 +1,78 @@
+"""``seqatlas info`` and the printing of summaries."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+
+def info(
+    atlas: Path = typer.Argument(..., help="Atlas directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Show an atlas: model, scoring settings, inputs, row counts and sizes on disk."""
+    import seqatlas
+
+    summary = seqatlas.info(atlas)
+    if as_json:
+        Console().print_json(json.dumps(summary))
+    else:
+        print_info(summary)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def print_info(summary: dict, console: Console | None = None) -> None:
+    console = console or Console()
+    model, scoring = summary["model"], summary["scoring"]
+    console.print(f"[bold]atlas[/] {summary['path']}  (kind: {summary['kind']}, "
+                  f"updated {summary['updated']})")
+    console.print(f"[bold]model[/] {model['name']} ({model['model_type']}, "
+                  f"{model['parameters']:,} parameters, tokenizer "
+                  f"{model['tokenizer']['family']}, weights sha256 "
+                  f"{model['weights_sha256'][:12]}…)")
+    layer = f", layer {scoring['layer']}" if scoring["embeddings"] else ""
+    console.print(f"[bold]scoring[/] likelihood {scoring['likelihood']}, window "
+                  f"{scoring['window']} overlap {scoring['overlap']}, embeddings "
+                  f"{scoring['embedding_dtype'] or 'none'}{layer}")
+    table = Table(title="tables")
+    for column in ("table", "parts", "rows", "on disk", "bytes/row"):
+        table.add_column(column, justify="right" if column != "table" else "left")
+    for name, t in summary["tables"].items():
+        per_row = f"{t['bytes'] / t['rows']:.1f}" if t["rows"] else "-"
+        table.add_row(name, str(t["parts"]), f"{t['rows']:,}", _size(t["bytes"]), per_row)
+    console.print(table)
+    inputs = Table(title="inputs")
+    for column in ("file", "records", "residues", "size", "sha256"):
+        inputs.add_column(column)
+    for i in summary["inputs"]:
+        inputs.add_row(i["path"], f"{i['records']:,}", f"{i['residues']:,}", _size(i["size"]),
+                       i["sha256"][:12] + "…")
+    console.print(inputs)
+
+
+def print_demo(summary: dict) -> None:
+    console = Console()
+    print_info(summary["info"], console)
+    table = Table(title="per-sequence pseudo-log-likelihood (AntiBERTy, exact)")
+    for column in ("sequence", "length", "PLL", "mean logp", "pseudo-perplexity", "top-1 acc"):
+        table.add_column(column, justify="left" if column == "sequence" else "right")
+    for row in summary["sequences"]:
+        table.add_row(row["seq_id"], str(row["length"]), f"{row['pll']:.1f}",
+                      f"{row['mean_logp']:.3f}", f"{row['pseudo_perplexity']:.2f}",
+                      f"{row['top1_accuracy']:.2f}")
+    console.print(table)
+    report = summary["report"]
+    console.print(f"Scored {report['positions_scored']:,} positions in {report['seconds']:.1f} s. "
+                  f"Query it: seqatlas info {summary['atlas']}, or in Python "
+                  f"seqatlas.Atlas({summary['atlas']!r}).positions().")

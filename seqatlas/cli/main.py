@@ -1,0 +1,58 @@
+"""Entry point: the Typer app, its commands, and the one place errors become exit codes."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from seqatlas.cli import ingest_cmd, info_cmd
+from seqatlas.errors import SeqAtlasError
+
+app = typer.Typer(
+    name="seqatlas",
+    help="Atlases of masked sequence language models over proteomes and genomes: per-position "
+    "likelihoods and per-token embeddings in Parquet, resumable, on Ray.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+app.command("ingest")(ingest_cmd.ingest)
+app.command("info")(info_cmd.info)
+app.command("demo")(ingest_cmd.demo)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; a :class:`SeqAtlasError` prints ``Error: ...`` and exits 1."""
+    from rich.console import Console
+
+    try:
+        app(args=argv, standalone_mode=False)
+    except SeqAtlasError as exc:
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]Error:[/] {exc}", highlight=False,
+                                                    markup=True)
+        return 1
+    except KeyboardInterrupt:
+        Console(stderr=True).print("Interrupted: committed work is kept; re-run to resume.")
+        return 130
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        return 1
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        raise
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,39 @@
+"""One exception tree for every user-facing failure.
+
+Every class takes a single message so instances pickle cleanly across Ray workers.
+The CLI catches :class:`SeqAtlasError` once and prints ``Error: <message>``.
+"""
+
+from __future__ import annotations
+
+
+class SeqAtlasError(Exception):
+    """Base class: a problem the user can fix; the message says how."""
+
+
+class ConfigError(SeqAtlasError):
+    """Invalid or contradictory options."""
+
+
+class InputError(SeqAtlasError):
+    """An input file cannot be used."""
+
+
+class FastaError(InputError):
+    """Malformed FASTA: the message names the file, the record and the line."""
+
+
+class ModelError(SeqAtlasError):
+    """A model cannot be found, loaded or used with this input."""
+
+
+class AtlasError(SeqAtlasError):
+    """The atlas directory is missing, corrupt or locked."""
+
+
+class AtlasMismatchError(AtlasError):
+    """The atlas was built with another model or other scoring parameters."""
+
+
+class IngestError(SeqAtlasError):
+    """Some work units failed after all retries; everything else was committed."""

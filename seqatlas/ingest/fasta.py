@@ -1,0 +1,367 @@
+"""Streaming, validating FASTA reader (plain, gzip or bgzip, detected by magic bytes).
+
+Every problem raises :class:`FastaError` naming the file, the record and the line.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import re
+import zlib
+from dataclasses import dataclass
+from typing import IO, Iterator
+
+import numpy as np
+
+from seqatlas.errors import FastaError, InputError
+
+__all__ = [
+    "PROTEIN_LETTERS", "NUCLEOTIDE_LETTERS", "KINDS", "FastaRecord", "RecordInfo",
+    "FastaSummary", "soft_mask", "open_text_stream", "detect_kind", "read_fasta", "scan_fasta",
+]
+
+PROTEIN_LETTERS = "ACDEFGHIKLMNPQRSTVWY" + "XBZUOJ"
+NUCLEOTIDE_LETTERS = "ACGTUN" + "RYSWKMBDHV"
+KINDS = ("protein", "dna", "rna")
+
+PathArg = str | os.PathLike
+
+_CHUNK = 1 << 20
+_GZIP_MAGIC = b"\x1f\x8b"
+_WS = b" \t\r\n"
+_GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
+_BINARY_RE = re.compile(rb"[\x00\x80-\xff]")
+_CONTENT_RE = re.compile(rb"[^ \t\r\n]")
+
+
+def _both_cases(letters: str) -> bytes:
+    return (letters.upper() + letters.lower()).encode("ascii")
+
+
+# '*' is accepted by the fast check for proteins; its position is checked separately.
+_ALLOWED = {
+    "protein": _both_cases(PROTEIN_LETTERS) + b"*",
+    "dna": _both_cases(NUCLEOTIDE_LETTERS),
+    "rna": _both_cases(NUCLEOTIDE_LETTERS),
+}
+_ILLEGAL_RE = {k: re.compile(b"[^" + re.escape(v + _WS) + b"]") for k, v in _ALLOWED.items()}
+_NON_LETTERS = bytes(b for b in range(256) if not bytes([b]).isalpha())
+
+
+@dataclass(frozen=True)
+class FastaRecord:
+    """One sequence; ``sequence`` keeps the original case (lowercase = soft-masked)."""
+
+    id: str
+    description: str
+    sequence: bytes
+    line: int
+    ordinal: int
+
+    @property
+    def length(self) -> int:
+        return len(self.sequence)
+
+
+@dataclass(frozen=True)
+class RecordInfo:
+    """A record's metadata without its sequence."""
+
+    id: str
+    description: str
+    length: int
+    line: int
+    ordinal: int
+
+
+@dataclass(frozen=True)
+class FastaSummary:
+    """Result of one full validating pass over a file."""
+
+    path: str
+    size: int
+    sha256: str
+    kind: str
+    kind_detected: bool
+    records: list[RecordInfo]
+
+
+def soft_mask(sequence: bytes) -> np.ndarray:
+    """Boolean array, True where the residue is lowercase (soft-masked)."""
+    codes = np.frombuffer(sequence, dtype=np.uint8)
+    return (codes >= ord("a")) & (codes <= ord("z"))
+
+
+def _fail(path: str, line: int, problem: str, fix: str, record: str | None = None) -> FastaError:
+    where = f"{path}, line {line}" + (f", record '{record}'" if record is not None else "")
+    return FastaError(f"{where}: {problem}; {fix}")
+
+
+def _binary(path: str, line: int, what: str) -> FastaError:
+    return _fail(path, line, f"binary or non-FASTA input ({what})",
+                 "provide a plain-text FASTA file, optionally gzip/bgzip-compressed")
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise FastaError(f"unknown sequence kind {kind!r}; choose one of {', '.join(KINDS)}")
+
+
+def _open_raw(path: PathArg, buffering: int = -1) -> IO[bytes]:
+    try:
+        return open(path, "rb", buffering=buffering)
+    except FileNotFoundError:
+        raise InputError(f"{os.fspath(path)}: file not found; check the path") from None
+    except OSError as exc:
+        raise InputError(f"{os.fspath(path)}: cannot open ({exc.strerror or exc}); "
+                         "check that it is a readable file") from None
+
+
+class _OwningGzip(gzip.GzipFile):
+    """GzipFile that also closes the file object it was given."""
+
+    def close(self) -> None:
+        inner = self.fileobj
+        try:
+            super().close()
+        finally:
+            if inner is not None:
+                inner.close()
+
+
+def _wrap(buffered: io.BufferedReader) -> IO[bytes]:
+    if buffered.peek(2)[:2] == _GZIP_MAGIC:
+        return _OwningGzip(fileobj=buffered, mode="rb")
+    return buffered
+
+
+def open_text_stream(path: PathArg) -> IO[bytes]:
+    """Open ``path`` for binary reading, gunzipping when it starts with the gzip magic."""
+    return _wrap(_open_raw(path))  # type: ignore[arg-type]
+
+
+class _HashingRaw(io.RawIOBase):
+    """Raw reader that hashes the on-disk bytes as they are read."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self._raw = raw
+        self.sha256 = hashlib.sha256()
+        self.nbytes = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:  # type: ignore[override]
+        n = self._raw.readinto(buf) or 0  # type: ignore[attr-defined]
+        if n:
+            self.sha256.update(memoryview(buf)[:n])
+            self.nbytes += n
+        return n
+
+    def drain(self) -> None:
+        buf = bytearray(_CHUNK)
+        while self.readinto(buf):
+            pass
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+def _read(stream: IO[bytes], path: str, line: int, size: int | None = None) -> bytes:
+    try:
+        return stream.read(size or _CHUNK)
+    except _GZIP_ERRORS as exc:
+        raise _binary(path, line, f"corrupt or truncated gzip stream: {exc}") from None
+
+
+def detect_kind(path: PathArg, *, sample_letters: int = 100_000) -> str:
+    """Guess "protein", "dna" or "rna" from the first ``sample_letters`` residues."""
+    name = os.fspath(path)
+    letters = bytearray()
+    lineno, at_start, in_header, seen_header, seen_content = 1, True, False, False, False
+    with open_text_stream(path) as stream:
+        while len(letters) < sample_letters:
+            chunk = _read(stream, name, lineno)
+            if not chunk:
+                break
+            bad = _BINARY_RE.search(chunk)
+            if bad:
+                raise _binary(name, lineno + chunk.count(b"\n", 0, bad.start()),
+                              f"byte {chunk[bad.start()]:#04x}")
+            parts = chunk.split(b"\n")
+            for i, part in enumerate(parts):
+                if at_start and part.startswith(b">"):
+                    in_header = seen_header = seen_content = True
+                elif not in_header and part.strip():
+                    if not seen_header:
+                        raise _fail(name, lineno, f"no FASTA header before line {lineno}",
+                                    "the file must start with a '>' header line")
+                    letters += part.translate(None, _NON_LETTERS)
+                if i < len(parts) - 1:
+                    lineno, at_start, in_header = lineno + 1, True, False
+                else:
+                    at_start = at_start and not part
+    if not seen_content:
+        raise _fail(name, lineno, "no FASTA records", "the file is empty or holds only blank lines")
+    if not letters:
+        raise _fail(name, 1, "no sequence residues after the headers",
+                    "add sequences under the '>' header lines")
+    sample = bytes(letters[:sample_letters]).upper()
+    nucleotide = not sample.translate(None, NUCLEOTIDE_LETTERS.encode())
+    acgtun = len(sample) - len(sample.translate(None, b"ACGTUN"))
+    if nucleotide and acgtun >= 0.9 * len(sample):
+        return "rna" if b"U" in sample and b"T" not in sample else "dna"
+    return "protein"
+
+
+def _records(stream: IO[bytes], path: str, kind: str,
+             seen_ids: set[str] | None) -> Iterator[FastaRecord]:
+    allowed, illegal_re, protein = _ALLOWED[kind], _ILLEGAL_RE[kind], kind == "protein"
+    first_line: dict[str, int] = {}
+    rec_id: str | None = None
+    desc, rec_line, ordinal = "", 0, 0
+    seq = bytearray()
+    star: tuple[int, int] | None = None  # (line, column) of a '*' legal only if nothing follows
+    lineno, pending, eof = 1, b"", False
+    # Long lines are processed in pieces (no quadratic re-joining); ``carry`` counts the bytes
+    # of the current line already consumed, so a buffer starting with carry > 0 is mid-line.
+    carry = 0
+
+    def finish() -> FastaRecord:
+        if not seq:
+            raise _fail(path, rec_line, "empty record (header without sequence)",
+                        "add its sequence or remove the header", rec_id)
+        return FastaRecord(rec_id, desc, bytes(seq), rec_line, ordinal)  # type: ignore[arg-type]
+
+    def locate(body: bytes, offset: int, at_buf_start: bool) -> tuple[int, int]:
+        nl = body.rfind(b"\n", 0, offset)
+        column = offset - nl + (carry if nl < 0 and at_buf_start else 0)
+        return lineno + body.count(b"\n", 0, offset), column
+
+    while not eof:
+        chunk = _read(stream, path, lineno)
+        eof = not chunk
+        data = pending + chunk if pending else chunk
+        tail = data.rfind(b"\n") + 1
+        # Only a header must be complete before it is parsed: hold back a partial one.
+        if not eof and tail < len(data) and data[tail] == 0x3E and (tail or not carry):
+            data, pending = data[:tail], data[tail:]
+        else:
+            pending = b""
+        pos, n = 0, len(data)
+        while pos < n:
+            if data[pos] == 0x3E and (pos or not carry):  # '>' at a line start
+                end = data.find(b"\n", pos)
+                end = n if end < 0 else end
+                header = data[pos + 1:end]
+                # Headers may carry UTF-8 text (names with accents, Greek letters); a NUL
+                # byte or invalid UTF-8 means the file is not FASTA.
+                try:
+                    text = header.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise _binary(path, lineno, f"byte {header[exc.start]:#04x} in header") from None
+                if "\x00" in text:
+                    raise _binary(path, lineno, "NUL byte in header")
+                if rec_id is not None:
+                    yield finish()
+                    ordinal += 1
+                    seq, star = bytearray(), None
+                words = text.split(None, 1)
+                if not words:
+                    raise _fail(path, lineno, "header line has no record id",
+                                "write an id right after '>', e.g. '>seq1 description'")
+                rec_id, rec_line = words[0], lineno
+                desc = words[1].strip() if len(words) > 1 else ""
+                if rec_id in first_line:
+                    raise _fail(path, lineno, f"duplicate record id (first seen at line "
+                                f"{first_line[rec_id]})", "make every record id unique", rec_id)
+                if seen_ids is not None:
+                    if rec_id in seen_ids:
+                        raise _fail(path, lineno, "record id already used in another input file",
+                                    "make record ids unique across all inputs", rec_id)
+                    seen_ids.add(rec_id)
+                first_line[rec_id] = lineno
+                lineno, pos = lineno + 1, end + 1
+                continue
+            at_start = pos == 0
+            nxt = data.find(b"\n>", pos)
+            stop = n if nxt < 0 else nxt + 1
+            body = data[pos:stop]
+            pos = stop
+            residues = body.translate(None, _WS)
+            if not residues:
+                lineno += body.count(b"\n")
+                continue
+            # The first offending byte decides the message: binary, headerless or illegal.
+            off = -1
+            if rec_id is None:
+                off = _CONTENT_RE.search(body).start()  # type: ignore[union-attr]
+            elif residues.translate(None, allowed):
+                off = illegal_re.search(body).start()  # type: ignore[union-attr]
+            if off >= 0:
+                line, col = locate(body, off, at_start)
+                if _BINARY_RE.match(body, off):
+                    raise _binary(path, line, f"byte {body[off]:#04x}")
+                if rec_id is None:
+                    raise _fail(path, line, f"no FASTA header before line {line}",
+                                "the file must start with a '>' header line")
+                raise _fail(path, line, f"illegal character {chr(body[off])!r} at column {col} "
+                            f"for kind '{kind}'",
+                            "fix the sequence or choose the right kind (protein, dna, rna)", rec_id)
+            misplaced = star is not None  # residues follow an earlier '*'
+            if not misplaced and protein and b"*" in residues:
+                star = locate(body, body.find(b"*"), at_start)
+                misplaced = residues.find(b"*") != len(residues) - 1
+                residues = residues[:-1]
+            if misplaced and star is not None:
+                raise _fail(path, star[0], f"'*' at column {star[1]} is not at the end of the "
+                            "record", "only a single trailing '*' (stop) is allowed", rec_id)
+            seq += residues
+            lineno += body.count(b"\n")
+        if n:
+            last_nl = data.rfind(b"\n")
+            carry = n - last_nl - 1 + (carry if last_nl < 0 else 0)
+    if rec_id is None:
+        raise _fail(path, lineno, "no FASTA records", "the file is empty or holds only blank lines")
+    yield finish()
+
+
+def _check_exists(path: PathArg) -> str:
+    name = os.fspath(path)
+    if not os.path.exists(name):
+        raise InputError(f"{name}: file not found; check the path")
+    return name
+
+
+def read_fasta(path: PathArg, *, kind: str,
+               seen_ids: set[str] | None = None) -> Iterator[FastaRecord]:
+    """Yield validated records one by one; kind and existence are checked at call time."""
+    _check_kind(kind)
+    name = _check_exists(path)
+
+    def generate() -> Iterator[FastaRecord]:
+        with open_text_stream(name) as stream:
+            yield from _records(stream, name, kind, seen_ids)
+
+    return generate()
+
+
+def scan_fasta(path: PathArg, *, kind: str | None = None,
+               seen_ids: set[str] | None = None) -> FastaSummary:
+    """Validate the whole file in one pass, hashing its on-disk bytes along the way."""
+    name = _check_exists(path)
+    detected = kind is None
+    if kind is None:
+        kind = detect_kind(name)
+    _check_kind(kind)
+    hashing = _HashingRaw(_open_raw(name, buffering=0))
+    with _wrap(io.BufferedReader(hashing, 1 << 20)) as stream:
+        records = [RecordInfo(r.id, r.description, r.length, r.line, r.ordinal)
+                   for r in _records(stream, name, kind, seen_ids)]
+        hashing.drain()
+    return FastaSummary(os.path.abspath(name), hashing.nbytes, hashing.sha256.hexdigest(),
+                        kind, detected, records)

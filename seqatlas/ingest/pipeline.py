@@ -1,0 +1,300 @@
+"""``ingest``: FASTA files in, a resumable Parquet atlas out.
+
+The driver validates every input before writing anything, plans content-keyed units,
+skips those already committed, scores the rest on workers and commits each unit's parts
+as it arrives. Units that still fail after the retries are reported by sequence id once
+everything else is committed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from seqatlas import __version__
+from seqatlas.atlas import Atlas, AtlasWriter
+from seqatlas.errors import ConfigError, IngestError, InputError
+from seqatlas.ingest.fasta import KINDS, detect_kind
+from seqatlas.ingest.plan import InputPlan, UnitPlan, iter_unit_jobs, plan_units, scan_input
+from seqatlas.ingest.scoring import FAST_STRIDE, LIKELIHOOD_MODES
+from seqatlas.ingest.windows import default_overlap
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Options of an ingest; those that change the values are recorded in the manifest."""
+
+    model: str = "antiberty"
+    kind: str | None = None  # protein | dna | rna; detected from the first input when None
+    likelihood: str = "exact"  # exact | fast | unmasked | none
+    embeddings: bool = True
+    layer: int | None = None  # hidden layer for embeddings; None = last
+    window: int | None = None  # residues per window; None = the model's context
+    overlap: int | None = None  # residues shared by neighbouring windows; None = window // 4
+    batch_tokens: int = 16384  # padded tokens per forward pass
+    unit_tokens: int = 65536  # computed tokens per work unit (part of the content key)
+    workers: int | None = None  # scoring actors; 0 = score in this process without Ray
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: int | None = None
+    address: str | None = None  # Ray cluster address; None = start a local Ray quietly
+    max_retries: int = 2
+    tokenizer: str | None = None  # override the detected tokenizer family
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.likelihood not in LIKELIHOOD_MODES:
+            raise ConfigError(f"--likelihood must be one of {', '.join(LIKELIHOOD_MODES)}, "
+                              f"not {self.likelihood!r}")
+        if self.likelihood == "none" and not self.embeddings:
+            raise ConfigError("--likelihood none with --embeddings none computes nothing; "
+                              "keep at least one of them")
+        if self.kind is not None and self.kind not in KINDS:
+            raise ConfigError(f"--kind must be one of {', '.join(KINDS)}, not {self.kind!r}")
+        for name in ("batch_tokens", "unit_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError("--workers must be 0 (in process) or more")
+        if self.max_retries < 0:
+            raise ConfigError("--max-retries must be 0 or more")
+
+
+@dataclass
+class IngestReport:
+    """What an ingest did; ``failed`` lists the sequence ids of units that kept failing."""
+
+    atlas: str
+    units_total: int
+    units_skipped: int
+    units_scored: int = 0
+    positions_scored: int = 0
+    seconds: float = 0.0
+    real_tokens: int = 0
+    computed_tokens: int = 0
+    failed: list[dict] = field(default_factory=list)
+
+    @property
+    def positions_per_second(self) -> float:
+        return self.positions_scored / self.seconds if self.seconds else 0.0
+
+    @property
+    def padding_efficiency(self) -> float:
+        """Real tokens / computed tokens (1.0 = no padding)."""
+        return self.real_tokens / self.computed_tokens if self.computed_tokens else 1.0
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "positions_per_second": self.positions_per_second,
+                "padding_efficiency": self.padding_efficiency}
+
+
+def ingest(fasta: str | Path | list, *, atlas: str | Path, **options) -> IngestReport:
+    """Score FASTA file(s) into the atlas directory ``atlas``; options as :class:`IngestConfig`.
+
+    Re-running the same call skips committed work; a crashed run resumes where it stopped.
+    """
+    config = IngestConfig(**options)
+    config.validate()
+    paths = [Path(p) for p in ([fasta] if isinstance(fasta, (str, Path)) else fasta)]
+    if not paths:
+        raise ConfigError("no FASTA file given")
+    for path in paths:
+        if not path.is_file():
+            raise InputError(f"{path}: no such file")
+    kind = config.kind or _detect_kind(paths)
+
+    from seqatlas.models import resolve_model
+
+    spec = resolve_model(config.model, kind=kind, tokenizer=config.tokenizer)
+    tokenizer = spec.tokenizer()
+    max_window = tokenizer.residues_per_window(spec.context_tokens)
+    window = config.window or max_window
+    if not 1 <= window <= max_window:
+        raise ConfigError(f"--window {window} does not fit the model's context "
+                          f"({max_window} residues)")
+    overlap = default_overlap(window) if config.overlap is None else config.overlap
+    if not 0 <= overlap < window:
+        raise ConfigError(f"--overlap must be in [0, {window}) for --window {window}")
+    layer = spec.num_layers if config.layer is None else config.layer
+    if layer < 0:
+        layer += spec.num_layers + 1
+    if not 0 <= layer <= spec.num_layers:
+        raise ConfigError(f"--layer must be in [0, {spec.num_layers}] (or negative from the end)")
+
+    scoring = _scoring_record(config, window=window, overlap=overlap, layer=layer)
+    seen: set[str] = set()
+    inputs = [scan_input(path, kind, seen) for path in paths]  # validates before any write
+
+    with AtlasWriter(atlas, kind=kind, model=spec.describe(), scoring=scoring,
+                     seqatlas_version=__version__) as writer:
+        _register_inputs(writer, inputs, kind)
+        fingerprint = writer.manifest["model"]["weights_sha256"] + repr(sorted(scoring.items()))
+        unmasked_pass = config.embeddings or config.likelihood != "none"
+        per_input = [plan_units([plan], fingerprint=fingerprint, window=window, overlap=overlap,
+                                likelihood=config.likelihood, unmasked_pass=unmasked_pass,
+                                n_special=tokenizer.n_special, unit_tokens=config.unit_tokens)
+                     for plan in inputs]
+        committed = writer.committed_units
+        todo = [u for units in per_input for u in units if u.key not in committed]
+        report = IngestReport(atlas=str(atlas),
+                              units_total=sum(len(u) for u in per_input),
+                              units_skipped=sum(len(u) for u in per_input) - len(todo))
+        if todo:
+            scoring_args = {"likelihood": config.likelihood, "embeddings": config.embeddings,
+                            "layer": layer, "batch_tokens": config.batch_tokens}
+            _run_units(config, spec, scoring_args, inputs, per_input, committed, todo, writer,
+                       report, kind)
+    if report.failed:
+        ids = sorted({s for f in report.failed for s in f["seq_ids"]})
+        raise IngestError(
+            f"{len(report.failed)} work unit(s) failed after {config.max_retries} retries "
+            f"(sequences: {', '.join(ids[:20])}{' ...' if len(ids) > 20 else ''}); "
+            f"last error: {report.failed[-1]['error']}. Everything else is committed: "
+            "re-run the same command to retry only the failed units.")
+    return report
+
+
+def _detect_kind(paths: list[Path]) -> str:
+    kinds = {detect_kind(p) for p in paths}
+    if len(kinds) > 1:
+        raise ConfigError(f"the inputs look like different kinds ({', '.join(sorted(kinds))}); "
+                          "ingest them into separate atlases or pass --kind")
+    return kinds.pop()
+
+
+def _scoring_record(config: IngestConfig, *, window: int, overlap: int, layer: int) -> dict:
+    record = {
+        "likelihood": config.likelihood,
+        "embeddings": config.embeddings,
+        "embedding_dtype": "float16" if config.embeddings else None,
+        "layer": layer if config.embeddings else None,
+        "window": window,
+        "overlap": overlap,
+        "unit_tokens": config.unit_tokens,
+        "distribution": "softmax over the kind's standard letters (special and rare tokens "
+                        "excluded); logp and rank are null for other letters",
+    }
+    if config.likelihood == "fast":
+        record["fast"] = {
+            "stride": FAST_STRIDE,
+            "mask_fraction": round(1 / FAST_STRIDE, 4),
+            "method": f"pass r (r = 0..{FAST_STRIDE - 1}) of each window masks together every "
+                      f"owned position p with (p - window_start) mod {FAST_STRIDE} == r; logp, "
+                      "entropy and rank of p come from that pass",
+        }
+    return record
+
+
+def _register_inputs(writer: AtlasWriter, inputs: list[InputPlan], kind: str) -> None:
+    """Give new inputs' sequences ordinals and offsets, reuse those of known inputs."""
+    known = {i["sha256"]: i for i in writer.manifest["inputs"]}
+    atlas = Atlas(writer.path)
+    existing = atlas.sequences() if writer.manifest["inputs"] else None
+    by_id = {}
+    if existing is not None:
+        for row in existing.to_pylist():
+            by_id[row["seq_id"]] = row
+    next_ordinal = len(by_id)
+    next_global = sum(r["length"] for r in by_id.values())
+    for plan in inputs:
+        if plan.sha256 in known:
+            for seq in plan.sequences:
+                row = by_id[seq.seq_id]
+                seq.ordinal, seq.global_start = row["ordinal"], row["global_start"]
+                seq.token_offset = row["token_offset"]
+            plan.registered = True
+            continue
+        for seq in plan.sequences:
+            if seq.seq_id in by_id:
+                raise InputError(f"{plan.path}: record {seq.seq_id!r} is already in the atlas "
+                                 f"(from {by_id[seq.seq_id]['source']}); ids must be unique")
+            seq.ordinal, seq.global_start, seq.token_offset = next_ordinal, next_global, next_global
+            next_ordinal += 1
+            next_global += seq.length
+        key = "sequences-" + plan.sha256
+        writer.commit(key, {"sequences": plan.sequences_table()},
+                      unit={"input": str(plan.path)}, inputs=[{**plan.describe(), "kind": kind}])
+
+
+def _progress(enabled: bool, total: int):
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn,
+                               TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def render(self, task):
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:,.0f} pos/s" if speed else "-- pos/s", style="cyan")
+
+    progress = Progress(TextColumn("[bold]scoring"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("positions"), RateColumn(), TimeElapsedColumn(),
+                        TextColumn("ETA"), TimeRemainingColumn(), disable=not enabled,
+                        transient=False)
+    task = progress.add_task("scoring", total=total)
+    return progress, task
+
+
+def _run_units(config, spec, scoring_args, inputs, per_input, committed, todo, writer, report,
+               kind) -> None:
+    from seqatlas.ingest.workers import LocalExecutor, RayExecutor
+
+    if config.workers == 0:
+        executor = LocalExecutor(spec, scoring_args)
+    else:
+        executor = RayExecutor(spec, scoring_args, workers=config.workers,
+                               gpus_per_worker=config.gpus_per_worker,
+                               cpus_per_worker=config.cpus_per_worker, address=config.address)
+    source = (item for index, plan in enumerate(inputs)
+              for item in iter_unit_jobs(plan, per_input[index], kind=kind, skip=committed))
+    retry: deque = deque()
+    attempts: dict[str, int] = {}
+    progress, task = _progress(config.progress, sum(u.positions for u in todo))
+    started = time.perf_counter()
+    try:
+        with progress:
+            exhausted = False
+            while True:
+                while executor.busy < executor.capacity:
+                    if retry:
+                        item = retry.popleft()
+                    elif not exhausted:
+                        item = next(source, None)
+                        if item is None:
+                            exhausted = True
+                            continue
+                    else:
+                        break
+                    executor.submit(item, item[1])
+                if executor.busy == 0:
+                    break
+                (unit, jobs), result, error = executor.next_result()
+                if error is not None:
+                    attempts[unit.key] = attempts.get(unit.key, 0) + 1
+                    if attempts[unit.key] <= config.max_retries:
+                        retry.append((unit, jobs))
+                    else:
+                        report.failed.append({"unit": unit.key, "error": _describe(error),
+                                              "seq_ids": sorted({j.seq_id for j in jobs})})
+                    continue
+                _commit_unit(writer, unit, jobs, result, report)
+                progress.advance(task, unit.positions)
+    finally:
+        executor.close()
+        report.seconds = time.perf_counter() - started
+
+
+def _commit_unit(writer: AtlasWriter, unit: UnitPlan, jobs, result, report) -> None:
+    positions, tokens, stats = result
+    writer.commit(unit.key, {"positions": positions, "tokens": tokens},
+                  unit={"seq_ids": sorted({j.seq_id for j in jobs}),
+                        "positions": positions.num_rows, **stats})
+    report.units_scored += 1
+    report.positions_scored += positions.num_rows
+    report.real_tokens += stats["real_tokens"]
+    report.computed_tokens += stats["computed_tokens"]
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[-1] if text else ''}"

@@ -1,0 +1,57 @@
+"""Tiling sequences into overlapping windows; pure functions, no model.
+
+Each position is scored from exactly one window, the one in which it is most central:
+consecutive windows split their overlap at the midpoint between their centres.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Window:
+    start: int  # window bounds in sequence coordinates, 0-based half-open
+    end: int
+    own_start: int  # the positions scored from this window
+    own_end: int
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+
+def default_overlap(window: int) -> int:
+    """A quarter of the window: every owned position keeps >= 1/8 window of context each side."""
+    return window // 4
+
+
+def tile(length: int, window: int, overlap: int) -> list[Window]:
+    """Windows covering ``[0, length)``; the last one is aligned to the end of the sequence."""
+    if window < 1:
+        raise ValueError("window must be at least 1")
+    if not 0 <= overlap < window:
+        raise ValueError("overlap must be in [0, window)")
+    if length <= window:
+        return [Window(0, length, 0, length)]
+    step = window - overlap
+    starts = list(range(0, length - window, step))
+    starts.append(length - window)
+    if len(starts) > 1 and starts[-1] == starts[-2]:
+        starts.pop()
+    windows = []
+    for k, start in enumerate(starts):
+        if k == 0:
+            own_start = 0
+        else:
+            own_start = _split(starts[k - 1], start, window)
+        own_end = length if k == len(starts) - 1 else _split(start, starts[k + 1], window)
+        windows.append(Window(start, start + window, own_start, own_end))
+    return windows
+
+
+def _split(left_start: int, right_start: int, window: int) -> int:
+    """First position closer to the right window's centre (ties go to the left window)."""
+    # centres are start + (window - 1) / 2; p belongs right when p - c_left > c_right - p
+    twice_mid = left_start + right_start + window - 1
+    return twice_mid // 2 + 1

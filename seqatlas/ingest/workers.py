@@ -1,0 +1,118 @@
+"""Executors that score work units: Ray actors (the default) or this process.
+
+Both expose ``submit(token, jobs)`` and ``next_result()`` so the driver loop, with its
+retries, commits and progress bar, is the same for either.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+
+
+class ScoringWorker:
+    """Holds one loaded model and scores units with it (a Ray actor, or in process)."""
+
+    def __init__(self, spec, scoring: dict, threads: int | None = None):
+        import torch
+
+        from seqatlas.ingest.scoring import Scorer
+        from seqatlas.models import LoadedModel
+
+        if threads:
+            # Ray sets OMP_NUM_THREADS=1 in workers; use the CPUs this actor was given.
+            torch.set_num_threads(threads)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.scorer = Scorer(LoadedModel(spec, device=device), **scoring)
+
+    def score(self, jobs):
+        before = (self.scorer.real_tokens, self.scorer.computed_tokens)
+        positions, tokens = self.scorer.score(jobs)
+        stats = {"real_tokens": self.scorer.real_tokens - before[0],
+                 "computed_tokens": self.scorer.computed_tokens - before[1]}
+        return positions, tokens, stats
+
+
+class LocalExecutor:
+    """Scores in this process, one unit at a time (``--workers 0``: debugging, notebooks)."""
+
+    def __init__(self, spec, scoring: dict):
+        self.worker = ScoringWorker(spec, scoring)
+        self.results: deque = deque()
+        self.capacity = 1
+
+    def submit(self, token, jobs) -> None:
+        try:
+            self.results.append((token, self.worker.score(jobs), None))
+        except Exception as exc:  # reported per unit by the driver loop
+            self.results.append((token, None, exc))
+
+    def next_result(self):
+        return self.results.popleft()
+
+    @property
+    def busy(self) -> int:
+        return len(self.results)
+
+    def close(self) -> None:
+        pass
+
+
+class RayExecutor:
+    """A pool of scoring actors; a dead actor is replaced and its unit reported as failed."""
+
+    def __init__(self, spec, scoring: dict, *, workers: int | None, gpus_per_worker: float,
+                 cpus_per_worker: int | None, address: str | None):
+        import ray
+
+        self.ray = ray
+        self.started_ray = False
+        if not ray.is_initialized():
+            os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+            # "local" starts a fresh instance instead of joining one found on this machine
+            ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.ERROR, configure_logging=True)
+            self.started_ray = True
+        resources = ray.cluster_resources()
+        if workers is None:
+            gpus = int(resources.get("GPU", 0))
+            workers = max(1, int(gpus // gpus_per_worker)) if gpus_per_worker else 1
+        if cpus_per_worker is None:
+            cpus_per_worker = max(1, int(resources.get("CPU", 1)) // workers)
+        self.actor_class = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)(
+            ScoringWorker)
+        self.args = (spec, scoring, cpus_per_worker)
+        self.idle = deque(self.actor_class.remote(*self.args) for _ in range(workers))
+        self.capacity = workers
+        self.pending: dict = {}
+
+    @property
+    def busy(self) -> int:
+        return len(self.pending)
+
+    def submit(self, token, jobs) -> None:
+        actor = self.idle.popleft()
+        ref = actor.score.remote(jobs)
+        self.pending[ref] = (token, actor)
+
+    def next_result(self):
+        ray = self.ray
+        ready, _ = ray.wait(list(self.pending), num_returns=1)
+        token, actor = self.pending.pop(ready[0])
+        try:
+            result = ray.get(ready[0])
+        except ray.exceptions.RayActorError as exc:
+            self.idle.append(self.actor_class.remote(*self.args))
+            return token, None, exc
+        except ray.exceptions.RayTaskError as exc:
+            self.idle.append(actor)
+            return token, None, exc.cause if exc.cause is not None else exc
+        self.idle.append(actor)
+        return token, result, None
+
+    def close(self) -> None:
+        for actor in list(self.idle) + [a for _, a in self.pending.values()]:
+            self.ray.kill(actor)
+        if self.started_ray:
+            self.ray.shutdown()

@@ -1,0 +1,255 @@
+"""Model resolution (driver side, no weights loaded) and loading (worker side).
+
+:func:`resolve_model` reads a checkpoint's config and vocabulary and hashes its weight
+files, so the driver can plan windows and check the atlas manifest without holding the
+weights. :class:`LoadedModel` is what a scoring worker builds from the resulting spec.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from seqatlas.errors import ModelError
+from seqatlas.models.tokenizers import (
+    FAMILIES,
+    SpecialTokens,
+    detect_family,
+    read_vocab_txt,
+    specials_from_vocab,
+)
+
+# Letters the predictive distribution is normalised over, per kind of sequence.
+SCORED_LETTERS = {"protein": "ACDEFGHIKLMNPQRSTVWY", "dna": "ACGT", "rna": "ACGU"}
+
+# Models whose positions are offset by the padding index use two fewer slots.
+_OFFSET_POSITION_TYPES = {"esm", "roberta", "xlm-roberta", "camembert"}
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+_NOT_WEIGHTS = {"training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state.pth"}
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    name: str
+    description: str
+    kind: str
+
+
+EMBEDDED_MODELS = {
+    "antiberty": EmbeddedModel(
+        name="antiberty",
+        description="AntiBERTy (Ruffolo et al. 2021), 26M-parameter BERT MLM on 558M "
+        "antibody sequences; shipped in the antiberty==0.1.3 wheel",
+        kind="protein",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything a worker needs to load a model; picklable and cheap to send."""
+
+    name: str
+    source: str  # "embedded", "directory" or "hub"
+    path: str  # local checkpoint directory
+    vocab: dict = field(repr=False)
+    specials: SpecialTokens
+    family: str
+    model_type: str
+    hidden_size: int
+    num_layers: int
+    context_tokens: int
+    parameters: int
+    weights_sha256: str
+    kind: str
+
+    def tokenizer(self):
+        return FAMILIES[self.family](self.vocab, self.specials, SCORED_LETTERS[self.kind])
+
+    def describe(self) -> dict:
+        """The manifest's record of the model."""
+        return {
+            "name": self.name,
+            "source": self.source,
+            "path": self.path if self.source != "embedded" else None,
+            "model_type": self.model_type,
+            "tokenizer": self.tokenizer().describe(),
+            "parameters": self.parameters,
+            "weights_sha256": self.weights_sha256,
+            "hidden_size": self.hidden_size,
+            "num_layers": self.num_layers,
+            "context_tokens": self.context_tokens,
+        }
+
+
+def _antiberty_dir() -> Path:
+    try:
+        import antiberty
+    except ImportError as exc:  # pragma: no cover - a declared dependency
+        raise ModelError("the embedded model needs the 'antiberty==0.1.3' package: "
+                         "pip install antiberty==0.1.3") from exc
+    return Path(antiberty.__file__).parent / "trained_models"
+
+
+def _checkpoint_dir(name: str) -> tuple[Path, str]:
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path.resolve(), "directory"
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelError(f"model {name!r}: not a checkpoint directory "
+                         f"(embedded models: {', '.join(EMBEDDED_MODELS)})")
+    try:
+        from huggingface_hub import snapshot_download
+
+        local = snapshot_download(
+            name, allow_patterns=["*.json", "*.txt", "*.safetensors", "*.bin", "*.model"])
+    except Exception as exc:
+        raise ModelError(
+            f"model {name!r} is neither an embedded model ({', '.join(EMBEDDED_MODELS)}), "
+            f"a checkpoint directory, nor a reachable Hugging Face hub id ({type(exc).__name__}). "
+            "Download it where you have network (huggingface-cli download NAME --local-dir DIR) "
+            "and pass the directory."
+        ) from None
+    return Path(local), "hub"
+
+
+def _weights_files(directory: Path) -> list[Path]:
+    files = sorted(p for p in directory.iterdir()
+                   if p.suffix in _WEIGHT_SUFFIXES and p.name not in _NOT_WEIGHTS)
+    safetensors = [p for p in files if p.suffix == ".safetensors"]
+    return safetensors or files
+
+
+def hash_files(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _count_parameters(config) -> int:
+    import torch
+    from transformers import AutoModelForMaskedLM, BertForMaskedLM
+
+    with torch.device("meta"):
+        try:
+            model = AutoModelForMaskedLM.from_config(config)
+        except ValueError:
+            model = BertForMaskedLM(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def resolve_model(name: str, *, kind: str, tokenizer: str | None = None) -> ModelSpec:
+    """Find a model by embedded name, directory or hub id, without loading its weights."""
+    from transformers import AutoConfig
+
+    embedded = EMBEDDED_MODELS.get(name)
+    if embedded is not None:
+        if kind != embedded.kind:
+            raise ModelError(f"model {name!r} is a {embedded.kind} model but the input is {kind}: "
+                             "pass --model with a checkpoint for this kind")
+        root = _antiberty_dir()
+        directory, source = root / "AntiBERTy_md_smooth", "embedded"
+        vocab = read_vocab_txt(root / "vocab.txt")
+    else:
+        directory, source = _checkpoint_dir(name)
+        vocab = _read_vocab(directory)
+    try:
+        config = AutoConfig.from_pretrained(directory)
+    except Exception as exc:
+        raise ModelError(f"model {name!r}: cannot read config.json in {directory} ({exc})") from None
+    weights = _weights_files(directory)
+    if not weights:
+        raise ModelError(f"model {name!r}: no weight files (*.safetensors, *.bin) in {directory}")
+    family = tokenizer or detect_family(vocab)
+    if family not in FAMILIES:
+        raise ModelError(f"unknown tokenizer family {family!r}; choose one of {sorted(FAMILIES)}")
+    positions = int(getattr(config, "max_position_embeddings", 512))
+    model_type = getattr(config, "model_type", "bert")
+    context = positions - 2 if model_type in _OFFSET_POSITION_TYPES else positions
+    spec = ModelSpec(
+        name=name,
+        source=source,
+        path=str(directory),
+        vocab=vocab,
+        specials=specials_from_vocab(vocab),
+        family=family,
+        model_type=model_type,
+        hidden_size=int(config.hidden_size),
+        num_layers=int(config.num_hidden_layers),
+        context_tokens=context,
+        parameters=_count_parameters(config),
+        weights_sha256=hash_files(weights),
+        kind=kind,
+    )
+    spec.tokenizer()  # fails early when the vocabulary does not fit the kind
+    return spec
+
+
+def _read_vocab(directory: Path) -> dict[str, int]:
+    if (directory / "vocab.txt").exists():
+        return read_vocab_txt(directory / "vocab.txt")
+    if (directory / "tokenizer.json").exists():
+        data = json.loads((directory / "tokenizer.json").read_text())
+        vocab = dict(data.get("model", {}).get("vocab", {}))
+        for added in data.get("added_tokens", []):
+            vocab[added["content"]] = added["id"]
+        if vocab:
+            return vocab
+    raise ModelError(f"no vocabulary (vocab.txt or tokenizer.json) in {directory}")
+
+
+class LoadedModel:
+    """A masked LM split into encoder and MLM head, so the head runs only where needed."""
+
+    def __init__(self, spec: ModelSpec, *, device: str = "cpu"):
+        import torch
+        import transformers
+        from transformers import AutoModelForMaskedLM, BertForMaskedLM
+
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        logging.getLogger("transformers").setLevel(logging.ERROR)
+        cls = BertForMaskedLM if spec.source == "embedded" else AutoModelForMaskedLM
+        try:
+            model = cls.from_pretrained(spec.path, attn_implementation="sdpa")
+        except (ValueError, ImportError):
+            model = cls.from_pretrained(spec.path)  # architectures without SDPA support
+        self.spec = spec
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
+        self.encoder = model.base_model
+        self.head = getattr(model, "cls", None) or getattr(model, "lm_head", None)
+        if self.head is None:
+            raise ModelError(f"model {spec.name!r} ({type(model).__name__}) has no MLM head "
+                             "(cls or lm_head): is it a masked language model?")
+        self.autocast_dtype = torch.bfloat16 if self.device.type == "cuda" else None
+
+    def encode(self, input_ids, attention_mask, layer: int | None):
+        """Final hidden states, and those of ``layer`` (None: not needed)."""
+        import torch
+
+        want_layer = layer is not None and layer != self.spec.num_layers
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype,
+                            enabled=self.autocast_dtype is not None):
+            out = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                               output_hidden_states=want_layer)
+        last = out.last_hidden_state
+        if layer is None:
+            return last, None
+        return last, (out.hidden_states[layer] if want_layer else last)
+
+    def letter_logits(self, hidden, letter_ids):
+        """MLM logits restricted to the scored letters, in float32."""
+        import torch
+
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype,
+                            enabled=self.autocast_dtype is not None):
+            logits = self.head(hidden)
+        return logits[:, letter_ids].float()
+

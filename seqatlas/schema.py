@@ -1,0 +1,54 @@
+"""The Arrow schemas of every atlas table; nothing else invents column names.
+
+Coordinates are 0-based, half-open (BED) everywhere.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+TABLES = ("sequences", "positions", "tokens")
+
+SEQUENCES = pa.schema(
+    [
+        pa.field("seq_id", pa.string(), nullable=False),
+        pa.field("ordinal", pa.int64(), nullable=False),  # order of first appearance in the atlas
+        pa.field("length", pa.int64(), nullable=False),
+        pa.field("description", pa.string()),
+        pa.field("source", pa.string()),  # absolute path of the input file
+        pa.field("sha1", pa.string()),  # of the uppercase residues
+        pa.field("global_start", pa.int64(), nullable=False),  # sum of lengths of earlier sequences
+        pa.field("token_offset", pa.int64(), nullable=False),  # first token_id of this sequence
+    ]
+)
+
+POSITIONS = pa.schema(
+    [
+        pa.field("seq_id", pa.string(), nullable=False),
+        pa.field("pos", pa.int64(), nullable=False),
+        pa.field("ref", pa.string(), nullable=False),  # uppercase residue or base
+        pa.field("soft_masked", pa.bool_(), nullable=False),  # lowercase in the input
+        pa.field("logp", pa.float32()),  # masked marginal log p(ref), the PLL term
+        pa.field("logp_unmasked", pa.float32()),  # log p(ref) with ref visible
+        pa.field("entropy", pa.float32()),  # nats, of the distribution logp comes from
+        pa.field("rank", pa.int16()),  # 1 = ref is the model's top letter
+        pa.field("window_start", pa.int64(), nullable=False),
+        pa.field("window_end", pa.int64(), nullable=False),
+    ]
+)
+
+
+def tokens_schema(embedding_dim: int | None) -> pa.Schema:
+    """Schema of the tokens table; without embeddings the column is absent."""
+    fields = [
+        pa.field("token_id", pa.int64(), nullable=False),  # global, unique in the atlas
+        pa.field("seq_id", pa.string(), nullable=False),
+        pa.field("start", pa.int64(), nullable=False),
+        pa.field("end", pa.int64(), nullable=False),
+        pa.field("token", pa.string(), nullable=False),
+    ]
+    if embedding_dim:
+        fields.append(pa.field("embedding", pa.list_(pa.float16(), embedding_dim)))
+    return pa.schema(fields)
