@@ -23,7 +23,7 @@ _LAZY = {
     "IngestConfig": ("seqatlas.ingest.pipeline", "IngestConfig"),
     "IngestReport": ("seqatlas.ingest.pipeline", "IngestReport"),
     "SeqAtlasError": ("seqatlas.errors", "SeqAtlasError"),
-    "demo": ("seqatlas.demo", "demo"),
+    "demo": ("seqatlas.examples", "demo"),
     "info": ("seqatlas.atlas", "info"),
 }
 

@@ -114,11 +114,14 @@ class Atlas:
         return {
             "path": str(self.path),
             "kind": self.manifest["kind"],
+            "kind_detected": self.manifest.get("kind_detected", False),
             "model": self.manifest["model"],
             "scoring": self.manifest["scoring"],
             "inputs": self.manifest["inputs"],
             "tables": tables,
             "units": {"committed": len(self.manifest["units"])},
+            "positions_unscored": sum(u.get("unscored", 0)
+                                      for u in self.manifest["units"].values()),
             "created": self.manifest["created"],
             "updated": self.manifest["updated"],
         }
@@ -128,7 +131,7 @@ class AtlasWriter:
     """Creates or extends an atlas; the only code that writes parts and the manifest."""
 
     def __init__(self, path: str | os.PathLike, *, kind: str, model: dict, scoring: dict,
-                 seqatlas_version: str):
+                 seqatlas_version: str, kind_detected: bool = False):
         self.path = Path(path)
         if self.path.exists() and not self.path.is_dir():
             raise AtlasError(f"{self.path} exists and is not a directory")
@@ -144,6 +147,7 @@ class AtlasWriter:
             self._lock.close()
             raise AtlasError(f"{self.path} is being written by another seqatlas process; "
                              "wait for it to finish") from None
+        self._remove_stale_temporaries()
         if manifest_path.exists():
             self.manifest = Atlas(self.path).manifest
             self._check_compatible(kind, model, scoring)
@@ -154,6 +158,7 @@ class AtlasWriter:
                 "created": _now(),
                 "updated": _now(),
                 "kind": kind,
+                "kind_detected": kind_detected,
                 "model": model,
                 "scoring": scoring,
                 "inputs": [],
@@ -161,6 +166,16 @@ class AtlasWriter:
                 "units": {},
             }
             self._write_manifest()
+
+    def _remove_stale_temporaries(self) -> None:
+        """Temporary files of a writer that died; safe to delete while we hold the lock."""
+        for table in schema.TABLES:
+            directory = self.path / table
+            if directory.is_dir():
+                for stale in directory.glob(".*.tmp-*"):
+                    stale.unlink()
+        for stale in self.path.glob(f".{MANIFEST}.tmp-*"):
+            stale.unlink()
 
     def _check_compatible(self, kind: str, model: dict, scoring: dict) -> None:
         old = self.manifest

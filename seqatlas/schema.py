@@ -32,10 +32,15 @@ POSITIONS = pa.schema(
         pa.field("soft_masked", pa.bool_(), nullable=False),  # lowercase in the input
         pa.field("logp", pa.float32()),  # masked marginal log p(ref), the PLL term
         pa.field("logp_unmasked", pa.float32()),  # log p(ref) with ref visible
+        # --strands both: the reverse strand's values at the same base, and the means
+        pa.field("logp_rc", pa.float32()),
+        pa.field("logp_unmasked_rc", pa.float32()),
+        pa.field("logp_mean", pa.float32()),
+        pa.field("logp_unmasked_mean", pa.float32()),
         pa.field("entropy", pa.float32()),  # nats, of the distribution logp comes from
         pa.field("rank", pa.int16()),  # 1 = ref is the model's top letter
-        pa.field("window_start", pa.int64(), nullable=False),
-        pa.field("window_end", pa.int64(), nullable=False),
+        pa.field("window_start", pa.int64()),  # null: in a long N run, not scored
+        pa.field("window_end", pa.int64()),
     ]
 )
 
@@ -43,7 +48,8 @@ POSITIONS = pa.schema(
 def tokens_schema(embedding_dim: int | None) -> pa.Schema:
     """Schema of the tokens table; without embeddings the column is absent."""
     fields = [
-        pa.field("token_id", pa.int64(), nullable=False),  # global, unique in the atlas
+        # global and unique: the sequence's global_start + the token's start
+        pa.field("token_id", pa.int64(), nullable=False),
         pa.field("seq_id", pa.string(), nullable=False),
         pa.field("start", pa.int64(), nullable=False),
         pa.field("end", pa.int64(), nullable=False),

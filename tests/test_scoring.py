@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import seqatlas
-from seqatlas.ingest.scoring import FAST_STRIDE, Scorer, WindowJob, pack_batches
+from seqatlas.ingest.scoring import Scorer, WindowJob, pack_batches
 from seqatlas.models import LoadedModel, resolve_model
 from tests.conftest import AMINO, ESM_VOCAB, random_protein, write_fasta
 
@@ -87,11 +87,11 @@ def test_fast_mode_masks_every_seventh_position_together(tmp_path, tiny_esm):
     seq = random_protein(30, seed=5)
     atlas = _ingest(tmp_path, tiny_esm, {"p": seq}, likelihood="fast")
     fast = atlas.manifest["scoring"]["fast"]
-    assert fast["stride"] == FAST_STRIDE and "mod 7" in fast["method"]
+    assert fast["stride"] == 7 and "i mod 7" in fast["method"] and fast["mask_rate"] == 0.1429
     rows = atlas.positions().sort_by("pos").to_pylist()
     model = _reference_model(tiny_esm)
-    for r in range(FAST_STRIDE):
-        group = [i for i in range(len(seq)) if i % FAST_STRIDE == r]
+    for r in range(7):
+        group = [i for i in range(len(seq)) if i % 7 == r]
         logprobs = _letter_logprobs(model, _ids(seq), [i + 1 for i in group])
         for i in group:
             assert rows[i]["logp"] == pytest.approx(

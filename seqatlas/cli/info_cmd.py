@@ -35,7 +35,8 @@ def _size(n: int) -> str:
 def print_info(summary: dict, console: Console | None = None) -> None:
     console = console or Console()
     model, scoring = summary["model"], summary["scoring"]
-    console.print(f"[bold]atlas[/] {summary['path']}  (kind: {summary['kind']}, "
+    how = "detected" if summary.get("kind_detected") else "given"
+    console.print(f"[bold]atlas[/] {summary['path']}  (kind: {summary['kind']}, {how}; "
                   f"updated {summary['updated']})")
     console.print(f"[bold]model[/] {model['name']} ({model['model_type']}, "
                   f"{model['parameters']:,} parameters, tokenizer "

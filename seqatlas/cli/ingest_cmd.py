@@ -46,8 +46,9 @@ def ingest(
                                          "context)."),
     overlap: Optional[int] = typer.Option(None, help="Residues shared by neighbouring windows "
                                           "(default: window/4)."),
-    batch_tokens: int = typer.Option(16384, help="Token budget of one forward pass (rows x "
-                                     "longest row)."),
+    batch_tokens: Optional[int] = typer.Option(
+        None, help="Token budget of one forward pass, rows x longest row (default: 2048 on "
+        "CPU, 32768 on GPU)."),
     unit_tokens: int = typer.Option(65536, help="Computed tokens per work unit (resume "
                                     "granularity)."),
     workers: Optional[int] = typer.Option(None, help="Scoring actors (default: one per GPU, "

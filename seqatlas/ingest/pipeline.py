@@ -18,8 +18,8 @@ from seqatlas.atlas import Atlas, AtlasWriter
 from seqatlas.errors import ConfigError, IngestError, InputError
 from seqatlas.ingest.fasta import KINDS, detect_kind
 from seqatlas.ingest.plan import InputPlan, UnitPlan, iter_unit_jobs, plan_units, scan_input
-from seqatlas.ingest.scoring import FAST_STRIDE, LIKELIHOOD_MODES
-from seqatlas.ingest.windows import default_overlap
+from seqatlas.ingest.scoring import LIKELIHOOD_MODES, STRANDS
+from seqatlas.ingest.windows import Window, default_overlap
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,11 @@ class IngestConfig:
     layer: int | None = None  # hidden layer for embeddings; None = last
     window: int | None = None  # residues per window; None = the model's context
     overlap: int | None = None  # residues shared by neighbouring windows; None = window // 4
-    batch_tokens: int = 16384  # padded tokens per forward pass
-    unit_tokens: int = 65536  # computed tokens per work unit (part of the content key)
+    batch_tokens: int | None = None  # padded tokens per forward pass; None = per device
+    unit_tokens: int | None = None  # tokens computed per work unit (part of the content key);
+    # None: 65536 for exact/fast, 1048576 for unmasked/none
+    strands: str = "forward"  # forward | both (DNA/RNA: also score the reverse complement)
+    skip_n_runs: int = 50  # DNA/RNA runs of at least this many N are not scored (0: score all)
     workers: int | None = None  # scoring actors; 0 = score in this process without Ray
     gpus_per_worker: float = 0.0
     cpus_per_worker: int | None = None
@@ -50,10 +53,15 @@ class IngestConfig:
         if self.likelihood == "none" and not self.embeddings:
             raise ConfigError("--likelihood none with --embeddings none computes nothing; "
                               "keep at least one of them")
+        if self.strands not in STRANDS:
+            raise ConfigError(f"--strands must be one of {', '.join(STRANDS)}, not "
+                              f"{self.strands!r}")
+        if self.skip_n_runs < 0:
+            raise ConfigError("--skip-n-runs must be 0 (score every N) or more")
         if self.kind is not None and self.kind not in KINDS:
             raise ConfigError(f"--kind must be one of {', '.join(KINDS)}, not {self.kind!r}")
         for name in ("batch_tokens", "unit_tokens"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive")
         if self.workers is not None and self.workers < 0:
             raise ConfigError("--workers must be 0 (in process) or more")
@@ -70,6 +78,7 @@ class IngestReport:
     units_skipped: int
     units_scored: int = 0
     positions_scored: int = 0
+    positions_unscored: int = 0  # in long N runs: rows with null scores
     seconds: float = 0.0
     real_tokens: int = 0
     computed_tokens: int = 0
@@ -103,13 +112,18 @@ def ingest(fasta: str | Path | list, *, atlas: str | Path, **options) -> IngestR
         if not path.is_file():
             raise InputError(f"{path}: no such file")
     kind = config.kind or _detect_kind(paths)
+    if config.strands == "both" and kind == "protein":
+        raise ConfigError("--strands both needs DNA or RNA input (proteins have one strand)")
 
     from seqatlas.models import resolve_model
 
     spec = resolve_model(config.model, kind=kind, tokenizer=config.tokenizer)
     tokenizer = spec.tokenizer()
-    max_window = tokenizer.residues_per_window(spec.context_tokens)
-    window = config.window or max_window
+    default_window = tokenizer.residues_per_window(spec.context_tokens)
+    # variable-length tokens: a longer window may fit; the scorer checks each window
+    max_window = default_window if tokenizer.family in ("single", "overlapping_kmer") else \
+        (spec.context_tokens - tokenizer.n_special) * max(tokenizer.candidates)
+    window = config.window or default_window
     if not 1 <= window <= max_window:
         raise ConfigError(f"--window {window} does not fit the model's context "
                           f"({max_window} residues)")
@@ -122,18 +136,22 @@ def ingest(fasta: str | Path | list, *, atlas: str | Path, **options) -> IngestR
     if not 0 <= layer <= spec.num_layers:
         raise ConfigError(f"--layer must be in [0, {spec.num_layers}] (or negative from the end)")
 
-    scoring = _scoring_record(config, window=window, overlap=overlap, layer=layer)
+    unit_tokens = config.unit_tokens or (65536 if config.likelihood in ("exact", "fast")
+                                         else 1 << 20)
+    scoring = _scoring_record(config, tokenizer, window=window, overlap=overlap, layer=layer,
+                              unit_tokens=unit_tokens, kind=kind)
     seen: set[str] = set()
-    inputs = [scan_input(path, kind, seen) for path in paths]  # validates before any write
+    skip = config.skip_n_runs if kind != "protein" else 0
+    inputs = [scan_input(path, kind, seen, skip_n_runs=skip)  # validates before any write
+              for path in paths]
 
     with AtlasWriter(atlas, kind=kind, model=spec.describe(), scoring=scoring,
-                     seqatlas_version=__version__) as writer:
+                     seqatlas_version=__version__, kind_detected=config.kind is None) as writer:
         _register_inputs(writer, inputs, kind)
         fingerprint = writer.manifest["model"]["weights_sha256"] + repr(sorted(scoring.items()))
-        unmasked_pass = config.embeddings or config.likelihood != "none"
+        cost = _cost_model(config, tokenizer)
         per_input = [plan_units([plan], fingerprint=fingerprint, window=window, overlap=overlap,
-                                likelihood=config.likelihood, unmasked_pass=unmasked_pass,
-                                n_special=tokenizer.n_special, unit_tokens=config.unit_tokens)
+                                cost=cost, unit_tokens=unit_tokens)
                      for plan in inputs]
         committed = writer.committed_units
         todo = [u for units in per_input for u in units if u.key not in committed]
@@ -142,7 +160,8 @@ def ingest(fasta: str | Path | list, *, atlas: str | Path, **options) -> IngestR
                               units_skipped=sum(len(u) for u in per_input) - len(todo))
         if todo:
             scoring_args = {"likelihood": config.likelihood, "embeddings": config.embeddings,
-                            "layer": layer, "batch_tokens": config.batch_tokens}
+                            "layer": layer, "batch_tokens": config.batch_tokens,
+                            "strands": config.strands}
             _run_units(config, spec, scoring_args, inputs, per_input, committed, todo, writer,
                        report, kind)
     if report.failed:
@@ -163,7 +182,8 @@ def _detect_kind(paths: list[Path]) -> str:
     return kinds.pop()
 
 
-def _scoring_record(config: IngestConfig, *, window: int, overlap: int, layer: int) -> dict:
+def _scoring_record(config: IngestConfig, tokenizer, *, window: int, overlap: int, layer: int,
+                    unit_tokens: int, kind: str) -> dict:
     record = {
         "likelihood": config.likelihood,
         "embeddings": config.embeddings,
@@ -171,19 +191,47 @@ def _scoring_record(config: IngestConfig, *, window: int, overlap: int, layer: i
         "layer": layer if config.embeddings else None,
         "window": window,
         "overlap": overlap,
-        "unit_tokens": config.unit_tokens,
-        "distribution": "softmax over the kind's standard letters (special and rare tokens "
-                        "excluded); logp and rank are null for other letters",
+        "unit_tokens": unit_tokens,
+        "strands": config.strands,
+        "skip_n_runs": config.skip_n_runs if kind != "protein" else None,
+        "distribution": "over the kind's standard letters; a masked token's distribution is "
+                        "renormalised over vocabulary tokens of its length made of those letters "
+                        "and marginalised to the base; logp and rank are null for other letters",
     }
     if config.likelihood == "fast":
+        stride = tokenizer.fast_stride()
+        unit = {"single": "the token of one residue",
+                "overlapping_kmer": f"the {getattr(tokenizer, 'k', 1)} tokens containing one base",
+                }.get(tokenizer.family, "one token (all its bases)")
         record["fast"] = {
-            "stride": FAST_STRIDE,
-            "mask_fraction": round(1 / FAST_STRIDE, 4),
-            "method": f"pass r (r = 0..{FAST_STRIDE - 1}) of each window masks together every "
-                      f"owned position p with (p - window_start) mod {FAST_STRIDE} == r; logp, "
-                      "entropy and rank of p come from that pass",
+            "stride": stride,
+            "mask_rate": round(tokenizer.bases_per_token / stride, 4),
+            "method": f"a mask unit is {unit}; the owned mask units of a window, in order, are "
+                      f"dealt into {stride} passes (unit i goes to pass i mod {stride}), so units "
+                      f"masked together are {stride} apart; each base's logp, entropy and rank "
+                      "come from the pass that masks its unit",
         }
     return record
+
+
+def _cost_model(config: IngestConfig, tokenizer):
+    """Estimated tokens computed for a window, to size work units."""
+    per_base = {"single": 1.0, "overlapping_kmer": 1.0,
+                "nonoverlapping_kmer": 1.0 / getattr(tokenizer, "k", 1)}.get(tokenizer.family,
+                                                                            0.25)
+    strands = 2 if config.strands == "both" else 1
+    unmasked_pass = int(config.embeddings or config.likelihood != "none")
+
+    def cost(window: Window) -> int:
+        if not window.scored:
+            return 0
+        tokens = window.length * per_base + tokenizer.n_special
+        owned = window.own_end - window.own_start
+        passes = {"exact": owned * per_base,
+                  "fast": min(tokenizer.fast_stride(), owned)}.get(config.likelihood, 0)
+        return int(tokens * (passes + unmasked_pass) * strands)
+
+    return cost
 
 
 def _register_inputs(writer: AtlasWriter, inputs: list[InputPlan], kind: str) -> None:
@@ -288,9 +336,10 @@ def _commit_unit(writer: AtlasWriter, unit: UnitPlan, jobs, result, report) -> N
     positions, tokens, stats = result
     writer.commit(unit.key, {"positions": positions, "tokens": tokens},
                   unit={"seq_ids": sorted({j.seq_id for j in jobs}),
-                        "positions": positions.num_rows, **stats})
+                        "positions": positions.num_rows, "unscored": unit.unscored, **stats})
     report.units_scored += 1
-    report.positions_scored += positions.num_rows
+    report.positions_scored += positions.num_rows - unit.unscored
+    report.positions_unscored += unit.unscored
     report.real_tokens += stats["real_tokens"]
     report.computed_tokens += stats["computed_tokens"]
 

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pyarrow as pa
 
 from seqatlas import schema
 from seqatlas.ingest.fasta import read_fasta
-from seqatlas.ingest.scoring import FAST_STRIDE, WindowJob
-from seqatlas.ingest.windows import Window, tile
+from seqatlas.ingest.scoring import WindowJob
+from seqatlas.ingest.windows import Window, tile_record
 
 
 @dataclass
@@ -26,6 +27,7 @@ class SequenceInfo:
     description: str
     length: int
     sha1: str
+    skip_runs: list[tuple[int, int]] = field(default_factory=list)  # long N runs, not scored
     ordinal: int = -1
     global_start: int = -1
     token_offset: int = -1
@@ -71,6 +73,11 @@ class UnitPlan:
     def positions(self) -> int:
         return sum(w.own_end - w.own_start for _, w in self.windows)
 
+    @property
+    def unscored(self) -> int:
+        """Positions in long N runs, written with null scores."""
+        return sum(w.own_end - w.own_start for _, w in self.windows if not w.scored)
+
 
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
@@ -80,35 +87,40 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def scan_input(path: Path, kind: str, seen_ids: set[str]) -> InputPlan:
-    """Validate a FASTA file completely and record its sequences (nothing is written)."""
+def n_runs(residues: bytes, min_length: int) -> list[tuple[int, int]]:
+    """Half-open intervals of runs of N (either case) at least ``min_length`` long."""
+    if min_length < 1:
+        return []
+    pattern = re.compile(rb"[Nn]{%d,}" % min_length)
+    return [(m.start(), m.end()) for m in pattern.finditer(residues)]
+
+
+def scan_input(path: Path, kind: str, seen_ids: set[str], *, skip_n_runs: int = 0) -> InputPlan:
+    """Validate a FASTA file completely and record its sequences (nothing is written).
+
+    For DNA and RNA, runs of at least ``skip_n_runs`` N are recorded so they are not scored.
+    """
     sequences = []
     for record in read_fasta(path, kind=kind, seen_ids=seen_ids):
         sha1 = hashlib.sha1(record.sequence.upper()).hexdigest()
-        sequences.append(SequenceInfo(record.id, record.description, len(record.sequence), sha1))
+        runs = n_runs(record.sequence, skip_n_runs) if kind != "protein" else []
+        sequences.append(SequenceInfo(record.id, record.description, len(record.sequence), sha1,
+                                      runs))
     return InputPlan(path=path, size=path.stat().st_size, sha256=file_sha256(path), kind=kind,
                      sequences=sequences)
 
 
-def window_cost(window: Window, *, likelihood: str, unmasked_pass: bool, n_special: int) -> int:
-    tokens = window.length + n_special
-    passes = {"exact": window.own_end - window.own_start,
-              "fast": min(FAST_STRIDE, window.own_end - window.own_start)}.get(likelihood, 0)
-    return tokens * (passes + int(unmasked_pass))
-
-
 def plan_units(inputs: list[InputPlan], *, fingerprint: str, window: int, overlap: int,
-               likelihood: str, unmasked_pass: bool, n_special: int,
-               unit_tokens: int) -> list[UnitPlan]:
-    """Consecutive windows grouped until a unit costs ``unit_tokens`` computed tokens."""
+               cost: Callable[[Window], int], unit_tokens: int) -> list[UnitPlan]:
+    """Consecutive windows grouped until a unit's ``cost`` (tokens computed) reaches
+    ``unit_tokens``; units never span input files."""
     units: list[UnitPlan] = []
     for index, plan in enumerate(inputs):
         current = UnitPlan(key="", input_index=index)
         for s_index, seq in enumerate(plan.sequences):
-            for w in tile(seq.length, window, overlap):
+            for w in tile_record(seq.length, window, overlap, seq.skip_runs):
                 current.windows.append((s_index, w))
-                current.cost += window_cost(w, likelihood=likelihood,
-                                            unmasked_pass=unmasked_pass, n_special=n_special)
+                current.cost += cost(w)
                 if current.cost >= unit_tokens:
                     units.append(current)
                     current = UnitPlan(key="", input_index=index)
@@ -118,7 +130,7 @@ def plan_units(inputs: list[InputPlan], *, fingerprint: str, window: int, overla
         plan = inputs[unit.input_index]
         content = [fingerprint, plan.sha256] + [
             (plan.sequences[s].seq_id, plan.sequences[s].sha1, plan.sequences[s].token_offset,
-             w.start, w.end, w.own_start, w.own_end) for s, w in unit.windows]
+             w.start, w.end, w.own_start, w.own_end, w.scored) for s, w in unit.windows]
         unit.key = hashlib.sha256(json.dumps(content).encode()).hexdigest()
     return units
 
@@ -126,23 +138,20 @@ def plan_units(inputs: list[InputPlan], *, fingerprint: str, window: int, overla
 def iter_unit_jobs(plan: InputPlan, units: list[UnitPlan], *, kind: str,
                    skip: set[str]) -> Iterator[tuple[UnitPlan, list[WindowJob]]]:
     """Stream the file once, yielding each unit not in ``skip`` with its window jobs."""
-    wanted: dict[int, list[tuple[int, Window]]] = {}
+    wanted: dict[int, list[tuple[int, int]]] = {}  # sequence -> (unit, window index)
     for u, unit in enumerate(units):
-        for s_index, w in unit.windows:
-            wanted.setdefault(s_index, []).append((u, w))
+        if unit.key in skip:
+            continue
+        for k, (s_index, _) in enumerate(unit.windows):
+            wanted.setdefault(s_index, []).append((u, k))
     pending: dict[int, list[WindowJob]] = {}
-    done = 0
     for s_index, record in enumerate(read_fasta(plan.path, kind=kind)):
         seq = plan.sequences[s_index]
-        for u, w in wanted.get(s_index, []):
-            if units[u].key in skip:
-                continue
+        for u, k in wanted.get(s_index, []):
+            w = units[u].windows[k][1]
             pending.setdefault(u, []).append(WindowJob(
                 seq_id=seq.seq_id, token_offset=seq.token_offset, start=w.start, end=w.end,
                 own_start=w.own_start, own_end=w.own_end,
-                residues=record.sequence[w.start : w.end]))
-        # units whose last window lies in this record are complete
-        while done < len(units) and units[done].windows[-1][0] <= s_index:
-            if units[done].key not in skip:
-                yield units[done], pending.pop(done)
-            done += 1
+                residues=record.sequence[w.start : w.end], scored=w.scored))
+            if k == len(units[u].windows) - 1:  # complete: hand it out before reading on
+                yield units[u], pending.pop(u)

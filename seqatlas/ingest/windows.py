@@ -15,6 +15,7 @@ class Window:
     end: int
     own_start: int  # the positions scored from this window
     own_end: int
+    scored: bool = True  # False: a long run of N, whose positions are not sent to the model
 
     @property
     def length(self) -> int:
@@ -55,3 +56,23 @@ def _split(left_start: int, right_start: int, window: int) -> int:
     # centres are start + (window - 1) / 2; p belongs right when p - c_left > c_right - p
     twice_mid = left_start + right_start + window - 1
     return twice_mid // 2 + 1
+
+
+def tile_record(length: int, window: int, overlap: int,
+                skip: list[tuple[int, int]] = ()) -> list[Window]:
+    """Windows of a record whose ``skip`` runs (sorted, disjoint) are left unscored.
+
+    Each skipped run becomes one unscored window owning exactly the run; the stretches
+    between runs are tiled independently, so no window spans a skipped run.
+    """
+    windows: list[Window] = []
+    cursor = 0
+    for run_start, run_end in list(skip) + [(length, length)]:
+        if run_start > cursor:
+            windows.extend(Window(cursor + w.start, cursor + w.end, cursor + w.own_start,
+                                  cursor + w.own_end)
+                           for w in tile(run_start - cursor, window, overlap))
+        if run_end > run_start:
+            windows.append(Window(run_start, run_end, run_start, run_end, scored=False))
+        cursor = run_end
+    return windows

@@ -15,9 +15,11 @@ from pathlib import Path
 
 from seqatlas.errors import ModelError
 from seqatlas.models.tokenizers import (
-    FAMILIES,
     SpecialTokens,
+    TokenizerFamily,
     detect_family,
+    make_tokenizer,
+    read_tokenizer_json,
     read_vocab_txt,
     specials_from_vocab,
 )
@@ -35,15 +37,24 @@ _NOT_WEIGHTS = {"training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state.
 class EmbeddedModel:
     name: str
     description: str
-    kind: str
+    kinds: tuple[str, ...]
+    directory: str  # inside the antiberty package ("antiberty:...") or seqatlas ("seqatlas:...")
 
 
 EMBEDDED_MODELS = {
     "antiberty": EmbeddedModel(
         name="antiberty",
-        description="AntiBERTy (Ruffolo et al. 2021), 26M-parameter BERT MLM on 558M "
-        "antibody sequences; shipped in the antiberty==0.1.3 wheel",
-        kind="protein",
+        description="AntiBERTy (Ruffolo et al. 2021), BERT MLM trained on 558M antibody "
+        "sequences; shipped in the antiberty==0.1.3 wheel",
+        kinds=("protein",),
+        directory="antiberty:trained_models/AntiBERTy_md_smooth",
+    ),
+    "dnabert6-tiny": EmbeddedModel(
+        name="dnabert6-tiny",
+        description="tiny DNABERT-format model (overlapping 6-mers) trained by seqatlas on "
+        "human chrX (GRCh37); see its MODEL_CARD.md",
+        kinds=("dna", "rna"),
+        directory="seqatlas:models/embedded/dnabert6_tiny",
     ),
 }
 
@@ -58,6 +69,7 @@ class ModelSpec:
     vocab: dict = field(repr=False)
     specials: SpecialTokens
     family: str
+    k: int
     model_type: str
     hidden_size: int
     num_layers: int
@@ -65,9 +77,12 @@ class ModelSpec:
     parameters: int
     weights_sha256: str
     kind: str
+    tokenizer_json: str | None = field(default=None, repr=False)
 
-    def tokenizer(self):
-        return FAMILIES[self.family](self.vocab, self.specials, SCORED_LETTERS[self.kind])
+    def tokenizer(self) -> TokenizerFamily:
+        return make_tokenizer(self.family, vocab=self.vocab, specials=self.specials,
+                              letters=SCORED_LETTERS[self.kind], k=self.k,
+                              tokenizer_json=self.tokenizer_json)
 
     def describe(self) -> dict:
         """The manifest's record of the model."""
@@ -85,13 +100,14 @@ class ModelSpec:
         }
 
 
-def _antiberty_dir() -> Path:
+def embedded_directory(model: EmbeddedModel) -> Path:
+    package, _, relative = model.directory.partition(":")
     try:
-        import antiberty
-    except ImportError as exc:  # pragma: no cover - a declared dependency
-        raise ModelError("the embedded model needs the 'antiberty==0.1.3' package: "
-                         "pip install antiberty==0.1.3") from exc
-    return Path(antiberty.__file__).parent / "trained_models"
+        module = __import__(package)
+    except ImportError as exc:  # pragma: no cover - declared dependencies
+        raise ModelError(f"the embedded model {model.name!r} needs the {package!r} package") \
+            from exc
+    return Path(module.__file__).parent / relative
 
 
 def _checkpoint_dir(name: str) -> tuple[Path, str]:
@@ -150,15 +166,13 @@ def resolve_model(name: str, *, kind: str, tokenizer: str | None = None) -> Mode
 
     embedded = EMBEDDED_MODELS.get(name)
     if embedded is not None:
-        if kind != embedded.kind:
-            raise ModelError(f"model {name!r} is a {embedded.kind} model but the input is {kind}: "
-                             "pass --model with a checkpoint for this kind")
-        root = _antiberty_dir()
-        directory, source = root / "AntiBERTy_md_smooth", "embedded"
-        vocab = read_vocab_txt(root / "vocab.txt")
+        if kind not in embedded.kinds:
+            raise ModelError(f"model {name!r} is a {'/'.join(embedded.kinds)} model but the input "
+                             f"is {kind}: pass --model with a checkpoint for {kind}")
+        directory, source = embedded_directory(embedded), "embedded"
     else:
         directory, source = _checkpoint_dir(name)
-        vocab = _read_vocab(directory)
+    vocab, is_bpe, tokenizer_json = _read_vocab(directory)
     try:
         config = AutoConfig.from_pretrained(directory)
     except Exception as exc:
@@ -166,9 +180,9 @@ def resolve_model(name: str, *, kind: str, tokenizer: str | None = None) -> Mode
     weights = _weights_files(directory)
     if not weights:
         raise ModelError(f"model {name!r}: no weight files (*.safetensors, *.bin) in {directory}")
-    family = tokenizer or detect_family(vocab)
-    if family not in FAMILIES:
-        raise ModelError(f"unknown tokenizer family {family!r}; choose one of {sorted(FAMILIES)}")
+    declared = tokenizer or getattr(config, "seqatlas_tokenizer", None)
+    family, k = detect_family(vocab, declared=declared, bpe=is_bpe)
+    k = int(getattr(config, "kmer", k) or k) if family.endswith("kmer") else k
     positions = int(getattr(config, "max_position_embeddings", 512))
     model_type = getattr(config, "model_type", "bert")
     context = positions - 2 if model_type in _OFFSET_POSITION_TYPES else positions
@@ -179,6 +193,7 @@ def resolve_model(name: str, *, kind: str, tokenizer: str | None = None) -> Mode
         vocab=vocab,
         specials=specials_from_vocab(vocab),
         family=family,
+        k=k,
         model_type=model_type,
         hidden_size=int(config.hidden_size),
         num_layers=int(config.num_hidden_layers),
@@ -186,21 +201,22 @@ def resolve_model(name: str, *, kind: str, tokenizer: str | None = None) -> Mode
         parameters=_count_parameters(config),
         weights_sha256=hash_files(weights),
         kind=kind,
+        tokenizer_json=tokenizer_json if family == "bpe" else None,
     )
     spec.tokenizer()  # fails early when the vocabulary does not fit the kind
     return spec
 
 
-def _read_vocab(directory: Path) -> dict[str, int]:
-    if (directory / "vocab.txt").exists():
-        return read_vocab_txt(directory / "vocab.txt")
-    if (directory / "tokenizer.json").exists():
-        data = json.loads((directory / "tokenizer.json").read_text())
-        vocab = dict(data.get("model", {}).get("vocab", {}))
-        for added in data.get("added_tokens", []):
-            vocab[added["content"]] = added["id"]
-        if vocab:
-            return vocab
+def _read_vocab(directory: Path) -> tuple[dict[str, int], bool, str | None]:
+    """Vocabulary, whether it is a BPE model, and the tokenizer.json text when present."""
+    tokenizer_json = directory / "tokenizer.json"
+    if tokenizer_json.exists():
+        vocab, is_bpe, text = read_tokenizer_json(tokenizer_json)
+        if vocab and (is_bpe or not (directory / "vocab.txt").exists()):
+            return vocab, is_bpe, text
+    for candidate in (directory / "vocab.txt", directory.parent / "vocab.txt"):
+        if candidate.exists():  # AntiBERTy keeps vocab.txt beside its checkpoint folder
+            return read_vocab_txt(candidate), False, None
     raise ModelError(f"no vocabulary (vocab.txt or tokenizer.json) in {directory}")
 
 
@@ -215,7 +231,8 @@ class LoadedModel:
         transformers.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
         logging.getLogger("transformers").setLevel(logging.ERROR)
-        cls = BertForMaskedLM if spec.source == "embedded" else AutoModelForMaskedLM
+        # AntiBERTy's config names its own class; its weights load as BertForMaskedLM
+        cls = BertForMaskedLM if spec.model_type == "bert" else AutoModelForMaskedLM
         try:
             model = cls.from_pretrained(spec.path, attn_implementation="sdpa")
         except (ValueError, ImportError):
@@ -244,12 +261,12 @@ class LoadedModel:
             return last, None
         return last, (out.hidden_states[layer] if want_layer else last)
 
-    def letter_logits(self, hidden, letter_ids):
-        """MLM logits restricted to the scored letters, in float32."""
+    def token_logits(self, hidden, token_ids):
+        """MLM logits restricted to ``token_ids``, in float32."""
         import torch
 
         with torch.autocast(self.device.type, dtype=self.autocast_dtype,
                             enabled=self.autocast_dtype is not None):
             logits = self.head(hidden)
-        return logits[:, letter_ids].float()
+        return logits[:, token_ids].float()
 

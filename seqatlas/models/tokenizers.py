@@ -1,18 +1,41 @@
-"""Tokenizer families: how residues become model tokens and how tokens map back to residues.
+"""Tokenizer families: how residues become model tokens, which tokens hide a residue, and
+how a masked token's predicted distribution becomes a distribution over one residue.
 
-Character tokenizers are built from the vocabulary directly: generic tokenizer classes
-are not trusted to split residues (transformers 5's BertTokenizer maps AntiBERTy's
-residues to [UNK]). Each family answers the same questions, so k-mer and BPE families
-slot in beside :class:`SingleResidueTokenizer`.
+Every family is built from the checkpoint's vocabulary directly: generic tokenizer classes
+are not trusted to split residues (transformers 5's BertTokenizer maps AntiBERTy's residues
+to [UNK]). Families:
+
+- ``single``: one token per residue or base (ESM2, AntiBERTy, single-nucleotide models).
+- ``overlapping_kmer``: DNABERT; token j is bases j..j+k-1. Base i is hidden by masking the
+  k tokens that contain it. p(base i = b) is the arithmetic mean, over those k masked tokens,
+  of the probability that the token's letter at i's offset is b (each token's distribution
+  over the 4^k k-mers is marginalised to that offset).
+- ``nonoverlapping_kmer``: Nucleotide Transformer; greedy k-mers from the window start, a
+  single-base token where a k-mer would include a non-ACGT base or run past the end. Base i
+  is hidden by masking its token, which also hides the token's other bases.
+- ``bpe``: DNABERT-2-like; a ``tokenizers`` BPE model gives variable-length tokens and their
+  offsets. Masking and marginalisation as for non-overlapping k-mers; the masked token's
+  distribution is taken over the vocabulary tokens of the same length.
+
+For a masked token of length l, the candidates are the vocabulary tokens of length l made
+only of scored letters; their probabilities are renormalised, so special tokens and
+ambiguity codes never take probability mass.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
+import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from seqatlas.errors import ModelError
+
+FAST_MASK_RATE = 0.15  # tokens masked per pass in fast mode, as in BERT training
 
 
 @dataclass(frozen=True)
@@ -24,70 +47,263 @@ class SpecialTokens:
     unk: int
 
 
-class SingleResidueTokenizer:
-    """One token per residue or base (ESM2, AntiBERTy, single-nucleotide DNA models)."""
+@dataclass
+class WindowTokens:
+    """A tokenized window: ids with special tokens, and each token's window-local span."""
 
-    family = "single"
+    ids: np.ndarray  # int64, special tokens included
+    starts: np.ndarray  # int64, per non-special token
+    ends: np.ndarray
+    prefix: int
 
-    def __init__(self, vocab: dict[str, int], specials: SpecialTokens, alphabet: str):
+    @property
+    def n_tokens(self) -> int:
+        return len(self.starts)
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Vocabulary tokens of one length and the one-hot map to (offset, letter)."""
+
+    token_ids: np.ndarray  # (C,)
+    letter_at: np.ndarray  # (C, length): index into the scored letters
+
+
+_COMPLEMENT = bytes.maketrans(b"ACGTUNRYSWKMBDHVacgtunryswkmbdhv",
+                              b"TGCAANYRSWMKVHDBtgcaanyrswmkvhdb")
+
+
+def reverse_complement(residues: bytes) -> bytes:
+    return residues.translate(_COMPLEMENT)[::-1]
+
+
+class TokenizerFamily(ABC):
+    """Shared machinery; subclasses define tokenization and coverage."""
+
+    family = "base"
+    bases_per_token = 1  # tokens masked per hidden base, for the fast-mode stride
+
+    def __init__(self, vocab: dict[str, int], specials: SpecialTokens, letters: str):
         self.vocab = dict(vocab)
         self.specials = specials
         self.id_to_token = {i: t for t, i in vocab.items()}
-        # Letters the model can name; the predictive distribution is normalised over them.
-        self.letters = "".join(c for c in alphabet if c in vocab)
-        if not self.letters:
-            raise ModelError(
-                f"the model vocabulary has none of the letters {alphabet!r}: "
-                "is this a model for another kind of sequence (check --kind)?"
-            )
-        self.letter_ids = np.array([vocab[c] for c in self.letters], dtype=np.int64)
-        # byte -> token id (uppercase and lowercase), unknown letters -> unk
-        self._byte_to_id = np.full(256, specials.unk, dtype=np.int64)
-        # byte -> index into self.letters, -1 when the model has no such letter
+        self.letters = letters
+        # byte -> index into letters (-1 if not a scored letter); U and T are one letter
         self._byte_to_letter = np.full(256, -1, dtype=np.int64)
-        for c, token in vocab.items():
-            if len(c) == 1 and c.isalpha() and c.upper() == c:
-                for b in (ord(c), ord(c.lower())):
-                    self._byte_to_id[b] = token
-        for k, c in enumerate(self.letters):
-            for b in (ord(c), ord(c.lower())):
-                self._byte_to_letter[b] = k
+        for k, c in enumerate(letters):
+            for b in {c, c.lower()}:
+                self._byte_to_letter[ord(b)] = k
+        if "T" in letters and "U" not in letters:
+            self._byte_to_letter[[ord("U"), ord("u")]] = letters.index("T")
+        if "U" in letters and "T" not in letters:
+            self._byte_to_letter[[ord("T"), ord("t")]] = letters.index("U")
+        self.candidates = self._build_candidates()
+        if not self.candidates:
+            raise ModelError(f"the model vocabulary has no tokens made of {letters!r}: is it a "
+                             "model for another kind of sequence (check --kind)?")
 
+    # -- what every family answers -------------------------------------------------------
     @property
     def n_special(self) -> int:
         return len(self.specials.prefix) + len(self.specials.suffix)
 
     def residues_per_window(self, context_tokens: int) -> int:
-        """Largest number of residues whose tokens fit the model context."""
+        """Default window in residues whose tokenization always fits the context."""
         return context_tokens - self.n_special
 
-    def encode(self, residues: bytes) -> np.ndarray:
-        """Token ids of a window, special tokens included."""
-        body = self._byte_to_id[np.frombuffer(residues, dtype=np.uint8)]
-        return np.concatenate(
-            [np.array(self.specials.prefix, dtype=np.int64), body,
-             np.array(self.specials.suffix, dtype=np.int64)]
-        )
+    @abstractmethod
+    def tokenize(self, residues: bytes) -> WindowTokens:
+        """Token ids and window-local spans of a window's residues."""
+
+    def covering(self, tokens: WindowTokens, base: int) -> np.ndarray:
+        """Token indices (among non-special tokens) whose masking hides ``base``."""
+        hit = np.nonzero((tokens.starts <= base) & (tokens.ends > base))[0]
+        return hit
+
+    def fast_stride(self) -> int:
+        """Mask units per pass are this far apart, so ~15% of tokens are masked per pass."""
+        return math.ceil(self.bases_per_token / FAST_MASK_RATE - 1e-9)
 
     def letter_index(self, residues: bytes) -> np.ndarray:
-        """Index of each residue into :attr:`letters` (-1 where the model lacks it)."""
+        """Index of each residue into :attr:`letters` (-1 where it is not a scored letter)."""
         return self._byte_to_letter[np.frombuffer(residues, dtype=np.uint8)]
 
-    def token_texts(self, residues: bytes) -> list[str]:
-        ids = self._byte_to_id[np.frombuffer(residues, dtype=np.uint8)]
-        return [self.id_to_token[int(i)] for i in ids]
+    def token_texts(self, ids: np.ndarray) -> list[str]:
+        return [self.id_to_token.get(int(i), "[UNK]") for i in ids]
 
     def describe(self) -> dict:
-        return {
-            "family": self.family,
-            "letters": self.letters,
-            "prefix_ids": list(self.specials.prefix),
-            "suffix_ids": list(self.specials.suffix),
-            "mask_id": self.specials.mask,
-        }
+        return {"family": self.family, "letters": self.letters,
+                "prefix_ids": list(self.specials.prefix),
+                "suffix_ids": list(self.specials.suffix), "mask_id": self.specials.mask}
+
+    # -- helpers --------------------------------------------------------------------------
+    def _wrap(self, body: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> WindowTokens:
+        ids = np.concatenate([np.array(self.specials.prefix, dtype=np.int64),
+                              body.astype(np.int64),
+                              np.array(self.specials.suffix, dtype=np.int64)])
+        return WindowTokens(ids, starts.astype(np.int64), ends.astype(np.int64),
+                            len(self.specials.prefix))
+
+    def _build_candidates(self) -> dict[int, Candidates]:
+        by_length: dict[int, list[tuple[int, list[int]]]] = {}
+        for token, token_id in self.vocab.items():
+            if token.startswith(("[", "<")) or not token:
+                continue
+            letters = [self.letters.find(c) for c in token.upper()]
+            if token.upper() != token or min(letters) < 0:
+                continue
+            by_length.setdefault(len(token), []).append((token_id, letters))
+        return {length: Candidates(np.array([i for i, _ in items], dtype=np.int64),
+                                   np.array([l for _, l in items], dtype=np.int64))
+                for length, items in by_length.items()}
 
 
-FAMILIES = {"single": SingleResidueTokenizer}
+class SingleResidueTokenizer(TokenizerFamily):
+    """One token per residue or base."""
+
+    family = "single"
+
+    def __init__(self, vocab, specials, letters):
+        super().__init__(vocab, specials, letters)
+        self._byte_to_id = np.full(256, specials.unk, dtype=np.int64)
+        for c, token in vocab.items():
+            if len(c) == 1 and c.isalpha() and c.upper() == c:
+                self._byte_to_id[[ord(c), ord(c.lower())]] = token
+
+    def tokenize(self, residues: bytes) -> WindowTokens:
+        n = len(residues)
+        body = self._byte_to_id[np.frombuffer(residues, dtype=np.uint8)]
+        return self._wrap(body, np.arange(n), np.arange(1, n + 1))
+
+    def covering(self, tokens, base):
+        return np.array([base], dtype=np.int64)
+
+
+class OverlappingKmerTokenizer(TokenizerFamily):
+    """DNABERT: every k-mer of the window, stride 1."""
+
+    family = "overlapping_kmer"
+
+    def __init__(self, vocab, specials, letters, k: int):
+        self.k = self.bases_per_token = k
+        super().__init__(vocab, specials, letters)
+        self._code_to_id = np.full(4**k, specials.unk, dtype=np.int64)
+        for code, kmer in enumerate(itertools.product("ACGT", repeat=k)):
+            self._code_to_id[code] = vocab.get("".join(kmer), specials.unk)
+        self._byte_to_code = np.full(256, -1, dtype=np.int64)
+        for code, c in enumerate("ACGT"):
+            self._byte_to_code[[ord(c), ord(c.lower())]] = code
+        self._byte_to_code[[ord("U"), ord("u")]] = 3
+
+    def residues_per_window(self, context_tokens: int) -> int:
+        return context_tokens - self.n_special + self.k - 1
+
+    def tokenize(self, residues: bytes) -> WindowTokens:
+        k, n = self.k, len(residues)
+        count = max(0, n - k + 1)
+        codes = self._byte_to_code[np.frombuffer(residues, dtype=np.uint8)]
+        if count == 0:
+            return self._wrap(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
+        valid = codes >= 0
+        value = np.zeros(count, dtype=np.int64)
+        bad = np.zeros(count, dtype=bool)
+        for t in range(k):
+            value = value * 4 + np.where(valid[t : t + count], codes[t : t + count], 0)
+            bad |= ~valid[t : t + count]
+        body = np.where(bad, self.specials.unk, self._code_to_id[value])
+        starts = np.arange(count)
+        return self._wrap(body, starts, starts + k)
+
+    def covering(self, tokens, base):
+        lo = max(0, base - self.k + 1)
+        hi = min(base, tokens.n_tokens - 1)
+        return np.arange(lo, hi + 1, dtype=np.int64)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "k": self.k,
+                "combine": "mean over the k masked tokens of each token's marginal "
+                           "probability of the letter at the base's offset"}
+
+
+class NonOverlappingKmerTokenizer(TokenizerFamily):
+    """Nucleotide Transformer: greedy k-mers, single-base tokens for N and the tail."""
+
+    family = "nonoverlapping_kmer"
+
+    def __init__(self, vocab, specials, letters, k: int):
+        self.k = k
+        super().__init__(vocab, specials, letters)
+        self._single = np.full(256, specials.unk, dtype=np.int64)
+        for c, token in vocab.items():
+            if len(c) == 1 and c.isalpha():
+                self._single[[ord(c.upper()), ord(c.lower())]] = token
+        self._ok = np.zeros(256, dtype=bool)
+        for c in "ACGTacgt":
+            self._ok[ord(c)] = True
+
+    def residues_per_window(self, context_tokens: int) -> int:
+        # half the best case, so short N runs (single-base tokens) still fit the context
+        return (context_tokens - self.n_special) * self.k // 2
+
+    def tokenize(self, residues: bytes) -> WindowTokens:
+        k, n = self.k, len(residues)
+        raw = np.frombuffer(residues, dtype=np.uint8)
+        ok = self._ok[raw]
+        # a k-mer may start at i when bases i..i+k-1 are all ACGT
+        run = np.convolve(ok.astype(np.int64), np.ones(k, dtype=np.int64), "valid") == k \
+            if n >= k else np.zeros(0, dtype=bool)
+        upper = residues.upper()
+        starts, ends, body = [], [], []
+        i = 0
+        while i < n:
+            if i < len(run) and run[i]:
+                starts.append(i)
+                ends.append(i + k)
+                body.append(self.vocab.get(upper[i : i + k].decode(), self.specials.unk))
+                i += k
+            else:
+                starts.append(i)
+                ends.append(i + 1)
+                body.append(self._single[raw[i]])
+                i += 1
+        return self._wrap(np.array(body, dtype=np.int64), np.array(starts), np.array(ends))
+
+    def describe(self) -> dict:
+        return {**super().describe(), "k": self.k}
+
+
+class BpeTokenizer(TokenizerFamily):
+    """DNABERT-2-like BPE through the ``tokenizers`` library; offsets from the tokenizer."""
+
+    family = "bpe"
+
+    def __init__(self, vocab, specials, letters, tokenizer_json: str):
+        super().__init__(vocab, specials, letters)
+        from tokenizers import Tokenizer
+
+        self.tokenizer_json = tokenizer_json
+        self._tokenizer = Tokenizer.from_str(tokenizer_json)
+        self._tokenizer.no_padding()
+        self._tokenizer.no_truncation()
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_tokenizer")
+        return state
+
+    def __setstate__(self, state):
+        from tokenizers import Tokenizer
+
+        self.__dict__.update(state)
+        self._tokenizer = Tokenizer.from_str(self.tokenizer_json)
+
+    def tokenize(self, residues: bytes) -> WindowTokens:
+        encoding = self._tokenizer.encode(residues.decode().upper(), add_special_tokens=False)
+        offsets = np.array(encoding.offsets, dtype=np.int64).reshape(-1, 2)
+        return self._wrap(np.array(encoding.ids, dtype=np.int64), offsets[:, 0], offsets[:, 1])
+
+
+FAMILIES = ("single", "overlapping_kmer", "nonoverlapping_kmer", "bpe")
 
 _SPECIAL_NAMES = {
     "mask": ("[MASK]", "<mask>"),
@@ -105,7 +321,7 @@ def _find(vocab: dict[str, int], role: str) -> int | None:
     return None
 
 
-def specials_from_vocab(vocab: dict[str, int]) -> SpecialTokens:
+def specials_from_vocab(vocab: dict[str, int], *, suffix: bool = True) -> SpecialTokens:
     """BERT/ESM-style layout ([CLS] x [SEP] or <cls> x <eos>) read from token names."""
     found = {role: _find(vocab, role) for role in _SPECIAL_NAMES}
     if found["mask"] is None:
@@ -113,25 +329,71 @@ def specials_from_vocab(vocab: dict[str, int]) -> SpecialTokens:
     unk = found["unk"] if found["unk"] is not None else found["mask"]
     pad = found["pad"] if found["pad"] is not None else unk
     prefix = (found["cls"],) if found["cls"] is not None else ()
-    suffix = (found["eos"],) if found["eos"] is not None else ()
-    return SpecialTokens(prefix=prefix, suffix=suffix, mask=found["mask"], pad=pad, unk=unk)
+    tail = (found["eos"],) if found["eos"] is not None and suffix else ()
+    return SpecialTokens(prefix=prefix, suffix=tail, mask=found["mask"], pad=pad, unk=unk)
 
 
-def detect_family(vocab: dict[str, int]) -> str:
-    """Name of the tokenizer family implied by a vocabulary."""
-    words = [t for t in vocab if not (t.startswith("[") or t.startswith("<")) and t.strip()]
-    multi = [t for t in words if len(t) > 1 and t.isalpha()]
-    if len(multi) > len(words) / 2:
-        raise ModelError(
-            f"this vocabulary holds multi-letter tokens (e.g. {multi[0]!r}): k-mer and BPE "
-            "tokenizers are not supported yet; use a single-residue model (ESM2, AntiBERTy)"
-        )
-    return "single"
+def _words(vocab: dict[str, int]) -> list[str]:
+    return [t for t in vocab if t and not t.startswith(("[", "<"))]
 
 
-def read_vocab_txt(path) -> dict[str, int]:
+def detect_family(vocab: dict[str, int], *, declared: str | None = None,
+                  bpe: bool = False) -> tuple[str, int]:
+    """Tokenizer family and k implied by a checkpoint's vocabulary (and declarations)."""
+    words = _words(vocab)
+    lengths = [len(w) for w in words if w.isalpha()]
+    k = max(set(lengths), key=lengths.count) if lengths else 1
+    if declared:
+        if declared not in FAMILIES:
+            raise ModelError(f"unknown tokenizer family {declared!r}; choose one of "
+                             f"{', '.join(FAMILIES)}")
+        return declared, (k if declared.endswith("kmer") else 1)
+    if bpe:
+        return "bpe", 1
+    if k == 1:
+        return "single", 1
+    kmers = {w for w in words if len(w) == k and set(w) <= set("ACGT")}
+    if len(kmers) < 4**k * 0.9:
+        raise ModelError(f"cannot tell the tokenizer family of this vocabulary (most words have "
+                         f"length {k} but only {len(kmers)} of the {4**k} {k}-mers are present); "
+                         "pass --tokenizer")
+    singles = {w for w in words if len(w) == 1}
+    return ("nonoverlapping_kmer" if {"A", "C", "G", "T"} <= singles
+            else "overlapping_kmer"), k
+
+
+def make_tokenizer(family: str, *, vocab: dict[str, int], specials: SpecialTokens,
+                   letters: str, k: int = 1, tokenizer_json: str | None = None
+                   ) -> TokenizerFamily:
+    if family == "single":
+        return SingleResidueTokenizer(vocab, specials, letters)
+    if family == "overlapping_kmer":
+        return OverlappingKmerTokenizer(vocab, specials, letters, k)
+    if family == "nonoverlapping_kmer":
+        return NonOverlappingKmerTokenizer(vocab, specials, letters, k)
+    if family == "bpe":
+        if tokenizer_json is None:
+            raise ModelError("a BPE model needs its tokenizer.json")
+        return BpeTokenizer(vocab, specials, letters, tokenizer_json)
+    raise ModelError(f"unknown tokenizer family {family!r}; choose one of {', '.join(FAMILIES)}")
+
+
+def read_vocab_txt(path: Path | str) -> dict[str, int]:
     with open(path, encoding="utf-8") as fh:
         # ids are line numbers, so a blank line still takes an id
         vocab = {line.rstrip("\r\n"): i for i, line in enumerate(fh)}
     vocab.pop("", None)
     return vocab
+
+
+def read_tokenizer_json(path: Path | str) -> tuple[dict[str, int], bool, str]:
+    """Vocabulary, whether the model is BPE, and the raw JSON of a ``tokenizer.json``."""
+    text = Path(path).read_text()
+    data = json.loads(text)
+    model = data.get("model", {})
+    vocab = dict(model.get("vocab", {}) or {})
+    if isinstance(model.get("vocab"), list):  # unigram: [[token, score], ...]
+        vocab = {t: i for i, (t, _) in enumerate(model["vocab"])}
+    for added in data.get("added_tokens", []):
+        vocab[added["content"]] = added["id"]
+    return vocab, model.get("type") == "BPE", text

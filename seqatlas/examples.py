@@ -1,4 +1,4 @@
-"""``demo``: the embedded default end to end on bundled real proteins."""
+"""The bundled demo data and ``demo``: the embedded default end to end on real proteins."""
 
 from __future__ import annotations
 

@@ -1,0 +1,55 @@
+"""The README stays honest: its set-up commands match CI and its usage snippets run."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from seqatlas.examples import demo_fasta
+from seqatlas.ingest.fasta import read_fasta
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def _blocks(section: str, language: str) -> list[str]:
+    start = README.index(section)
+    end = README.find("\n## ", start + 1)
+    text = README[start : end if end > 0 else None]
+    return re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)
+
+
+def test_exactly_two_setup_commands_and_ci_runs_the_test_one():
+    setup = _blocks("## Set up on a fresh machine", "bash")
+    assert len(setup) == 2
+    install_demo, install_test = (b.strip() for b in setup)
+    assert install_demo.endswith("seqatlas demo") and "pytest" in install_test
+    assert install_test in (ROOT / ".ci" / "run").read_text()
+
+
+@pytest.mark.slow
+def test_usage_snippets_run(tmp_path):
+    records = list(read_fasta(demo_fasta(), kind="protein"))[:3]
+    (tmp_path / "proteins.fa").write_text(
+        "".join(f">{r.id} {r.description}\n{r.sequence.decode()}\n" for r in records))
+    outputs = []
+    for block in _blocks("## Usage", "bash"):
+        for line in block.strip().splitlines():
+            command = line.split("  #")[0].strip()
+            done = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True,
+                                  text=True, timeout=600)
+            assert done.returncode == 0, f"{command}\n{done.stdout}\n{done.stderr}"
+            outputs.append(done.stdout)
+    assert "0 unit(s) scored" in outputs[1]  # the re-run had nothing left to do
+    assert "positions" in outputs[2] and "antiberty" in outputs[2]
+    script = "\n".join(_blocks("## Usage", "python"))
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    total = sum(len(r.sequence) for r in records)
+    assert f"{total} positions" in done.stdout
+    assert f"{total} {total} 512" in done.stdout  # positions, tokens, embedding width
