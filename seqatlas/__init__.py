@@ -16,6 +16,7 @@ __all__ = [
     "demo",
     "info",
     "ingest",
+    "models",
 ]
 
 _LAZY = {
@@ -31,6 +32,7 @@ _LAZY = {
 # Import the ``ingest`` subpackage first so that the function below owns the name
 # ``seqatlas.ingest`` (importing a submodule later does not rebind it).
 from seqatlas import ingest as _ingest_package  # noqa: E402,F401
+from seqatlas import models as _models_package  # noqa: E402,F401
 
 
 def ingest(fasta, *, atlas, **options):
@@ -44,6 +46,16 @@ def ingest(fasta, *, atlas, **options):
     from seqatlas.ingest.pipeline import ingest as run
 
     return run(fasta, atlas=atlas, **options)
+
+
+def models() -> list[dict]:
+    """The embedded models (name, kinds, tokenizer family, parameters, alphabet, context).
+
+    Any Hugging Face masked-LM checkpoint directory (or hub id, with network) works too.
+    """
+    from seqatlas.models.loading import list_models
+
+    return list_models()
 
 
 def __getattr__(name: str):

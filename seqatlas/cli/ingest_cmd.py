@@ -24,6 +24,18 @@ class Likelihood(str, Enum):
     none = "none"
 
 
+class Strands(str, Enum):
+    forward = "forward"
+    both = "both"
+
+
+class Tokenizer(str, Enum):
+    single = "single"
+    overlapping_kmer = "overlapping_kmer"
+    nonoverlapping_kmer = "nonoverlapping_kmer"
+    bpe = "bpe"
+
+
 class Embeddings(str, Enum):
     float16 = "float16"
     none = "none"
@@ -36,8 +48,9 @@ def ingest(
                               help="Embedded model name, checkpoint directory or hub id."),
     kind: Optional[Kind] = typer.Option(None, help="Sequence kind; detected when omitted."),
     likelihood: Likelihood = typer.Option(
-        Likelihood.exact, help="exact: one masked pass per position (PLL term); fast: every "
-        "7th position masked per pass; unmasked: one pass, ref visible; none: embeddings only."),
+        Likelihood.exact, help="exact: one masked pass per position (PLL term); fast: well-separated positions "
+        "masked together, ~15% of tokens per pass (7 passes per window for one-token-per-"
+        "residue models); unmasked: one pass, ref visible; none: embeddings only."),
     embeddings: Embeddings = typer.Option(Embeddings.float16,
                                           help="Store per-token embeddings, or not."),
     layer: Optional[int] = typer.Option(None, help="Hidden layer for embeddings (0 = input "
@@ -49,8 +62,13 @@ def ingest(
     batch_tokens: Optional[int] = typer.Option(
         None, help="Token budget of one forward pass, rows x longest row (default: 2048 on "
         "CPU, 32768 on GPU)."),
-    unit_tokens: int = typer.Option(65536, help="Computed tokens per work unit (resume "
-                                    "granularity)."),
+    unit_tokens: Optional[int] = typer.Option(
+        None, help="Computed tokens per work unit, the resume granularity (default: 65536 for "
+        "exact/fast, 1048576 for unmasked/none)."),
+    strands: Strands = typer.Option(Strands.forward, help="DNA/RNA: 'both' also scores the "
+                                    "reverse complement (logp_rc, logp_mean columns)."),
+    skip_n_runs: int = typer.Option(50, help="DNA/RNA: runs of at least this many N are not "
+                                    "sent to the model (null scores); 0 scores every N."),
     workers: Optional[int] = typer.Option(None, help="Scoring actors (default: one per GPU, "
                                           "else 1); 0 scores in this process without Ray."),
     gpus_per_worker: float = typer.Option(0.0, help="GPUs per scoring actor."),
@@ -59,8 +77,8 @@ def ingest(
     address: Optional[str] = typer.Option(None, help="Ray cluster address ('auto' or "
                                           "host:port); default: a local Ray, started quietly."),
     max_retries: int = typer.Option(2, help="Retries of a failing work unit."),
-    tokenizer: Optional[str] = typer.Option(None, help="Override the tokenizer family "
-                                            "(single)."),
+    tokenizer: Optional[Tokenizer] = typer.Option(None, help="Override the detected "
+                                                  "tokenizer family."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
@@ -75,7 +93,9 @@ def ingest(
         likelihood=likelihood.value, embeddings=embeddings == Embeddings.float16, layer=layer,
         window=window, overlap=overlap, batch_tokens=batch_tokens, unit_tokens=unit_tokens,
         workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
-        address=address, max_retries=max_retries, tokenizer=tokenizer, progress=progress)
+        address=address, max_retries=max_retries,
+        tokenizer=tokenizer.value if tokenizer else None, strands=strands.value,
+        skip_n_runs=skip_n_runs, progress=progress)
     _print_report(report.as_dict(), as_json)
 
 

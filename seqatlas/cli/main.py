@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from seqatlas.cli import ingest_cmd, info_cmd
+from seqatlas.cli import ingest_cmd, info_cmd, models_cmd
 from seqatlas.errors import SeqAtlasError
 
 app = typer.Typer(
@@ -21,6 +21,7 @@ app = typer.Typer(
 app.command("ingest")(ingest_cmd.ingest)
 app.command("info")(info_cmd.info)
 app.command("demo")(ingest_cmd.demo)
+app.command("models")(models_cmd.models)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -127,9 +127,11 @@ def ingest(fasta: str | Path | list, *, atlas: str | Path, **options) -> IngestR
     if not 1 <= window <= max_window:
         raise ConfigError(f"--window {window} does not fit the model's context "
                           f"({max_window} residues)")
-    overlap = default_overlap(window) if config.overlap is None else config.overlap
-    if not 0 <= overlap < window:
-        raise ConfigError(f"--overlap must be in [0, {window}) for --window {window}")
+    least = tokenizer.min_overlap()
+    overlap = max(default_overlap(window), least) if config.overlap is None else config.overlap
+    if not least <= overlap < window:
+        raise ConfigError(f"--overlap must be in [{least}, {window}) for --window {window} "
+                          f"with a {tokenizer.family} tokenizer")
     layer = spec.num_layers if config.layer is None else config.layer
     if layer < 0:
         layer += spec.num_layers + 1

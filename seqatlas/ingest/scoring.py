@@ -82,12 +82,9 @@ def make_view(tokenizer: TokenizerFamily, job: WindowJob, j: int, *, reverse: bo
 
 def _pairs(tokenizer, view: View, bases) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Readout tokens covering ``bases`` and the (readout index, base) pairs."""
-    covers = [tokenizer.covering(view.tokens, int(b)) for b in bases]
-    readout = np.unique(np.concatenate(covers)) if covers else np.zeros(0, np.int64)
-    position = {int(t): i for i, t in enumerate(readout)}
-    pair_readout = np.array([position[int(t)] for c in covers for t in c], dtype=np.int64)
-    pair_base = np.array([b for b, c in zip(bases, covers) for _ in c], dtype=np.int64)
-    return readout.astype(np.int64), pair_readout, pair_base
+    token, base = tokenizer.cover_pairs(view.tokens, np.asarray(bases, dtype=np.int64))
+    readout, pair_readout = np.unique(token, return_inverse=True)
+    return readout.astype(np.int64), pair_readout.astype(np.int64), base
 
 
 def plan_rows(tokenizer: TokenizerFamily, views: list[View], *, mode: str,
@@ -253,20 +250,22 @@ class Scorer:
         device = last.device
         b_idx, t_idx, lengths = [], [], []
         pair_slot, pair_offset, pair_readout = [], [], []
-        slots: list[tuple[int, int]] = []  # (row in batch, view-local base)
-        readout_base = 0
+        row_bases, true = [], []  # per row: the bases it scores (its slots, in order)
+        n_slots = readout_base = 0
         for b, row in enumerate(rows):
             view = views[row.view]
             b_idx.append(np.full(len(row.readout), b))
             t_idx.append(row.readout + view.tokens.prefix)
             lengths.append(view.tokens.ends[row.readout] - view.tokens.starts[row.readout])
             bases, slot_of = np.unique(row.pair_base, return_inverse=True)
-            pair_slot.append(slot_of + len(slots))
-            slots.extend((b, int(x)) for x in bases)
+            pair_slot.append(slot_of + n_slots)
+            row_bases.append(bases)
+            true.append(view.letters[bases])
+            n_slots += len(bases)
             pair_offset.append(row.pair_base - view.tokens.starts[row.readout[row.pair_readout]])
             pair_readout.append(row.pair_readout + readout_base)
             readout_base += len(row.readout)
-        if not slots:
+        if not n_slots:
             return
         hidden = last[torch.from_numpy(np.concatenate(b_idx)).to(device),
                       torch.from_numpy(np.concatenate(t_idx)).to(device)]
@@ -286,22 +285,23 @@ class Scorer:
         pair_offset = torch.from_numpy(np.concatenate(pair_offset)).to(device)
         pair_slot = torch.from_numpy(np.concatenate(pair_slot)).to(device)
         per_pair = marginal[pair_readout, pair_offset]
-        sums = torch.zeros(len(slots), n_letters, dtype=torch.float64, device=device)
+        sums = torch.zeros(n_slots, n_letters, dtype=torch.float64, device=device)
         sums.index_add_(0, pair_slot, per_pair)
-        counts = torch.bincount(pair_slot, minlength=len(slots)).unsqueeze(-1)
-        mean = sums / counts
-        true = torch.tensor([views[rows[b].view].letters[base] for b, base in slots],
-                            device=device)
-        logp, entropy, rank = (t.cpu().numpy() for t in distribution_stats(mean.log(), true))
-        for s, (b, base) in enumerate(slots):
-            row, view = rows[b], views[rows[b].view]
-            res, i = results[row.view], base - view.owned_start
+        counts = torch.bincount(pair_slot, minlength=n_slots).unsqueeze(-1)
+        true = torch.from_numpy(np.concatenate(true)).to(device)
+        logp, entropy, rank = (t.cpu().numpy()
+                               for t in distribution_stats((sums / counts).log(), true))
+        start = 0
+        for row, bases in zip(rows, row_bases):
+            res = results[row.view]
+            at, here = bases - views[row.view].owned_start, slice(start, start + len(bases))
+            start += len(bases)
             if row.masked is None:
-                res.logp_unmasked[i] = logp[s]
+                res.logp_unmasked[at] = logp[here]
                 if self.likelihood == "unmasked":
-                    res.entropy[i], res.rank[i] = entropy[s], rank[s]
+                    res.entropy[at], res.rank[at] = entropy[here], rank[here]
             else:
-                res.logp[i], res.entropy[i], res.rank[i] = logp[s], entropy[s], rank[s]
+                res.logp[at], res.entropy[at], res.rank[at] = logp[here], entropy[here], rank[here]
 
     def _keep_embeddings(self, view: View, res: _Result, hidden) -> None:
         import torch

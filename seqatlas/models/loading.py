@@ -270,3 +270,25 @@ class LoadedModel:
             logits = self.head(hidden)
         return logits[:, token_ids].float()
 
+
+
+def list_models() -> list[dict]:
+    """Every embedded model: name, kinds, tokenizer family, size, alphabet and context."""
+    rows = []
+    for model in EMBEDDED_MODELS.values():
+        spec = resolve_model(model.name, kind=model.kinds[0])
+        tokenizer = spec.tokenizer()
+        rows.append({
+            "name": model.name,
+            "kinds": list(model.kinds),
+            "family": spec.family,
+            "k": spec.k,
+            "parameters": spec.parameters,
+            "hidden_size": spec.hidden_size,
+            "layers": spec.num_layers,
+            "alphabet": tokenizer.letters,
+            "context_tokens": spec.context_tokens,
+            "window_residues": tokenizer.residues_per_window(spec.context_tokens),
+            "description": model.description,
+        })
+    return rows

@@ -111,14 +111,32 @@ class TokenizerFamily(ABC):
         """Default window in residues whose tokenization always fits the context."""
         return context_tokens - self.n_special
 
+    def min_overlap(self) -> int:
+        """Smallest window overlap that keeps every token of an owned base in the window."""
+        return 0
+
     @abstractmethod
     def tokenize(self, residues: bytes) -> WindowTokens:
         """Token ids and window-local spans of a window's residues."""
 
     def covering(self, tokens: WindowTokens, base: int) -> np.ndarray:
         """Token indices (among non-special tokens) whose masking hides ``base``."""
-        hit = np.nonzero((tokens.starts <= base) & (tokens.ends > base))[0]
-        return hit
+        token, ok = self._token_of(tokens, np.array([base]))
+        return token[ok]
+
+    def cover_pairs(self, tokens: WindowTokens, bases: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """Every (token, base) pair with ``base`` in ``bases`` inside ``token``, vectorised."""
+        token, ok = self._token_of(tokens, bases)
+        return token[ok], bases[ok]
+
+    @staticmethod
+    def _token_of(tokens: WindowTokens, bases: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The token containing each base, for families whose tokens do not overlap."""
+        token = np.searchsorted(tokens.starts, bases, side="right") - 1
+        ok = token >= 0
+        ok[ok] &= tokens.ends[token[ok]] > bases[ok]
+        return np.maximum(token, 0), ok
 
     def fast_stride(self) -> int:
         """Mask units per pass are this far apart, so ~15% of tokens are masked per pass."""
@@ -178,6 +196,9 @@ class SingleResidueTokenizer(TokenizerFamily):
     def covering(self, tokens, base):
         return np.array([base], dtype=np.int64)
 
+    def cover_pairs(self, tokens, bases):
+        return bases.copy(), bases
+
 
 class OverlappingKmerTokenizer(TokenizerFamily):
     """DNABERT: every k-mer of the window, stride 1."""
@@ -197,6 +218,10 @@ class OverlappingKmerTokenizer(TokenizerFamily):
 
     def residues_per_window(self, context_tokens: int) -> int:
         return context_tokens - self.n_special + self.k - 1
+
+    def min_overlap(self) -> int:
+        # an owned base needs all k tokens containing it, so k - 1 bases of margin each side
+        return 2 * self.k - 1
 
     def tokenize(self, residues: bytes) -> WindowTokens:
         k, n = self.k, len(residues)
@@ -218,6 +243,12 @@ class OverlappingKmerTokenizer(TokenizerFamily):
         lo = max(0, base - self.k + 1)
         hi = min(base, tokens.n_tokens - 1)
         return np.arange(lo, hi + 1, dtype=np.int64)
+
+    def cover_pairs(self, tokens, bases):
+        token = (bases[:, None] - np.arange(self.k)[None, :]).reshape(-1)
+        base = np.repeat(bases, self.k)
+        ok = (token >= 0) & (token < tokens.n_tokens)
+        return token[ok], base[ok]
 
     def describe(self) -> dict:
         return {**super().describe(), "k": self.k,
