@@ -189,13 +189,13 @@ class Scorer:
         self.real_tokens = 0
         self.computed_tokens = 0
         n_letters = len(self.tokenizer.letters)
-        # candidates of each token length -> one-hot (C, length, letters), float64
+        # candidates of each token length -> one-hot (C, length * letters)
         self._candidates = {}
         for length, cand in self.tokenizer.candidates.items():
-            onehot = torch.zeros(len(cand.token_ids), length, n_letters, dtype=torch.float64)
+            onehot = torch.zeros(len(cand.token_ids), length, n_letters)
             onehot.scatter_(2, torch.from_numpy(cand.letter_at).unsqueeze(-1), 1.0)
             self._candidates[length] = (torch.from_numpy(cand.token_ids).to(model.device),
-                                        onehot.to(model.device))
+                                        onehot.reshape(len(cand.token_ids), -1).to(model.device))
 
     def score(self, jobs: list[WindowJob]) -> tuple[pa.Table, pa.Table | None]:
         """Positions rows (owned positions of every job, in job order) and token rows."""
@@ -272,20 +272,20 @@ class Scorer:
         lengths = np.concatenate(lengths)
         n_letters = len(self.tokenizer.letters)
         marginal = torch.full((len(lengths), int(lengths.max()), n_letters), float("nan"),
-                              dtype=torch.float64, device=device)
+                              device=device)
         for length in np.unique(lengths):
             if int(length) not in self._candidates:
                 continue  # no vocabulary token of this length: the base stays unscored
             ids, onehot = self._candidates[int(length)]
             which = torch.from_numpy(np.nonzero(lengths == length)[0]).to(device)
-            logits = self.model.token_logits(hidden[which], ids)
-            probs = torch.softmax(logits.double(), dim=-1)
-            marginal[which, : int(length)] = torch.einsum("mc,col->mol", probs, onehot)
+            probs = torch.softmax(self.model.token_logits(hidden[which], ids), dim=-1)
+            marginal[which, : int(length)] = (probs @ onehot).view(len(which), int(length),
+                                                                  n_letters)
         pair_readout = torch.from_numpy(np.concatenate(pair_readout)).to(device)
         pair_offset = torch.from_numpy(np.concatenate(pair_offset)).to(device)
         pair_slot = torch.from_numpy(np.concatenate(pair_slot)).to(device)
         per_pair = marginal[pair_readout, pair_offset]
-        sums = torch.zeros(n_slots, n_letters, dtype=torch.float64, device=device)
+        sums = torch.zeros(n_slots, n_letters, device=device)
         sums.index_add_(0, pair_slot, per_pair)
         counts = torch.bincount(pair_slot, minlength=n_slots).unsqueeze(-1)
         true = torch.from_numpy(np.concatenate(true)).to(device)

@@ -262,12 +262,15 @@ class LoadedModel:
         return last, (out.hidden_states[layer] if want_layer else last)
 
     def token_logits(self, hidden, token_ids):
-        """MLM logits restricted to ``token_ids``, in float32."""
+        """MLM logits restricted to ``token_ids`` (a sorted id tensor), in float32."""
         import torch
 
         with torch.autocast(self.device.type, dtype=self.autocast_dtype,
                             enabled=self.autocast_dtype is not None):
             logits = self.head(hidden)
+        first, last = int(token_ids[0]), int(token_ids[-1])
+        if last - first + 1 == len(token_ids):  # contiguous ids (k-mer blocks): no copy
+            return logits[:, first : last + 1].float()
         return logits[:, token_ids].float()
 
 

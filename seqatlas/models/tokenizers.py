@@ -171,8 +171,9 @@ class TokenizerFamily(ABC):
             if token.upper() != token or min(letters) < 0:
                 continue
             by_length.setdefault(len(token), []).append((token_id, letters))
-        return {length: Candidates(np.array([i for i, _ in items], dtype=np.int64),
-                                   np.array([l for _, l in items], dtype=np.int64))
+        # sorted by id, so a contiguous block of ids can be read as a slice of the logits
+        return {length: Candidates(np.array([i for i, _ in sorted(items)], dtype=np.int64),
+                                   np.array([l for _, l in sorted(items)], dtype=np.int64))
                 for length, items in by_length.items()}
 
 
