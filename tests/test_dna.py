@@ -265,3 +265,33 @@ def test_long_sequence_windows_for_kmers(tmp_path, tiny_dnabert):
     assert all(r["logp_unmasked"] is not None for r in rows)
     tokens = atlas.tokens(columns=["start"]).sort_by("start")["start"].to_pylist()
     assert tokens == list(range(295))  # every 6-mer once, from the window owning its start
+
+
+def test_dna_options_cli_and_api_agree(tmp_path, tiny_dnabert, capsys):
+    from seqatlas.cli.main import main
+
+    fasta = write_fasta(tmp_path / "d.fa", {"d": random_dna(50, 1) + "N" * 8 + random_dna(30, 2)})
+    code = main(["ingest", str(fasta), "--atlas", str(tmp_path / "cli"), "--model",
+                 str(tiny_dnabert), "--strands", "both", "--skip-n-runs", "5", "--likelihood",
+                 "unmasked", "--tokenizer", "overlapping_kmer", "--workers", "0",
+                 "--no-progress"])
+    assert code == 0
+    seqatlas.ingest(fasta, atlas=tmp_path / "api", model=str(tiny_dnabert), strands="both",
+                    skip_n_runs=5, likelihood="unmasked", tokenizer="overlapping_kmer",
+                    workers=0, progress=False)
+    cli, api = seqatlas.Atlas(tmp_path / "cli"), seqatlas.Atlas(tmp_path / "api")
+    assert cli.manifest["scoring"] == api.manifest["scoring"]
+    assert cli.manifest["scoring"]["strands"] == "both"
+    assert cli.manifest["kind"] == "dna" and cli.manifest["kind_detected"]
+    assert cli.positions().sort_by("pos").equals(api.positions().sort_by("pos"))
+    assert seqatlas.info(tmp_path / "cli")["positions_unscored"] == 8
+
+
+def test_protein_input_refuses_both_strands(tmp_path, tiny_dnabert):
+    fasta = write_fasta(tmp_path / "p.fa", {"p": "MKTAYIAKQRQISFVKSHFSRQ"})
+    with pytest.raises(seqatlas.SeqAtlasError, match="strands both needs DNA"):
+        seqatlas.ingest(fasta, atlas=tmp_path / "a", model=str(tiny_dnabert), strands="both",
+                        workers=0)
+    with pytest.raises(seqatlas.SeqAtlasError, match="overlap"):
+        seqatlas.ingest(write_fasta(tmp_path / "d.fa", {"d": random_dna(90, 1)}),
+                        atlas=tmp_path / "b", model=str(tiny_dnabert), overlap=4, workers=0)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from seqatlas.examples import demo_fasta
+from seqatlas.examples import demo_dna, demo_fasta
 from seqatlas.ingest.fasta import read_fasta
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,9 +33,14 @@ def test_exactly_two_setup_commands_and_ci_runs_the_test_one():
 
 @pytest.mark.slow
 def test_usage_snippets_run(tmp_path):
+    import gzip
+
     records = list(read_fasta(demo_fasta(), kind="protein"))[:3]
     (tmp_path / "proteins.fa").write_text(
         "".join(f">{r.id} {r.description}\n{r.sequence.decode()}\n" for r in records))
+    (lam,) = read_fasta(demo_dna(), kind="dna")
+    with gzip.open(tmp_path / "genome.fa.gz", "wt") as fh:
+        fh.write(f">lambda\n{lam.sequence[:3000].decode()}\nNNNN\n")
     outputs = []
     for block in _blocks("## Usage", "bash"):
         for line in block.strip().splitlines():
@@ -46,6 +51,8 @@ def test_usage_snippets_run(tmp_path):
             outputs.append(done.stdout)
     assert "0 unit(s) scored" in outputs[1]  # the re-run had nothing left to do
     assert "positions" in outputs[2] and "antiberty" in outputs[2]
+    assert "dnabert6-tiny" in outputs[3] and "overlapping_kmer" in outputs[3]
+    assert "3,004 positions" in outputs[4]
     script = "\n".join(_blocks("## Usage", "python"))
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
                           text=True, timeout=600)

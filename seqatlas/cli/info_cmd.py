@@ -43,9 +43,10 @@ def print_info(summary: dict, console: Console | None = None) -> None:
                   f"{model['tokenizer']['family']}, weights sha256 "
                   f"{model['weights_sha256'][:12]}…)")
     layer = f", layer {scoring['layer']}" if scoring["embeddings"] else ""
+    strands = f", strands {scoring['strands']}" if summary["kind"] != "protein" else ""
     console.print(f"[bold]scoring[/] likelihood {scoring['likelihood']}, window "
                   f"{scoring['window']} overlap {scoring['overlap']}, embeddings "
-                  f"{scoring['embedding_dtype'] or 'none'}{layer}")
+                  f"{scoring['embedding_dtype'] or 'none'}{layer}{strands}")
     table = Table(title="tables")
     for column in ("table", "parts", "rows", "on disk", "bytes/row"):
         table.add_column(column, justify="right" if column != "table" else "left")
@@ -53,6 +54,9 @@ def print_info(summary: dict, console: Console | None = None) -> None:
         per_row = f"{t['bytes'] / t['rows']:.1f}" if t["rows"] else "-"
         table.add_row(name, str(t["parts"]), f"{t['rows']:,}", _size(t["bytes"]), per_row)
     console.print(table)
+    if summary.get("positions_unscored"):
+        console.print(f"{summary['positions_unscored']:,} positions lie in long N runs and "
+                      "were not scored (null logp, null window bounds).")
     inputs = Table(title="inputs")
     for column in ("file", "records", "residues", "size", "sha256"):
         inputs.add_column(column)
@@ -64,16 +68,28 @@ def print_info(summary: dict, console: Console | None = None) -> None:
 
 def print_demo(summary: dict) -> None:
     console = Console()
-    print_info(summary["info"], console)
-    table = Table(title="per-sequence pseudo-log-likelihood (AntiBERTy, exact)")
-    for column in ("sequence", "length", "PLL", "mean logp", "pseudo-perplexity", "top-1 acc"):
-        table.add_column(column, justify="left" if column == "sequence" else "right")
-    for row in summary["sequences"]:
-        table.add_row(row["seq_id"], str(row["length"]), f"{row['pll']:.1f}",
-                      f"{row['mean_logp']:.3f}", f"{row['pseudo_perplexity']:.2f}",
-                      f"{row['top1_accuracy']:.2f}")
-    console.print(table)
-    report = summary["report"]
-    console.print(f"Scored {report['positions_scored']:,} positions in {report['seconds']:.1f} s. "
-                  f"Query it: seqatlas info {summary['atlas']}, or in Python "
-                  f"seqatlas.Atlas({summary['atlas']!r}).positions().")
+    titles = {"proteins": "AntiBERTy, exact pseudo-log-likelihood per protein",
+              "dna": "dnabert6-tiny, fast mode, both strands, per sequence"}
+    for name in ("proteins", "dna"):
+        part = summary[name]
+        print_info(part["info"], console)
+        table = Table(title=titles[name])
+        columns = ["sequence", "scored", "PLL", "mean logp", "pseudo-perplexity", "top-1 acc"]
+        if name == "dna":
+            columns.insert(4, "mean logp (rc)")
+        for column in columns:
+            table.add_column(column, justify="left" if column == "sequence" else "right")
+        for row in part["sequences"]:
+            cells = [row["seq_id"], f"{row['scored']:,}", f"{row['pll']:.1f}",
+                     f"{row['mean_logp']:.3f}", f"{row['pseudo_perplexity']:.2f}",
+                     f"{row['top1_accuracy']:.2f}"]
+            if name == "dna":
+                cells.insert(4, f"{row['mean_logp_rc']:.3f}")
+            table.add_row(*cells)
+        console.print(table)
+        report = part["report"]
+        console.print(f"Scored {report['positions_scored']:,} positions in "
+                      f"{report['seconds']:.1f} s.\n")
+    console.print(f"Explore: seqatlas info {summary['proteins']['atlas']}, or in Python "
+                  f"seqatlas.Atlas({summary['proteins']['atlas']!r}).positions(). For DNA the "
+                  "chance level of top-1 accuracy is 0.25 (mean logp -1.386).")

@@ -64,7 +64,7 @@ def ingest(
         "CPU, 32768 on GPU)."),
     unit_tokens: Optional[int] = typer.Option(
         None, help="Computed tokens per work unit, the resume granularity (default: 65536 for "
-        "exact/fast, 1048576 for unmasked/none)."),
+        "exact/fast, 262144 for unmasked/none)."),
     strands: Strands = typer.Option(Strands.forward, help="DNA/RNA: 'both' also scores the "
                                     "reverse complement (logp_rc, logp_mean columns)."),
     skip_n_runs: int = typer.Option(50, help="DNA/RNA: runs of at least this many N are not "
@@ -108,20 +108,24 @@ def _print_report(report: dict, as_json: bool) -> None:
         f"[bold]{report['atlas']}[/]: {report['units_scored']} unit(s) scored, "
         f"{report['units_skipped']} already committed, {report['positions_scored']:,} positions "
         f"in {report['seconds']:.1f} s ({report['positions_per_second']:,.1f} positions/s, "
-        f"padding efficiency {report['padding_efficiency']:.2f}).")
+        f"padding efficiency {report['padding_efficiency']:.2f})"
+        + (f"; {report['positions_unscored']:,} positions in long N runs left unscored."
+           if report["positions_unscored"] else "."))
 
 
 def demo(
-    atlas: Optional[Path] = typer.Option(None, "--atlas", "-a", help="Where to write the demo "
-                                         "atlas (default: a temporary directory)."),
+    atlas: Optional[Path] = typer.Option(None, "--atlas", "-a", help="Directory for the two "
+                                         "demo atlases (default: a temporary directory)."),
     workers: Optional[int] = typer.Option(None, help="Scoring actors; 0 = in process."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """Ingest the bundled demo proteins with AntiBERTy and print a summary.
+    """Run both embedded models on bundled real sequences and print a summary.
 
-    Eight therapeutic antibody domains (Jain et al. 2017) and two ankyrin-repeat proteins,
-    exact pseudo-log-likelihoods and float16 embeddings; about a minute on 2 CPU cores.
+    AntiBERTy scores eight therapeutic antibody domains (Jain et al. 2017) and two
+    ankyrin-repeat proteins (exact pseudo-log-likelihoods, float16 embeddings);
+    dnabert6-tiny scores 10 kb of phage lambda on both strands (fast mode). About two
+    minutes on 2 CPU cores.
     """
     import seqatlas
 

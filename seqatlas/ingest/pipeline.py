@@ -35,7 +35,7 @@ class IngestConfig:
     overlap: int | None = None  # residues shared by neighbouring windows; None = window // 4
     batch_tokens: int | None = None  # padded tokens per forward pass; None = per device
     unit_tokens: int | None = None  # tokens computed per work unit (part of the content key);
-    # None: 65536 for exact/fast, 1048576 for unmasked/none
+    # None: 65536 for exact/fast, 262144 for unmasked/none
     strands: str = "forward"  # forward | both (DNA/RNA: also score the reverse complement)
     skip_n_runs: int = 50  # DNA/RNA runs of at least this many N are not scored (0: score all)
     workers: int | None = None  # scoring actors; 0 = score in this process without Ray
@@ -139,7 +139,7 @@ def ingest(fasta: str | Path | list, *, atlas: str | Path, **options) -> IngestR
         raise ConfigError(f"--layer must be in [0, {spec.num_layers}] (or negative from the end)")
 
     unit_tokens = config.unit_tokens or (65536 if config.likelihood in ("exact", "fast")
-                                         else 1 << 20)
+                                         else 262144)
     scoring = _scoring_record(config, tokenizer, window=window, overlap=overlap, layer=layer,
                               unit_tokens=unit_tokens, kind=kind)
     seen: set[str] = set()
