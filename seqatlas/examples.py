@@ -8,7 +8,7 @@ from importlib import resources
 from pathlib import Path
 
 DEMO_FASTA = "demo_proteins.fa"
-DEMO_DNA = "demo_lambda.fa"
+DEMO_DNA = "demo_chrx.fa"
 
 
 def demo_fasta() -> Path:
@@ -17,7 +17,8 @@ def demo_fasta() -> Path:
 
 
 def demo_dna() -> Path:
-    """Path of the bundled demo DNA (the first 10 kb of phage lambda)."""
+    """Path of the bundled demo DNA: 6 kb of human chrX (62,841,000-62,847,000, GRCh37),
+    inside the region held out from dnabert6-tiny's training, with tandem repeats."""
     return Path(str(resources.files("seqatlas") / "data" / DEMO_DNA))
 
 
@@ -50,8 +51,9 @@ def sequence_summary(atlas) -> list[dict]:
 
 def demo(*, atlas: str | Path | None = None, workers: int | None = None,
          progress: bool = True) -> dict:
-    """Ingest the bundled proteins with AntiBERTy (exact PLL terms) and 10 kb of phage lambda
-    with dnabert6-tiny (fast mode, both strands), each into its own atlas under ``atlas``."""
+    """Ingest the bundled proteins with AntiBERTy (exact PLL terms) and 6 kb of held-out
+    human chrX with dnabert6-tiny (fast mode, both strands), each into its own atlas under
+    ``atlas``."""
     import seqatlas
     from seqatlas.atlas import Atlas
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
@@ -76,7 +75,8 @@ def test_demo_summarises_real_sequences(tmp_path):
     for r in rows.values():
         assert r["pll"] == pytest.approx(r["mean_logp"] * r["scored"], rel=1e-5)
     (dna,) = summary["dna"]["sequences"]
-    assert dna["scored"] == 10_000 and summary["dna"]["info"]["scoring"]["strands"] == "both"
-    # the trained DNA model beats the 0.25 chance level on real phage DNA
-    assert dna["top1_accuracy"] > 0.25 and dna["mean_logp"] > math.log(0.25)
-    assert dna["mean_logp_rc"] > math.log(0.25)
+    assert dna["scored"] == 6_000 and summary["dna"]["info"]["scoring"]["strands"] == "both"
+    # the trained DNA model names the right base well above the 0.25 chance level on
+    # held-out human DNA, on both strands
+    assert dna["top1_accuracy"] > 0.3
+    assert -3 < dna["mean_logp_rc"] < 0 and -3 < dna["mean_logp"] < 0

@@ -62,3 +62,33 @@ def test_embedded_antiberty_resolves_without_loading_weights():
     assert spec.parameters == 25_759_769 and spec.hidden_size == 512 and spec.num_layers == 8
     assert spec.tokenizer().letters == "ACDEFGHIKLMNPQRSTVWY"
     assert spec.tokenizer().candidates[1].token_ids.tolist() == list(range(5, 25))
+
+
+def test_embedded_models_are_listed_with_facts(capsys):
+    import json
+
+    import seqatlas
+    from seqatlas.cli.main import main
+
+    rows = {r["name"]: r for r in seqatlas.models()}
+    assert set(rows) == {"antiberty", "dnabert6-tiny"}
+    dna = rows["dnabert6-tiny"]
+    assert dna["family"] == "overlapping_kmer" and dna["k"] == 6 and dna["alphabet"] == "ACGT"
+    assert dna["context_tokens"] == 512 and dna["window_residues"] == 515
+    assert 100_000 < dna["parameters"] < 5_000_000
+    assert rows["antiberty"]["parameters"] == 25_759_769
+    assert main(["models", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(seqatlas.models()))
+    assert main(["models"]) == 0
+    text = capsys.readouterr().out
+    assert "dnabert6-tiny" in text and "Hugging Face" in text
+
+
+def test_embedded_dna_model_ships_small_safetensors_with_a_card():
+    from seqatlas.models.loading import EMBEDDED_MODELS, embedded_directory
+
+    directory = embedded_directory(EMBEDDED_MODELS["dnabert6-tiny"])
+    weights = directory / "model.safetensors"
+    assert weights.exists() and weights.stat().st_size <= 10 * 2**20
+    card = (directory / "MODEL_CARD.md").read_text()
+    assert "held-out" in card.lower() and "0.25" in card

@@ -38,9 +38,9 @@ def test_usage_snippets_run(tmp_path):
     records = list(read_fasta(demo_fasta(), kind="protein"))[:3]
     (tmp_path / "proteins.fa").write_text(
         "".join(f">{r.id} {r.description}\n{r.sequence.decode()}\n" for r in records))
-    (lam,) = read_fasta(demo_dna(), kind="dna")
+    (chrx,) = read_fasta(demo_dna(), kind="dna")
     with gzip.open(tmp_path / "genome.fa.gz", "wt") as fh:
-        fh.write(f">lambda\n{lam.sequence[:3000].decode()}\nNNNN\n")
+        fh.write(f">X\n{chrx.sequence[:3000].decode()}\nNNNN\n")
     outputs = []
     for block in _blocks("## Usage", "bash"):
         for line in block.strip().splitlines():

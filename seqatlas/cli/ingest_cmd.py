@@ -124,8 +124,8 @@ def demo(
 
     AntiBERTy scores eight therapeutic antibody domains (Jain et al. 2017) and two
     ankyrin-repeat proteins (exact pseudo-log-likelihoods, float16 embeddings);
-    dnabert6-tiny scores 10 kb of phage lambda on both strands (fast mode). About two
-    minutes on 2 CPU cores.
+    dnabert6-tiny scores 6 kb of human chrX held out from its training, on both strands
+    (fast mode). About two minutes on 2 CPU cores.
     """
     import seqatlas
 
