@@ -17,7 +17,7 @@ def demo_fasta() -> Path:
 
 
 def demo_dna() -> Path:
-    """Path of the bundled demo DNA: 6 kb of human chrX (62,841,000-62,847,000, GRCh37),
+    """Path of the bundled demo DNA: 3 kb of human chrX (62,844,500-62,847,500, GRCh37),
     inside the region held out from dnabert6-tiny's training, with tandem repeats."""
     return Path(str(resources.files("seqatlas") / "data" / DEMO_DNA))
 
@@ -51,7 +51,7 @@ def sequence_summary(atlas) -> list[dict]:
 
 def demo(*, atlas: str | Path | None = None, workers: int | None = None,
          progress: bool = True) -> dict:
-    """Ingest the bundled proteins with AntiBERTy (exact PLL terms) and 6 kb of held-out
+    """Ingest the bundled proteins with AntiBERTy (exact PLL terms) and 3 kb of held-out
     human chrX with dnabert6-tiny (fast mode, both strands), each into its own atlas under
     ``atlas``."""
     import seqatlas

@@ -75,7 +75,7 @@ def test_demo_summarises_real_sequences(tmp_path):
     for r in rows.values():
         assert r["pll"] == pytest.approx(r["mean_logp"] * r["scored"], rel=1e-5)
     (dna,) = summary["dna"]["sequences"]
-    assert dna["scored"] == 6_000 and summary["dna"]["info"]["scoring"]["strands"] == "both"
+    assert dna["scored"] == 3_000 and summary["dna"]["info"]["scoring"]["strands"] == "both"
     # the trained DNA model names the right base well above the 0.25 chance level on
     # held-out human DNA, on both strands
     assert dna["top1_accuracy"] > 0.3

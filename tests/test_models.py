@@ -74,7 +74,7 @@ def test_embedded_models_are_listed_with_facts(capsys):
     assert set(rows) == {"antiberty", "dnabert6-tiny"}
     dna = rows["dnabert6-tiny"]
     assert dna["family"] == "overlapping_kmer" and dna["k"] == 6 and dna["alphabet"] == "ACGT"
-    assert dna["context_tokens"] == 512 and dna["window_residues"] == 515
+    assert dna["context_tokens"] == 130 and dna["window_residues"] == 133  # as trained
     assert 100_000 < dna["parameters"] < 5_000_000
     assert rows["antiberty"]["parameters"] == 25_759_769
     assert main(["models", "--json"]) == 0

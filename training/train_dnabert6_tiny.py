@@ -317,6 +317,8 @@ def main() -> None:
     )
     config.kmer = K
     config.seqatlas_tokenizer = "overlapping_kmer"
+    # seqatlas scores with the context the model was trained on, not the 512-slot table
+    config.seqatlas_context_tokens = TOKENS + 2
     model = BertForMaskedLM(config)
     if args.init == "compositional":
         compositional_init(model, args.init_scale, torch.Generator().manual_seed(args.seed))

@@ -124,7 +124,7 @@ def demo(
 
     AntiBERTy scores eight therapeutic antibody domains (Jain et al. 2017) and two
     ankyrin-repeat proteins (exact pseudo-log-likelihoods, float16 embeddings);
-    dnabert6-tiny scores 6 kb of human chrX held out from its training, on both strands
+    dnabert6-tiny scores 3 kb of human chrX held out from its training, on both strands
     (fast mode). About two minutes on 2 CPU cores.
     """
     import seqatlas

@@ -186,6 +186,8 @@ def resolve_model(name: str, *, kind: str, tokenizer: str | None = None) -> Mode
     positions = int(getattr(config, "max_position_embeddings", 512))
     model_type = getattr(config, "model_type", "bert")
     context = positions - 2 if model_type in _OFFSET_POSITION_TYPES else positions
+    # a checkpoint may declare the context it was trained on, shorter than its table
+    context = int(getattr(config, "seqatlas_context_tokens", None) or context)
     spec = ModelSpec(
         name=name,
         source=source,
