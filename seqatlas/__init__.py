@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Atlas",
+    "annotate",
     "IngestConfig",
     "IngestReport",
     "SeqAtlasError",
@@ -21,6 +22,7 @@ __all__ = [
 
 _LAZY = {
     "Atlas": ("seqatlas.atlas", "Atlas"),
+    "annotate": ("seqatlas.ingest.repeats", "annotate"),
     "IngestConfig": ("seqatlas.ingest.pipeline", "IngestConfig"),
     "IngestReport": ("seqatlas.ingest.pipeline", "IngestReport"),
     "SeqAtlasError": ("seqatlas.errors", "SeqAtlasError"),

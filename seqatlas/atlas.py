@@ -22,7 +22,8 @@ from seqatlas.errors import AtlasError, AtlasMismatchError
 MANIFEST = "atlas.json"
 LOCK = ".lock"
 # Rows per Parquet row group: ~1 MB of positions columns, ~16 MB of fp16 embeddings.
-ROW_GROUP_ROWS = {"sequences": 65536, "positions": 131072, "tokens": 16384}
+ROW_GROUP_ROWS = {"sequences": 65536, "positions": 131072, "tokens": 16384,
+                  "repeats": 131072}
 
 
 def _fsync_dir(path: Path) -> None:
@@ -98,6 +99,10 @@ class Atlas:
         """One row per residue or base; see :data:`seqatlas.schema.POSITIONS`."""
         return self._read("positions", columns, schema.POSITIONS)
 
+    def repeats(self, columns: list[str] | None = None) -> pa.Table:
+        """Imported repeat annotations, 0-based half-open; see :data:`schema.REPEATS`."""
+        return self._read("repeats", columns, schema.REPEATS)
+
     def tokens(self, columns: list[str] | None = None) -> pa.Table:
         """One row per model token, with its embedding when the atlas stores them."""
         dim = self.manifest["model"]["hidden_size"] if self.manifest["scoring"]["embeddings"] \
@@ -130,9 +135,14 @@ class Atlas:
 class AtlasWriter:
     """Creates or extends an atlas; the only code that writes parts and the manifest."""
 
-    def __init__(self, path: str | os.PathLike, *, kind: str, model: dict, scoring: dict,
-                 seqatlas_version: str, kind_detected: bool = False):
+    def __init__(self, path: str | os.PathLike, *, kind: str | None = None,
+                 model: dict | None = None, scoring: dict | None = None,
+                 seqatlas_version: str = "", kind_detected: bool = False):
+        """Without ``model`` the atlas must exist already (adding annotations to it)."""
         self.path = Path(path)
+        if model is None and not (self.path / MANIFEST).exists():
+            raise AtlasError(f"{self.path} is not an atlas (no {MANIFEST}); "
+                             "create one with `seqatlas ingest FASTA --atlas DIR` first")
         if self.path.exists() and not self.path.is_dir():
             raise AtlasError(f"{self.path} exists and is not a directory")
         manifest_path = self.path / MANIFEST
@@ -150,7 +160,10 @@ class AtlasWriter:
         self._remove_stale_temporaries()
         if manifest_path.exists():
             self.manifest = Atlas(self.path).manifest
-            self._check_compatible(kind, model, scoring)
+            for table in schema.TABLES:
+                self.manifest["parts"].setdefault(table, {})
+            if model is not None:
+                self._check_compatible(kind, model, scoring)
         else:
             self.manifest = {
                 "schema_version": schema.SCHEMA_VERSION,

@@ -9,7 +9,7 @@ import pyarrow as pa
 
 SCHEMA_VERSION = 1
 
-TABLES = ("sequences", "positions", "tokens")
+TABLES = ("sequences", "positions", "tokens", "repeats")
 
 SEQUENCES = pa.schema(
     [
@@ -58,3 +58,18 @@ def tokens_schema(embedding_dim: int | None) -> pa.Schema:
     if embedding_dim:
         fields.append(pa.field("embedding", pa.list_(pa.float16(), embedding_dim)))
     return pa.schema(fields)
+
+
+REPEATS = pa.schema(
+    [
+        pa.field("seq_id", pa.string(), nullable=False),
+        pa.field("start", pa.int64(), nullable=False),
+        pa.field("end", pa.int64(), nullable=False),
+        pa.field("strand", pa.string()),  # "+", "-" or null when the format has none
+        pa.field("name", pa.string()),  # repeat name, or the unit of a tandem repeat
+        pa.field("class", pa.string()),
+        pa.field("family", pa.string()),
+        pa.field("source", pa.string(), nullable=False),  # format the row came from
+        pa.field("score", pa.float64()),
+    ]
+)

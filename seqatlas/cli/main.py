@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from seqatlas.cli import ingest_cmd, info_cmd, models_cmd
+from seqatlas.cli import annotate_cmd, ingest_cmd, info_cmd, models_cmd
 from seqatlas.errors import SeqAtlasError
 
 app = typer.Typer(
@@ -22,6 +22,7 @@ app.command("ingest")(ingest_cmd.ingest)
 app.command("info")(info_cmd.info)
 app.command("demo")(ingest_cmd.demo)
 app.command("models")(models_cmd.models)
+app.command("annotate")(annotate_cmd.annotate)
 
 
 def main(argv: list[str] | None = None) -> int:

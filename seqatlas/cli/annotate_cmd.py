@@ -1,0 +1,51 @@
+"""``seqatlas annotate``."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+
+class RepeatFormat(str, Enum):
+    repeatmasker = "repeatmasker"
+    ucsc_rmsk = "ucsc-rmsk"
+    ucsc_simplerepeat = "ucsc-simplerepeat"
+    trf_dat = "trf-dat"
+    trf_ngs = "trf-ngs"
+    tantan_f4 = "tantan-f4"
+    bed = "bed"
+    gff3 = "gff3"
+
+
+class Names(str, Enum):
+    auto = "auto"
+    exact = "exact"
+
+
+def annotate(
+    file: Path = typer.Argument(..., help="Repeat annotations: RepeatMasker .out, UCSC rmsk or "
+                                "simpleRepeat, TRF .dat or -ngs, tantan -f4, BED, GFF3 (gzip ok)."),
+    atlas: Path = typer.Option(..., "--atlas", "-a", help="Atlas directory."),
+    format: Optional[RepeatFormat] = typer.Option(None, "--format",
+                                                  help="File format (detected when omitted)."),
+    names: Names = typer.Option(Names.auto, help="auto: also match chrX <-> X and chrM <-> MT."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Import repeat annotations into an atlas's repeats table (0-based half-open)."""
+    import seqatlas
+
+    summary = seqatlas.annotate(file, atlas=atlas, format=format.value if format else None,
+                                names=names.value)
+    console = Console()
+    if as_json:
+        console.print_json(json.dumps(summary))
+        return
+    renamed = f", renamed {summary['renamed']}" if summary["renamed"] else ""
+    state = "already imported" if summary["already_imported"] else "imported"
+    console.print(f"{summary['file']}: {summary['repeats']:,} {summary['format']} repeats "
+                  f"{state}{renamed}.")
