@@ -71,7 +71,8 @@ def ingest(
                                     "sent to the model (null scores); 0 scores every N."),
     workers: Optional[int] = typer.Option(None, help="Scoring actors (default: one per GPU, "
                                           "else 1); 0 scores in this process without Ray."),
-    gpus_per_worker: float = typer.Option(0.0, help="GPUs per scoring actor."),
+    gpus_per_worker: Optional[float] = typer.Option(
+        None, help="GPUs per scoring actor (default: 1 when Ray sees GPUs, else 0)."),
     cpus_per_worker: Optional[int] = typer.Option(None, help="CPUs per actor (default: all / "
                                                   "workers); sets torch's threads."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address ('auto' or "

@@ -39,7 +39,7 @@ class IngestConfig:
     strands: str = "forward"  # forward | both (DNA/RNA: also score the reverse complement)
     skip_n_runs: int = 50  # DNA/RNA runs of at least this many N are not scored (0: score all)
     workers: int | None = None  # scoring actors; 0 = score in this process without Ray
-    gpus_per_worker: float = 0.0
+    gpus_per_worker: float | None = None  # None: 1 when the cluster has GPUs, else 0
     cpus_per_worker: int | None = None
     address: str | None = None  # Ray cluster address; None = start a local Ray quietly
     max_retries: int = 2

@@ -10,6 +10,8 @@ import logging
 import os
 from collections import deque
 
+from seqatlas.errors import IngestError
+
 
 class ScoringWorker:
     """Holds one loaded model and scores units with it (a Ray actor, or in process)."""
@@ -62,7 +64,8 @@ class LocalExecutor:
 class RayExecutor:
     """A pool of scoring actors; a dead actor is replaced and its unit reported as failed."""
 
-    def __init__(self, spec, scoring: dict, *, workers: int | None, gpus_per_worker: float,
+    def __init__(self, spec, scoring: dict, *, workers: int | None,
+                 gpus_per_worker: float | None,
                  cpus_per_worker: int | None, address: str | None):
         import ray
 
@@ -71,10 +74,18 @@ class RayExecutor:
         if not ray.is_initialized():
             os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
             # "local" starts a fresh instance instead of joining one found on this machine
-            ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.ERROR, configure_logging=True)
+            try:
+                ray.init(address=address or "local", include_dashboard=False,
+                         log_to_driver=False, logging_level=logging.ERROR,
+                         configure_logging=True)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise IngestError(f"cannot start or reach Ray at {address or 'local'} ({exc}); "
+                                  "check --address, or use --workers 0 to score without Ray") \
+                    from None
             self.started_ray = True
         resources = ray.cluster_resources()
+        if gpus_per_worker is None:  # a GPU box uses its GPUs without being told
+            gpus_per_worker = 1.0 if resources.get("GPU", 0) >= 1 else 0.0
         if workers is None:
             gpus = int(resources.get("GPU", 0))
             workers = max(1, int(gpus // gpus_per_worker)) if gpus_per_worker else 1
