@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from seqatlas import schema
 from seqatlas.errors import ModelError
+from seqatlas.ingest.fasta import soft_mask
 from seqatlas.models.tokenizers import TokenizerFamily, WindowTokens, reverse_complement
 
 LIKELIHOOD_MODES = ("exact", "fast", "unmasked", "none")
@@ -331,7 +332,7 @@ class Scorer:
             columns["seq_id"].append(pa.array([job.seq_id] * n, pa.string()))
             columns["pos"].append(pa.array(pos))
             columns["ref"].append(_letters_array(owned.upper()))
-            columns["soft_masked"].append(pa.array(np.frombuffer(owned, np.uint8) >= ord("a")))
+            columns["soft_masked"].append(pa.array(soft_mask(owned)))
             columns["logp"].append(_floats(fwd.logp))
             columns["logp_unmasked"].append(_floats(fwd.logp_unmasked))
             columns["entropy"].append(_floats(fwd.entropy))
