@@ -126,6 +126,9 @@ def main() -> None:
                         help="region for exact vs fast (exact costs one pass per base)")
     parser.add_argument("--skip-genome", action="store_true")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted ingest in --workdir (rates then cover "
+                        "this run's bases only)")
     args = parser.parse_args()
 
     import seqatlas
@@ -140,7 +143,8 @@ def main() -> None:
             fasta = work / "prefix.fa"
             write_prefix(chrx, fasta, int(args.limit_mb * 1e6))
         atlas_dir = work / "genome"
-        shutil.rmtree(atlas_dir, ignore_errors=True)
+        if not args.resume:
+            shutil.rmtree(atlas_dir, ignore_errors=True)
         with PeakRss() as rss:
             started = time.perf_counter()
             report = seqatlas.ingest(fasta, atlas=atlas_dir, model=args.model,
@@ -157,6 +161,8 @@ def main() -> None:
             "bases_in_long_n_runs": report.positions_unscored,
             "wall_s": wall,
             "bases_per_s": bases / wall,
+            "bases_this_run": report.positions_scored + report.positions_unscored,
+            "bases_per_s_this_run": (report.positions_scored + report.positions_unscored) / wall,
             "scored_bases_per_s_scoring": report.positions_scored / report.seconds,
             "peak_rss_driver_mb": rss.driver / 2**20,
             "peak_rss_worker_mb": max(rss.workers.values(), default=0) / 2**20,
