@@ -15,6 +15,7 @@ __all__ = [
     "IngestReport",
     "SeqAtlasError",
     "demo",
+    "export",
     "info",
     "ingest",
     "models",
@@ -28,6 +29,7 @@ _LAZY = {
     "SeqAtlasError": ("seqatlas.errors", "SeqAtlasError"),
     "demo": ("seqatlas.examples", "demo"),
     "info": ("seqatlas.atlas", "info"),
+    "export": ("seqatlas.query.tracks", "export"),
 }
 
 
@@ -61,6 +63,10 @@ def models() -> list[dict]:
 
 
 def __getattr__(name: str):
+    if name == "query":
+        import importlib
+
+        return importlib.import_module("seqatlas.query")
     if name in _LAZY:
         import importlib
 

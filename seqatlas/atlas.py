@@ -109,6 +109,25 @@ class Atlas:
             else None
         return self._read("tokens", columns, schema.tokens_schema(dim))
 
+    def sql(self, query: str, *, timeout: float | None = None, **options) -> pa.Table:
+        """Run one read-only SELECT over the views (sequences, positions, tokens, repeats,
+        position_z, anomalies, anomaly_regions); see :func:`seqatlas.query.sql`."""
+        from seqatlas.query import SqlConfig, sql
+
+        return sql(self, query, config=SqlConfig(timeout=timeout), **options)
+
+    def anomalies(self, *, with_repeats: bool = False, **params) -> pa.Table:
+        """Anomalous regions; ``params`` are :class:`seqatlas.query.AnomalyParams` fields."""
+        from seqatlas.query import AnomalyParams, anomalies
+
+        return anomalies(self, params=AnomalyParams(**params), with_repeats=with_repeats)
+
+    def enrichment(self, *, by: str = "class", **params) -> pa.Table:
+        """Anomaly enrichment per repeat group; see :func:`seqatlas.query.enrichment`."""
+        from seqatlas.query import AnomalyParams, enrichment
+
+        return enrichment(self, by=by, params=AnomalyParams(**params))
+
     def summary(self) -> dict:
         """Counts and bytes on disk per table, plus the manifest's headline facts."""
         tables = {}
@@ -241,6 +260,14 @@ class AtlasWriter:
         os.replace(tmp, final)
         _fsync_dir(directory)
         return {"rows": data.num_rows, "bytes": final.stat().st_size}
+
+    def set_cache(self, path: tuple[str, ...], value) -> None:
+        """Store a derived value (e.g. robust statistics) under ``cache`` in the manifest."""
+        node = self.manifest.setdefault("cache", {})
+        for name in path[:-1]:
+            node = node.setdefault(name, {})
+        node[path[-1]] = value
+        self._write_manifest()
 
     def commit(self, key: str, tables: dict[str, pa.Table | None], *,
                unit: dict | None = None, inputs: list[dict] | None = None) -> None:

@@ -37,3 +37,7 @@ class AtlasMismatchError(AtlasError):
 
 class IngestError(SeqAtlasError):
     """Some work units failed after all retries; everything else was committed."""
+
+
+class QueryError(SeqAtlasError):
+    """A query was refused by the sandbox, failed, or ran past its time limit."""
