@@ -35,6 +35,10 @@ class AtlasMismatchError(AtlasError):
     """The atlas was built with another model or other scoring parameters."""
 
 
+class ToolError(SeqAtlasError):
+    """An external program (tantan, TRF) is missing or failed."""
+
+
 class IngestError(SeqAtlasError):
     """Some work units failed after all retries; everything else was committed."""
 
