@@ -122,8 +122,7 @@ def sql(
                                                "limit, e.g. 8GB (default: 75% of RAM)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Default: all CPUs."),
 ) -> None:
-    """Run read-only SQL over an atlas, sandboxed: only the atlas is readable, nothing is
-    writable but --output, no extensions, no SET/ATTACH/COPY."""
+    """Run one read-only SELECT over an atlas's views, sandboxed (only the atlas is readable)."""
     from seqatlas.query import SqlConfig
     from seqatlas.query import sql as run_sql
 
@@ -143,11 +142,10 @@ def anomalies(
     smooth: int = SMOOTH, column: Optional[str] = COLUMN,
     with_repeats: bool = typer.Option(False, "--with-repeats", help="Add the repeat classes "
                                       "and names each region overlaps."),
-    format: Format = typer.Option(Format.table, "--format", "-f"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o"),
+    format: Format = typer.Option(Format.table, "--format", "-f", help="Output format."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file."),
 ) -> None:
-    """Regions of anomalously likely or unlikely positions, whether an in-context copy
-    explains them (copy_fraction >= 0.5), and the repeats they overlap."""
+    """Regions of anomalously likely or unlikely positions, and what may explain them."""
     from seqatlas.query import anomalies as find
     from seqatlas.query.engine import write_result
 
@@ -167,11 +165,10 @@ def enrichment(
     by: By = typer.Option(By.class_, "--by", help="Group repeats by class, family or name; or "
                           "compare positions with an in-context copy to those without."),
     z: float = Z, tail: Tail = TAIL, smooth: int = SMOOTH, column: Optional[str] = COLUMN,
-    format: Format = typer.Option(Format.table, "--format", "-f"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o"),
+    format: Format = typer.Option(Format.table, "--format", "-f", help="Output format."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file."),
 ) -> None:
-    """Are anomalous positions enriched in repeats? Counts, odds ratio (95% CI), Fisher
-    exact p and Benjamini-Hochberg q per group."""
+    """Odds ratio, Fisher p and BH q of anomalies inside vs outside each repeat group."""
     from seqatlas.query import enrichment as run
     from seqatlas.query.engine import write_result
 
