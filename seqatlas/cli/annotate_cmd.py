@@ -28,22 +28,32 @@ class Names(str, Enum):
 
 
 def annotate(
-    file: Path = typer.Argument(..., help="Repeat annotations: RepeatMasker .out, UCSC rmsk or "
-                                "simpleRepeat, TRF .dat or -ngs, tantan -f4, BED, GFF3 (gzip ok)."),
+    file: Optional[Path] = typer.Argument(
+        None, help="Repeat annotations: RepeatMasker .out, UCSC rmsk or simpleRepeat, TRF .dat "
+        "or -ngs, tantan -f4, BED, GFF3 (gzip ok). Omit it with --detect."),
     atlas: Path = typer.Option(..., "--atlas", "-a", help="Atlas directory."),
     format: Optional[RepeatFormat] = typer.Option(None, "--format",
                                                   help="File format (detected when omitted)."),
     names: Names = typer.Option(Names.auto, help="auto: also match chrX <-> X and chrM <-> MT."),
+    detect: bool = typer.Option(False, "--detect", help="Instead of a FILE: import the "
+                                "in-context copies found at ingest (copy_offset, copy_strand) "
+                                "as repeats, source seqatlas-copies."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Import repeat annotations into an atlas's repeats table (0-based half-open)."""
     import seqatlas
 
     summary = seqatlas.annotate(file, atlas=atlas, format=format.value if format else None,
-                                names=names.value)
+                                names=names.value, detect=detect)
     console = Console()
     if as_json:
         console.print_json(json.dumps(summary))
+        return
+    if detect:
+        state = "already imported" if summary["already_imported"] else \
+            f"imported from {summary['positions_parts']} positions part(s)"
+        console.print(f"{atlas}: {summary['repeats']:,} in-context copies (k = "
+                      f"{summary['copy_k']}) {state}.")
         return
     renamed = f", renamed {summary['renamed']}" if summary["renamed"] else ""
     state = "already imported" if summary["already_imported"] else "imported"

@@ -257,17 +257,26 @@ def _name_map(names: set[str], known: set[str], mode: str) -> dict[str, str]:
     return mapping
 
 
-def annotate(path: str | Path, *, atlas: str | Path, format: str | None = None,
-             names: str = "auto") -> dict:
+def annotate(path: str | Path | None = None, *, atlas: str | Path, format: str | None = None,
+             names: str = "auto", detect: bool = False) -> dict:
     """Import a repeat annotation file into an atlas's ``repeats`` table.
 
     Sequence names must match the atlas's ids; ``names="auto"`` also maps ``chrX`` <-> ``X``
     and ``chrM`` <-> ``MT``. Re-importing the same file is a no-op. Returns a summary.
+    ``detect=True`` (instead of a file) imports the in-context copies found at ingest
+    (:func:`seqatlas.ingest.copies.annotate_copies`).
     """
     import hashlib
 
     from seqatlas.atlas import Atlas, AtlasWriter
 
+    if (path is not None) == bool(detect):
+        raise ConfigError("give exactly one source of repeats: an annotation FILE, or --detect "
+                          "(detect=True) for the in-context copies found at ingest")
+    if detect:
+        from seqatlas.ingest.copies import annotate_copies
+
+        return annotate_copies(atlas)
     if names not in ("auto", "exact"):
         raise ConfigError(f"--names must be 'auto' or 'exact', not {names!r}")
     path = Path(path)
