@@ -11,7 +11,8 @@ import pytest
 import seqatlas
 from seqatlas.cli.main import main
 from seqatlas.errors import AtlasMismatchError, ConfigError
-from seqatlas.ingest.copies import copy_repeats, nearest_copies, window_copies
+from seqatlas.ingest.copies import (copy_repeats, nearest_copies, surrounding_kmer_start,
+                                    window_copies)
 from tests.conftest import AMINO, write_fasta
 from tests.dna_models import make_overlapping
 
@@ -126,6 +127,7 @@ def test_copies_stay_inside_the_window_and_edges_shift_inward():
     window = motif + "T" * 20 + motif
     offset, _ = nearest_copies(window, k=12, nucleic=True)
     # positions 0..5 all use the k-mer starting at 0; the last six the one at len - 12
+    assert surrounding_kmer_start([0, 5, 6, 30, 43], 44, 12).tolist() == [0, 0, 1, 25, 32]
     assert offset[:6].tolist() == [32] * 6 and offset[-6:].tolist() == [-32] * 6
     # the same copy one base outside the window does not count
     offset, strand = window_copies([window[:-1].encode(), window.encode()], [(0, 6), (0, 6)],

@@ -83,9 +83,10 @@ def default_copy_k(kind: str) -> int:
     return DEFAULT_K[kind]
 
 
-def surrounding_kmer_start(i, length: int, k: int):
-    """Start of the k-mer centred on ``i`` (array or int), shifted inside ``[0, length)``."""
-    return np.clip(np.asarray(i) - (k - 1) // 2, 0, max(length - k, 0))
+def surrounding_kmer_start(i, length, k: int):
+    """Start of the k-mer centred on position ``i`` of a window ``length`` long, shifted
+    inside the window (``i`` and ``length`` may be arrays)."""
+    return np.clip(np.asarray(i) - (k - 1) // 2, 0, np.maximum(np.asarray(length) - k, 0))
 
 
 def _pack(codes: np.ndarray, k: int, base: int, n: int) -> np.ndarray:
@@ -178,7 +179,7 @@ def window_copies(windows: Sequence[bytes], owned: Sequence[tuple[int, int]], *,
     first = np.cumsum(counts) - counts  # index of each window's first owned position
     local = np.arange(total) - first[window] + lo[window]
     length = lengths[window]
-    a = np.clip(local - (k - 1) // 2, 0, np.maximum(length - k, 0))
+    a = surrounding_kmer_start(local, length, k)
     g_a = window_offset[window] + a
     g_i = window_offset[window] + local
     first_start = window_offset[window]
