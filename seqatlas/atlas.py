@@ -68,7 +68,8 @@ class Atlas:
         version = self.manifest.get("schema_version")
         if version != schema.SCHEMA_VERSION:
             raise AtlasError(f"{self.path} has schema version {version}; this seqatlas reads "
-                             f"version {schema.SCHEMA_VERSION}")
+                             f"version {schema.SCHEMA_VERSION}: re-ingest into a new --atlas "
+                             "directory, or use the seqatlas version that wrote it")
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{t}={self.count(t)}" for t in schema.TABLES)

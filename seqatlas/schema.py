@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: copy_offset, copy_strand in positions
 
 TABLES = ("sequences", "positions", "tokens", "repeats")
 
@@ -41,6 +41,10 @@ POSITIONS = pa.schema(
         pa.field("rank", pa.int16()),  # 1 = ref is the model's top letter
         pa.field("window_start", pa.int64()),  # null: in a long N run, not scored
         pa.field("window_end", pa.int64()),
+        # in-context copy (seqatlas.ingest.copies): the nearest other occurrence of the k-mer
+        # around pos inside [window_start, window_end), k = the manifest's scoring.copy_k
+        pa.field("copy_offset", pa.int32()),  # its residue matching pos, minus pos; null: none
+        pa.field("copy_strand", pa.string()),  # "+" direct, "-" reverse complement (DNA/RNA)
     ]
 )
 

@@ -36,7 +36,7 @@ class Names(str, Enum):
 def annotate(
     file: Optional[Path] = typer.Argument(
         None, help="Repeat annotations: RepeatMasker .out, UCSC rmsk or simpleRepeat, TRF .dat "
-        "or -ngs, tantan -f4 or -f3, BED, GFF3 (gzip ok). Omit it with --run."),
+        "or -ngs, tantan -f4 or -f3, BED, GFF3 (gzip ok). Omit it with --run or --detect."),
     atlas: Path = typer.Option(..., "--atlas", "-a", help="Atlas directory."),
     format: Optional[RepeatFormat] = typer.Option(None, "--format",
                                                   help="File format (detected when omitted)."),
@@ -50,18 +50,27 @@ def annotate(
         "options (tantan -f4, trf -h -ngs)."),
     progress: bool = typer.Option(True, "--progress/--no-progress",
                                   help="With --run: show a progress bar."),
+    detect: bool = typer.Option(False, "--detect", help="Instead of a FILE: import the "
+                                "in-context copies found at ingest (copy_offset, copy_strand) "
+                                "as repeats, source seqatlas-copies."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """Import repeat annotations into an atlas's repeats table (0-based half-open), from FILE
-    or by running tantan or TRF (--run)."""
+    """Import repeats into an atlas (0-based half-open): from FILE, by running tantan or TRF
+    (--run), or from the in-context copies found at ingest (--detect)."""
     import seqatlas
 
     summary = seqatlas.annotate(file, atlas=atlas, format=format.value if format else None,
                                 names=names.value, run=run.value if run else None,
-                                run_args=run_args, progress=progress)
+                                run_args=run_args, progress=progress, detect=detect)
     console = Console()
     if as_json:
         console.print_json(json.dumps(summary))
+        return
+    if detect:
+        state = "already imported" if summary["already_imported"] else \
+            f"imported from {summary['positions_parts']} positions part(s)"
+        console.print(f"{atlas}: {summary['repeats']:,} in-context copies (k = "
+                      f"{summary['copy_k']}) {state}.")
         return
     renamed = f", renamed {summary['renamed']}" if summary["renamed"] else ""
     state = "already imported" if summary["already_imported"] else "imported"

@@ -69,6 +69,11 @@ def ingest(
                                     "reverse complement (logp_rc, logp_mean columns)."),
     skip_n_runs: int = typer.Option(50, help="DNA/RNA: runs of at least this many N are not "
                                     "sent to the model (null scores); 0 scores every N."),
+    copy_k: Optional[int] = typer.Option(
+        None, "--copy-k", help="k-mer length of the in-context copy detector: each position's "
+        "copy_offset/copy_strand give the nearest other occurrence of the k-mer around it "
+        "(direct, or reverse complement for DNA/RNA) inside its scoring window (default: 12 "
+        "for DNA/RNA, 6 for proteins; 0 turns detection off, leaving the columns null)."),
     workers: Optional[int] = typer.Option(None, help="Scoring actors (default: one per GPU, "
                                           "else 1); 0 scores in this process without Ray."),
     gpus_per_worker: Optional[float] = typer.Option(
@@ -96,7 +101,7 @@ def ingest(
         workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
         address=address, max_retries=max_retries,
         tokenizer=tokenizer.value if tokenizer else None, strands=strands.value,
-        skip_n_runs=skip_n_runs, progress=progress)
+        skip_n_runs=skip_n_runs, copy_k=copy_k, progress=progress)
     _print_report(report.as_dict(), as_json)
 
 

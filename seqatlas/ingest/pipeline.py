@@ -16,6 +16,7 @@ from pathlib import Path
 from seqatlas import __version__
 from seqatlas.atlas import Atlas, AtlasWriter
 from seqatlas.errors import ConfigError, IngestError, InputError
+from seqatlas.ingest.copies import default_copy_k
 from seqatlas.ingest.fasta import KINDS, detect_kind
 from seqatlas.ingest.plan import InputPlan, UnitPlan, iter_unit_jobs, plan_units, scan_input
 from seqatlas.ingest.scoring import LIKELIHOOD_MODES, STRANDS
@@ -38,6 +39,8 @@ class IngestConfig:
     # None: 65536 for exact/fast, 262144 for unmasked/none
     strands: str = "forward"  # forward | both (DNA/RNA: also score the reverse complement)
     skip_n_runs: int = 50  # DNA/RNA runs of at least this many N are not scored (0: score all)
+    copy_k: int | None = None  # k-mer of the in-context copy detector; None: 12 for DNA/RNA,
+    # 6 for proteins; 0: off (copy_offset, copy_strand null)
     workers: int | None = None  # scoring actors; 0 = score in this process without Ray
     gpus_per_worker: float | None = None  # None: 1 when the cluster has GPUs, else 0
     cpus_per_worker: int | None = None
@@ -58,6 +61,10 @@ class IngestConfig:
                               f"{self.strands!r}")
         if self.skip_n_runs < 0:
             raise ConfigError("--skip-n-runs must be 0 (score every N) or more")
+        if self.copy_k is not None and (isinstance(self.copy_k, bool) or
+                                        not isinstance(self.copy_k, int) or self.copy_k < 0):
+            raise ConfigError(f"--copy-k must be a k-mer length of at least 1, or 0 to turn "
+                              f"copy detection off, not {self.copy_k!r}")
         if self.kind is not None and self.kind not in KINDS:
             raise ConfigError(f"--kind must be one of {', '.join(KINDS)}, not {self.kind!r}")
         for name in ("batch_tokens", "unit_tokens"):
@@ -138,10 +145,15 @@ def ingest(fasta: str | Path | list, *, atlas: str | Path, **options) -> IngestR
     if not 0 <= layer <= spec.num_layers:
         raise ConfigError(f"--layer must be in [0, {spec.num_layers}] (or negative from the end)")
 
+    copy_k = default_copy_k(kind) if config.copy_k is None else config.copy_k
+    if copy_k > window:
+        raise ConfigError(f"--copy-k {copy_k} is longer than the window ({window}): no k-mer "
+                          "fits; lower --copy-k, or use 0 to turn copy detection off")
+
     unit_tokens = config.unit_tokens or (65536 if config.likelihood in ("exact", "fast")
                                          else 262144)
     scoring = _scoring_record(config, tokenizer, window=window, overlap=overlap, layer=layer,
-                              unit_tokens=unit_tokens, kind=kind)
+                              unit_tokens=unit_tokens, kind=kind, copy_k=copy_k)
     seen: set[str] = set()
     skip = config.skip_n_runs if kind != "protein" else 0
     inputs = [scan_input(path, kind, seen, skip_n_runs=skip)  # validates before any write
@@ -163,7 +175,8 @@ def ingest(fasta: str | Path | list, *, atlas: str | Path, **options) -> IngestR
         if todo:
             scoring_args = {"likelihood": config.likelihood, "embeddings": config.embeddings,
                             "layer": layer, "batch_tokens": config.batch_tokens,
-                            "strands": config.strands}
+                            "strands": config.strands, "copy_k": copy_k,
+                            "nucleic": kind != "protein"}
             _run_units(config, spec, scoring_args, inputs, per_input, committed, todo, writer,
                        report, kind)
     if report.failed:
@@ -185,7 +198,7 @@ def _detect_kind(paths: list[Path]) -> str:
 
 
 def _scoring_record(config: IngestConfig, tokenizer, *, window: int, overlap: int, layer: int,
-                    unit_tokens: int, kind: str) -> dict:
+                    unit_tokens: int, kind: str, copy_k: int) -> dict:
     record = {
         "likelihood": config.likelihood,
         "embeddings": config.embeddings,
@@ -196,6 +209,7 @@ def _scoring_record(config: IngestConfig, tokenizer, *, window: int, overlap: in
         "unit_tokens": unit_tokens,
         "strands": config.strands,
         "skip_n_runs": config.skip_n_runs if kind != "protein" else None,
+        "copy_k": copy_k,  # in-context copy detector (seqatlas.ingest.copies); 0 = off
         "distribution": "over the kind's standard letters; a masked token's distribution is "
                         "renormalised over vocabulary tokens of its length made of those letters "
                         "and marginalised to the base; logp and rank are null for other letters",

@@ -311,19 +311,26 @@ def commit_repeats(atlas: str | Path, key: str, table: pa.Table, unit: dict) -> 
 
 def annotate(path: str | Path | None = None, *, atlas: str | Path, format: str | None = None,
              names: str = "auto", run: str | None = None, run_args: str | None = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, detect: bool = False) -> dict:
     """Import repeats into an atlas's ``repeats`` table, from a file or by running a finder.
 
-    Exactly one of ``path`` (a repeat annotation file) and ``run`` ("tantan" or "trf", run on
+    Exactly one of ``path`` (a repeat annotation file), ``run`` ("tantan" or "trf", run on
     the atlas's own sequences with ``run_args`` replacing its default parameters; see
-    :func:`seqatlas.ingest.repeat_finders.run_repeat_finder`). File sequence names must match
+    :func:`seqatlas.ingest.repeat_finders.run_repeat_finder`) and ``detect=True`` (the
+    in-context copies found at ingest; :func:`seqatlas.ingest.copies.annotate_copies`). File sequence names must match
     the atlas's ids; ``names="auto"`` also maps ``chrX`` <-> ``X`` and ``chrM`` <-> ``MT``.
     Importing the same file or run again is a no-op. Returns a summary.
     """
-    sources = [flag for flag, value in (("FILE", path), ("--run", run)) if value is not None]
+    sources = [flag for flag, value in (("FILE", path), ("--run", run),
+                                        ("--detect", detect or None)) if value is not None]
     if len(sources) != 1:
-        raise ConfigError("give exactly one source of repeats: a FILE to import, or --run "
-                          f"tantan|trf to find them (got {' and '.join(sources) or 'none'})")
+        raise ConfigError("give exactly one source of repeats: a FILE to import, --run "
+                          "tantan|trf to find them, or --detect for the in-context copies "
+                          f"found at ingest (got {' and '.join(sources) or 'none'})")
+    if detect:
+        from seqatlas.ingest.copies import annotate_copies
+
+        return annotate_copies(atlas)
     if run is not None:
         if format is not None:
             raise ConfigError("--format describes a FILE; with --run seqatlas reads the "

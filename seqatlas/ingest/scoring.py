@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from seqatlas import schema
 from seqatlas.errors import ModelError
+from seqatlas.ingest.copies import copy_columns, window_copies
 from seqatlas.ingest.fasta import soft_mask
 from seqatlas.models.tokenizers import TokenizerFamily, WindowTokens, reverse_complement
 
@@ -177,7 +178,8 @@ class Scorer:
     """Scores lists of :class:`WindowJob` with one loaded model."""
 
     def __init__(self, model, *, likelihood: str, embeddings: bool, layer: int,
-                 batch_tokens: int | None = None, strands: str = "forward"):
+                 batch_tokens: int | None = None, strands: str = "forward", copy_k: int = 0,
+                 nucleic: bool = False):
         import torch
 
         self.model = model
@@ -186,6 +188,8 @@ class Scorer:
         self.embeddings = embeddings
         self.layer = layer
         self.strands = strands
+        self.copy_k = copy_k  # 0: no in-context copy detection
+        self.nucleic = nucleic  # DNA/RNA: copies are also sought as reverse complements
         self.batch_tokens = batch_tokens or DEFAULT_BATCH_TOKENS.get(model.device.type, 8192)
         self.real_tokens = 0
         self.computed_tokens = 0
@@ -318,6 +322,7 @@ class Scorer:
         for view, res in zip(views, results):
             by_job.setdefault(view.job, {})[view.reverse] = (view, res)
         columns: dict[str, list] = {name: [] for name in schema.POSITIONS.names}
+        copies = self._copies(jobs)
         tokens: dict[str, list] = {f.name: [] for f in schema.tokens_schema(1)}
         for j, job in enumerate(jobs):
             n = job.own_end - job.own_start
@@ -352,6 +357,12 @@ class Scorer:
                 (pa.nulls(n, pa.int64()), pa.nulls(n, pa.int64()))
             columns["window_start"].append(window[0])
             columns["window_end"].append(window[1])
+            if j in copies:
+                offset, strand = copy_columns(*copies[j])
+            else:  # not scored (a long N run) or detection off
+                offset, strand = pa.nulls(n, pa.int32()), pa.nulls(n, pa.string())
+            columns["copy_offset"].append(offset)
+            columns["copy_strand"].append(strand)
             if self.embeddings and forward and fwd.embedding is not None:
                 view = forward[0]
                 t = fwd.embedding_tokens
@@ -375,6 +386,20 @@ class Scorer:
         arrays = [pa.concat_arrays(tokens[f.name]) if tokens[f.name]
                   else pa.array([], f.type) for f in token_schema]
         return positions, pa.Table.from_arrays(arrays, schema=token_schema)
+
+
+    def _copies(self, jobs: list[WindowJob]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Per scored job: the in-context copies of its owned positions, in its own window."""
+        scored = [j for j, job in enumerate(jobs) if job.scored]
+        if not self.copy_k or not scored:
+            return {}
+        owned = [(jobs[j].own_start - jobs[j].start, jobs[j].own_end - jobs[j].start)
+                 for j in scored]
+        offset, strand = window_copies([jobs[j].residues for j in scored], owned,
+                                       k=self.copy_k, nucleic=self.nucleic)
+        ends = np.cumsum([hi - lo for lo, hi in owned])
+        return {j: (o, s) for j, o, s in zip(scored, np.split(offset, ends[:-1]),
+                                             np.split(strand, ends[:-1]))}
 
 
 def _floats(values: np.ndarray) -> pa.Array:
