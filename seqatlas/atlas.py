@@ -66,10 +66,12 @@ class Atlas:
         except json.JSONDecodeError as exc:
             raise AtlasError(f"{manifest} is corrupt ({exc}); restore it or re-ingest") from None
         version = self.manifest.get("schema_version")
-        if version != schema.SCHEMA_VERSION:
+        if version not in schema.READABLE_VERSIONS:
             raise AtlasError(f"{self.path} has schema version {version}; this seqatlas reads "
-                             f"version {schema.SCHEMA_VERSION}: re-ingest into a new --atlas "
-                             "directory, or use the seqatlas version that wrote it")
+                             f"versions {', '.join(map(str, schema.READABLE_VERSIONS))}: "
+                             "re-ingest into a new --atlas directory, or use the seqatlas "
+                             "version that wrote it")
+        self.schema_version = version
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{t}={self.count(t)}" for t in schema.TABLES)
@@ -183,6 +185,12 @@ class AtlasWriter:
             for table in schema.TABLES:
                 self.manifest["parts"].setdefault(table, {})
             if model is not None:
+                if self.manifest["schema_version"] != schema.SCHEMA_VERSION:
+                    raise AtlasMismatchError(
+                        f"{self.path} was written with schema version "
+                        f"{self.manifest['schema_version']} (this seqatlas writes "
+                        f"{schema.SCHEMA_VERSION}); ingest into a new --atlas directory. It "
+                        "can still be queried and annotated.")
                 self._check_compatible(kind, model, scoring)
         else:
             self.manifest = {

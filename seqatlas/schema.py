@@ -8,6 +8,8 @@ from __future__ import annotations
 import pyarrow as pa
 
 SCHEMA_VERSION = 2  # 2: copy_offset, copy_strand in positions
+# Versions this seqatlas reads; columns an older part lacks read as null.
+READABLE_VERSIONS = (1, 2)
 
 TABLES = ("sequences", "positions", "tokens", "repeats")
 

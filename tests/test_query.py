@@ -401,3 +401,31 @@ def test_query_commands_do_not_import_torch_or_ray(atlas):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stderr
+
+
+def test_a_schema_1_atlas_is_read_and_queried_but_not_extended(tmp_path, tiny_bert):
+    from seqatlas.errors import AtlasMismatchError
+
+    atlas = make_atlas(tmp_path / "atlas", SEQS, _scores(), repeats=REPEATS)
+    for part in (atlas / "positions").iterdir():  # as version 1 wrote them: no copy columns
+        table = pq.read_table(part)
+        pq.write_table(table.drop_columns(["copy_offset", "copy_strand"]), part)
+    manifest = json.loads((atlas / "atlas.json").read_text())
+    manifest["schema_version"] = 1
+    (atlas / "atlas.json").write_text(json.dumps(manifest))
+    old = seqatlas.Atlas(atlas)
+    positions = old.positions(columns=["pos", "copy_offset"])
+    assert positions.num_rows == 700 and positions["copy_offset"].null_count == 700
+    assert old.sql("SELECT count(*) AS n FROM anomaly_regions").to_pylist()[0]["n"] >= 2
+    (tmp_path / "x.fa").write_text(">p\nMKVLAT\n")
+    with pytest.raises(AtlasMismatchError, match="schema version 1"):
+        seqatlas.ingest(tmp_path / "x.fa", atlas=atlas, model=str(tiny_bert), workers=0,
+                        progress=False)
+
+
+def test_embeddings_must_be_a_bool(tmp_path, tiny_bert):
+    from seqatlas.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="embeddings=False"):
+        seqatlas.ingest(tmp_path / "x.fa", atlas=tmp_path / "a", model=str(tiny_bert),
+                        embeddings="none")

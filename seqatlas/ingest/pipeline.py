@@ -53,6 +53,9 @@ class IngestConfig:
         if self.likelihood not in LIKELIHOOD_MODES:
             raise ConfigError(f"--likelihood must be one of {', '.join(LIKELIHOOD_MODES)}, "
                               f"not {self.likelihood!r}")
+        if not isinstance(self.embeddings, bool):
+            raise ConfigError(f"embeddings must be True or False, not {self.embeddings!r} (the "
+                              "CLI's --embeddings none is embeddings=False)")
         if self.likelihood == "none" and not self.embeddings:
             raise ConfigError("--likelihood none with --embeddings none computes nothing; "
                               "keep at least one of them")

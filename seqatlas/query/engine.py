@@ -94,6 +94,15 @@ def arrow_reader(result, batch_rows: int = 65536) -> pa.RecordBatchReader:
     return method(batch_rows)
 
 
+def _select_list(arrow_schema: pa.Schema, part: str) -> str:
+    """The table's columns in schema order; those an older part lacks read as null."""
+    import pyarrow.parquet as pq
+
+    present = set(pq.read_schema(part).names)
+    return ", ".join(f'"{f.name}"' if f.name in present else
+                     f'CAST(NULL AS {_duckdb_type(f.type)}) AS "{f.name}"' for f in arrow_schema)
+
+
 def _sql_string(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
@@ -155,7 +164,8 @@ class Engine:
             allowed += parts
             if parts:
                 files = ", ".join(map(_sql_string, parts))
-                body = f"SELECT * FROM read_parquet([{files}])"
+                body = f"SELECT {_select_list(schemas[table], parts[0])} " \
+                       f"FROM read_parquet([{files}])"
             else:
                 body = _empty_select(schemas[table])
             self.con.execute(f'CREATE VIEW "{table}" AS {body}')
