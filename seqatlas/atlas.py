@@ -107,10 +107,9 @@ class Atlas:
         return self._read("repeats", columns, schema.REPEATS)
 
     def tokens(self, columns: list[str] | None = None) -> pa.Table:
-        """One row per model token, with its embedding when the atlas stores them."""
-        dim = self.manifest["model"]["hidden_size"] if self.manifest["scoring"]["embeddings"] \
-            else None
-        return self._read("tokens", columns, schema.tokens_schema(dim))
+        """One row per model token, with its embedding(s) when the atlas stores them
+        (``embedding``: the first layer; ``embedding_layer_{L}``: each further layer L)."""
+        return self._read("tokens", columns, schema.atlas_tokens_schema(self.manifest))
 
     def sql(self, query: str, *, timeout: float | None = None, **options) -> pa.Table:
         """Run one read-only SELECT over the views (sequences, positions, tokens, repeats,
@@ -227,9 +226,12 @@ class AtlasWriter:
             if old["model"].get(key) != model.get(key):
                 differences.append(f"model {key}: atlas {old['model'].get(key)!r}, "
                                    f"now {model.get(key)!r}")
-        for key in sorted(set(old["scoring"]) | set(scoring)):
-            if old["scoring"].get(key) != scoring.get(key):
-                differences.append(f"{key}: atlas {old['scoring'].get(key)!r}, "
+        # atlases written before multi-layer ingest record only "layer"
+        old_scoring = {"layers": schema.embedding_layers(old["scoring"]) or None,
+                       **old["scoring"]}
+        for key in sorted(set(old_scoring) | set(scoring)):
+            if old_scoring.get(key) != scoring.get(key):
+                differences.append(f"{key}: atlas {old_scoring.get(key)!r}, "
                                    f"now {scoring.get(key)!r}")
         if differences:
             raise AtlasMismatchError(

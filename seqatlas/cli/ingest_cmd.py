@@ -53,8 +53,10 @@ def ingest(
         "residue models); unmasked: one pass, ref visible; none: embeddings only."),
     embeddings: Embeddings = typer.Option(Embeddings.float16,
                                           help="Store per-token embeddings, or not."),
-    layer: Optional[int] = typer.Option(None, help="Hidden layer for embeddings (0 = input "
-                                        "embeddings; default the last; negative counts back)."),
+    layer: Optional[list[int]] = typer.Option(
+        None, help="Hidden layer for embeddings (0 = input embeddings; default the last; "
+        "negative counts back). Repeat for several: the first goes in the tokens column "
+        "'embedding', each further layer L in 'embedding_layer_L'."),
     window: Optional[int] = typer.Option(None, help="Residues per window (default: the model's "
                                          "context)."),
     overlap: Optional[int] = typer.Option(None, help="Residues shared by neighbouring windows "
@@ -96,7 +98,8 @@ def ingest(
 
     report = seqatlas.ingest(
         fasta, atlas=atlas, model=model, kind=kind.value if kind else None,
-        likelihood=likelihood.value, embeddings=embeddings == Embeddings.float16, layer=layer,
+        likelihood=likelihood.value, embeddings=embeddings == Embeddings.float16,
+        layer=(layer[0] if len(layer) == 1 else list(layer)) if layer else None,
         window=window, overlap=overlap, batch_tokens=batch_tokens, unit_tokens=unit_tokens,
         workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
         address=address, max_retries=max_retries,

@@ -170,14 +170,14 @@ class _Result:
         nan = np.full(n, np.nan, dtype=np.float32)
         self.logp, self.logp_unmasked, self.entropy = nan.copy(), nan.copy(), nan.copy()
         self.rank = np.zeros(n, dtype=np.int16)
-        self.embedding: np.ndarray | None = None
+        self.embedding: list[np.ndarray] | None = None  # one (tokens, dim) array per layer
         self.embedding_tokens: np.ndarray | None = None
 
 
 class Scorer:
     """Scores lists of :class:`WindowJob` with one loaded model."""
 
-    def __init__(self, model, *, likelihood: str, embeddings: bool, layer: int,
+    def __init__(self, model, *, likelihood: str, embeddings: bool, layer: int | list[int],
                  batch_tokens: int | None = None, strands: str = "forward", copy_k: int = 0,
                  nucleic: bool = False):
         import torch
@@ -186,7 +186,8 @@ class Scorer:
         self.tokenizer = model.spec.tokenizer()
         self.likelihood = likelihood
         self.embeddings = embeddings
-        self.layer = layer
+        # embedding layers; the first fills "embedding", each further L "embedding_layer_{L}"
+        self.layers = list(layer) if isinstance(layer, (list, tuple)) else [layer]
         self.strands = strands
         self.copy_k = copy_k  # 0: no in-context copy detection
         self.nucleic = nucleic  # DNA/RNA: copies are also sought as reverse complements
@@ -240,14 +241,15 @@ class Scorer:
         self.computed_tokens += len(rows) * width
         embed = self.embeddings and any(r.masked is None for r in rows)
         last, layer_hidden = self.model.encode(input_ids.to(device), attention.to(device),
-                                               self.layer if embed else None)
+                                               self.layers if embed else None)
         if self.likelihood != "none":
             self._read_likelihoods(rows, views, results, last)
         if embed:
             for b, row in enumerate(rows):
                 view = views[row.view]
                 if row.masked is None and not view.reverse:
-                    self._keep_embeddings(view, results[row.view], layer_hidden[b])
+                    self._keep_embeddings(view, results[row.view],
+                                          [hidden[b] for hidden in layer_hidden])
 
     def _read_likelihoods(self, rows, views, results, last) -> None:
         import torch
@@ -308,14 +310,15 @@ class Scorer:
             else:
                 res.logp[at], res.entropy[at], res.rank[at] = logp[here], entropy[here], rank[here]
 
-    def _keep_embeddings(self, view: View, res: _Result, hidden) -> None:
+    def _keep_embeddings(self, view: View, res: _Result, hidden: list) -> None:
+        """Float16 embeddings of the view's owned tokens, one array per layer."""
         import torch
 
         starts = view.tokens.starts
         owned = np.nonzero((starts >= view.owned_start) & (starts < view.owned_end))[0]
         res.embedding_tokens = owned
-        res.embedding = hidden[torch.from_numpy(owned + view.tokens.prefix).to(hidden.device)] \
-            .to(torch.float16).cpu().numpy()
+        index = torch.from_numpy(owned + view.tokens.prefix).to(hidden[0].device)
+        res.embedding = [h[index].to(torch.float16).cpu().numpy() for h in hidden]
 
     def _tables(self, jobs, views, results) -> tuple[pa.Table, pa.Table | None]:
         by_job: dict[int, dict[bool, tuple[View, _Result]]] = {}
@@ -323,7 +326,10 @@ class Scorer:
             by_job.setdefault(view.job, {})[view.reverse] = (view, res)
         columns: dict[str, list] = {name: [] for name in schema.POSITIONS.names}
         copies = self._copies(jobs)
-        tokens: dict[str, list] = {f.name: [] for f in schema.tokens_schema(1)}
+        token_schema = schema.tokens_schema(self.model.spec.hidden_size,
+                                            extra_layers=self.layers[1:])
+        columns_of_layers = [schema.layer_column(self.layers, layer) for layer in self.layers]
+        tokens: dict[str, list] = {f.name: [] for f in token_schema}
         for j, job in enumerate(jobs):
             n = job.own_end - job.own_start
             local = slice(job.own_start - job.start, job.own_end - job.start)
@@ -374,15 +380,15 @@ class Scorer:
                 tokens["token"].append(pa.array(
                     self.tokenizer.token_texts(view.tokens.ids[t + view.tokens.prefix]),
                     pa.string()))
-                flat = pa.array(fwd.embedding.reshape(-1), pa.float16())
-                tokens["embedding"].append(
-                    pa.FixedSizeListArray.from_arrays(flat, fwd.embedding.shape[1]))
+                for name, values in zip(columns_of_layers, fwd.embedding):
+                    flat = pa.array(values.reshape(-1), pa.float16())
+                    tokens[name].append(pa.FixedSizeListArray.from_arrays(flat,
+                                                                          values.shape[1]))
         positions = pa.Table.from_arrays(
             [pa.concat_arrays(columns[f.name]).cast(f.type) for f in schema.POSITIONS],
             schema=schema.POSITIONS)
         if not self.embeddings:
             return positions, None
-        token_schema = schema.tokens_schema(self.model.spec.hidden_size)
         arrays = [pa.concat_arrays(tokens[f.name]) if tokens[f.name]
                   else pa.array([], f.type) for f in token_schema]
         return positions, pa.Table.from_arrays(arrays, schema=token_schema)

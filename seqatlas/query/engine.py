@@ -156,9 +156,7 @@ class Engine:
 
     def _create_views(self) -> list[str]:
         allowed = []
-        dim = self.atlas.manifest["model"]["hidden_size"] \
-            if self.atlas.manifest["scoring"].get("embeddings") else None
-        schemas = {**TABLE_SCHEMAS, "tokens": schema.tokens_schema(dim)}
+        schemas = {**TABLE_SCHEMAS, "tokens": schema.atlas_tokens_schema(self.atlas.manifest)}
         for table in schema.TABLES:
             parts = [self._safe_part(p) for p in self.atlas.part_paths(table)]
             allowed += parts
