@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Atlas",
     "annotate",
+    "build_index",
     "IngestConfig",
     "IngestReport",
     "SeqAtlasError",
@@ -18,12 +19,15 @@ __all__ = [
     "export",
     "info",
     "ingest",
+    "load_index",
     "models",
 ]
 
 _LAZY = {
     "Atlas": ("seqatlas.atlas", "Atlas"),
     "annotate": ("seqatlas.ingest.repeats", "annotate"),
+    "build_index": ("seqatlas.index.build", "build_index"),
+    "load_index": ("seqatlas.index.store", "load_index"),
     "IngestConfig": ("seqatlas.ingest.pipeline", "IngestConfig"),
     "IngestReport": ("seqatlas.ingest.pipeline", "IngestReport"),
     "SeqAtlasError": ("seqatlas.errors", "SeqAtlasError"),

@@ -280,6 +280,15 @@ class AtlasWriter:
         node[path[-1]] = value
         self._write_manifest()
 
+    def set_index(self, name: str, entry: dict | None) -> None:
+        """Record embedding index ``name`` (``None``: forget it) under ``indexes``."""
+        indexes = self.manifest.setdefault("indexes", {})
+        if entry is None:
+            indexes.pop(name, None)
+        else:
+            indexes[name] = entry
+        self._write_manifest()
+
     def commit(self, key: str, tables: dict[str, pa.Table | None], *,
                unit: dict | None = None, inputs: list[dict] | None = None) -> None:
         """Write the parts named by content ``key``, then record them in one manifest update."""

@@ -45,3 +45,7 @@ class IngestError(SeqAtlasError):
 
 class QueryError(SeqAtlasError):
     """A query was refused by the sandbox, failed, or ran past its time limit."""
+
+
+class AtlasIndexError(SeqAtlasError):
+    """An embedding index is missing, corrupt, stale, or was built from another atlas."""
