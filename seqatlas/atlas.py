@@ -130,6 +130,20 @@ class Atlas:
 
         return enrichment(self, by=by, params=AnomalyParams(**params))
 
+    def knn(self, *, kmer=None, at=None, sequence=None, **options) -> pa.Table:
+        """Nearest tokens of k-mers, stored tokens (``at="SEQ:POS"``) or sequences in
+        embedding space; ``options`` are :class:`seqatlas.query.KnnConfig` fields."""
+        from seqatlas.query import knn
+
+        return knn(self, kmer=kmer, at=at, sequence=sequence, **options)
+
+    def identity(self, **options) -> pa.Table:
+        """Identity vs context agreement of embedding neighbours per stored layer;
+        ``options`` are :class:`seqatlas.query.IdentityConfig` fields."""
+        from seqatlas.query import identity
+
+        return identity(self, **options)
+
     def summary(self) -> dict:
         """Counts and bytes on disk per table, plus the manifest's headline facts."""
         tables = {}

@@ -1,4 +1,5 @@
-"""``seqatlas query sql|anomalies|enrichment`` and ``seqatlas export bedgraph|bed|bigwig``."""
+"""``seqatlas query sql|anomalies|enrichment|knn|identity`` and
+``seqatlas export bedgraph|bed|bigwig``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import Optional
 import typer
 
 query_app = typer.Typer(help="Query an atlas with DuckDB: SQL, likelihood anomalies, "
-                        "enrichment in repeats.", no_args_is_help=True)
+                        "enrichment in repeats, nearest k-mers in embedding space.",
+                        no_args_is_help=True)
 export_app = typer.Typer(help="Export tracks for genome browsers (bedGraph, bigWig) and "
                          "anomalous regions (BED).", no_args_is_help=True)
 
@@ -216,3 +218,131 @@ def bed(atlas: Path = ATLAS, output: Path = OUTPUT, z: float = Z, tail: Tail = T
         column: Optional[str] = COLUMN) -> None:
     """A BED6 of anomalous regions: name = tail, score = 100 x |peak z| (at most 1000)."""
     _export("bed", atlas, output, "z", _params(column, z, tail, smooth, min_length, max_gap))
+
+
+def _emit(table, format: Format, output: Optional[Path], what: str, title: str) -> None:
+    """A result to --output (parquet unless --format says otherwise) or to stdout."""
+    if output is not None:
+        from seqatlas.query.engine import write_result
+
+        fmt = "parquet" if format == Format.table else format.value
+        rows = write_result(table, output, fmt)
+        typer.echo(f"{rows:,} {what} written to {output} ({fmt}).", err=True)
+        return
+    print_result(table, format, title=title)
+
+
+@query_app.command("knn")
+def knn(
+    atlas: Path = ATLAS,
+    kmer: Optional[list[str]] = typer.Option(
+        None, "--kmer", help="A k-mer, embedded alone between the model's special tokens "
+        "(neutral context); the query is the token nearest its centre. Repeatable."),
+    at: Optional[list[str]] = typer.Option(
+        None, "--at", help="SEQ:POS (0-based): the stored embedding of the token starting "
+        "there; the token itself is left out of the hits. Repeatable."),
+    sequence: Optional[list[str]] = typer.Option(
+        None, "--sequence", help="A sequence embedded as given (your context); the query "
+        "is the token nearest its centre, or the one at --offset. Repeatable."),
+    offset: Optional[int] = typer.Option(None, "--offset", help="--sequence: query the token "
+                                         "covering this 0-based base (for DNABERT, the k-mer "
+                                         "starting there)."),
+    k: int = typer.Option(10, "-k", "--k", help="Neighbours per query."),
+    nprobe: Optional[int] = typer.Option(None, "--nprobe", help="IVF lists searched "
+                                         "(default: the index's own)."),
+    where: Optional[str] = typer.Option(
+        None, "--where", help="SQL condition on the hits' columns (query, token_id, seq_id, "
+        "start, \"end\", token, distance, logp, repeat_class), e.g. \"repeat_class IS NOT "
+        "NULL\"; k rows that pass are returned when they exist."),
+    index: str = typer.Option("default", "--index", help="Index name (seqatlas index build "
+                              "--name)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Checkpoint to embed --kmer / "
+                                        "--sequence with, when the one the atlas records has "
+                                        "moved (its weights sha256 must match)."),
+    format: Format = typer.Option(Format.table, "--format", "-f", help="Output format."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file."),
+) -> None:
+    """Nearest tokens of a k-mer, a stored token or a sequence in embedding space, with
+    their place, likelihood and repeat class."""
+    from seqatlas.query.knn import knn as run
+
+    table = run(atlas, kmer=kmer, at=at, sequence=sequence, k=k, nprobe=nprobe, where=where,
+                index=index, offset=offset, model=model)
+    if format != Format.table or output is not None:
+        _emit(table, format, output, "hits", "")
+        return
+    _print_knn(table)
+
+
+def _print_knn(table) -> None:
+    """One rich table per query, without the columns its title already says."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    shown = ("rank", "seq_id", "start", "end", "token", "distance", "logp", "repeat_class")
+    rows = table.to_pylist()
+    for query in dict.fromkeys(r["query"] for r in rows):
+        view = Table(title=f"nearest tokens of {query}")
+        for name in shown:
+            view.add_column(name, justify="left" if name in ("seq_id", "token", "repeat_class")
+                            else "right", no_wrap=name not in ("seq_id", "repeat_class"))
+        for row in rows:
+            if row["query"] == query:
+                view.add_row(*(_cell(row[name]) for name in shown))
+        console.print(view)
+    console.print(f"{len(rows):,} rows")
+
+
+@query_app.command("identity")
+def identity(
+    atlas: Path = ATLAS,
+    sample: int = typer.Option(1000, "--sample", help="Tokens sampled."),
+    layer: Optional[list[int]] = typer.Option(None, "--layer", help="Stored layer to test "
+                                              "(repeatable; default: every stored layer)."),
+    k: int = typer.Option(10, "-k", "--k", help="Neighbours per sampled token."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the sample."),
+    index: Optional[str] = typer.Option(None, "--index", help="Index to search (default: a "
+                                        "built index over the layer's column, else an exact "
+                                        "in-memory search)."),
+    nprobe: Optional[int] = typer.Option(None, "--nprobe", help="IVF lists searched."),
+    metric: str = typer.Option("cosine", "--metric", help="cosine, ip or l2, for the exact "
+                               "in-memory search (a built index keeps its own)."),
+    format: Format = typer.Option(Format.table, "--format", "-f", help="Output format."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file."),
+) -> None:
+    """Do neighbours in embedding space share the token (identity) or its neighbouring
+    tokens (context)? Measured per stored layer, beside chance levels."""
+    from seqatlas.query.identity import identity as run
+
+    table = run(atlas, sample=sample, layers=list(layer) if layer else None, k=k, seed=seed,
+                index=index, nprobe=nprobe, metric=metric)
+    if format != Format.table or output is not None:
+        _emit(table, format, output, "layers", "")
+        return
+    _print_identity(table)
+
+
+def _print_identity(table) -> None:
+    """Measured fractions beside their chance levels, one row per layer."""
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = table.to_pylist()
+    first = rows[0] if rows else {"k": 0, "sample": 0}
+    view = Table(title=f"{first['k']} neighbours of {first['sample']:,} sampled tokens: "
+                 "measured (chance)")
+    for name in ("layer", "identity", "context", "next", "prev"):
+        view.add_column(name, justify="right", no_wrap=True)
+    for row in rows:
+        view.add_row(str(row["layer"]), *(f"{row[m]:.3f} ({row[m + '_chance']:.3f})"
+                                          for m in ("identity", "context", "next", "prev")))
+    console = Console()
+    console.print(view)
+    for row in rows:
+        console.print(f"layer {row['layer']}: column {row['column']}, neighbours from "
+                      f"{row['neighbours']}", highlight=False)
+    console.print("identity: neighbours with the same token; next/prev: with the same next "
+                  "(preceding) non-overlapping token; context: either. Chance: random token "
+                  "pairs, identity = sum_t f_t^2 over token frequencies, context = "
+                  "P(next equal) + P(prev equal) - P(both).", highlight=False)

@@ -1,4 +1,5 @@
-"""DuckDB queries over an atlas: sandboxed SQL, anomalies, enrichment, browser tracks.
+"""DuckDB queries over an atlas: sandboxed SQL, anomalies, enrichment, browser tracks,
+nearest k-mers in embedding space and the identity/context diagnostic.
 
 Nothing here imports torch or ray.
 """
@@ -14,7 +15,12 @@ from seqatlas.query.engine import Engine, SqlConfig
 from seqatlas.query.enrichment import enrichment
 from seqatlas.query.tracks import export
 
-__all__ = ["AnomalyParams", "Engine", "SqlConfig", "anomalies", "enrichment", "export", "sql"]
+# the functions, bound after their modules so they own the names seqatlas.query.knn/identity
+from seqatlas.query.identity import IdentityConfig, identity  # noqa: E402
+from seqatlas.query.knn import KnnConfig, knn  # noqa: E402
+
+__all__ = ["AnomalyParams", "Engine", "IdentityConfig", "KnnConfig", "SqlConfig", "anomalies",
+           "enrichment", "export", "identity", "knn", "sql"]
 
 
 def sql(atlas, query: str, *, output: str | os.PathLike | None = None,

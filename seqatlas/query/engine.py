@@ -115,7 +115,9 @@ class Engine:
     """
 
     def __init__(self, atlas: Atlas | str | os.PathLike, config: SqlConfig | None = None,
-                 anomaly_params=None):
+                 anomaly_params=None, *, anomaly_views: bool = True):
+        """``anomaly_views=False`` skips the anomaly views (and the robust statistics pass
+        they may need on a fresh atlas) for callers that do not use them."""
         import duckdb
 
         from seqatlas.query.anomalies import AnomalyParams, create_anomaly_views
@@ -142,7 +144,9 @@ class Engine:
             self.con.execute("SET enable_external_access=false")
             self.con.execute("SET lock_configuration=true")
             self.anomaly_params = anomaly_params or AnomalyParams()
-            create_anomaly_views(self, self.anomaly_params)
+            self.anomaly_column = None
+            if anomaly_views:
+                create_anomaly_views(self, self.anomaly_params)
         except BaseException:
             self.close()
             raise
@@ -178,9 +182,9 @@ class Engine:
     def position_columns(self) -> list[str]:
         return [f.name for f in schema.POSITIONS]
 
-    def execute_internal(self, sql: str):
+    def execute_internal(self, sql: str, params=None):
         """Run seqatlas's own (trusted) SQL as a relation; user SQL goes through :meth:`run`."""
-        return self.con.sql(sql)
+        return self.con.sql(sql, params=params)
 
     def check(self, query: str) -> None:
         """Refuse anything but a single SELECT or EXPLAIN statement."""
