@@ -172,6 +172,7 @@ def test_ivf_pq_with_pca_and_hnsw(tmp_path):
     assert 0.99 < meta["pca_variance_kept"] < 1
     hnsw = build_index(path, name="hnsw", type="hnsw", m=16)
     assert hnsw["factory"] == "IDMap,HNSW16" and hnsw["search"]["parameter"] == "efSearch"
+    assert hnsw["search"]["efSearch"] >= 16 and "nprobe" not in hnsw["search"]
     queries = vectors[:100]
     _, truth = brute_force(vectors, queries, 10, "cosine")
     for name in ("pq", "hnsw"):

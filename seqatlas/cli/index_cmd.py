@@ -81,8 +81,9 @@ def print_build(meta: dict, console: Console | None = None) -> None:
                   f"metric {meta['metric']}, {meta['ntotal']:,} vectors of {meta['dim']} "
                   f"from column {meta['column']!r}", highlight=False)
     console.print(f"why: {meta['reason']}", highlight=False)
-    tuned = "" if "parameter" not in search else \
-        f" at {search['parameter']} {search['nprobe']} (calibrated on {search['queries']} queries)"
+    tuned = "" if "parameter" not in search else (
+        f" at {search['parameter']} {search[search['parameter']]} (calibrated on "
+        f"{search['queries']} queries)")
     console.print(f"recall@10 vs exact search: {search['recall_at_10']:.3f}{tuned}; "
                   f"{_size(meta['bytes'])} on disk, {meta['bytes_per_vector']:.1f} bytes/vector;"
                   f" built in {meta['build_seconds']:.1f} s on {meta['device']}",

@@ -27,7 +27,7 @@ METRICS = ("cosine", "ip", "l2")
 FLAT_LIMIT = 1_000_000  # auto: exact search below this many vectors
 PQ_BYTES = 48  # auto: code bytes per vector; with the 8-byte id, <= 64 bytes per vector
 VARIANCE_KEPT = 0.99  # auto: widen the codes while the PCA to 2 m dimensions keeps less
-CALIBRATION_QUERIES = 256
+CALIBRATION_QUERIES = 1000
 CALIBRATION_K = 10
 
 
@@ -282,7 +282,8 @@ def set_search_params(index, meta: dict, nprobe: int | None = None) -> None:
     """Apply the build's calibrated nprobe (IVF) or efSearch (HNSW), or ``nprobe``."""
     import faiss
 
-    value = nprobe or meta.get("search", {}).get("nprobe")
+    search = meta.get("search", {})
+    value = nprobe or search.get(search.get("parameter", "nprobe"))
     if value is None:
         return
     if meta["type"].startswith("ivf"):
@@ -366,11 +367,16 @@ def exact_search(queries: np.ndarray, x: np.ndarray, ids: np.ndarray, k: int, me
     return distances, np.where(rows >= 0, ids[np.maximum(rows, 0)], -1)
 
 
+def per_query_recall(truth: np.ndarray, found: np.ndarray) -> np.ndarray:
+    """Fraction of each query's true top-k found in its returned top-k."""
+    return np.array([len(set(t[t >= 0]) & set(f[f >= 0])) / max((t >= 0).sum(), 1)
+                     for t, f in zip(truth, found)], dtype=np.float64)
+
+
 def recall_at(truth: np.ndarray, found: np.ndarray) -> float:
     """Mean fraction of each query's true top-k found in its returned top-k."""
-    hits = [len(set(t[t >= 0]) & set(f[f >= 0])) / max((t >= 0).sum(), 1)
-            for t, f in zip(truth, found)]
-    return float(np.mean(hits)) if hits else 1.0
+    hits = per_query_recall(truth, found)
+    return float(hits.mean()) if len(hits) else 1.0
 
 
 def calibrate(index, plan: Plan, queries: np.ndarray, truth: np.ndarray,
@@ -384,21 +390,25 @@ def calibrate(index, plan: Plan, queries: np.ndarray, truth: np.ndarray,
         key, values = "nprobe", [v for v in (2 ** i for i in range(17)) if v < plan.nlist]
         values.append(plan.nlist)
     meta = {"type": plan.type}
-    curve = {}
+    curve, bound = {}, {}
     for value in values:
         set_search_params(index, meta, value)
         _, found = index.search(queries, truth.shape[1])
-        curve[value] = round(recall_at(truth, found), 4)
+        hits = per_query_recall(truth, found)
+        curve[value] = round(float(hits.mean()), 4)
+        # reached only when one standard error below the mean still reaches it, so the
+        # setting holds for other queries too
+        bound[value] = float(hits.mean() - hits.std() / np.sqrt(len(hits)))
         recalls = list(curve.values())
-        if curve[value] >= target or (len(recalls) >= 3 and recalls[-1] <= recalls[-3]):
+        if bound[value] >= target or (len(recalls) >= 3 and recalls[-1] <= recalls[-3]):
             break  # reached, or no gain over two doublings: the codes limit the recall
-    value = next((v for v, r in curve.items() if r >= target), max(curve, key=curve.get))
-    result = {"nprobe": value, "parameter": key, "recall_at_10": curve[value],
+    value = next((v for v, b in bound.items() if b >= target), max(curve, key=curve.get))
+    result = {key: value, "parameter": key, "recall_at_10": curve[value],
               "target": target, "queries": len(queries),
               "curve": {str(v): r for v, r in curve.items()}}
-    if curve[value] < target:
-        result["warning"] = (f"recall@10 {curve[value]:.3f} < {target} at every {key}; use "
-                             "larger codes (--m) or --type flat/hnsw")
+    if bound[value] < target:
+        result["warning"] = (f"recall@10 {curve[value]:.3f} does not reach {target} at any "
+                             f"{key}; use larger codes (--m) or --type flat/hnsw")
     return result
 
 
@@ -489,11 +499,11 @@ def build_index(atlas: str | os.PathLike | Atlas, **options) -> dict:
                               "or ivf-flat with --shards, or build HNSW without --shards")
         prepare = normalise if config.metric == "cosine" else (lambda x: x)
         t0 = time.perf_counter()
-        draw = max(plan.sample, min(n, CALIBRATION_QUERIES))
+        draw = max(plan.sample, 0 if plan.type == "flat" else min(n, CALIBRATION_QUERIES))
         sample = prepare(source.sample(draw, config.seed)) if draw else np.empty((0, dim))
         rng = np.random.default_rng(config.seed + 1)
-        queries = sample[rng.choice(len(sample), min(len(sample), CALIBRATION_QUERIES),
-                                    replace=False)] if len(sample) else sample
+        wanted = 0 if plan.type == "flat" else min(len(sample), CALIBRATION_QUERIES)
+        queries = sample[rng.choice(len(sample), wanted, replace=False)]
         variance = transform = None
         if plan.pca:
             eigenvalues, axes = principal_axes(sample[: plan.sample])
