@@ -11,23 +11,29 @@ __version__ = "0.1.0"
 __all__ = [
     "Atlas",
     "annotate",
+    "build_index",
     "IngestConfig",
     "IngestReport",
     "SeqAtlasError",
     "demo",
+    "export",
     "info",
     "ingest",
+    "load_index",
     "models",
 ]
 
 _LAZY = {
     "Atlas": ("seqatlas.atlas", "Atlas"),
     "annotate": ("seqatlas.ingest.repeats", "annotate"),
+    "build_index": ("seqatlas.index.build", "build_index"),
+    "load_index": ("seqatlas.index.store", "load_index"),
     "IngestConfig": ("seqatlas.ingest.pipeline", "IngestConfig"),
     "IngestReport": ("seqatlas.ingest.pipeline", "IngestReport"),
     "SeqAtlasError": ("seqatlas.errors", "SeqAtlasError"),
     "demo": ("seqatlas.examples", "demo"),
     "info": ("seqatlas.atlas", "info"),
+    "export": ("seqatlas.query.tracks", "export"),
 }
 
 
@@ -61,6 +67,10 @@ def models() -> list[dict]:
 
 
 def __getattr__(name: str):
+    if name == "query":
+        import importlib
+
+        return importlib.import_module("seqatlas.query")
     if name in _LAZY:
         import importlib
 

@@ -66,9 +66,12 @@ class Atlas:
         except json.JSONDecodeError as exc:
             raise AtlasError(f"{manifest} is corrupt ({exc}); restore it or re-ingest") from None
         version = self.manifest.get("schema_version")
-        if version != schema.SCHEMA_VERSION:
+        if version not in schema.READABLE_VERSIONS:
             raise AtlasError(f"{self.path} has schema version {version}; this seqatlas reads "
-                             f"version {schema.SCHEMA_VERSION}")
+                             f"versions {', '.join(map(str, schema.READABLE_VERSIONS))}: "
+                             "re-ingest into a new --atlas directory, or use the seqatlas "
+                             "version that wrote it")
+        self.schema_version = version
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{t}={self.count(t)}" for t in schema.TABLES)
@@ -104,10 +107,42 @@ class Atlas:
         return self._read("repeats", columns, schema.REPEATS)
 
     def tokens(self, columns: list[str] | None = None) -> pa.Table:
-        """One row per model token, with its embedding when the atlas stores them."""
-        dim = self.manifest["model"]["hidden_size"] if self.manifest["scoring"]["embeddings"] \
-            else None
-        return self._read("tokens", columns, schema.tokens_schema(dim))
+        """One row per model token, with its embedding(s) when the atlas stores them
+        (``embedding``: the first layer; ``embedding_layer_{L}``: each further layer L)."""
+        return self._read("tokens", columns, schema.atlas_tokens_schema(self.manifest))
+
+    def sql(self, query: str, *, timeout: float | None = None, **options) -> pa.Table:
+        """Run one read-only SELECT over the views (sequences, positions, tokens, repeats,
+        position_z, anomalies, anomaly_regions); see :func:`seqatlas.query.sql`."""
+        from seqatlas.query import SqlConfig, sql
+
+        return sql(self, query, config=SqlConfig(timeout=timeout), **options)
+
+    def anomalies(self, *, with_repeats: bool = False, **params) -> pa.Table:
+        """Anomalous regions; ``params`` are :class:`seqatlas.query.AnomalyParams` fields."""
+        from seqatlas.query import AnomalyParams, anomalies
+
+        return anomalies(self, params=AnomalyParams(**params), with_repeats=with_repeats)
+
+    def enrichment(self, *, by: str = "class", **params) -> pa.Table:
+        """Anomaly enrichment per repeat group; see :func:`seqatlas.query.enrichment`."""
+        from seqatlas.query import AnomalyParams, enrichment
+
+        return enrichment(self, by=by, params=AnomalyParams(**params))
+
+    def knn(self, *, kmer=None, at=None, sequence=None, **options) -> pa.Table:
+        """Nearest tokens of k-mers, stored tokens (``at="SEQ:POS"``) or sequences in
+        embedding space; ``options`` are :class:`seqatlas.query.KnnConfig` fields."""
+        from seqatlas.query import knn
+
+        return knn(self, kmer=kmer, at=at, sequence=sequence, **options)
+
+    def identity(self, **options) -> pa.Table:
+        """Identity vs context agreement of embedding neighbours per stored layer;
+        ``options`` are :class:`seqatlas.query.IdentityConfig` fields."""
+        from seqatlas.query import identity
+
+        return identity(self, **options)
 
     def summary(self) -> dict:
         """Counts and bytes on disk per table, plus the manifest's headline facts."""
@@ -163,6 +198,12 @@ class AtlasWriter:
             for table in schema.TABLES:
                 self.manifest["parts"].setdefault(table, {})
             if model is not None:
+                if self.manifest["schema_version"] != schema.SCHEMA_VERSION:
+                    raise AtlasMismatchError(
+                        f"{self.path} was written with schema version "
+                        f"{self.manifest['schema_version']} (this seqatlas writes "
+                        f"{schema.SCHEMA_VERSION}); ingest into a new --atlas directory. It "
+                        "can still be queried and annotated.")
                 self._check_compatible(kind, model, scoring)
         else:
             self.manifest = {
@@ -199,9 +240,12 @@ class AtlasWriter:
             if old["model"].get(key) != model.get(key):
                 differences.append(f"model {key}: atlas {old['model'].get(key)!r}, "
                                    f"now {model.get(key)!r}")
-        for key in sorted(set(old["scoring"]) | set(scoring)):
-            if old["scoring"].get(key) != scoring.get(key):
-                differences.append(f"{key}: atlas {old['scoring'].get(key)!r}, "
+        # atlases written before multi-layer ingest record only "layer"
+        old_scoring = {"layers": schema.embedding_layers(old["scoring"]) or None,
+                       **old["scoring"]}
+        for key in sorted(set(old_scoring) | set(scoring)):
+            if old_scoring.get(key) != scoring.get(key):
+                differences.append(f"{key}: atlas {old_scoring.get(key)!r}, "
                                    f"now {scoring.get(key)!r}")
         if differences:
             raise AtlasMismatchError(
@@ -241,6 +285,23 @@ class AtlasWriter:
         os.replace(tmp, final)
         _fsync_dir(directory)
         return {"rows": data.num_rows, "bytes": final.stat().st_size}
+
+    def set_cache(self, path: tuple[str, ...], value) -> None:
+        """Store a derived value (e.g. robust statistics) under ``cache`` in the manifest."""
+        node = self.manifest.setdefault("cache", {})
+        for name in path[:-1]:
+            node = node.setdefault(name, {})
+        node[path[-1]] = value
+        self._write_manifest()
+
+    def set_index(self, name: str, entry: dict | None) -> None:
+        """Record embedding index ``name`` (``None``: forget it) under ``indexes``."""
+        indexes = self.manifest.setdefault("indexes", {})
+        if entry is None:
+            indexes.pop(name, None)
+        else:
+            indexes[name] = entry
+        self._write_manifest()
 
     def commit(self, key: str, tables: dict[str, pa.Table | None], *,
                unit: dict | None = None, inputs: list[dict] | None = None) -> None:

@@ -35,5 +35,17 @@ class AtlasMismatchError(AtlasError):
     """The atlas was built with another model or other scoring parameters."""
 
 
+class ToolError(SeqAtlasError):
+    """An external program (tantan, TRF) is missing or failed."""
+
+
 class IngestError(SeqAtlasError):
     """Some work units failed after all retries; everything else was committed."""
+
+
+class QueryError(SeqAtlasError):
+    """A query was refused by the sandbox, failed, or ran past its time limit."""
+
+
+class AtlasIndexError(SeqAtlasError):
+    """An embedding index is missing, corrupt, stale, or was built from another atlas."""

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: copy_offset, copy_strand in positions
+# Versions this seqatlas reads; columns an older part lacks read as null.
+READABLE_VERSIONS = (1, 2)
 
 TABLES = ("sequences", "positions", "tokens", "repeats")
 
@@ -41,12 +43,20 @@ POSITIONS = pa.schema(
         pa.field("rank", pa.int16()),  # 1 = ref is the model's top letter
         pa.field("window_start", pa.int64()),  # null: in a long N run, not scored
         pa.field("window_end", pa.int64()),
+        # in-context copy (seqatlas.ingest.copies): the nearest other occurrence of the k-mer
+        # around pos inside [window_start, window_end), k = the manifest's scoring.copy_k
+        pa.field("copy_offset", pa.int32()),  # its residue matching pos, minus pos; null: none
+        pa.field("copy_strand", pa.string()),  # "+" direct, "-" reverse complement (DNA/RNA)
     ]
 )
 
 
-def tokens_schema(embedding_dim: int | None) -> pa.Schema:
-    """Schema of the tokens table; without embeddings the column is absent."""
+def tokens_schema(embedding_dim: int | None, extra_layers=()) -> pa.Schema:
+    """Schema of the tokens table; without embeddings the embedding columns are absent.
+
+    ``embedding`` holds the first requested layer; each further layer L has its own column
+    ``embedding_layer_{L}`` (see :func:`layer_column`).
+    """
     fields = [
         # global and unique: the sequence's global_start + the token's start
         pa.field("token_id", pa.int64(), nullable=False),
@@ -57,7 +67,40 @@ def tokens_schema(embedding_dim: int | None) -> pa.Schema:
     ]
     if embedding_dim:
         fields.append(pa.field("embedding", pa.list_(pa.float16(), embedding_dim)))
+        fields += [pa.field(f"embedding_layer_{layer}", pa.list_(pa.float16(), embedding_dim))
+                   for layer in extra_layers]
     return pa.schema(fields)
+
+
+def embedding_layers(scoring: dict) -> list[int]:
+    """The hidden layers an atlas stores, first (the ``embedding`` column) first; [] if none.
+
+    Atlases written before multi-layer ingest record only ``layer``.
+    """
+    if not scoring.get("embeddings"):
+        return []
+    layers = scoring.get("layers")
+    if layers is None:
+        layers = [scoring["layer"]] if scoring.get("layer") is not None else []
+    return [int(layer) for layer in layers]
+
+
+def layer_column(layers: list[int], layer: int) -> str:
+    """The tokens column holding ``layer`` when the atlas stores ``layers``."""
+    return "embedding" if layer == layers[0] else f"embedding_layer_{layer}"
+
+
+def embedding_columns(scoring: dict) -> dict[int, str]:
+    """Stored layer -> tokens column, in the order the layers were requested."""
+    layers = embedding_layers(scoring)
+    return {layer: layer_column(layers, layer) for layer in layers}
+
+
+def atlas_tokens_schema(manifest: dict) -> pa.Schema:
+    """The tokens schema of an atlas, from its manifest (model width and stored layers)."""
+    layers = embedding_layers(manifest["scoring"])
+    dim = manifest["model"]["hidden_size"] if layers else None
+    return tokens_schema(dim, extra_layers=layers[1:])
 
 
 REPEATS = pa.schema(

@@ -60,3 +60,30 @@ def test_usage_snippets_run(tmp_path):
     total = sum(len(r.sequence) for r in records)
     assert f"{total} positions" in done.stdout
     assert f"{total} {total} 512" in done.stdout  # positions, tokens, embedding width
+    _query_snippets_run(tmp_path)
+
+
+def _query_snippets_run(tmp_path):
+    """The Queries section, on the genome atlas the Usage section built."""
+    import shutil
+
+    if shutil.which("tantan") is None:
+        pytest.skip("tantan is not installed (Debian package tantan): Queries snippets skipped")
+    outputs = []
+    for block in _blocks("## Queries", "bash"):
+        for line in block.strip().splitlines():
+            done = subprocess.run(line, shell=True, cwd=tmp_path, capture_output=True,
+                                  text=True, timeout=600)
+            assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr}"
+            outputs.append(done.stdout)
+    assert "tantan" in outputs[0] and "4 rows" in outputs[1]
+    assert "anomalous regions" in outputs[2]
+    assert outputs[3].startswith('"group","n_inside"')
+    assert "Tandem_repeat" in outputs[3]
+    bedgraph = (tmp_path / "genome_z.bedgraph").read_text().splitlines()
+    assert bedgraph and bedgraph[0].startswith("X\t")
+    script = "\n".join(_blocks("## Queries", "python"))
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "Tandem_repeat" in done.stdout and "odds_ratio" in done.stdout

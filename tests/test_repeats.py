@@ -54,6 +54,12 @@ TRF_NGS = """\
 TANTAN = ("chr2\t100\t140\t4\t10\tACGT\tACGT,ACGT\n"
           "chr2\t200\t200\t1\t0\tA\t\n")  # a zero-length repeat is kept
 
+# real `tantan -f3` output: plain BED3 of the masked regions (later copies of each unit)
+TANTAN_F3 = "s1\t105\t221\ns2\t49\t111\ns2\t193\t214\n"
+
+# real `tantan -p -f4` output on a protein: the unit is amino acids
+TANTAN_PROTEIN = "P1\t10\t34\t6\t4\tQLKEAL\tQLKEAL,QLKEAL,QLKEAL,QLKEAL\n"
+
 BED = ("track name=reps\n"
        "chr3\t5\t20\n"
        "chr3\t30\t60\tAluY\t900\t-\textra\tcolumns\n")
@@ -80,7 +86,9 @@ def _write(tmp_path, name, text, compress=False):
     ("a.out", REPEATMASKER, "repeatmasker"), ("rmsk.txt.gz", UCSC_RMSK, "ucsc-rmsk"),
     ("simpleRepeat.txt", SIMPLE, "ucsc-simplerepeat"), ("x.dat", TRF_DAT, "trf-dat"),
     ("x.ngs", TRF_NGS, "trf-ngs"), ("t.tsv", TANTAN, "tantan-f4"), ("r.bed", BED, "bed"),
-    ("r.gff3", GFF, "gff3"),
+    ("r.gff3", GFF, "gff3"), ("p.tsv", TANTAN_PROTEIN, "tantan-f4"),
+    # tantan -f3 is BED3: the file name decides, and BED is the safe reading otherwise
+    ("reads.tantan.bed", TANTAN_F3, "tantan-f3"), ("masked.bed", TANTAN_F3, "bed"),
 ])
 def test_format_is_detected(tmp_path, name, text, fmt):
     assert detect_format(_write(tmp_path, name, text, compress=name.endswith(".gz"))) == fmt
@@ -119,6 +127,13 @@ def test_tandem_formats(tmp_path):
     tantan = read_repeats(_write(tmp_path, "t.tsv", TANTAN)).to_pylist()
     assert [(r["start"], r["end"], r["score"]) for r in tantan] == [(100, 140, None),
                                                                    (200, 200, None)]
+    f3 = read_repeats(_write(tmp_path, "x.tantan", TANTAN_F3), format="tantan-f3").to_pylist()
+    assert [(r["seq_id"], r["start"], r["end"], r["class"], r["source"]) for r in f3] == [
+        ("s1", 105, 221, "Tandem_repeat", "tantan-f3"), ("s2", 49, 111, "Tandem_repeat",
+                                                          "tantan-f3"),
+        ("s2", 193, 214, "Tandem_repeat", "tantan-f3")]
+    protein = read_repeats(_write(tmp_path, "p.tsv", TANTAN_PROTEIN)).to_pylist()
+    assert (protein[0]["start"], protein[0]["end"], protein[0]["name"]) == (10, 34, "QLKEAL")
 
 
 def test_bed_and_gff3(tmp_path):
@@ -141,6 +156,8 @@ def test_rename_maps_sequence_names(tmp_path):
      "repeatmasker", 8),
     ("neg.bed", "chr1\t50\t20\n", "bed", 1),
     ("short.tsv", "chr2\t1\t5\n", "tantan-f4", 1),
+    ("f4.tantan", TANTAN_F3 + TANTAN, "tantan-f3", 4),
+    ("bad.tantan", "s1\t5\t20\ns1\t30\tx\n", "tantan-f3", 2),
 ])
 def test_malformed_lines_name_file_and_line(tmp_path, name, text, fmt, line):
     path = _write(tmp_path, name, text)

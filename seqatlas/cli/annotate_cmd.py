@@ -18,8 +18,14 @@ class RepeatFormat(str, Enum):
     trf_dat = "trf-dat"
     trf_ngs = "trf-ngs"
     tantan_f4 = "tantan-f4"
+    tantan_f3 = "tantan-f3"
     bed = "bed"
     gff3 = "gff3"
+
+
+class RepeatFinder(str, Enum):
+    tantan = "tantan"
+    trf = "trf"
 
 
 class Names(str, Enum):
@@ -28,24 +34,47 @@ class Names(str, Enum):
 
 
 def annotate(
-    file: Path = typer.Argument(..., help="Repeat annotations: RepeatMasker .out, UCSC rmsk or "
-                                "simpleRepeat, TRF .dat or -ngs, tantan -f4, BED, GFF3 (gzip ok)."),
+    file: Optional[Path] = typer.Argument(
+        None, help="Repeat annotations: RepeatMasker .out, UCSC rmsk or simpleRepeat, TRF .dat "
+        "or -ngs, tantan -f4 or -f3, BED, GFF3 (gzip ok). Omit it with --run or --detect."),
     atlas: Path = typer.Option(..., "--atlas", "-a", help="Atlas directory."),
     format: Optional[RepeatFormat] = typer.Option(None, "--format",
                                                   help="File format (detected when omitted)."),
     names: Names = typer.Option(Names.auto, help="auto: also match chrX <-> X and chrM <-> MT."),
+    run: Optional[RepeatFinder] = typer.Option(
+        None, "--run", help="Instead of a FILE: run tantan or trf on the atlas's own sequences "
+        "and import the tandem repeats it finds."),
+    run_args: Optional[str] = typer.Option(
+        None, "--run-args", help="With --run: the program's parameters, replacing the defaults "
+        "(tantan: none, -p for proteins; trf: '2 7 7 80 10 50 500'). seqatlas adds the output "
+        "options (tantan -f4, trf -h -ngs)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress",
+                                  help="With --run: show a progress bar."),
+    detect: bool = typer.Option(False, "--detect", help="Instead of a FILE: import the "
+                                "in-context copies found at ingest (copy_offset, copy_strand) "
+                                "as repeats, source seqatlas-copies."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """Import repeat annotations into an atlas's repeats table (0-based half-open)."""
+    """Import repeats into an atlas (0-based half-open): from FILE, by running tantan or TRF
+    (--run), or from the in-context copies found at ingest (--detect)."""
     import seqatlas
 
     summary = seqatlas.annotate(file, atlas=atlas, format=format.value if format else None,
-                                names=names.value)
+                                names=names.value, run=run.value if run else None,
+                                run_args=run_args, progress=progress, detect=detect)
     console = Console()
     if as_json:
         console.print_json(json.dumps(summary))
         return
+    if detect:
+        state = "already imported" if summary["already_imported"] else \
+            f"imported from {summary['positions_parts']} positions part(s)"
+        console.print(f"{atlas}: {summary['repeats']:,} in-context copies (k = "
+                      f"{summary['copy_k']}) {state}.")
+        return
     renamed = f", renamed {summary['renamed']}" if summary["renamed"] else ""
     state = "already imported" if summary["already_imported"] else "imported"
-    console.print(f"{summary['file']}: {summary['repeats']:,} {summary['format']} repeats "
+    parameters = f"parameters {summary['args']}" if summary.get("args") else "default parameters"
+    origin = summary["file"] or f"{summary['run']} {summary['version']} ({parameters})"
+    console.print(f"{origin}: {summary['repeats']:,} {summary['format']} repeats "
                   f"{state}{renamed}.")

@@ -42,11 +42,14 @@ def print_info(summary: dict, console: Console | None = None) -> None:
                   f"{model['parameters']:,} parameters, tokenizer "
                   f"{model['tokenizer']['family']}, weights sha256 "
                   f"{model['weights_sha256'][:12]}…)")
-    layer = f", layer {scoring['layer']}" if scoring["embeddings"] else ""
+    layers = scoring.get("layers") or [scoring["layer"]]
+    layer = (f", layer{'s' if len(layers) > 1 else ''} {', '.join(map(str, layers))}"
+             if scoring["embeddings"] else "")
     strands = f", strands {scoring['strands']}" if summary["kind"] != "protein" else ""
+    copies = f", copy k-mer {scoring['copy_k']}" if scoring.get("copy_k") else ", copies off"
     console.print(f"[bold]scoring[/] likelihood {scoring['likelihood']}, window "
                   f"{scoring['window']} overlap {scoring['overlap']}, embeddings "
-                  f"{scoring['embedding_dtype'] or 'none'}{layer}{strands}")
+                  f"{scoring['embedding_dtype'] or 'none'}{layer}{strands}{copies}")
     table = Table(title="tables")
     for column in ("table", "parts", "rows", "on disk", "bytes/row"):
         table.add_column(column, justify="right" if column != "table" else "left")

@@ -53,8 +53,10 @@ def ingest(
         "residue models); unmasked: one pass, ref visible; none: embeddings only."),
     embeddings: Embeddings = typer.Option(Embeddings.float16,
                                           help="Store per-token embeddings, or not."),
-    layer: Optional[int] = typer.Option(None, help="Hidden layer for embeddings (0 = input "
-                                        "embeddings; default the last; negative counts back)."),
+    layer: Optional[list[int]] = typer.Option(
+        None, help="Hidden layer for embeddings (0 = input embeddings; default the last; "
+        "negative counts back). Repeat for several: the first goes in the tokens column "
+        "'embedding', each further layer L in 'embedding_layer_L'."),
     window: Optional[int] = typer.Option(None, help="Residues per window (default: the model's "
                                          "context)."),
     overlap: Optional[int] = typer.Option(None, help="Residues shared by neighbouring windows "
@@ -69,6 +71,11 @@ def ingest(
                                     "reverse complement (logp_rc, logp_mean columns)."),
     skip_n_runs: int = typer.Option(50, help="DNA/RNA: runs of at least this many N are not "
                                     "sent to the model (null scores); 0 scores every N."),
+    copy_k: Optional[int] = typer.Option(
+        None, "--copy-k", help="k-mer length of the in-context copy detector: each position's "
+        "copy_offset/copy_strand give the nearest other occurrence of the k-mer around it "
+        "(direct, or reverse complement for DNA/RNA) inside its scoring window (default: 12 "
+        "for DNA/RNA, 6 for proteins; 0 turns detection off, leaving the columns null)."),
     workers: Optional[int] = typer.Option(None, help="Scoring actors (default: one per GPU, "
                                           "else 1); 0 scores in this process without Ray."),
     gpus_per_worker: Optional[float] = typer.Option(
@@ -91,12 +98,13 @@ def ingest(
 
     report = seqatlas.ingest(
         fasta, atlas=atlas, model=model, kind=kind.value if kind else None,
-        likelihood=likelihood.value, embeddings=embeddings == Embeddings.float16, layer=layer,
+        likelihood=likelihood.value, embeddings=embeddings == Embeddings.float16,
+        layer=(layer[0] if len(layer) == 1 else list(layer)) if layer else None,
         window=window, overlap=overlap, batch_tokens=batch_tokens, unit_tokens=unit_tokens,
         workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
         address=address, max_retries=max_retries,
         tokenizer=tokenizer.value if tokenizer else None, strands=strands.value,
-        skip_n_runs=skip_n_runs, progress=progress)
+        skip_n_runs=skip_n_runs, copy_k=copy_k, progress=progress)
     _print_report(report.as_dict(), as_json)
 
 

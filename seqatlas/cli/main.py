@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from seqatlas.cli import annotate_cmd, ingest_cmd, info_cmd, models_cmd
+from seqatlas.cli import annotate_cmd, index_cmd, ingest_cmd, info_cmd, models_cmd, query_cmd
 from seqatlas.errors import SeqAtlasError
 
 app = typer.Typer(
@@ -23,6 +23,9 @@ app.command("info")(info_cmd.info)
 app.command("demo")(ingest_cmd.demo)
 app.command("models")(models_cmd.models)
 app.command("annotate")(annotate_cmd.annotate)
+app.add_typer(query_cmd.query_app, name="query")
+app.add_typer(query_cmd.export_app, name="export")
+app.add_typer(index_cmd.index_app, name="index")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ from pathlib import Path
 from seqatlas import __version__
 from seqatlas.atlas import Atlas, AtlasWriter
 from seqatlas.errors import ConfigError, IngestError, InputError
+from seqatlas.ingest.copies import default_copy_k
 from seqatlas.ingest.fasta import KINDS, detect_kind
 from seqatlas.ingest.plan import InputPlan, UnitPlan, iter_unit_jobs, plan_units, scan_input
 from seqatlas.ingest.scoring import LIKELIHOOD_MODES, STRANDS
@@ -30,7 +31,9 @@ class IngestConfig:
     kind: str | None = None  # protein | dna | rna; detected from the first input when None
     likelihood: str = "exact"  # exact | fast | unmasked | none
     embeddings: bool = True
-    layer: int | None = None  # hidden layer for embeddings; None = last
+    layer: int | list[int] | None = None  # hidden layer(s) for embeddings; None = last.
+    # Several: the first goes in the tokens column "embedding", each further layer L in
+    # "embedding_layer_{L}"; negative layers count back from the last (-1 = last)
     window: int | None = None  # residues per window; None = the model's context
     overlap: int | None = None  # residues shared by neighbouring windows; None = window // 4
     batch_tokens: int | None = None  # padded tokens per forward pass; None = per device
@@ -38,6 +41,8 @@ class IngestConfig:
     # None: 65536 for exact/fast, 262144 for unmasked/none
     strands: str = "forward"  # forward | both (DNA/RNA: also score the reverse complement)
     skip_n_runs: int = 50  # DNA/RNA runs of at least this many N are not scored (0: score all)
+    copy_k: int | None = None  # k-mer of the in-context copy detector; None: 12 for DNA/RNA,
+    # 6 for proteins; 0: off (copy_offset, copy_strand null)
     workers: int | None = None  # scoring actors; 0 = score in this process without Ray
     gpus_per_worker: float | None = None  # None: 1 when the cluster has GPUs, else 0
     cpus_per_worker: int | None = None
@@ -50,6 +55,9 @@ class IngestConfig:
         if self.likelihood not in LIKELIHOOD_MODES:
             raise ConfigError(f"--likelihood must be one of {', '.join(LIKELIHOOD_MODES)}, "
                               f"not {self.likelihood!r}")
+        if not isinstance(self.embeddings, bool):
+            raise ConfigError(f"embeddings must be True or False, not {self.embeddings!r} (the "
+                              "CLI's --embeddings none is embeddings=False)")
         if self.likelihood == "none" and not self.embeddings:
             raise ConfigError("--likelihood none with --embeddings none computes nothing; "
                               "keep at least one of them")
@@ -58,6 +66,10 @@ class IngestConfig:
                               f"{self.strands!r}")
         if self.skip_n_runs < 0:
             raise ConfigError("--skip-n-runs must be 0 (score every N) or more")
+        if self.copy_k is not None and (isinstance(self.copy_k, bool) or
+                                        not isinstance(self.copy_k, int) or self.copy_k < 0):
+            raise ConfigError(f"--copy-k must be a k-mer length of at least 1, or 0 to turn "
+                              f"copy detection off, not {self.copy_k!r}")
         if self.kind is not None and self.kind not in KINDS:
             raise ConfigError(f"--kind must be one of {', '.join(KINDS)}, not {self.kind!r}")
         for name in ("batch_tokens", "unit_tokens"):
@@ -67,6 +79,11 @@ class IngestConfig:
             raise ConfigError("--workers must be 0 (in process) or more")
         if self.max_retries < 0:
             raise ConfigError("--max-retries must be 0 or more")
+        layers = self.layer if isinstance(self.layer, (list, tuple)) else [self.layer]
+        if self.layer is not None and (not layers or not all(
+                isinstance(x, int) and not isinstance(x, bool) for x in layers)):
+            raise ConfigError(f"layer must be an int or a non-empty list of ints, not "
+                              f"{self.layer!r}")
 
 
 @dataclass
@@ -132,16 +149,17 @@ def ingest(fasta: str | Path | list, *, atlas: str | Path, **options) -> IngestR
     if not least <= overlap < window:
         raise ConfigError(f"--overlap must be in [{least}, {window}) for --window {window} "
                           f"with a {tokenizer.family} tokenizer")
-    layer = spec.num_layers if config.layer is None else config.layer
-    if layer < 0:
-        layer += spec.num_layers + 1
-    if not 0 <= layer <= spec.num_layers:
-        raise ConfigError(f"--layer must be in [0, {spec.num_layers}] (or negative from the end)")
+    layers = resolve_layers(config.layer, spec.num_layers)
+
+    copy_k = default_copy_k(kind) if config.copy_k is None else config.copy_k
+    if copy_k > window:
+        raise ConfigError(f"--copy-k {copy_k} is longer than the window ({window}): no k-mer "
+                          "fits; lower --copy-k, or use 0 to turn copy detection off")
 
     unit_tokens = config.unit_tokens or (65536 if config.likelihood in ("exact", "fast")
                                          else 262144)
-    scoring = _scoring_record(config, tokenizer, window=window, overlap=overlap, layer=layer,
-                              unit_tokens=unit_tokens, kind=kind)
+    scoring = _scoring_record(config, tokenizer, window=window, overlap=overlap, layers=layers,
+                              unit_tokens=unit_tokens, kind=kind, copy_k=copy_k)
     seen: set[str] = set()
     skip = config.skip_n_runs if kind != "protein" else 0
     inputs = [scan_input(path, kind, seen, skip_n_runs=skip)  # validates before any write
@@ -150,7 +168,8 @@ def ingest(fasta: str | Path | list, *, atlas: str | Path, **options) -> IngestR
     with AtlasWriter(atlas, kind=kind, model=spec.describe(), scoring=scoring,
                      seqatlas_version=__version__, kind_detected=config.kind is None) as writer:
         _register_inputs(writer, inputs, kind)
-        fingerprint = writer.manifest["model"]["weights_sha256"] + repr(sorted(scoring.items()))
+        fingerprint = writer.manifest["model"]["weights_sha256"] + repr(sorted(
+            _keyed(scoring).items()))
         cost = _cost_model(config, tokenizer)
         per_input = [plan_units([plan], fingerprint=fingerprint, window=window, overlap=overlap,
                                 cost=cost, unit_tokens=unit_tokens)
@@ -162,8 +181,9 @@ def ingest(fasta: str | Path | list, *, atlas: str | Path, **options) -> IngestR
                               units_skipped=sum(len(u) for u in per_input) - len(todo))
         if todo:
             scoring_args = {"likelihood": config.likelihood, "embeddings": config.embeddings,
-                            "layer": layer, "batch_tokens": config.batch_tokens,
-                            "strands": config.strands}
+                            "layer": layers, "batch_tokens": config.batch_tokens,
+                            "strands": config.strands, "copy_k": copy_k,
+                            "nucleic": kind != "protein"}
             _run_units(config, spec, scoring_args, inputs, per_input, committed, todo, writer,
                        report, kind)
     if report.failed:
@@ -184,18 +204,44 @@ def _detect_kind(paths: list[Path]) -> str:
     return kinds.pop()
 
 
-def _scoring_record(config: IngestConfig, tokenizer, *, window: int, overlap: int, layer: int,
-                    unit_tokens: int, kind: str) -> dict:
+def resolve_layers(layer: int | list[int] | None, num_layers: int) -> list[int]:
+    """Requested hidden layer(s) as non-negative indices (0 = input embeddings), in order."""
+    requested = [num_layers] if layer is None else \
+        list(layer) if isinstance(layer, (list, tuple)) else [layer]
+    layers = []
+    for value in requested:
+        resolved = value + num_layers + 1 if value < 0 else value
+        if not 0 <= resolved <= num_layers:
+            raise ConfigError(f"--layer {value}: must be in [0, {num_layers}] (or negative "
+                              "from the end, -1 = the last)")
+        if resolved in layers:
+            raise ConfigError(f"--layer {value} repeats layer {resolved}; give each layer once")
+        layers.append(resolved)
+    return layers
+
+
+def _keyed(scoring: dict) -> dict:
+    """The scoring record as it enters content keys: ``layers`` only when there are several,
+    so single-layer atlases keep the keys they had before multi-layer ingest."""
+    layers = scoring.get("layers")
+    return scoring if layers and len(layers) > 1 else \
+        {k: v for k, v in scoring.items() if k != "layers"}
+
+
+def _scoring_record(config: IngestConfig, tokenizer, *, window: int, overlap: int,
+                    layers: list[int], unit_tokens: int, kind: str, copy_k: int) -> dict:
     record = {
         "likelihood": config.likelihood,
         "embeddings": config.embeddings,
         "embedding_dtype": "float16" if config.embeddings else None,
-        "layer": layer if config.embeddings else None,
+        "layer": layers[0] if config.embeddings else None,  # the "embedding" column's layer
+        "layers": layers if config.embeddings else None,  # further layers: embedding_layer_{L}
         "window": window,
         "overlap": overlap,
         "unit_tokens": unit_tokens,
         "strands": config.strands,
         "skip_n_runs": config.skip_n_runs if kind != "protein" else None,
+        "copy_k": copy_k,  # in-context copy detector (seqatlas.ingest.copies); 0 = off
         "distribution": "over the kind's standard letters; a masked token's distribution is "
                         "renormalised over vocabulary tokens of its length made of those letters "
                         "and marginalised to the base; logp and rank are null for other letters",

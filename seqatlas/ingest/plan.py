@@ -55,7 +55,7 @@ class InputPlan:
             rows["ordinal"].append(s.ordinal)
             rows["length"].append(s.length)
             rows["description"].append(s.description)
-            rows["source"].append(str(self.path))
+            rows["source"].append(str(self.path.resolve()))
             rows["sha1"].append(s.sha1)
             rows["global_start"].append(s.global_start)
             rows["token_offset"].append(s.token_offset)

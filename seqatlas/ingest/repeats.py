@@ -2,15 +2,16 @@
 
 All coordinates become 0-based half-open. Each malformed line raises :class:`InputError`
 naming the file and the line. Formats: RepeatMasker ``.out``, UCSC ``rmsk`` and
-``simpleRepeat`` tables, Tandem Repeats Finder ``.dat`` and ``-ngs``, tantan ``-f4``,
-BED3/BED6+ and GFF3 ``repeat_region``/``tandem_repeat`` features.
+``simpleRepeat`` tables, Tandem Repeats Finder ``.dat`` and ``-ngs``, tantan ``-f4`` and
+``-f3``, BED3/BED6+ and GFF3 ``repeat_region``/``tandem_repeat`` features. Running tantan or
+TRF on an atlas's own sequences is in :mod:`seqatlas.ingest.repeat_finders`.
 """
 
 from __future__ import annotations
 
 import gzip
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import pyarrow as pa
 
@@ -19,7 +20,7 @@ from seqatlas.errors import ConfigError, InputError
 
 Row = tuple  # (seq_id, start, end, strand, name, class, family, score)
 FORMATS = ("repeatmasker", "ucsc-rmsk", "ucsc-simplerepeat", "trf-dat", "trf-ngs",
-           "tantan-f4", "bed", "gff3")
+           "tantan-f4", "tantan-f3", "bed", "gff3")
 
 
 class _Bad(Exception):
@@ -131,6 +132,22 @@ def _tantan(lines) -> Iterator[tuple[int, Row | None]]:
         yield number, (f[0], start, end, None, f[5], "Tandem_repeat", f"period_{f[3]}", None)
 
 
+def _tantan_f3(lines) -> Iterator[tuple[int, Row | None]]:
+    """tantan -f3: the masked regions as BED3 (name, start, end); no period or unit."""
+    for number, line in lines:
+        if not line.strip() or line.startswith("#"):
+            yield number, None
+            continue
+        f = line.rstrip("\r\n").split("\t")
+        if len(f) != 3:
+            hint = "; this looks like tantan -f4 output: use --format tantan-f4" \
+                if len(f) >= 6 else ""
+            raise _Bad(f"expected the 3 tab-separated columns of tantan -f3 (name start end), "
+                       f"found {len(f)}{hint}")
+        start, end = _interval(_int(f[1], "start"), _int(f[2], "end"))
+        yield number, (f[0], start, end, None, None, "Tandem_repeat", None, None)
+
+
 def _bed(lines) -> Iterator[tuple[int, Row | None]]:
     for number, line in lines:
         if not line.strip() or line.startswith(("#", "track", "browser")):
@@ -173,6 +190,7 @@ _PARSERS: dict[str, Callable] = {
     "trf-dat": lambda lines: _trf(lines, ngs=False),
     "trf-ngs": lambda lines: _trf(lines, ngs=True),
     "tantan-f4": _tantan,
+    "tantan-f3": _tantan_f3,
     "bed": _bed,
     "gff3": _gff3,
 }
@@ -201,13 +219,48 @@ def detect_format(path: str | Path) -> str:
             return "ucsc-rmsk"
         if fields[2].isdigit() and fields[3].isdigit():
             return "ucsc-simplerepeat"
-    if len(fields) >= 6 and fields[1].isdigit() and fields[2].isdigit() and \
-            set(fields[5].upper()) <= set("ACGTN"):
+    # tantan -f4: name start end period copies unit (DNA or protein letters) [copies]
+    if len(fields) >= 6 and all(x.isdigit() for x in fields[1:4]) and \
+            _float(fields[4]) is not None and fields[5].isalpha():
         return "tantan-f4"
     if len(fields) >= 3 and fields[1].isdigit() and fields[2].isdigit():
+        # tantan -f3 output is plain BED3: only the file name can tell them apart
+        if len(fields) == 3 and "tantan" in path.name.lower():
+            return "tantan-f3"
         return "bed"
     raise InputError(f"{path}: cannot tell the repeat annotation format; pass --format "
                      f"({', '.join(FORMATS)})")
+
+
+def parse_repeats(lines: Iterable[str], *, format: str, label: str, source: str | None = None,
+                  rename: dict[str, str] | None = None) -> pa.Table:
+    """Parse annotation lines (a file, a program's stdout) into the ``repeats`` table.
+
+    Errors name ``label`` and the line; ``source`` fills the source column (default: the
+    format); ``rename`` maps sequence names.
+    """
+    if format not in _PARSERS:
+        raise InputError(f"unknown repeat format {format!r}; choose one of {', '.join(FORMATS)}")
+    columns: dict[str, list] = {name: [] for name in schema.REPEATS.names}
+    rows = _PARSERS[format](enumerate(lines, start=1))
+    number = 0
+    try:
+        for number, row in rows:
+            if row is None:
+                continue
+            seq_id, start, end, strand, name, repeat_class, family, score = row
+            columns["seq_id"].append((rename or {}).get(seq_id, seq_id))
+            columns["start"].append(start)
+            columns["end"].append(end)
+            columns["strand"].append(strand)
+            columns["name"].append(name)
+            columns["class"].append(repeat_class)
+            columns["family"].append(family)
+            columns["source"].append(source or format)
+            columns["score"].append(score)
+    except _Bad as exc:
+        raise InputError(f"{label}, line {number + 1}: {exc} (format {format})") from None
+    return pa.Table.from_pydict(columns, schema=schema.REPEATS)
 
 
 def read_repeats(path: str | Path, *, format: str | None = None,
@@ -217,29 +270,8 @@ def read_repeats(path: str | Path, *, format: str | None = None,
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     fmt = format or detect_format(path)
-    if fmt not in _PARSERS:
-        raise InputError(f"unknown repeat format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    columns: dict[str, list] = {name: [] for name in schema.REPEATS.names}
     with _open(path) as fh:
-        rows = _PARSERS[fmt](enumerate(fh, start=1))
-        number = 0
-        try:
-            for number, row in rows:
-                if row is None:
-                    continue
-                seq_id, start, end, strand, name, repeat_class, family, score = row
-                columns["seq_id"].append((rename or {}).get(seq_id, seq_id))
-                columns["start"].append(start)
-                columns["end"].append(end)
-                columns["strand"].append(strand)
-                columns["name"].append(name)
-                columns["class"].append(repeat_class)
-                columns["family"].append(family)
-                columns["source"].append(fmt)
-                columns["score"].append(score)
-        except _Bad as exc:
-            raise InputError(f"{path}, line {number + 1}: {exc} (format {fmt})") from None
-    return pa.Table.from_pydict(columns, schema=schema.REPEATS)
+        return parse_repeats(fh, format=fmt, label=str(path), rename=rename)
 
 
 def _name_map(names: set[str], known: set[str], mode: str) -> dict[str, str]:
@@ -257,20 +289,67 @@ def _name_map(names: set[str], known: set[str], mode: str) -> dict[str, str]:
     return mapping
 
 
-def annotate(path: str | Path, *, atlas: str | Path, format: str | None = None,
-             names: str = "auto") -> dict:
-    """Import a repeat annotation file into an atlas's ``repeats`` table.
+def check_within(table: pa.Table, lengths: dict[str, int], label: str) -> None:
+    """Refuse repeats that run past the end of their sequence."""
+    for row in table.select(["seq_id", "start", "end"]).to_pylist():
+        if row["end"] > lengths[row["seq_id"]]:
+            raise InputError(f"{label}: repeat {row['seq_id']}:{row['start']}-{row['end']} runs "
+                             f"past the end of the sequence ({lengths[row['seq_id']]:,} long); "
+                             "was it made for another assembly?")
 
-    Sequence names must match the atlas's ids; ``names="auto"`` also maps ``chrX`` <-> ``X``
-    and ``chrM`` <-> ``MT``. Re-importing the same file is a no-op. Returns a summary.
+
+def commit_repeats(atlas: str | Path, key: str, table: pa.Table, unit: dict) -> bool:
+    """Commit ``table`` as the repeats unit ``key``; False when it was committed already."""
+    from seqatlas.atlas import AtlasWriter
+
+    with AtlasWriter(atlas) as writer:
+        if key in writer.committed_units:
+            return False
+        writer.commit(key, {"repeats": table}, unit=unit)
+    return True
+
+
+def annotate(path: str | Path | None = None, *, atlas: str | Path, format: str | None = None,
+             names: str = "auto", run: str | None = None, run_args: str | None = None,
+             progress: bool = True, detect: bool = False) -> dict:
+    """Import repeats into an atlas's ``repeats`` table, from a file or by running a finder.
+
+    Exactly one of ``path`` (a repeat annotation file), ``run`` ("tantan" or "trf", run on
+    the atlas's own sequences with ``run_args`` replacing its default parameters; see
+    :func:`seqatlas.ingest.repeat_finders.run_repeat_finder`) and ``detect=True`` (the
+    in-context copies found at ingest; :func:`seqatlas.ingest.copies.annotate_copies`). File sequence names must match
+    the atlas's ids; ``names="auto"`` also maps ``chrX`` <-> ``X`` and ``chrM`` <-> ``MT``.
+    Importing the same file or run again is a no-op. Returns a summary.
     """
+    sources = [flag for flag, value in (("FILE", path), ("--run", run),
+                                        ("--detect", detect or None)) if value is not None]
+    if len(sources) != 1:
+        raise ConfigError("give exactly one source of repeats: a FILE to import, --run "
+                          "tantan|trf to find them, or --detect for the in-context copies "
+                          f"found at ingest (got {' and '.join(sources) or 'none'})")
+    if detect:
+        from seqatlas.ingest.copies import annotate_copies
+
+        return annotate_copies(atlas)
+    if run is not None:
+        if format is not None:
+            raise ConfigError("--format describes a FILE; with --run seqatlas reads the "
+                              "program's own output")
+        from seqatlas.ingest.repeat_finders import run_repeat_finder
+
+        return run_repeat_finder(atlas, run, args=run_args, progress=progress)
+    if run_args is not None:
+        raise ConfigError("--run-args goes with --run (tantan or trf)")
+    return _import_file(Path(path), atlas=atlas, format=format, names=names)
+
+
+def _import_file(path: Path, *, atlas: str | Path, format: str | None, names: str) -> dict:
     import hashlib
 
-    from seqatlas.atlas import Atlas, AtlasWriter
+    from seqatlas.atlas import Atlas
 
     if names not in ("auto", "exact"):
         raise ConfigError(f"--names must be 'auto' or 'exact', not {names!r}")
-    path = Path(path)
     lengths = {r["seq_id"]: r["length"]
                for r in Atlas(atlas).sequences(columns=["seq_id", "length"]).to_pylist()}
     fmt = format or detect_format(path) if path.is_file() else format
@@ -286,19 +365,12 @@ def annotate(path: str | Path, *, atlas: str | Path, format: str | None = None,
             f"({', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}); the atlas has "
             f"{', '.join(sorted(lengths)[:5])}{' ...' if len(lengths) > 5 else ''}. "
             "Rename them, or use --names auto for chrX <-> X style differences.")
-    for row in table.select(["seq_id", "start", "end"]).to_pylist():
-        if row["end"] > lengths[row["seq_id"]]:
-            raise InputError(f"{path}: repeat {row['seq_id']}:{row['start']}-{row['end']} runs "
-                             f"past the end of the sequence ({lengths[row['seq_id']]:,} long); "
-                             "was it made for another assembly?")
+    check_within(table, lengths, str(path))
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     key = "repeats-" + hashlib.sha256(f"{digest}:{fmt}:{sorted(mapping.items())}".encode()) \
         .hexdigest()
-    with AtlasWriter(atlas) as writer:
-        done = key in writer.committed_units
-        if not done:
-            writer.commit(key, {"repeats": table},
-                          unit={"repeats_file": str(path.resolve()), "format": fmt,
-                                "sha256": digest, "renamed": mapping})
+    done = not commit_repeats(atlas, key, table,
+                              {"repeats_file": str(path.resolve()), "format": fmt,
+                               "sha256": digest, "renamed": mapping})
     return {"file": str(path), "format": fmt, "repeats": table.num_rows,
             "renamed": mapping, "already_imported": done}

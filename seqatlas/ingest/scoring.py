@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from seqatlas import schema
 from seqatlas.errors import ModelError
+from seqatlas.ingest.copies import copy_columns, window_copies
 from seqatlas.ingest.fasta import soft_mask
 from seqatlas.models.tokenizers import TokenizerFamily, WindowTokens, reverse_complement
 
@@ -169,23 +170,27 @@ class _Result:
         nan = np.full(n, np.nan, dtype=np.float32)
         self.logp, self.logp_unmasked, self.entropy = nan.copy(), nan.copy(), nan.copy()
         self.rank = np.zeros(n, dtype=np.int16)
-        self.embedding: np.ndarray | None = None
+        self.embedding: list[np.ndarray] | None = None  # one (tokens, dim) array per layer
         self.embedding_tokens: np.ndarray | None = None
 
 
 class Scorer:
     """Scores lists of :class:`WindowJob` with one loaded model."""
 
-    def __init__(self, model, *, likelihood: str, embeddings: bool, layer: int,
-                 batch_tokens: int | None = None, strands: str = "forward"):
+    def __init__(self, model, *, likelihood: str, embeddings: bool, layer: int | list[int],
+                 batch_tokens: int | None = None, strands: str = "forward", copy_k: int = 0,
+                 nucleic: bool = False):
         import torch
 
         self.model = model
         self.tokenizer = model.spec.tokenizer()
         self.likelihood = likelihood
         self.embeddings = embeddings
-        self.layer = layer
+        # embedding layers; the first fills "embedding", each further L "embedding_layer_{L}"
+        self.layers = list(layer) if isinstance(layer, (list, tuple)) else [layer]
         self.strands = strands
+        self.copy_k = copy_k  # 0: no in-context copy detection
+        self.nucleic = nucleic  # DNA/RNA: copies are also sought as reverse complements
         self.batch_tokens = batch_tokens or DEFAULT_BATCH_TOKENS.get(model.device.type, 8192)
         self.real_tokens = 0
         self.computed_tokens = 0
@@ -236,14 +241,15 @@ class Scorer:
         self.computed_tokens += len(rows) * width
         embed = self.embeddings and any(r.masked is None for r in rows)
         last, layer_hidden = self.model.encode(input_ids.to(device), attention.to(device),
-                                               self.layer if embed else None)
+                                               self.layers if embed else None)
         if self.likelihood != "none":
             self._read_likelihoods(rows, views, results, last)
         if embed:
             for b, row in enumerate(rows):
                 view = views[row.view]
                 if row.masked is None and not view.reverse:
-                    self._keep_embeddings(view, results[row.view], layer_hidden[b])
+                    self._keep_embeddings(view, results[row.view],
+                                          [hidden[b] for hidden in layer_hidden])
 
     def _read_likelihoods(self, rows, views, results, last) -> None:
         import torch
@@ -304,21 +310,26 @@ class Scorer:
             else:
                 res.logp[at], res.entropy[at], res.rank[at] = logp[here], entropy[here], rank[here]
 
-    def _keep_embeddings(self, view: View, res: _Result, hidden) -> None:
+    def _keep_embeddings(self, view: View, res: _Result, hidden: list) -> None:
+        """Float16 embeddings of the view's owned tokens, one array per layer."""
         import torch
 
         starts = view.tokens.starts
         owned = np.nonzero((starts >= view.owned_start) & (starts < view.owned_end))[0]
         res.embedding_tokens = owned
-        res.embedding = hidden[torch.from_numpy(owned + view.tokens.prefix).to(hidden.device)] \
-            .to(torch.float16).cpu().numpy()
+        index = torch.from_numpy(owned + view.tokens.prefix).to(hidden[0].device)
+        res.embedding = [h[index].to(torch.float16).cpu().numpy() for h in hidden]
 
     def _tables(self, jobs, views, results) -> tuple[pa.Table, pa.Table | None]:
         by_job: dict[int, dict[bool, tuple[View, _Result]]] = {}
         for view, res in zip(views, results):
             by_job.setdefault(view.job, {})[view.reverse] = (view, res)
         columns: dict[str, list] = {name: [] for name in schema.POSITIONS.names}
-        tokens: dict[str, list] = {f.name: [] for f in schema.tokens_schema(1)}
+        copies = self._copies(jobs)
+        token_schema = schema.tokens_schema(self.model.spec.hidden_size,
+                                            extra_layers=self.layers[1:])
+        columns_of_layers = [schema.layer_column(self.layers, layer) for layer in self.layers]
+        tokens: dict[str, list] = {f.name: [] for f in token_schema}
         for j, job in enumerate(jobs):
             n = job.own_end - job.own_start
             local = slice(job.own_start - job.start, job.own_end - job.start)
@@ -352,6 +363,12 @@ class Scorer:
                 (pa.nulls(n, pa.int64()), pa.nulls(n, pa.int64()))
             columns["window_start"].append(window[0])
             columns["window_end"].append(window[1])
+            if j in copies:
+                offset, strand = copy_columns(*copies[j])
+            else:  # not scored (a long N run) or detection off
+                offset, strand = pa.nulls(n, pa.int32()), pa.nulls(n, pa.string())
+            columns["copy_offset"].append(offset)
+            columns["copy_strand"].append(strand)
             if self.embeddings and forward and fwd.embedding is not None:
                 view = forward[0]
                 t = fwd.embedding_tokens
@@ -363,18 +380,32 @@ class Scorer:
                 tokens["token"].append(pa.array(
                     self.tokenizer.token_texts(view.tokens.ids[t + view.tokens.prefix]),
                     pa.string()))
-                flat = pa.array(fwd.embedding.reshape(-1), pa.float16())
-                tokens["embedding"].append(
-                    pa.FixedSizeListArray.from_arrays(flat, fwd.embedding.shape[1]))
+                for name, values in zip(columns_of_layers, fwd.embedding):
+                    flat = pa.array(values.reshape(-1), pa.float16())
+                    tokens[name].append(pa.FixedSizeListArray.from_arrays(flat,
+                                                                          values.shape[1]))
         positions = pa.Table.from_arrays(
             [pa.concat_arrays(columns[f.name]).cast(f.type) for f in schema.POSITIONS],
             schema=schema.POSITIONS)
         if not self.embeddings:
             return positions, None
-        token_schema = schema.tokens_schema(self.model.spec.hidden_size)
         arrays = [pa.concat_arrays(tokens[f.name]) if tokens[f.name]
                   else pa.array([], f.type) for f in token_schema]
         return positions, pa.Table.from_arrays(arrays, schema=token_schema)
+
+
+    def _copies(self, jobs: list[WindowJob]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Per scored job: the in-context copies of its owned positions, in its own window."""
+        scored = [j for j, job in enumerate(jobs) if job.scored]
+        if not self.copy_k or not scored:
+            return {}
+        owned = [(jobs[j].own_start - jobs[j].start, jobs[j].own_end - jobs[j].start)
+                 for j in scored]
+        offset, strand = window_copies([jobs[j].residues for j in scored], owned,
+                                       k=self.copy_k, nucleic=self.nucleic)
+        ends = np.cumsum([hi - lo for lo, hi in owned])
+        return {j: (o, s) for j, o, s in zip(scored, np.split(offset, ends[:-1]),
+                                             np.split(strand, ends[:-1]))}
 
 
 def _floats(values: np.ndarray) -> pa.Array:

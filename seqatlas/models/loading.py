@@ -249,19 +249,23 @@ class LoadedModel:
                              "(cls or lm_head): is it a masked language model?")
         self.autocast_dtype = torch.bfloat16 if self.device.type == "cuda" else None
 
-    def encode(self, input_ids, attention_mask, layer: int | None):
-        """Final hidden states, and those of ``layer`` (None: not needed)."""
+    def encode(self, input_ids, attention_mask, layers):
+        """Final hidden states, and those of ``layers`` (an int, a list of ints, or None when
+        not needed): one tensor for an int, a list for a list. 0 = the input embeddings."""
         import torch
 
-        want_layer = layer is not None and layer != self.spec.num_layers
+        wanted = [] if layers is None else [layers] if isinstance(layers, int) else list(layers)
+        need_all = any(layer != self.spec.num_layers for layer in wanted)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype,
                             enabled=self.autocast_dtype is not None):
             out = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
-                               output_hidden_states=want_layer)
+                               output_hidden_states=need_all)
         last = out.last_hidden_state
-        if layer is None:
+        if layers is None:
             return last, None
-        return last, (out.hidden_states[layer] if want_layer else last)
+        hidden = [out.hidden_states[layer] if layer != self.spec.num_layers else last
+                  for layer in wanted]
+        return last, hidden[0] if isinstance(layers, int) else hidden
 
     def token_logits(self, hidden, token_ids):
         """MLM logits restricted to ``token_ids`` (a sorted id tensor), in float32."""

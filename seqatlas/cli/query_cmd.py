@@ -1,0 +1,348 @@
+"""``seqatlas query sql|anomalies|enrichment|knn|identity`` and
+``seqatlas export bedgraph|bed|bigwig``."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+query_app = typer.Typer(help="Query an atlas with DuckDB: SQL, likelihood anomalies, "
+                        "enrichment in repeats, nearest k-mers in embedding space.",
+                        no_args_is_help=True)
+export_app = typer.Typer(help="Export tracks for genome browsers (bedGraph, bigWig) and "
+                         "anomalous regions (BED).", no_args_is_help=True)
+
+TABLE_ROWS_SHOWN = 10_000
+
+
+class Format(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+    parquet = "parquet"
+
+
+class Tail(str, Enum):
+    high = "high"
+    low = "low"
+    both = "both"
+
+
+class By(str, Enum):
+    class_ = "class"
+    family = "family"
+    name = "name"
+    copy = "copy"
+
+
+ATLAS = typer.Option(..., "--atlas", "-a", help="Atlas directory.")
+TIMEOUT = typer.Option(None, "--timeout", help="Cancel the query after this many seconds.")
+COLUMN = typer.Option(None, "--column", help="Score column (default: logp; logp_unmasked for "
+                      "unmasked atlases; the strand mean with --strands both).")
+Z = typer.Option(3.0, "--z", help="|robust z| threshold (median/MAD per reference letter).")
+TAIL = typer.Option(Tail.both, "--tail", help="Anomalously likely (high), unlikely (low), both.")
+SMOOTH = typer.Option(1, "--smooth", help="Rolling mean of z over W positions (1: none).")
+MIN_LENGTH = typer.Option(3, "--min-length", help="Anomalous positions in a row to make a "
+                          "region.")
+SCORE_COLUMN = typer.Option(None, "--score-column", help="Column z is computed from (default "
+                            "as in `query anomalies`).")
+MAX_GAP = typer.Option(2, "--max-gap", help="Merge regions at most this many positions apart.")
+
+
+def _params(column, z, tail, smooth, min_length, max_gap):
+    from seqatlas.query import AnomalyParams
+
+    return AnomalyParams(column=column, z=z, tail=tail.value, smooth=smooth,
+                         min_length=min_length, max_gap=max_gap)
+
+
+def print_result(table, format: Format, title: str | None = None) -> None:
+    """An Arrow table to stdout: a rich table, CSV or JSON."""
+    from rich.console import Console
+
+    if format == Format.parquet:
+        from seqatlas.errors import ConfigError
+
+        raise ConfigError("--format parquet needs --output FILE")
+    if format == Format.csv:
+        import pyarrow.csv as pacsv
+
+        sink = sys.stdout.buffer
+        pacsv.write_csv(table, sink)
+        sink.flush()
+        return
+    if format == Format.json:
+        from seqatlas.query.engine import json_record
+
+        rows = [json_record(r) for r in table.to_pylist()]
+        print("[" + ",\n".join(rows) + "]")
+        return
+    from rich.table import Table
+
+    console = Console()
+    shown = table.slice(0, TABLE_ROWS_SHOWN)
+    rich_table = Table(title=title)
+    for name in table.column_names:
+        rich_table.add_column(name, justify="left" if table.schema.field(name).type
+                              in (_string_types()) else "right")
+    for row in shown.to_pylist():
+        rich_table.add_row(*(_cell(v) for v in row.values()))
+    console.print(rich_table)
+    more = f" (first {TABLE_ROWS_SHOWN:,} shown; use --output)" \
+        if table.num_rows > TABLE_ROWS_SHOWN else ""
+    console.print(f"{table.num_rows:,} rows{more}")
+
+
+def _string_types():
+    import pyarrow as pa
+
+    return (pa.string(), pa.large_string())
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+@query_app.command("sql")
+def sql(
+    query: str = typer.Argument(..., help="One SELECT over the views sequences, positions, "
+                                "tokens, repeats, position_z, anomalies, anomaly_regions."),
+    atlas: Path = ATLAS,
+    format: Format = typer.Option(Format.table, "--format", "-f", help="Output format."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the result to "
+                                          "this file (the only file a query may write)."),
+    timeout: Optional[float] = TIMEOUT,
+    memory_limit: Optional[str] = typer.Option(None, "--memory-limit", help="DuckDB memory "
+                                               "limit, e.g. 8GB (default: 75% of RAM)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Default: all CPUs."),
+) -> None:
+    """Run one read-only SELECT over an atlas's views, sandboxed (only the atlas is readable)."""
+    from seqatlas.query import SqlConfig
+    from seqatlas.query import sql as run_sql
+
+    config = SqlConfig(timeout=timeout, memory_limit=memory_limit, threads=threads)
+    if output is not None:
+        file_format = "parquet" if format == Format.table else format.value
+        rows = run_sql(atlas, query, output=output, format=file_format, config=config)
+        typer.echo(f"{rows:,} rows written to {output} ({file_format}).", err=True)
+        return
+    print_result(run_sql(atlas, query, config=config), format)
+
+
+@query_app.command("anomalies")
+def anomalies(
+    atlas: Path = ATLAS,
+    z: float = Z, tail: Tail = TAIL, min_length: int = MIN_LENGTH, max_gap: int = MAX_GAP,
+    smooth: int = SMOOTH, column: Optional[str] = COLUMN,
+    with_repeats: bool = typer.Option(False, "--with-repeats", help="Add the repeat classes "
+                                      "and names each region overlaps."),
+    format: Format = typer.Option(Format.table, "--format", "-f", help="Output format."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file."),
+) -> None:
+    """Regions of anomalously likely or unlikely positions, and what may explain them."""
+    from seqatlas.query import anomalies as find
+    from seqatlas.query.engine import write_result
+
+    table = find(atlas, params=_params(column, z, tail, smooth, min_length, max_gap),
+                 with_repeats=with_repeats)
+    if output is not None:
+        fmt = "parquet" if format == Format.table else format.value
+        rows = write_result(table, output, fmt)
+        typer.echo(f"{rows:,} regions written to {output} ({fmt}).", err=True)
+        return
+    print_result(table, format, title=f"anomalous regions (|z| >= {z:g}, tail {tail.value})")
+
+
+@query_app.command("enrichment")
+def enrichment(
+    atlas: Path = ATLAS,
+    by: By = typer.Option(By.class_, "--by", help="Group repeats by class, family or name; or "
+                          "compare positions with an in-context copy to those without."),
+    z: float = Z, tail: Tail = TAIL, smooth: int = SMOOTH, column: Optional[str] = COLUMN,
+    format: Format = typer.Option(Format.table, "--format", "-f", help="Output format."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file."),
+) -> None:
+    """Odds ratio, Fisher p and BH q of anomalies inside vs outside each repeat group."""
+    from seqatlas.query import enrichment as run
+    from seqatlas.query.engine import write_result
+
+    table = run(atlas, by=by.value, params=_params(column, z, tail, smooth, 1, 0))
+    if output is not None:
+        fmt = "parquet" if format == Format.table else format.value
+        write_result(table, output, fmt)
+        typer.echo(f"{table.num_rows:,} groups written to {output} ({fmt}).", err=True)
+        return
+    print_result(table, format, title=f"enrichment of anomalies (|z| >= {z:g}, tail "
+                 f"{tail.value}) by {by.value}")
+
+
+def _export(format: str, atlas, output, column, params) -> None:
+    from seqatlas.query import export
+
+    result = export(atlas, format=format, output=output, column=column, params=params)
+    typer.echo(f"{result['intervals']:,} intervals written to {result['output']}.", err=True)
+
+
+OUTPUT = typer.Option(..., "--output", "-o", help="File to write.")
+
+
+@export_app.command("bedgraph")
+def bedgraph(atlas: Path = ATLAS, output: Path = OUTPUT,
+             column: str = typer.Option("z", "--column", help="z, logp, logp_unmasked, "
+                                        "logp_mean, entropy, rank, ..."),
+             smooth: int = SMOOTH, score: Optional[str] = SCORE_COLUMN) -> None:
+    """A bedGraph of a per-position column (runs of equal values merged)."""
+    _export("bedgraph", atlas, output, column, _params(score, 3.0, Tail.both, smooth, 1, 0))
+
+
+@export_app.command("bigwig")
+def bigwig(atlas: Path = ATLAS, output: Path = OUTPUT,
+           column: str = typer.Option("z", "--column", help="z, logp, logp_unmasked, "
+                                      "logp_mean, entropy, rank, ..."),
+           smooth: int = SMOOTH, score: Optional[str] = SCORE_COLUMN) -> None:
+    """A bigWig of a per-position column (needs pyBigWig)."""
+    _export("bigwig", atlas, output, column, _params(score, 3.0, Tail.both, smooth, 1, 0))
+
+
+@export_app.command("bed")
+def bed(atlas: Path = ATLAS, output: Path = OUTPUT, z: float = Z, tail: Tail = TAIL,
+        min_length: int = MIN_LENGTH, max_gap: int = MAX_GAP, smooth: int = SMOOTH,
+        column: Optional[str] = COLUMN) -> None:
+    """A BED6 of anomalous regions: name = tail, score = 100 x |peak z| (at most 1000)."""
+    _export("bed", atlas, output, "z", _params(column, z, tail, smooth, min_length, max_gap))
+
+
+def _emit(table, format: Format, output: Optional[Path], what: str, title: str) -> None:
+    """A result to --output (parquet unless --format says otherwise) or to stdout."""
+    if output is not None:
+        from seqatlas.query.engine import write_result
+
+        fmt = "parquet" if format == Format.table else format.value
+        rows = write_result(table, output, fmt)
+        typer.echo(f"{rows:,} {what} written to {output} ({fmt}).", err=True)
+        return
+    print_result(table, format, title=title)
+
+
+@query_app.command("knn")
+def knn(
+    atlas: Path = ATLAS,
+    kmer: Optional[list[str]] = typer.Option(
+        None, "--kmer", help="A k-mer, embedded alone between the model's special tokens "
+        "(neutral context); the query is the token nearest its centre. Repeatable."),
+    at: Optional[list[str]] = typer.Option(
+        None, "--at", help="SEQ:POS (0-based): the stored embedding of the token starting "
+        "there; the token itself is left out of the hits. Repeatable."),
+    sequence: Optional[list[str]] = typer.Option(
+        None, "--sequence", help="A sequence embedded as given (your context); the query "
+        "is the token nearest its centre, or the one at --offset. Repeatable."),
+    offset: Optional[int] = typer.Option(None, "--offset", help="--sequence: query the token "
+                                         "covering this 0-based base (for DNABERT, the k-mer "
+                                         "starting there)."),
+    k: int = typer.Option(10, "-k", "--k", help="Neighbours per query."),
+    nprobe: Optional[int] = typer.Option(None, "--nprobe", help="IVF lists searched "
+                                         "(default: the index's own)."),
+    where: Optional[str] = typer.Option(
+        None, "--where", help="SQL condition on the hits' columns (query, token_id, seq_id, "
+        "start, \"end\", token, distance, logp, repeat_class), e.g. \"repeat_class IS NOT "
+        "NULL\"; k rows that pass are returned when they exist."),
+    index: str = typer.Option("default", "--index", help="Index name (seqatlas index build "
+                              "--name)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Checkpoint to embed --kmer / "
+                                        "--sequence with, when the one the atlas records has "
+                                        "moved (its weights sha256 must match)."),
+    format: Format = typer.Option(Format.table, "--format", "-f", help="Output format."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file."),
+) -> None:
+    """Nearest tokens of a k-mer, a stored token or a sequence in embedding space, with
+    their place, likelihood and repeat class."""
+    from seqatlas.query.knn import knn as run
+
+    table = run(atlas, kmer=kmer, at=at, sequence=sequence, k=k, nprobe=nprobe, where=where,
+                index=index, offset=offset, model=model)
+    if format != Format.table or output is not None:
+        _emit(table, format, output, "hits", "")
+        return
+    _print_knn(table)
+
+
+def _print_knn(table) -> None:
+    """One rich table per query, without the columns its title already says."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    shown = ("rank", "seq_id", "start", "end", "token", "distance", "logp", "repeat_class")
+    rows = table.to_pylist()
+    for query in dict.fromkeys(r["query"] for r in rows):
+        view = Table(title=f"nearest tokens of {query}")
+        for name in shown:
+            view.add_column(name, justify="left" if name in ("seq_id", "token", "repeat_class")
+                            else "right", no_wrap=name not in ("seq_id", "repeat_class"))
+        for row in rows:
+            if row["query"] == query:
+                view.add_row(*(_cell(row[name]) for name in shown))
+        console.print(view)
+    console.print(f"{len(rows):,} rows")
+
+
+@query_app.command("identity")
+def identity(
+    atlas: Path = ATLAS,
+    sample: int = typer.Option(1000, "--sample", help="Tokens sampled."),
+    layer: Optional[list[int]] = typer.Option(None, "--layer", help="Stored layer to test "
+                                              "(repeatable; default: every stored layer)."),
+    k: int = typer.Option(10, "-k", "--k", help="Neighbours per sampled token."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the sample."),
+    index: Optional[str] = typer.Option(None, "--index", help="Index to search (default: a "
+                                        "built index over the layer's column, else an exact "
+                                        "in-memory search)."),
+    nprobe: Optional[int] = typer.Option(None, "--nprobe", help="IVF lists searched."),
+    metric: str = typer.Option("cosine", "--metric", help="cosine, ip or l2, for the exact "
+                               "in-memory search (a built index keeps its own)."),
+    format: Format = typer.Option(Format.table, "--format", "-f", help="Output format."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file."),
+) -> None:
+    """Do neighbours in embedding space share the token (identity) or its neighbouring
+    tokens (context)? Measured per stored layer, beside chance levels."""
+    from seqatlas.query.identity import identity as run
+
+    table = run(atlas, sample=sample, layers=list(layer) if layer else None, k=k, seed=seed,
+                index=index, nprobe=nprobe, metric=metric)
+    if format != Format.table or output is not None:
+        _emit(table, format, output, "layers", "")
+        return
+    _print_identity(table)
+
+
+def _print_identity(table) -> None:
+    """Measured fractions beside their chance levels, one row per layer."""
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = table.to_pylist()
+    first = rows[0] if rows else {"k": 0, "sample": 0}
+    view = Table(title=f"{first['k']} neighbours of {first['sample']:,} sampled tokens: "
+                 "measured (chance)")
+    for name in ("layer", "identity", "context", "next", "prev"):
+        view.add_column(name, justify="right", no_wrap=True)
+    for row in rows:
+        view.add_row(str(row["layer"]), *(f"{row[m]:.3f} ({row[m + '_chance']:.3f})"
+                                          for m in ("identity", "context", "next", "prev")))
+    console = Console()
+    console.print(view)
+    for row in rows:
+        console.print(f"layer {row['layer']}: column {row['column']}, neighbours from "
+                      f"{row['neighbours']}", highlight=False)
+    console.print("identity: neighbours with the same token; next/prev: with the same next "
+                  "(preceding) non-overlapping token; context: either. Chance: random token "
+                  "pairs, identity = sum_t f_t^2 over token frequencies, context = "
+                  "P(next equal) + P(prev equal) - P(both).", highlight=False)

@@ -1,0 +1,574 @@
+"""Build a FAISS index over an atlas's token embeddings, streamed from the tokens parts.
+
+Types: ``flat`` (exact), ``ivf-flat``, ``ivf-pq`` (PCA rotation + IVF + 8-bit PQ, 2 PCA
+dimensions per code byte) and ``hnsw``. ``auto`` picks Flat below 1M vectors and IVF-PQ above
+(:func:`choose_index`). Vector ids are the atlas ``token_id`` values. IVF and PQ train on a
+random sample; the number of IVF lists (HNSW: efSearch) visited per query is then calibrated
+on held-in queries against exact search and stored in the meta, with the recall measured.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from seqatlas.atlas import Atlas, AtlasWriter
+from seqatlas.errors import ConfigError
+from seqatlas.index import store
+from seqatlas.index.vectors import EmbeddingSource, column_layer, normalise, tokens_fingerprint
+
+TYPES = ("auto", "flat", "ivf-flat", "ivf-pq", "hnsw")
+METRICS = ("cosine", "ip", "l2")
+FLAT_LIMIT = 1_000_000  # auto: exact search below this many vectors
+PQ_BYTES = 48  # auto: code bytes per vector; with the 8-byte id, <= 64 bytes per vector
+VARIANCE_KEPT = 0.99  # auto: widen the codes while the PCA to 2 m dimensions keeps less
+CALIBRATION_QUERIES = 1000
+CALIBRATION_K = 10
+
+
+@dataclass
+class IndexConfig:
+    """Options of :func:`build_index`; ``None`` means chosen from the data."""
+
+    name: str = "default"
+    type: str = "auto"  # auto | flat | ivf-flat | ivf-pq | hnsw
+    metric: str = "cosine"  # cosine (inner product of normalised vectors) | ip | l2
+    column: str = "embedding"  # the tokens embedding column (embedding_layer_{L}: layer L)
+    nlist: int | None = None  # IVF lists; default ~4 sqrt(N), a power of 2
+    m: int | None = None  # ivf-pq: code bytes (PQ sub-quantizers); hnsw: neighbours per node
+    nbits: int = 8  # ivf-pq: bits per sub-quantizer code
+    efconstruction: int = 40  # hnsw
+    sample: int | None = None  # training vectors; default max(65,536, 40 nlist), at most N
+    recall_target: float = 0.95  # nprobe / efSearch: the smallest that reaches this recall@10
+    seed: int = 0
+    gpu: bool | None = None  # None: use GPUs when FAISS has any (the `gpu` extra)
+    shards: int | None = None  # > 1: add parts in parallel on Ray, then merge
+    address: str | None = None  # Ray cluster address for shards
+    progress: bool = False
+    batch_rows: int = 65536
+
+    def __post_init__(self) -> None:
+        store.check_name(self.name)
+        if self.type not in TYPES:
+            raise ConfigError(f"--type {self.type!r}: choose one of {', '.join(TYPES)}")
+        if self.metric not in METRICS:
+            raise ConfigError(f"--metric {self.metric!r}: choose one of {', '.join(METRICS)}")
+        for key in ("nlist", "m", "sample", "shards"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 1):
+                raise ConfigError(f"--{key} must be a positive integer, not {value!r}")
+        if not isinstance(self.nbits, int) or not 1 <= self.nbits <= 16:
+            raise ConfigError(f"--nbits must be in [1, 16], not {self.nbits!r}")
+        if not isinstance(self.efconstruction, int) or self.efconstruction < 1:
+            raise ConfigError(f"--efconstruction must be a positive integer, not "
+                              f"{self.efconstruction!r}")
+        if not 0 < self.recall_target <= 1:
+            raise ConfigError(f"recall_target must be in (0, 1], not {self.recall_target!r}")
+        if self.gpu is not None and not isinstance(self.gpu, bool):
+            raise ConfigError(f"gpu must be True, False or None, not {self.gpu!r}")
+
+
+@dataclass
+class Plan:
+    """The index to build: type, parameters, and why; :meth:`describe` is its FAISS
+    factory string."""
+
+    type: str
+    nlist: int | None = None
+    m: int | None = None
+    nbits: int | None = None
+    pca: int | None = None  # ivf-pq: dimensions kept by the PCA rotation (None: none)
+    efconstruction: int | None = None
+    sample: int = 0
+    reason: str = ""
+    params: dict = field(default_factory=dict)
+
+    def describe(self) -> str:
+        if self.type == "flat":
+            return "IDMap,Flat"
+        if self.type == "hnsw":
+            return f"IDMap,HNSW{self.m}"
+        code = "Flat" if self.type == "ivf-flat" else f"PQ{self.m}x{self.nbits}np"
+        return (f"PCAR{self.pca}," if self.pca else "") + f"IVF{self.nlist},{code}"
+
+
+def default_nlist(n: int) -> int:
+    """About 4 sqrt(n) lists, a power of 2, with >= 39 vectors per list to train on."""
+    if n < 39 * 2:
+        return 1
+    target = 2 ** round(math.log2(4 * math.sqrt(n)))
+    return int(max(1, min(target, 65536, 2 ** int(math.log2(n // 39)))))
+
+
+def pq_shape(dim: int, m: int | None) -> tuple[int, int | None]:
+    """(sub-quantizers, PCA dimensions or None): 2 dimensions per code byte by default."""
+    if m is None:
+        m = min(PQ_BYTES, max(1, dim // 2))
+        if 2 * m >= dim:
+            while dim % m:
+                m -= 1
+    reduced = 2 * m if 2 * m < dim else None
+    if reduced is None and dim % m:
+        raise ConfigError(f"--m {m}: the PQ needs the dimension ({dim}) to be a multiple of "
+                          f"it; choose a divisor of {dim}, or m < {dim / 2:g} (the vectors "
+                          "are then rotated to 2 m dimensions first)")
+    return m, reduced
+
+
+def choose_index(n: int, dim: int, *, memory_bytes: int | None = None,
+                 flat_limit: int = FLAT_LIMIT) -> Plan:
+    """What ``auto`` builds for ``n`` vectors of ``dim``: Flat below ``flat_limit`` vectors when
+    it fits in half the memory, else IVF-PQ with codes sized to fit."""
+    memory_bytes = memory_bytes or machine_memory()
+    flat_bytes = n * (4 * dim + 8)
+    if n < flat_limit and flat_bytes <= memory_bytes // 2:
+        return Plan("flat", reason=f"{n:,} vectors < {flat_limit:,}: exact search (Flat, "
+                                   f"{_size(flat_bytes)}) is fast enough")
+    m, pca = pq_shape(dim, None)
+    while n * (m + 8) > memory_bytes // 2 and m > 1:
+        m, pca = pq_shape(dim, max(1, m // 2))
+    if n * (m + 8) > memory_bytes // 2:
+        raise ConfigError(f"{n:,} vectors do not fit in this machine's memory even as 1-byte "
+                          "codes; build on a larger machine")
+    why = f"{n:,} vectors" + (f" >= {flat_limit:,}" if n >= flat_limit else
+                               f": Flat ({_size(flat_bytes)}) exceeds half the memory")
+    plan = Plan("ivf-pq", nlist=default_nlist(n), m=m, nbits=8, pca=pca,
+                reason=why)
+    plan.reason = f"{why}: IVF-PQ{_codes(plan, n)}"
+    return plan
+
+
+def _codes(plan: Plan, n: int) -> str:
+    return (f", {plan.m} code bytes + 8 id bytes per vector ({_size(n * (plan.m + 8))})" +
+            (f", after a PCA rotation to {plan.pca} dimensions" if plan.pca else ""))
+
+
+def principal_axes(sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (descending) and axes (columns) of the sample's uncentred second moments.
+
+    Uncentred, so that projecting keeps inner products as well as distances: a centred PCA
+    shifts every inner product by a term that depends on the vector, which wrecks ip and
+    cosine rankings.
+    """
+    x = np.asarray(sample, dtype=np.float64)
+    eigenvalues, axes = np.linalg.eigh(x.T @ x)
+    return np.clip(eigenvalues[::-1], 0, None), axes[:, ::-1]
+
+
+def explained_variance(sample: np.ndarray) -> np.ndarray:
+    """Cumulative fraction of the sample's energy in its first 1, 2, ... principal axes."""
+    eigenvalues, _ = principal_axes(sample)
+    total = eigenvalues.sum()
+    return np.cumsum(eigenvalues) / total if total > 0 else np.ones(len(eigenvalues))
+
+
+def rotation(axes: np.ndarray, reduced: int, seed: int):
+    """A trained FAISS transform: projection on the first ``reduced`` axes, then a random
+    rotation that spreads the energy evenly over the PQ sub-quantizers."""
+    import faiss
+
+    dim = axes.shape[0]
+    spin, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(reduced, reduced)))
+    matrix = (axes[:, :reduced] @ spin).T.astype(np.float32)  # y = matrix @ x
+    transform = faiss.LinearTransform(dim, reduced, False)
+    faiss.copy_array_to_vector(np.ascontiguousarray(matrix).ravel(), transform.A)
+    transform.is_trained = True
+    return transform
+
+
+def widen_codes(plan: Plan, cumulative: np.ndarray, n: int, dim: int,
+                memory_bytes: int) -> Plan:
+    """auto: double the code bytes while the PCA rotation would keep less than
+    ``VARIANCE_KEPT`` of the variance and the codes still fit in half the memory."""
+    while plan.pca and cumulative[plan.pca - 1] < VARIANCE_KEPT:
+        wider = 2 * plan.m
+        if 2 * wider >= dim:  # no PCA: the largest code size that divides dim
+            wider = next((m for m in range(dim // 2, plan.m, -1) if dim % m == 0), None)
+        if wider is None or n * (wider + 8) > memory_bytes // 2:
+            break
+        plan.m, plan.pca = pq_shape(dim, wider)
+    plan.reason = plan.reason.split(", ")[0] + _codes(plan, n)
+    if plan.pca:
+        plan.reason += (f"; the PCA keeps {cumulative[plan.pca - 1]:.2%} of the sample's "
+                        "variance")
+    plan.params = {k: v for k, v in asdict(plan).items()
+                   if k not in ("type", "reason", "params") and v not in (None, 0)}
+    return plan
+
+
+def plan_index(config: IndexConfig, n: int, dim: int, memory_bytes: int | None = None) -> Plan:
+    """The build plan for ``config`` over ``n`` vectors of ``dim``; fills defaults, checks."""
+    if config.type == "auto":
+        plan = choose_index(n, dim, memory_bytes=memory_bytes)
+        if plan.type == "ivf-pq":
+            if config.m is not None:
+                plan.m, plan.pca = pq_shape(dim, config.m)
+            plan.nlist = config.nlist or plan.nlist
+            plan.nbits = config.nbits
+    elif config.type == "flat":
+        plan = Plan("flat", reason="requested: exact search")
+    elif config.type == "hnsw":
+        plan = Plan("hnsw", m=config.m or 32, efconstruction=config.efconstruction,
+                    reason="requested: HNSW graph over the full vectors")
+    else:
+        plan = Plan(config.type, nlist=config.nlist or default_nlist(n),
+                    reason=f"requested: {config.type}")
+        if config.type == "ivf-pq":
+            plan.m, plan.pca = pq_shape(dim, config.m)
+            plan.nbits = config.nbits
+    if plan.nlist is not None:
+        if plan.nlist > max(n, 1):
+            raise ConfigError(f"--nlist {plan.nlist} is more than the {n:,} vectors; use at "
+                              f"most {max(1, n // 39)} (39 training vectors per list)")
+        wanted = max(65536, 40 * plan.nlist) if plan.type == "ivf-pq" else 40 * plan.nlist
+        plan.sample = min(n, config.sample or wanted)
+        if plan.sample < plan.nlist:
+            raise ConfigError(f"--sample {plan.sample} is smaller than --nlist {plan.nlist}")
+        if plan.type == "ivf-pq" and plan.sample < 2 ** plan.nbits:
+            raise ConfigError(f"{plan.sample} training vectors are too few for {plan.nbits}-bit "
+                              f"PQ codes (need >= {2 ** plan.nbits}); use --type flat or a "
+                              "smaller --nbits")
+    plan.params = {k: v for k, v in asdict(plan).items()
+                   if k not in ("type", "reason", "params") and v not in (None, 0)}
+    return plan
+
+
+def make_index(plan: Plan, dim: int, metric: str, transform=None):
+    """An empty CPU index for ``plan``; the outermost index assigns token_ids. A plan with
+    ``pca`` needs its trained ``transform`` (:func:`rotation`)."""
+    import faiss
+
+    fmetric = faiss_metric(metric)
+    if plan.type == "flat":
+        return faiss.IndexIDMap(faiss.IndexFlat(dim, fmetric))
+    if plan.type == "hnsw":
+        graph = faiss.IndexHNSWFlat(dim, plan.m, fmetric)
+        graph.hnsw.efConstruction = plan.efconstruction
+        return faiss.IndexIDMap(graph)
+    if plan.type == "ivf-flat":
+        return faiss.index_factory(dim, f"IVF{plan.nlist},Flat", fmetric)
+    if not plan.pca:
+        return faiss.index_factory(dim, plan.describe(), fmetric)
+    if transform is None:
+        raise ValueError("a PCA plan needs its trained rotation")
+    inner = faiss.index_factory(plan.pca, plan.describe().split(",", 1)[1], fmetric)
+    index = faiss.IndexPreTransform(transform, inner)
+    index.own_fields = True
+    inner.this.disown()
+    transform.this.disown()
+    return index
+
+
+def faiss_metric(metric: str) -> int:
+    """FAISS metric of an index: cosine is L2 over unit vectors (same ranking as their inner
+    product, and PQ codes of unit vectors are far more accurate under L2)."""
+    import faiss
+
+    return faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
+
+
+def to_similarity(distances: np.ndarray, metric: str) -> np.ndarray:
+    """Cosine similarity from the squared L2 distances of unit vectors: 1 - d / 2."""
+    return (1 - distances / 2).astype(np.float32) if metric == "cosine" else distances
+
+
+def set_search_params(index, meta: dict, nprobe: int | None = None) -> None:
+    """Apply the build's calibrated nprobe (IVF) or efSearch (HNSW), or ``nprobe``."""
+    import faiss
+
+    search = meta.get("search", {})
+    value = nprobe or search.get(search.get("parameter", "nprobe"))
+    if value is None:
+        return
+    if meta["type"].startswith("ivf"):
+        ivf = faiss.extract_index_ivf(index)
+        ivf.nprobe = min(int(value), ivf.nlist)
+    elif meta["type"] == "hnsw":
+        faiss.downcast_index(faiss.downcast_index(index).index).hnsw.efSearch = int(value)
+
+
+def gpu_count() -> int:
+    """GPUs FAISS can use (0 with faiss-cpu)."""
+    import faiss
+
+    try:
+        return int(faiss.get_num_gpus())
+    except AttributeError:
+        return 0
+
+
+def use_gpu(requested: bool | None, index_type: str) -> tuple[bool, str]:
+    """Whether to train and add on GPUs, and why."""
+    gpus = gpu_count()
+    if requested and gpus == 0:
+        raise ConfigError("--gpu: FAISS sees no GPU; install the gpu extra "
+                          "(pip install 'seqatlas[gpu]') on a CUDA machine, or use --no-gpu")
+    if requested is False:
+        return False, "CPU (--no-gpu)"
+    if gpus == 0:
+        return False, "CPU (FAISS sees no GPU)"
+    if index_type in ("flat", "hnsw"):
+        return False, f"CPU ({index_type} has nothing to train and FAISS has no GPU HNSW)"
+    return True, f"{gpus} GPU(s): coarse k-means and list assignment"
+
+
+def machine_memory() -> int:
+    from seqatlas.query.engine import machine_memory_bytes
+
+    return machine_memory_bytes()
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n}"
+
+
+class Calibration:
+    """Exact top-k of a few held-in queries, accumulated batch by batch."""
+
+    def __init__(self, queries: np.ndarray, metric: str, k: int = CALIBRATION_K):
+        import faiss
+
+        self.queries, self.metric, self.k = queries, metric, k
+        self.heap = faiss.ResultHeap(len(queries), k, keep_max=metric != "l2")
+
+    def add(self, ids: np.ndarray, x: np.ndarray) -> None:
+        if len(self.queries):
+            self.add_result(*exact_search(self.queries, x, ids, self.k, self.metric))
+
+    def add_result(self, distances: np.ndarray, ids: np.ndarray) -> None:
+        self.heap.add_result(np.ascontiguousarray(distances, dtype=np.float32),
+                             np.ascontiguousarray(ids, dtype=np.int64))
+
+    def truth(self) -> np.ndarray:
+        self.heap.finalize()
+        return self.heap.I
+
+
+def exact_search(queries: np.ndarray, x: np.ndarray, ids: np.ndarray, k: int, metric: str
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force top-k of ``queries`` among rows ``x`` (labelled ``ids``)."""
+    import faiss
+
+    k = min(k, len(x))
+    flat = faiss.IndexFlat(x.shape[1], faiss.METRIC_L2 if metric == "l2"
+                           else faiss.METRIC_INNER_PRODUCT)
+    flat.add(x)
+    distances, rows = flat.search(queries, k)
+    return distances, np.where(rows >= 0, ids[np.maximum(rows, 0)], -1)
+
+
+def per_query_recall(truth: np.ndarray, found: np.ndarray) -> np.ndarray:
+    """Fraction of each query's true top-k found in its returned top-k."""
+    return np.array([len(set(t[t >= 0]) & set(f[f >= 0])) / max((t >= 0).sum(), 1)
+                     for t, f in zip(truth, found)], dtype=np.float64)
+
+
+def recall_at(truth: np.ndarray, found: np.ndarray) -> float:
+    """Mean fraction of each query's true top-k found in its returned top-k."""
+    hits = per_query_recall(truth, found)
+    return float(hits.mean()) if len(hits) else 1.0
+
+
+def calibrate(index, plan: Plan, queries: np.ndarray, truth: np.ndarray,
+              target: float) -> dict:
+    """Smallest nprobe (IVF) or efSearch (HNSW) whose recall@k reaches ``target``."""
+    if plan.type == "flat" or not len(queries):
+        return {"recall_at_10": 1.0, "exact": plan.type == "flat"}
+    if plan.type == "hnsw":
+        key, values = "efSearch", [16, 32, 64, 128, 256, 512, 1024]
+    else:
+        key, values = "nprobe", [v for v in (2 ** i for i in range(17)) if v < plan.nlist]
+        values.append(plan.nlist)
+    meta = {"type": plan.type}
+    curve, bound = {}, {}
+    for value in values:
+        set_search_params(index, meta, value)
+        _, found = index.search(queries, truth.shape[1])
+        hits = per_query_recall(truth, found)
+        curve[value] = round(float(hits.mean()), 4)
+        # reached only when one standard error below the mean still reaches it, so the
+        # setting holds for other queries too
+        bound[value] = float(hits.mean() - hits.std() / np.sqrt(len(hits)))
+        recalls = list(curve.values())
+        if bound[value] >= target or (len(recalls) >= 3 and recalls[-1] <= recalls[-3]):
+            break  # reached, or no gain over two doublings: the codes limit the recall
+    value = next((v for v, b in bound.items() if b >= target), max(curve, key=curve.get))
+    result = {key: value, "parameter": key, "recall_at_10": curve[value],
+              "target": target, "queries": len(queries),
+              "curve": {str(v): r for v, r in curve.items()}}
+    if bound[value] < target:
+        result["warning"] = (f"recall@10 {curve[value]:.3f} does not reach {target} at any "
+                             f"{key}; use larger codes (--m) or --type flat/hnsw")
+    return result
+
+
+def _progress(enabled: bool, total: int):
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn,
+                               TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def render(self, task):
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:,.0f} vectors/s" if speed else "-- vectors/s", style="cyan")
+
+    progress = Progress(TextColumn("[bold]adding"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("vectors"), RateColumn(), TimeElapsedColumn(),
+                        TextColumn("ETA"), TimeRemainingColumn(), disable=not enabled)
+    return progress, progress.add_task("adding", total=total)
+
+
+def _gpu_resources(index):
+    """Move the IVF coarse quantizer's work (k-means, assignment) to all GPUs."""
+    import faiss
+
+    ivf = faiss.extract_index_ivf(index)
+    clustering = faiss.index_cpu_to_all_gpus(faiss.IndexFlat(ivf.d, ivf.metric_type))
+    ivf.clustering_index = clustering
+    return ivf, clustering
+
+
+def train(index, plan: Plan, sample: np.ndarray, gpu: bool) -> None:
+    if plan.type in ("flat", "hnsw"):
+        return
+    if not gpu:
+        index.train(sample)
+        return
+    ivf, clustering = _gpu_resources(index)
+    try:
+        index.train(sample)
+    finally:
+        ivf.clustering_index = None
+        del clustering
+
+
+class Adder:
+    """Adds batches to ``index``; on GPU the coarse assignment runs on a GPU copy of the
+    quantizer, and the CPU quantizer is put back before the index is saved."""
+
+    def __init__(self, index, gpu: bool):
+        self.index, self.gpu = index, gpu
+        if gpu:
+            import faiss
+
+            self.ivf = faiss.extract_index_ivf(index)
+            self.cpu_quantizer = self.ivf.quantizer
+            self.gpu_quantizer = faiss.index_cpu_to_all_gpus(self.cpu_quantizer)
+            self.ivf.quantizer = self.gpu_quantizer
+
+    def add(self, ids: np.ndarray, x: np.ndarray) -> None:
+        self.index.add_with_ids(x, ids)
+
+    def close(self) -> None:
+        if self.gpu:
+            self.ivf.quantizer = self.cpu_quantizer
+            self.gpu_quantizer = None
+
+
+def build_index(atlas: str | os.PathLike | Atlas, **options) -> dict:
+    """Build embedding index ``name`` of ``atlas`` and record it in the manifest.
+
+    Options are the fields of :class:`IndexConfig`. Returns the index meta: type, metric,
+    dim, ntotal, parameters, why they were chosen, calibrated search settings with their
+    measured recall@10, sha256, timings.
+    """
+    config = IndexConfig(**options)
+    import faiss
+
+    path = atlas.path if isinstance(atlas, Atlas) else Path(atlas)
+    started = time.perf_counter()
+    with AtlasWriter(path) as writer:  # holds the atlas lock: no ingest during the build
+        store.remove_stale(path)
+        snapshot = Atlas(path)
+        source = EmbeddingSource.open(snapshot, config.column)
+        n, dim = source.total, source.dim
+        plan = plan_index(config, n, dim)
+        gpu, gpu_reason = use_gpu(config.gpu, plan.type)
+        if config.shards and config.shards > 1 and plan.type == "hnsw":
+            raise ConfigError("HNSW graphs cannot be merged from shards; use --type ivf-pq "
+                              "or ivf-flat with --shards, or build HNSW without --shards")
+        prepare = normalise if config.metric == "cosine" else (lambda x: x)
+        t0 = time.perf_counter()
+        draw = max(plan.sample, 0 if plan.type == "flat" else min(n, CALIBRATION_QUERIES))
+        sample = prepare(source.sample(draw, config.seed)) if draw else np.empty((0, dim))
+        rng = np.random.default_rng(config.seed + 1)
+        wanted = 0 if plan.type == "flat" else min(len(sample), CALIBRATION_QUERIES)
+        queries = sample[rng.choice(len(sample), wanted, replace=False)]
+        variance = transform = None
+        if plan.pca:
+            eigenvalues, axes = principal_axes(sample[: plan.sample])
+            cumulative = np.cumsum(eigenvalues) / max(eigenvalues.sum(), 1e-30)
+            if config.type == "auto" and config.m is None:
+                widen_codes(plan, cumulative, n, dim, machine_memory())
+            if plan.pca:
+                variance = round(float(cumulative[plan.pca - 1]), 5)
+                transform = rotation(axes, plan.pca, config.seed)
+        index = make_index(plan, dim, config.metric, transform)
+        train(index, plan, sample[: plan.sample] if plan.sample else sample, gpu)
+        del sample
+        train_seconds = time.perf_counter() - t0
+        calibration = Calibration(np.ascontiguousarray(queries, dtype=np.float32),
+                                  config.metric)
+        t0 = time.perf_counter()
+        shards = min(config.shards or 1, len(source.parts))
+        if shards > 1:
+            from seqatlas.index.shards import add_sharded
+
+            index, shards = add_sharded(index, source, shards, config=config,
+                                        calibration=calibration, gpu=gpu)
+        else:
+            progress, task = _progress(config.progress, n)
+            adder = Adder(index, gpu)
+            try:
+                with progress:
+                    for ids, x in source.batches(batch_rows=config.batch_rows):
+                        x = prepare(x)
+                        adder.add(ids, x)
+                        calibration.add(ids, x)
+                        progress.advance(task, len(ids))
+            finally:
+                adder.close()
+        add_seconds = time.perf_counter() - t0
+        if index.ntotal != n:
+            raise ConfigError(f"the index holds {index.ntotal:,} vectors but the atlas has "
+                              f"{n:,} token rows; the tokens parts disagree with atlas.json")
+        search = calibrate(index, plan, calibration.queries, calibration.truth(),
+                           config.recall_target)
+        model = snapshot.manifest.get("model") or {}
+        meta = {
+            "name": config.name, "type": plan.type, "auto": config.type == "auto",
+            "reason": plan.reason, "factory": plan.describe(), "metric": config.metric,
+            "dim": dim, "ntotal": int(index.ntotal), "column": config.column,
+            "layer": column_layer(snapshot, config.column), "params": plan.params,
+            "search": search, "gpu": gpu, "device": gpu_reason, "shards": shards,
+            "model": {"name": model.get("name"), "weights_sha256": model.get("weights_sha256")},
+            "atlas": {"updated": snapshot.manifest.get("updated"), "tokens_rows": n,
+                      "tokens_parts": len(source.parts),
+                      "tokens_fingerprint": tokens_fingerprint(snapshot)},
+            "train_seconds": round(train_seconds, 3), "add_seconds": round(add_seconds, 3),
+            "faiss_version": faiss.__version__, "built": _now(),
+        }
+        if variance is not None:
+            meta["pca_variance_kept"] = variance
+        meta["build_seconds"] = round(time.perf_counter() - started, 3)
+        meta = store.write_index(path, config.name, index, meta)
+        writer.set_index(config.name, {key: meta[key] for key in (
+            "type", "metric", "column", "dim", "ntotal", "bytes", "bytes_per_vector", "sha256",
+            "built", "factory")})
+    return meta
+
+
+def _now() -> str:
+    import datetime as dt
+
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,134 @@
+"""Sharded index builds on Ray: one trained (empty) index, shards of tokens parts added in
+parallel by Ray tasks, merged in part order (so the result equals a single build's).
+
+Imported only by a build with ``shards > 1``; ray is imported here, lazily.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from seqatlas.errors import AtlasIndexError, ConfigError, SeqAtlasError
+
+
+def split_parts(rows: list[int], shards: int) -> list[range]:
+    """Contiguous runs of parts with about equal rows, at most ``shards`` of them."""
+    total, bounds, start, done = sum(rows), [], 0, 0
+    for shard in range(1, shards + 1):
+        goal = total * shard / shards
+        end = start
+        while end < len(rows) and (done + rows[end] <= goal or end == start):
+            done += rows[end]
+            end += 1
+        if shard == shards:
+            while end < len(rows):
+                done += rows[end]
+                end += 1
+        if end > start:
+            bounds.append(range(start, end))
+        start = end
+    return bounds
+
+
+def _init_ray(address: str | None):
+    import ray
+
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+        try:
+            ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.ERROR, configure_logging=True)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise ConfigError(f"cannot start or reach Ray at {address or 'local'} ({exc}); "
+                              "check --address, or build without --shards") from None
+        return ray, True
+    return ray, False
+
+
+def add_shard(index_bytes: np.ndarray, atlas_path: str, column: str, dim: int,
+              parts: list[str], rows: list[int], metric: str, queries: np.ndarray, k: int,
+              batch_rows: int, threads: int, gpu: bool):
+    """Ray task: add ``parts`` to a copy of the trained index; return it serialised with the
+    exact top-k of the calibration queries among these parts."""
+    import faiss
+
+    from seqatlas.atlas import Atlas
+    from seqatlas.index.build import Adder, exact_search, gpu_count
+    from seqatlas.index.vectors import EmbeddingSource, normalise
+
+    faiss.omp_set_num_threads(max(1, threads))
+    index = faiss.deserialize_index(index_bytes)
+    source = EmbeddingSource(Atlas(atlas_path), column, dim, [Path(p) for p in parts], rows)
+    heap = faiss.ResultHeap(len(queries), k, keep_max=metric != "l2")
+    adder = Adder(index, gpu and gpu_count() > 0)
+    try:
+        for ids, x in source.batches(batch_rows=batch_rows):
+            if metric == "cosine":
+                x = normalise(x)
+            adder.add(ids, x)
+            if len(queries):
+                heap.add_result(*exact_search(queries, x, ids, k, metric))
+    finally:
+        adder.close()
+    heap.finalize()
+    return faiss.serialize_index(index), heap.D, heap.I
+
+
+def add_sharded(index, source, shards: int, *, config, calibration, gpu: bool = False):
+    """Add ``source``'s parts to the trained ``index`` in ``shards`` Ray tasks and merge;
+    returns (index, number of shards). With ``gpu``, tasks take a share of the cluster's
+    GPUs and assign vectors to lists there."""
+    import faiss
+
+    ray, started = _init_ray(config.address)
+    try:
+        resources = ray.cluster_resources()
+        cpus, gpus = int(resources.get("CPU", 1)), resources.get("GPU", 0)
+        threads = max(1, cpus // shards)
+        gpu = gpu and gpus > 0
+        task = ray.remote(num_cpus=threads, num_gpus=min(1.0, gpus / shards) if gpu else 0)(
+            add_shard)
+        payload = ray.put(faiss.serialize_index(index))
+        queries = ray.put(calibration.queries)
+        groups = split_parts(source.rows, shards)
+        refs = [task.remote(payload, str(source.atlas.path), source.column, source.dim,
+                            [str(source.parts[i]) for i in group],
+                            [source.rows[i] for i in group], config.metric, queries,
+                            calibration.k, config.batch_rows, threads, gpu)
+                for group in groups]
+        from seqatlas.index.build import _progress
+
+        progress, bar = _progress(config.progress, source.total)
+        results: dict = {}
+        with progress:
+            pending = {ref: i for i, ref in enumerate(refs)}
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                shard = pending.pop(ready[0])
+                try:
+                    results[shard] = ray.get(ready[0])
+                except ray.exceptions.RayError as exc:
+                    cause = getattr(exc, "cause", None) or exc
+                    if isinstance(cause, SeqAtlasError):
+                        raise cause from None
+                    raise AtlasIndexError(f"index shard {shard} (parts "
+                                          f"{groups[shard].start}-{groups[shard].stop - 1}) "
+                                          f"failed: {cause}") from None
+                progress.advance(bar, sum(source.rows[i] for i in groups[shard]))
+        merged = None
+        for shard in range(len(groups)):
+            data, distances, ids = results.pop(shard)
+            part = faiss.deserialize_index(data)
+            if merged is None:
+                merged = part
+            else:
+                merged.merge_from(part, 0)
+            calibration.add_result(distances, ids)
+        return merged, len(groups)
+    finally:
+        if started:
+            ray.shutdown()

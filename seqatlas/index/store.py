@@ -1,0 +1,291 @@
+"""Index directories ``ATLAS/index/<name>/`` (FAISS file + ``meta.json``): atomic writes,
+checked loading, search.
+
+A build is written into a temporary directory and swapped in only once complete, so a
+reader sees the old index or the new one, never a mixture. Loading checks the checksum, the
+dimension, the vector count and that the index was built from this atlas's tokens, and
+turns every failure (FAISS raises RuntimeError on a bad file) into :class:`AtlasIndexError`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import hashlib
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from seqatlas.atlas import Atlas
+from seqatlas.errors import AtlasIndexError, ConfigError
+
+INDEX_DIR = "index"
+INDEX_FILE = "index.faiss"
+META_FILE = "meta.json"
+_RENAME_EXCHANGE = 2
+
+
+def index_dir(atlas: Atlas, name: str) -> Path:
+    check_name(name)
+    return atlas.path / INDEX_DIR / name
+
+
+def check_name(name: str) -> None:
+    if not name or name.startswith(".") or not all(c.isalnum() or c in "-_." for c in name):
+        raise ConfigError(f"index name {name!r}: use letters, digits, '-', '_' or '.', not "
+                          "starting with '.'")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two directories (Linux renameat2); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    result = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def remove_stale(atlas_path: Path) -> None:
+    """Temporary directories of builds that died (call while holding the atlas lock)."""
+    root = atlas_path / INDEX_DIR
+    if root.is_dir():
+        for stale in root.glob(".*.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def write_index(atlas_path: Path, name: str, index, meta: dict) -> dict:
+    """Write ``index`` and its meta (sha256, bytes added) atomically; return the meta."""
+    import faiss
+
+    root = atlas_path / INDEX_DIR
+    root.mkdir(exist_ok=True)
+    final = root / name
+    tmp = root / f".{name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        faiss.write_index(index, str(tmp / INDEX_FILE))
+        meta = {**meta, "file": INDEX_FILE, "bytes": (tmp / INDEX_FILE).stat().st_size,
+                "sha256": file_sha256(tmp / INDEX_FILE)}
+        meta["bytes_per_vector"] = round(meta["bytes"] / max(meta["ntotal"], 1), 2)
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
+        for path in (tmp / INDEX_FILE, tmp / META_FILE, tmp):
+            _fsync(path)
+        if final.exists():
+            if _exchange(tmp, final):  # tmp now holds the old index
+                shutil.rmtree(tmp)
+            else:
+                old = root / f".{name}.tmp-old-{os.getpid()}"
+                os.replace(final, old)
+                os.replace(tmp, final)
+                shutil.rmtree(old)
+        else:
+            os.replace(tmp, final)
+        _fsync(root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return meta
+
+
+def read_meta(atlas: Atlas, name: str) -> dict:
+    directory = index_dir(atlas, name)
+    path = directory / META_FILE
+    if not path.exists():
+        known = ", ".join(sorted(atlas.manifest.get("indexes", {}))) or "none"
+        raise AtlasIndexError(
+            f"{atlas.path} has no index named {name!r} (indexes: {known}); build one with "
+            f"`seqatlas index build --atlas {atlas.path}" +
+            ("" if name == "default" else f" --name {name}") + "`")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AtlasIndexError(f"{path} is corrupt ({exc}); rebuild it with "
+                              f"`seqatlas index build --atlas {atlas.path} --name {name}`") \
+            from None
+
+
+def list_indexes(atlas: str | os.PathLike | Atlas) -> list[dict]:
+    """The indexes recorded in the atlas manifest: name, type, metric, column, ntotal, bytes."""
+    atlas = atlas if isinstance(atlas, Atlas) else Atlas(atlas)
+    rows = []
+    for name, entry in sorted(atlas.manifest.get("indexes", {}).items()):
+        rows.append({"name": name, **{key: entry.get(key) for key in
+                                      ("type", "metric", "column", "dim", "ntotal", "bytes",
+                                       "bytes_per_vector", "built")}})
+    return rows
+
+
+class LoadedIndex:
+    """A checked index, ready to search; ids are atlas ``token_id`` values."""
+
+    def __init__(self, index, meta: dict, path: Path, mmap: bool):
+        self.index = index
+        self.meta = meta
+        self.path = path
+        self.mmap = mmap
+        self.column: str = meta["column"]
+        self.metric: str = meta["metric"]
+        self.dim: int = meta["dim"]
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return (f"LoadedIndex({self.meta['name']!r}, type={self.meta['type']}, "
+                f"metric={self.metric}, ntotal={self.meta['ntotal']}, column={self.column})")
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    def search(self, queries: np.ndarray, k: int, *, nprobe: int | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Nearest ``k`` tokens of each query row: (distances (n, k) float32, token_ids (n, k)
+        int64, -1 where there are fewer hits).
+
+        Distances are inner products (``ip``) or cosine similarities (``cosine``: queries are
+        normalised here), both larger when nearer, or squared Euclidean distances (``l2``).
+        ``nprobe`` overrides the build's calibrated number of IVF lists (HNSW: efSearch)
+        visited per query.
+        """
+        from seqatlas.index.build import set_search_params, to_similarity
+        from seqatlas.index.vectors import normalise
+
+        queries = np.asarray(queries)
+        if queries.ndim == 1:
+            queries = queries[None, :]
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise ConfigError(f"queries must have shape (n, {self.dim}) for index "
+                              f"{self.meta['name']!r}, not {queries.shape}")
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise ConfigError(f"k must be a positive integer, not {k!r}")
+        if nprobe is not None and (not isinstance(nprobe, (int, np.integer)) or nprobe < 1):
+            raise ConfigError(f"nprobe must be a positive integer, not {nprobe!r}")
+        queries = normalise(queries) if self.metric == "cosine" else \
+            np.ascontiguousarray(queries, dtype=np.float32)
+        if len(queries) == 0:
+            return np.empty((0, k), np.float32), np.empty((0, k), np.int64)
+        with self._lock:
+            set_search_params(self.index, self.meta, nprobe)
+            distances, ids = self.index.search(queries, int(k))
+        return to_similarity(distances.astype(np.float32, copy=False), self.metric), \
+            ids.astype(np.int64, copy=False)
+
+
+def load_index(atlas: str | os.PathLike | Atlas, name: str = "default", *,
+               mmap: bool = True, verify: bool = True) -> LoadedIndex:
+    """Open index ``name`` of ``atlas`` after checking it belongs to the atlas as it is now.
+
+    ``mmap`` maps the file where FAISS can (IVF inverted lists, flat codes) instead of
+    reading it into memory; ``verify`` checks the sha256 of the file (one read of it).
+    """
+    import faiss
+
+    from seqatlas.index.vectors import tokens_fingerprint
+
+    atlas = atlas if isinstance(atlas, Atlas) else Atlas(atlas)
+    meta = read_meta(atlas, name)
+    directory = index_dir(atlas, name)
+    rebuild = f"rebuild it with `seqatlas index build --atlas {atlas.path} --name {name}`"
+    try:
+        file = directory / meta["file"]
+        model, built = meta["model"], meta["atlas"]
+        dim, ntotal, column = int(meta["dim"]), int(meta["ntotal"]), meta["column"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise AtlasIndexError(f"{directory / META_FILE} lacks {exc}; {rebuild}") from None
+    current = atlas.manifest.get("model") or {}
+    for key in ("name", "weights_sha256"):
+        if model.get(key) != current.get(key):
+            raise AtlasIndexError(
+                f"index {name!r} in {atlas.path} was built from another atlas (model "
+                f"{model.get('name')!r}, weights {str(model.get('weights_sha256'))[:12]}; this "
+                f"atlas: {current.get('name')!r}, {str(current.get('weights_sha256'))[:12]}); "
+                f"{rebuild}")
+    atlas_dim = _column_dim(atlas, column)
+    if atlas_dim != dim:
+        raise AtlasIndexError(f"index {name!r} has dimension {dim} but the atlas's {column!r} "
+                              f"column has dimension {atlas_dim}; {rebuild}")
+    rows = atlas.count("tokens")
+    if built.get("tokens_fingerprint") != tokens_fingerprint(atlas) or ntotal != rows:
+        raise AtlasIndexError(
+            f"index {name!r} holds {ntotal:,} vectors from other tokens parts than the atlas "
+            f"now has ({rows:,} token rows; the atlas changed since the build, or the index "
+            f"was copied from another atlas); {rebuild}")
+    if not file.exists():
+        raise AtlasIndexError(f"{file} is missing; {rebuild}")
+    size = file.stat().st_size
+    if "bytes" in meta and size != meta["bytes"]:
+        raise AtlasIndexError(f"{file} is {size:,} bytes, the build wrote {meta['bytes']:,} "
+                              f"(truncated or replaced); {rebuild}")
+    if verify and file_sha256(file) != meta.get("sha256"):
+        raise AtlasIndexError(f"{file} is corrupt (sha256 differs from the build's); "
+                              f"{rebuild}")
+    index, mapped = _read(file, str(meta.get("type", "")), mmap, rebuild)
+    if index.d != dim:
+        raise AtlasIndexError(f"{file} has dimension {index.d}, its meta.json says {dim}; "
+                              f"{rebuild}")
+    if index.ntotal != ntotal:
+        raise AtlasIndexError(f"{file} holds {index.ntotal:,} vectors, its meta.json says "
+                              f"{ntotal:,}; {rebuild}")
+    return LoadedIndex(index, meta, directory, mapped)
+
+
+def _read(file: Path, kind: str, mmap: bool, rebuild: str):
+    import faiss
+
+    # IVF: the inverted lists are mapped (IO_FLAG_MMAP); Flat and HNSW: the flat codes
+    # (IO_FLAG_MMAP_IFC, FAISS >= 1.11). The two flags cannot be combined.
+    flags = faiss.IO_FLAG_MMAP if kind.startswith("ivf") else \
+        getattr(faiss, "IO_FLAG_MMAP_IFC", None)
+    if mmap and flags is not None:
+        try:
+            return faiss.read_index(str(file), flags), True
+        except RuntimeError:
+            pass  # an index type FAISS cannot map: read it into memory
+    try:
+        return faiss.read_index(str(file)), False
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise AtlasIndexError(f"{file} cannot be read by FAISS ({reason}); {rebuild}") \
+            from None
+
+
+def _column_dim(atlas: Atlas, column: str) -> int | None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parts = atlas.part_paths("tokens")
+    if not parts:
+        return None
+    arrow_schema = pq.read_schema(parts[0])
+    if column not in arrow_schema.names:
+        raise AtlasIndexError(f"the atlas's tokens have no column {column!r} (the index was "
+                              "built from another atlas)")
+    field_type = arrow_schema.field(column).type
+    return field_type.list_size if pa.types.is_fixed_size_list(field_type) else None

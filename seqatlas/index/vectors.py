@@ -1,0 +1,123 @@
+"""Embeddings streamed from the committed ``tokens`` parts, batch by batch, as float32.
+
+Memory stays at one batch (plus a training sample), whatever the size of the atlas.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from seqatlas.atlas import Atlas
+from seqatlas.errors import AtlasIndexError
+
+BATCH_ROWS = 65536
+_LAYER_COLUMN = re.compile(r"^embedding_layer_(\d+)$")
+
+
+def tokens_fingerprint(atlas: Atlas) -> str:
+    """sha256 of the committed tokens parts (names are content keys, plus rows and bytes)."""
+    parts = atlas.manifest["parts"].get("tokens", {})
+    text = "\n".join(f"{name}\t{meta['rows']}\t{meta['bytes']}"
+                     for name, meta in sorted(parts.items()))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def column_layer(atlas: Atlas, column: str) -> int | None:
+    """The hidden layer stored in ``column`` (``embedding``: the first requested layer)."""
+    match = _LAYER_COLUMN.match(column)
+    if match:
+        return int(match.group(1))
+    scoring = atlas.manifest.get("scoring", {})
+    layer = scoring.get("layers") or scoring.get("layer")
+    return layer[0] if isinstance(layer, list) else layer
+
+
+@dataclass
+class EmbeddingSource:
+    """The vectors of one embedding column of an atlas's tokens table."""
+
+    atlas: Atlas
+    column: str
+    dim: int
+    parts: list[Path]
+    rows: list[int]  # rows per part, from the manifest
+
+    @classmethod
+    def open(cls, atlas: Atlas, column: str = "embedding") -> EmbeddingSource:
+        if not atlas.manifest.get("scoring", {}).get("embeddings"):
+            raise AtlasIndexError(f"{atlas.path} stores no embeddings; ingest with "
+                                  "`--embeddings float16` to build an index")
+        parts = atlas.part_paths("tokens")
+        if not parts:
+            raise AtlasIndexError(f"{atlas.path} has no tokens yet; run `seqatlas ingest` first")
+        arrow_schema = pq.read_schema(parts[0])
+        names = [f.name for f in arrow_schema if pa.types.is_fixed_size_list(f.type)]
+        if column not in arrow_schema.names or column not in names:
+            raise AtlasIndexError(f"tokens has no embedding column {column!r}; "
+                                  f"choose one of: {', '.join(names) or '(none)'}")
+        dim = arrow_schema.field(column).type.list_size
+        counts = atlas.manifest["parts"]["tokens"]
+        return cls(atlas, column, dim, parts, [counts[p.name]["rows"] for p in parts])
+
+    @property
+    def total(self) -> int:
+        return sum(self.rows)
+
+    def batches(self, parts: list[Path] | None = None, batch_rows: int = BATCH_ROWS
+                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(token_ids int64, vectors float32 (n, dim)) per batch, parts in order."""
+        for path in self.parts if parts is None else parts:
+            handle = pq.ParquetFile(path)
+            field = handle.schema_arrow.field(self.column) \
+                if self.column in handle.schema_arrow.names else None
+            if field is None or getattr(field.type, "list_size", None) != self.dim:
+                raise AtlasIndexError(f"{path}: no {self.dim}-d column {self.column!r}; the "
+                                      "atlas's parts disagree, re-ingest it")
+            for batch in handle.iter_batches(batch_size=batch_rows,
+                                             columns=["token_id", self.column]):
+                yield batch.column(0).to_numpy(), to_float32(batch.column(1), self.dim, path)
+
+    def sample(self, n: int, seed: int = 0) -> np.ndarray:
+        """``n`` vectors drawn uniformly without replacement (all of them if fewer)."""
+        total = self.total
+        if n >= total:
+            return np.concatenate([x for _, x in self.batches()]) if total else \
+                np.empty((0, self.dim), np.float32)
+        chosen = np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False))
+        out = np.empty((n, self.dim), np.float32)
+        filled, offset = 0, 0
+        for _, x in self.batches():
+            lo = np.searchsorted(chosen, offset)
+            hi = np.searchsorted(chosen, offset + len(x))
+            out[filled : filled + hi - lo] = x[chosen[lo:hi] - offset]
+            filled += hi - lo
+            offset += len(x)
+            if filled == n:
+                break
+        return out
+
+
+def to_float32(column: pa.Array, dim: int, where: Path | str = "") -> np.ndarray:
+    """A fixed_size_list<float16> column as a C-contiguous (n, dim) float32 array."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if column.null_count:
+        raise AtlasIndexError(f"{where}: {column.null_count} token rows have no embedding; "
+                              "re-ingest with `--embeddings float16`")
+    values = column.flatten().to_numpy(zero_copy_only=False)
+    return np.ascontiguousarray(values.reshape(len(column), dim), dtype=np.float32)
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero), float32."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms > 0, norms, 1).astype(np.float32)

@@ -1,0 +1,357 @@
+"""The in-context copy detector: for each position, the nearest other occurrence of its
+surrounding k-mer inside the window it was scored from. Pure numpy, no model.
+
+Masked language models give anomalously high likelihood to a residue whose motif is
+repeated elsewhere in the input, because they look the masked residue up in the other
+copy (Kantroo, Wagner & Machta 2025). The detector finds those copies at ingest, so a query
+can separate the positions that had a copy in their context from those that did not.
+
+Definition (window-local coordinates; the window is the scoring window of the position,
+``[window_start, window_end)`` of its ``positions`` row, of length ``L``):
+
+- **Letters.** Matching is case-insensitive (soft-masked lowercase equals uppercase). DNA and
+  RNA match A, C, G and T/U (T equals U); proteins match the 20 standard amino acids plus U
+  and O. Any other letter (N, X, the ambiguity codes B/Z/J and R/Y/...) matches nothing, so a
+  k-mer containing one is never matched, as query or as copy.
+- **Surrounding k-mer** of position ``i``: the k-mer starting at
+  ``a = clamp(i - (k - 1) // 2, 0, L - k)``: centred on ``i`` (for even ``k``, one more
+  residue right of ``i`` than left), shifted inward at the window's edges so it stays
+  inside the window. A window shorter than ``k`` has no k-mers: its positions get no copy.
+- **Occurrences.** A *direct* occurrence is a k-mer at ``b`` (inside the window, ``0 <= b <=
+  L - k``) equal to the surrounding k-mer; a *reverse-complement* occurrence (DNA/RNA only) is
+  one equal to its reverse complement. The residue of the occurrence that corresponds to
+  ``i`` is ``b + (i - a)`` for a direct one and the mirror position ``b + (k - 1) - (i - a)``
+  for a reverse complement (the base ``i`` pairs with).
+- **Offset** = corresponding residue - ``i`` (positive: the copy lies downstream). The
+  occurrence at the position itself (``b = a`` direct, offset 0) does not count (no base is
+  its own complement, so no reverse-complement occurrence has offset 0). Every other one
+  does, including overlapping shifted occurrences, as in a tandem repeat (period ``p`` gives
+  offset ``±p``), and the reverse complement of the surrounding k-mer at the same place when
+  it is a palindrome like GAATTC (offsets mirror ``i`` about the palindrome's centre).
+- **Nearest**: the smallest ``|offset|``; ties go to the direct occurrence, then to the
+  upstream one (negative offset).
+
+The result per position is ``(offset, strand)``: offset int32, strand +1 (direct) or -1
+(reverse complement); ``(0, 0)`` means no copy (stored as nulls in ``copy_offset`` and
+``copy_strand``).
+
+Implementation: letters are coded into 2 bits (DNA) or base-22 digits (protein) and each
+k-mer packed into an int64 (k-mers too long for one int64 are packed in chunks and ranked).
+The windows are laid end to end with k invalid letters between them, every valid k-mer
+start ``g`` becomes the sort key ``key * G + g``, and one binary search per position and
+orientation finds the nearest occurrence on either side of the target start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from seqatlas import schema
+from seqatlas.errors import ConfigError
+
+DEFAULT_K = {"dna": 12, "rna": 12, "protein": 6}
+SOURCE = "seqatlas-copies"
+REPEAT_CLASS = "in_context_copy"
+FAMILIES = {1: "direct", -1: "reverse_complement"}
+DEFINITION_VERSION = 1  # bump when the definition above changes: re-detection then re-runs
+
+_INVALID = 255
+_NUCLEIC_LETTERS = "ACGT"
+_PROTEIN_LETTERS = "ACDEFGHIKLMNPQRSTVWYUO"
+
+
+def _lookup(nucleic: bool) -> np.ndarray:
+    table = np.full(256, _INVALID, dtype=np.uint8)
+    letters = _NUCLEIC_LETTERS if nucleic else _PROTEIN_LETTERS
+    for code, letter in enumerate(letters):
+        table[ord(letter)] = table[ord(letter.lower())] = code
+    if nucleic:
+        table[ord("U")] = table[ord("u")] = 3
+    return table
+
+
+_LOOKUP = {True: _lookup(True), False: _lookup(False)}
+
+
+def default_copy_k(kind: str) -> int:
+    """The detector's default k-mer length: 12 for DNA/RNA, 6 for proteins."""
+    return DEFAULT_K[kind]
+
+
+def surrounding_kmer_start(i, length, k: int):
+    """Start of the k-mer centred on position ``i`` of a window ``length`` long, shifted
+    inside the window (``i`` and ``length`` may be arrays)."""
+    return np.clip(np.asarray(i) - (k - 1) // 2, 0, np.maximum(np.asarray(length) - k, 0))
+
+
+def _pack(codes: np.ndarray, k: int, base: int, n: int) -> np.ndarray:
+    """Base-``base`` value of the k-mer at each of the first ``n`` starts."""
+    key = np.zeros(n, dtype=np.int64)
+    for j in range(k):
+        key *= base
+        key += codes[j : j + n]
+    return key
+
+
+def _kmer_keys(codes: np.ndarray, k: int, base: int) -> np.ndarray:
+    """An int64 per k-mer start, equal iff the k-mers are equal (codes < base).
+
+    One int64 holds up to 62 bits of letters; longer k-mers are packed in chunks whose
+    tuples are ranked, so keys stay exact for any k.
+    """
+    n = len(codes) - k + 1
+    per_chunk = int(62 // np.log2(base))
+    if k <= per_chunk:
+        return _pack(codes, k, base, n)
+    chunks = [_pack(codes[s:], min(per_chunk, k - s), base, n) for s in range(0, k, per_chunk)]
+    order = np.lexsort(chunks[::-1])
+    changed = np.zeros(n, dtype=bool)
+    for chunk in chunks:
+        ordered = chunk[order]
+        changed[1:] |= ordered[1:] != ordered[:-1]
+    keys = np.empty(n, dtype=np.int64)
+    keys[order] = np.cumsum(changed)
+    return keys
+
+
+def window_copies(windows: Sequence[bytes], owned: Sequence[tuple[int, int]], *, k: int,
+                  nucleic: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest in-context copy of every owned position of every window (module docstring).
+
+    ``windows`` are the windows' residues; ``owned[w] = (lo, hi)`` are window-local bounds of
+    the positions to report for window ``w``. Returns ``(offset, strand)`` over those
+    positions, window after window: int32 offsets and int8 strands (+1 direct, -1 reverse
+    complement), both 0 where a position has no copy.
+    """
+    if k < 1:
+        raise ConfigError(f"the copy detector's k must be at least 1, not {k}")
+    lengths = np.array([len(w) for w in windows], dtype=np.int64)
+    lo = np.array([o[0] for o in owned], dtype=np.int64).reshape(-1)
+    hi = np.array([o[1] for o in owned], dtype=np.int64).reshape(-1)
+    counts = hi - lo
+    total = int(counts.sum())
+    offset = np.zeros(total, dtype=np.int32)
+    strand = np.zeros(total, dtype=np.int8)
+    if total == 0 or not (lengths >= k).any():
+        return offset, strand
+
+    # windows end to end, k invalid letters before, between and after them
+    separator = b"\0" * k
+    data = separator + separator.join(windows) + separator
+    codes = _LOOKUP[nucleic][np.frombuffer(data, dtype=np.uint8)]
+    size = len(codes)  # G: every global start and target lies in [0, G)
+    window_offset = k + np.concatenate([[0], np.cumsum(lengths + k)[:-1]])
+    n = size - k + 1
+    invalid = np.concatenate([[0], np.cumsum(codes == _INVALID, dtype=np.int64)])
+    valid = invalid[k : k + n] == invalid[:n]
+    digits = np.where(codes == _INVALID, 0, codes).astype(np.int64)
+    base = 4 if nucleic else len(_PROTEIN_LETTERS)
+    keys = _kmer_keys(digits, k, base)
+    rc_keys = None
+    if nucleic:  # key of the reverse complement of the k-mer at each start
+        complement = 3 - digits
+        rc_keys = np.zeros(n, dtype=np.int64)
+        if k * 2 <= 62:
+            for j in reversed(range(k)):
+                rc_keys *= 4
+                rc_keys += complement[j : j + n]
+        else:  # rank forward and reverse-complement k-mers together
+            both = np.concatenate([digits, np.zeros(k, np.int64), complement[::-1]])
+            joint = _kmer_keys(both, k, 4)
+            keys, rc_keys = joint[:n], joint[2 * size - np.arange(n)]
+
+    # keys must leave room for the start: key * G + g < 2**63
+    bits_needed = int(max(keys.max(), rc_keys.max() if rc_keys is not None else 0)).bit_length()
+    if bits_needed + int(size).bit_length() > 62:
+        everything = keys if rc_keys is None else np.concatenate([keys, rc_keys])
+        _, dense = np.unique(everything, return_inverse=True)
+        keys, rc_keys = dense[:n], (dense[n:] if rc_keys is not None else None)
+    starts = np.flatnonzero(valid)
+    table = np.sort(keys[starts] * size + starts)
+
+    # one query per owned position
+    window = np.repeat(np.arange(len(windows)), counts)
+    first = np.cumsum(counts) - counts  # index of each window's first owned position
+    local = np.arange(total) - first[window] + lo[window]
+    length = lengths[window]
+    a = surrounding_kmer_start(local, length, k)
+    g_a = window_offset[window] + a
+    g_i = window_offset[window] + local
+    first_start = window_offset[window]
+    last_start = window_offset[window] + length - k
+    query = (length >= k) & valid[np.minimum(g_a, n - 1)]
+    g_a, g_i = g_a[query], g_i[query]
+    first_start, last_start = first_start[query], last_start[query]
+
+    best = _nearest(table, size, keys[g_a], g_a, first_start, last_start)
+    best_strand = np.where(best != 0, 1, 0).astype(np.int8)
+    if nucleic:
+        rc = _nearest(table, size, rc_keys[g_a], 2 * g_i - g_a - k + 1, first_start,
+                      last_start)
+        closer = (rc != 0) & ((best == 0) | (np.abs(rc) < np.abs(best)))
+        best = np.where(closer, rc, best)
+        best_strand = np.where(closer, -1, best_strand).astype(np.int8)
+    offset[query] = best
+    strand[query] = best_strand
+    return offset, strand
+
+
+def _nearest(table: np.ndarray, size: int, key: np.ndarray, target: np.ndarray,
+             first: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """Per query, ``b - target`` for the start ``b != target`` of ``key`` in
+    ``[first, last]`` nearest to ``target`` (ties upstream); 0 when there is none."""
+    probe = key * size + target
+    order = np.argsort(probe)  # sorted probes: the searches walk the table in order
+    probe, key = probe[order], key[order]
+    first, last = first[order], last[order]
+    left = np.searchsorted(table, probe, side="left")  # first entry >= probe
+    at = table[np.minimum(left, len(table) - 1)] == probe
+    right = left + at  # first entry > probe
+    before = table[np.maximum(left - 1, 0)]
+    before_ok = (left > 0) & (before >= key * size + first)
+    after = table[np.minimum(right, len(table) - 1)]
+    after_ok = (right < len(table)) & (after <= key * size + last)
+    up = np.where(before_ok, before - probe, 0)  # negative
+    down = np.where(after_ok, after - probe, 0)  # positive
+    take_down = after_ok & (~before_ok | (down < -up))
+    nearest = np.empty(len(probe), dtype=np.int32)
+    nearest[order] = np.where(take_down, down, up)
+    return nearest
+
+
+def nearest_copies(residues: str | bytes, *, k: int, nucleic: bool, start: int = 0,
+                   end: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`window_copies` of one window ``residues``, for its positions ``[start, end)``."""
+    data = residues.encode() if isinstance(residues, str) else bytes(residues)
+    end = len(data) if end is None else end
+    return window_copies([data], [(start, end)], k=k, nucleic=nucleic)
+
+
+def copy_columns(offset: np.ndarray, strand: np.ndarray) -> tuple[pa.Array, pa.Array]:
+    """The ``copy_offset`` (int32) and ``copy_strand`` ("+"/"-") columns; null: no copy."""
+    none = strand == 0
+    letters = pa.array(["+", "-"], pa.string())
+    index = pa.array(np.where(strand < 0, 1, 0).astype(np.int8), mask=none)
+    return pa.array(offset, pa.int32(), mask=none), letters.take(index)
+
+
+# --- export as repeats --------------------------------------------------------------------
+
+def _intervals(table: pa.Table, order: dict[str, int]) -> pa.Table:
+    """Positions rows with a copy -> ``repeats`` rows: runs of consecutive positions of one
+    window whose copies are one shifted (direct) or mirrored (reverse complement) stretch."""
+    import pyarrow.compute as pc
+
+    if table.num_rows == 0:
+        return schema.REPEATS.empty_table()
+    seq_ids = table["seq_id"].combine_chunks().dictionary_encode()
+    names = seq_ids.dictionary.to_pylist()
+    seq = np.array([order[s] for s in names], dtype=np.int64)[seq_ids.indices.to_numpy()]
+    pos = table["pos"].to_numpy()
+    window = table["window_start"].to_numpy()
+    offset = table["copy_offset"].to_numpy().astype(np.int64)
+    direct = pc.equal(table["copy_strand"], "+").to_numpy(zero_copy_only=False)
+    rows = np.lexsort((pos, seq))
+    seq, pos, window, offset, direct = seq[rows], pos[rows], window[rows], offset[rows], \
+        direct[rows]
+    # direct: the copy is the stretch shifted by offset; reverse complement: mirrored
+    # about an axis, pos + partner = 2 * pos + offset
+    partner_key = np.where(direct, offset, 2 * pos + offset)
+    new = np.ones(len(pos), dtype=bool)
+    new[1:] = ((seq[1:] != seq[:-1]) | (pos[1:] != pos[:-1] + 1) | (window[1:] != window[:-1])
+               | (direct[1:] != direct[:-1]) | (partner_key[1:] != partner_key[:-1]))
+    first = np.flatnonzero(new)
+    last = np.concatenate([first[1:], [len(pos)]]) - 1
+    start, end = pos[first], pos[last] + 1
+    is_direct, key = direct[first], partner_key[first]
+    partner_start = np.where(is_direct, start + key, key - end + 1)
+    partner_end = np.where(is_direct, end + key, key - start + 1)
+    seq_names = pa.array(sorted(order, key=order.get), pa.string()).take(pa.array(seq[first]))
+    partner = pc.binary_join_element_wise(
+        seq_names, pc.binary_join_element_wise(pa.array(partner_start).cast(pa.string()),
+                                               pa.array(partner_end).cast(pa.string()), "-"),
+        ":")
+    count = len(first)
+    return pa.table({
+        "seq_id": seq_names,
+        "start": pa.array(start, pa.int64()),
+        "end": pa.array(end, pa.int64()),
+        "strand": pa.array(np.where(is_direct, "+", "-")),
+        "name": partner,
+        "class": pa.array([REPEAT_CLASS] * count, pa.string()),
+        "family": pa.array(np.where(is_direct, FAMILIES[1], FAMILIES[-1])),
+        "source": pa.array([SOURCE] * count, pa.string()),
+        "score": pa.nulls(count, pa.float64()),
+    }, schema=schema.REPEATS)
+
+
+def _read_copies(paths: list) -> pa.Table:
+    import pyarrow.dataset as ds
+
+    columns = ["seq_id", "pos", "window_start", "copy_offset", "copy_strand"]
+    if not paths:
+        return schema.POSITIONS.empty_table().select(columns)
+    data = ds.dataset([str(p) for p in paths], format="parquet", schema=schema.POSITIONS)
+    return data.to_table(columns=columns, filter=ds.field("copy_offset").is_valid())
+
+
+def _check_detected(manifest: dict, path) -> int:
+    k = manifest["scoring"].get("copy_k")
+    if not k:
+        raise ConfigError(f"{path} was ingested with --copy-k 0, so its positions have no copy "
+                          "columns; re-ingest into a new atlas with --copy-k K (or the default)")
+    return k
+
+
+def copy_repeats(atlas) -> pa.Table:
+    """The detector's copies of an atlas as ``repeats`` rows, without writing anything.
+
+    Each row is a run of consecutive positions, scored from one window, whose copies form one
+    stretch: ``strand`` "+" (family ``direct``: shifted by a constant offset) or "-" (family
+    ``reverse_complement``: mirrored). ``name`` is that stretch, ``seq_id:start-end``, 0-based
+    half-open; class ``in_context_copy``, source ``seqatlas-copies``, score null.
+    """
+    from seqatlas.atlas import Atlas
+
+    atlas = Atlas(atlas)
+    _check_detected(atlas.manifest, atlas.path)
+    order = {s: i for i, s in enumerate(atlas.sequences(columns=["seq_id"])["seq_id"]
+                                        .to_pylist())}
+    return _intervals(_read_copies(atlas.part_paths("positions")), order)
+
+
+def annotate_copies(atlas) -> dict:
+    """Commit :func:`copy_repeats` to the atlas's ``repeats`` table.
+
+    Only positions parts not covered by an earlier detection are read, so re-running adds
+    nothing, and after a further ingest it adds the new parts' copies only.
+    """
+    from seqatlas.atlas import Atlas, AtlasWriter
+
+    with AtlasWriter(atlas) as writer:
+        k = _check_detected(writer.manifest, writer.path)
+        covered = {unit for record in writer.manifest["units"].values()
+                   if record.get("detector") == SOURCE for unit in record["positions_units"]}
+        parts = writer.manifest["parts"]["positions"]
+        todo = sorted(name for name, meta in parts.items() if meta["unit"] not in covered)
+        summary = {"file": None, "format": SOURCE, "copy_k": k, "renamed": {},
+                   "positions_parts": len(todo), "repeats": 0, "already_imported": not todo}
+        if not todo:
+            return summary
+        order = {s: i for i, s in enumerate(Atlas(writer.path).sequences(
+            columns=["seq_id"])["seq_id"].to_pylist())}
+        table = _intervals(_read_copies([writer.path / "positions" / p for p in todo]), order)
+        units = sorted(parts[name]["unit"] for name in todo)
+        key = "copies-" + hashlib.sha256(json.dumps([DEFINITION_VERSION, k, units])
+                                         .encode()).hexdigest()
+        writer.commit(key, {"repeats": table},
+                      unit={"detector": SOURCE, "copy_k": k,
+                            "definition_version": DEFINITION_VERSION, "positions_units": units,
+                            "repeats": table.num_rows})
+        summary["repeats"] = table.num_rows
+        return summary

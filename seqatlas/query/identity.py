@@ -1,0 +1,260 @@
+"""Does an embedding encode a token's identity or its context? (Sanabria et al. 2024)
+
+For a random sample of tokens and each stored layer: the k nearest neighbours of each
+sampled token (itself left out) and
+
+- ``identity``: the fraction of neighbours whose token text equals the query's;
+- ``next`` / ``prev``: the fraction whose next non-overlapping token (the one starting at
+  the neighbour's ``end``) equals the query's next token, or whose preceding one (the one
+  ending at its ``start``) equals the query's preceding token (both must exist);
+- ``context``: the fraction where either of these holds.
+
+Chance levels are what a random pair of tokens (a, b), drawn independently from all tokens
+of the atlas, scores: ``identity_chance = Σ_t f_t²`` with f_t the frequency of token text t;
+``next_chance = Σ_u (n_u / N)²`` with n_u the number of tokens whose next token is u (N: all
+tokens), ``prev_chance`` likewise, and ``context_chance = next_chance + prev_chance −
+Σ_(p,u) (m_pu / N)²`` (inclusion-exclusion; m_pu counts tokens whose preceding token is p and
+next is u). Neighbours come from a built index over the layer's column when there is one,
+else from an exact in-memory FAISS Flat over that column, streamed from the parts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from seqatlas import schema
+from seqatlas.atlas import Atlas
+from seqatlas.errors import ConfigError
+
+METRICS = ("cosine", "ip", "l2")
+BATCH_ROWS = 65536
+_CONTEXT_JOINS = """
+    LEFT JOIN tokens nx ON nx.token_id = t.token_id + (t."end" - t.start)
+                       AND nx.start = t."end"
+    LEFT JOIN tokens pv ON pv.token_id + (pv."end" - pv.start) = t.token_id
+                       AND pv."end" = t.start"""
+# token_id = the sequence's global_start + start, so the token starting at t.end of the same
+# sequence has token_id t.token_id + (t.end - t.start); the start/end equalities rule out a
+# token of the neighbouring sequence. Integer keys keep both joins plain hash joins.
+
+
+@dataclass
+class IdentityConfig:
+    """Sample size, neighbours and layers of the diagnostic."""
+
+    sample: int = 1000  # tokens sampled (all of them when the atlas has fewer)
+    k: int = 10  # neighbours per sampled token
+    layers: list[int] | None = None  # stored layers to test; None: all of them
+    seed: int = 0
+    index: str | None = None  # use this index; None: any built index over the layer's column
+    nprobe: int | None = None
+    metric: str = "cosine"  # of the exact in-memory search (a built index keeps its own)
+
+    def validate(self) -> None:
+        if self.sample < 1 or self.k < 1:
+            raise ConfigError("--sample and -k must be 1 or more")
+        if self.metric not in METRICS:
+            raise ConfigError(f"--metric must be one of {', '.join(METRICS)}, not "
+                              f"{self.metric!r}")
+
+
+def _float32(array: pa.Array, dim: int) -> np.ndarray:
+    """A fixed_size_list<float16> column as a float32 (n, dim) matrix."""
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    return array.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)
+
+
+def _parts(atlas: Atlas) -> list[tuple]:
+    counts = atlas.manifest["parts"]["tokens"]
+    return [(path, counts[path.name]["rows"]) for path in atlas.part_paths("tokens")]
+
+
+def sample_rows(atlas: Atlas, column: str, n: int, seed: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and float32 vectors of ``n`` tokens drawn uniformly without replacement,
+    reading only the row groups that hold them."""
+    parts = _parts(atlas)
+    total = sum(rows for _, rows in parts)
+    picks = np.sort(np.random.default_rng(seed).choice(total, size=min(n, total),
+                                                       replace=False))
+    dim = atlas.manifest["model"]["hidden_size"]
+    ids, vectors, base = [], [], 0
+    for path, rows in parts:
+        mine = picks[(picks >= base) & (picks < base + rows)] - base
+        base += rows
+        if not len(mine):
+            continue
+        handle = pq.ParquetFile(path)
+        group_start = 0
+        for g in range(handle.num_row_groups):
+            size = handle.metadata.row_group(g).num_rows
+            local = mine[(mine >= group_start) & (mine < group_start + size)] - group_start
+            group_start += size
+            if len(local):
+                table = handle.read_row_group(g, columns=["token_id", column]).take(local)
+                ids.append(table["token_id"].to_numpy())
+                vectors.append(_float32(table[column], dim))
+    return np.concatenate(ids), np.concatenate(vectors)
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms > 0, norms, 1)
+
+
+def exact_neighbours(atlas: Atlas, column: str, queries: np.ndarray, k: int, metric: str
+                     ) -> np.ndarray:
+    """Token ids (n, k) of each query's k nearest tokens: an exact FAISS Flat over
+    ``column``, built in memory from the parts one batch at a time."""
+    import faiss
+
+    dim = queries.shape[1]
+    flat = faiss.IndexFlatL2(dim) if metric == "l2" else faiss.IndexFlatIP(dim)
+    ids = []
+    for path, _ in _parts(atlas):
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS,
+                                                       columns=["token_id", column]):
+            vectors = _float32(batch.column(1), dim)
+            flat.add(_normalise(vectors) if metric == "cosine" else vectors)
+            ids.append(batch.column(0).to_numpy())
+    queries = _normalise(queries) if metric == "cosine" else queries
+    _, found = flat.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, flat.ntotal))
+    ids = np.concatenate(ids)
+    return np.where(found >= 0, ids[np.maximum(found, 0)], -1)
+
+
+def _without_self(found: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
+    """Each row's first k ids other than the query's own (-1 where fewer were found)."""
+    out = np.full((len(found), k), -1, dtype=np.int64)
+    for i, row in enumerate(found):
+        rest = row[(row != own[i]) & (row >= 0)][:k]
+        out[i, : len(rest)] = rest
+    return out
+
+
+def _context(engine, token_ids: np.ndarray) -> dict[int, tuple]:
+    """token_id -> (token, next token, preceding token) for the given ids."""
+    engine.con.register("identity_ids", pa.table({"token_id": np.unique(token_ids)}))
+    rows = engine.execute_internal(f"""
+        SELECT t.token_id, t.token, nx.token, pv.token
+        FROM (SELECT t.* FROM tokens t SEMI JOIN identity_ids i ON t.token_id = i.token_id) t
+        {_CONTEXT_JOINS}""").fetchall()
+    return {r[0]: r[1:] for r in rows}
+
+
+def chance_levels(engine) -> dict[str, float]:
+    """Identity, next, preceding and context agreement of random token pairs."""
+    n, identity = engine.execute_internal(
+        "SELECT sum(c)::DOUBLE, sum(c * c)::DOUBLE FROM "
+        "(SELECT count(*) AS c FROM tokens GROUP BY token)").fetchall()[0]
+    engine.execute_internal(f"""CREATE OR REPLACE TEMP TABLE identity_pairs AS
+        SELECT nx.token AS next, pv.token AS prev, count(*) AS n FROM tokens t {_CONTEXT_JOINS}
+        GROUP BY ALL""")
+    next_, prev, both = engine.execute_internal("""SELECT
+        (SELECT sum(c * c)::DOUBLE FROM (SELECT sum(n) AS c FROM identity_pairs
+                                         WHERE next IS NOT NULL GROUP BY next)),
+        (SELECT sum(c * c)::DOUBLE FROM (SELECT sum(n) AS c FROM identity_pairs
+                                         WHERE prev IS NOT NULL GROUP BY prev)),
+        (SELECT sum(n * n)::DOUBLE FROM identity_pairs
+         WHERE next IS NOT NULL AND prev IS NOT NULL)""").fetchall()[0]
+    square = n * n
+    next_, prev, both = (v or 0.0 for v in (next_, prev, both))
+    return {"identity": identity / square, "next": next_ / square, "prev": prev / square,
+            "context": (next_ + prev - both) / square}
+
+
+def _find_index(atlas: Atlas, column: str, name: str | None):
+    """A built index over ``column`` (the one named, or any), or None."""
+    from seqatlas.index import list_indexes, load_index
+
+    if name is not None:
+        index = load_index(atlas, name=name)
+        if index.column != column:
+            raise ConfigError(f"index {name!r} is over {index.column!r}, not {column!r}; "
+                              "choose the layer it was built from, or another --index")
+        return name, index
+    for meta in list_indexes(atlas):
+        if meta.get("column") == column:
+            return meta["name"], load_index(atlas, name=meta["name"])
+    return None
+
+
+def identity(atlas, *, config: IdentityConfig | None = None, **options) -> pa.Table:
+    """One row per tested layer: identity, next, prev and context agreement of the sampled
+    tokens' neighbours, beside their chance levels; see the module docstring."""
+    from seqatlas.query.engine import Engine
+    from seqatlas.query.knn import require_embeddings
+
+    config = config or IdentityConfig(**options)
+    config.validate()
+    atlas = atlas if isinstance(atlas, Atlas) else Atlas(atlas)
+    require_embeddings(atlas)
+    columns = schema.embedding_columns(atlas.manifest["scoring"])
+    if config.layers is not None:
+        layers = _resolve(atlas, config.layers, columns)
+    elif config.index is not None:  # the layer the named index was built from
+        from seqatlas.index import list_indexes
+
+        built = {meta["name"]: meta["column"] for meta in list_indexes(atlas)}
+        layers = [layer for layer, name in columns.items()
+                  if name == built.get(config.index)] or list(columns)
+    else:
+        layers = list(columns)
+    rows = []
+    with Engine(atlas, anomaly_views=False) as engine:
+        chance = chance_levels(engine)
+        for layer in layers:
+            column = columns[layer]
+            own, queries = sample_rows(atlas, column, config.sample, config.seed)
+            built = _find_index(atlas, column, config.index)
+            if built is not None:
+                name, index = built
+                _, found = index.search(queries, config.k + 1, nprobe=config.nprobe)
+                source = f"index {name!r} ({index.meta.get('type')}, " \
+                         f"{index.meta.get('metric')})"
+            else:
+                found = exact_neighbours(atlas, column, queries, config.k + 1, config.metric)
+                source = f"exact in-memory Flat ({config.metric})"
+            neighbours = _without_self(found, own, config.k)
+            info = _context(engine, np.concatenate([own, neighbours[neighbours >= 0]]))
+            rows.append({"layer": layer, "column": column, "neighbours": source,
+                         "sample": len(own), "k": config.k,
+                         **_agreement(info, own, neighbours, chance)})
+    return pa.Table.from_pylist(rows)
+
+
+def _agreement(info: dict, own: np.ndarray, neighbours: np.ndarray, chance: dict) -> dict:
+    same = {"identity": [], "next": [], "prev": [], "context": []}
+    for q, row in zip(own, neighbours):
+        token, nxt, prv = info[int(q)]
+        for nb in row[row >= 0]:
+            nb_token, nb_next, nb_prev = info[int(nb)]
+            next_match = nxt is not None and nb_next == nxt
+            prev_match = prv is not None and nb_prev == prv
+            same["identity"].append(nb_token == token)
+            same["next"].append(next_match)
+            same["prev"].append(prev_match)
+            same["context"].append(next_match or prev_match)
+    out = {}
+    for name in ("identity", "context", "next", "prev"):
+        out[name] = float(np.mean(same[name])) if same[name] else float("nan")
+        out[f"{name}_chance"] = chance[name]
+    return out
+
+
+def _resolve(atlas: Atlas, requested: list[int], columns: dict[int, str]) -> list[int]:
+    num_layers = atlas.manifest["model"].get("num_layers")
+    layers = []
+    for value in requested:
+        layer = value + num_layers + 1 if value < 0 and num_layers is not None else value
+        if layer not in columns:
+            raise ConfigError(f"--layer {value}: {atlas.path} stores layer(s) "
+                              f"{', '.join(map(str, columns))} only")
+        if layer not in layers:
+            layers.append(layer)
+    return layers

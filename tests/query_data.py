@@ -1,0 +1,63 @@
+"""Synthetic atlases with chosen scores and repeats, written through AtlasWriter."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from seqatlas import schema
+from seqatlas.atlas import AtlasWriter
+
+MODEL = {"name": "synthetic", "model_type": "bert", "parameters": 0, "weights_sha256": "0" * 64,
+         "tokenizer": {"family": "single"}, "hidden_size": 8}
+
+
+def _table(arrow_schema: pa.Schema, columns: dict) -> pa.Table:
+    n = len(next(iter(columns.values())))
+    arrays = [pa.array(columns[f.name], type=f.type) if f.name in columns
+              else pa.nulls(n, type=f.type) for f in arrow_schema]
+    return pa.Table.from_arrays(arrays, schema=arrow_schema)
+
+
+def make_atlas(path: Path, sequences: dict[str, str], scores: dict[str, np.ndarray], *,
+               likelihood: str = "exact", repeats: list[tuple] | None = None,
+               copies: dict[str, np.ndarray] | None = None) -> Path:
+    """One positions part per sequence; ``scores`` go into logp (or logp_unmasked).
+
+    ``repeats`` rows are (seq_id, start, end, name, class, family); ``copies`` gives a
+    copy offset per position (0: no copy) for atlases with the copy columns.
+    """
+    scoring = {"likelihood": likelihood, "embeddings": False, "strands": "forward",
+               "window": 100, "overlap": 25, "embedding_dtype": None, "layer": None}
+    column = "logp" if likelihood in ("exact", "fast") else "logp_unmasked"
+    with AtlasWriter(path, kind="dna", model=MODEL, scoring=scoring) as writer:
+        start = 0
+        for ordinal, (seq_id, residues) in enumerate(sequences.items()):
+            n = len(residues)
+            values = np.asarray(scores[seq_id], dtype=np.float32)
+            positions = {"seq_id": [seq_id] * n, "pos": np.arange(n), "ref": list(residues),
+                         "soft_masked": [False] * n,
+                         column: [None if np.isnan(v) else float(v) for v in values]}
+            if copies is not None and "copy_offset" in schema.POSITIONS.names:
+                offsets = copies[seq_id]
+                positions["copy_offset"] = [int(o) if o else None for o in offsets]
+                positions["copy_strand"] = ["+" if o > 0 else "-" if o < 0 else None
+                                            for o in offsets]
+            sequence = {"seq_id": [seq_id], "ordinal": [ordinal], "length": [n],
+                        "description": [""], "source": ["synthetic"], "sha1": [""],
+                        "global_start": [start], "token_offset": [start]}
+            key = hashlib.sha256(seq_id.encode()).hexdigest()
+            writer.commit(key, {"sequences": _table(schema.SEQUENCES, sequence),
+                                              "positions": _table(schema.POSITIONS, positions)})
+            start += n
+        if repeats:
+            rows = list(zip(*repeats))
+            table = _table(schema.REPEATS, {
+                "seq_id": rows[0], "start": rows[1], "end": rows[2], "strand": ["+"] * len(
+                    repeats), "name": rows[3], "class": rows[4], "family": rows[5],
+                "source": ["bed"] * len(repeats), "score": [None] * len(repeats)})
+            writer.commit("r" * 24, {"repeats": table})
+    return path
