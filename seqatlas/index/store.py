@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -21,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from seqatlas.atlas import Atlas
+from seqatlas.atlas import _fsync_dir as _fsync
+from seqatlas.ingest.plan import file_sha256
 from seqatlas.errors import AtlasIndexError, ConfigError
 
 INDEX_DIR = "index"
@@ -38,22 +39,6 @@ def check_name(name: str) -> None:
     if not name or name.startswith(".") or not all(c.isalnum() or c in "-_." for c in name):
         raise ConfigError(f"index name {name!r}: use letters, digits, '-', '_' or '.', not "
                           "starting with '.'")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _exchange(a: Path, b: Path) -> bool:
