@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -334,6 +335,17 @@ def test_enrichment_matches_scipy_on_known_counts(atlas):
     for (group, _), q_value in zip(ps, q):
         assert table[group]["q_value"] == pytest.approx(q_value)
     assert table["LINE"]["n_inside"] == 20 and table["Simple_repeat"]["anomalous_inside"] == 16
+
+
+def test_enrichment_without_anomalies_has_no_odds_ratio(atlas, capsys):
+    rows = seqatlas.query.enrichment(atlas, params=AnomalyParams(z=1e6)).to_pylist()
+    assert rows and all(r["anomalous_inside"] == r["anomalous_outside"] == 0 for r in rows)
+    for row in rows:
+        assert math.isnan(row["odds_ratio"]) and math.isnan(row["ci_low"])
+        assert math.isnan(row["ci_high"]) and row["p_value"] == row["q_value"] == 1.0
+    assert main(["query", "enrichment", "--atlas", str(atlas), "--z", "1e6",
+                 "--format", "csv"]) == 0
+    assert "no position has |z| >= 1e+06" in capsys.readouterr().err
 
 
 def test_enrichment_by_name_and_cli_parity(atlas, capsys):

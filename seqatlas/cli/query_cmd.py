@@ -175,6 +175,10 @@ def enrichment(
     from seqatlas.query.engine import write_result
 
     table = run(atlas, by=by.value, params=_params(column, z, tail, smooth, 1, 0))
+    if table.num_rows and not any(table.column("anomalous_inside").to_pylist()) \
+            and not table.column("anomalous_outside")[0].as_py():
+        typer.echo(f"Note: no position has |z| >= {z:g} in the {tail.value} tail, so no odds "
+                   "ratio can be estimated; lower --z or use --tail both.", err=True)
     if output is not None:
         fmt = "parquet" if format == Format.table else format.value
         write_result(table, output, fmt)

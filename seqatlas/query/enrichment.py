@@ -72,11 +72,14 @@ def odds_ratio_test(anomalous_inside: int, n_inside: int, anomalous_outside: int
     """Sample odds ratio, its 95% Woolf interval, and the two-sided Fisher exact p.
 
     With a zero cell the interval is computed on the table plus 0.5 (Haldane-Anscombe), so
-    it stays finite; the odds ratio itself is not corrected.
+    it stays finite; the odds ratio itself is not corrected. A table with an empty margin
+    (no positions inside or outside, or no anomalous or no other positions at all) says
+    nothing about enrichment: odds ratio and interval are NaN and p is 1.
     """
     from scipy.stats import fisher_exact, norm
 
-    if n_inside == 0 or n_outside == 0:
+    anomalous = anomalous_inside + anomalous_outside
+    if n_inside == 0 or n_outside == 0 or anomalous in (0, n_inside + n_outside):
         return math.nan, math.nan, math.nan, 1.0
     cells = [anomalous_inside, n_inside - anomalous_inside,
              anomalous_outside, n_outside - anomalous_outside]
