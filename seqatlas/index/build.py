@@ -20,6 +20,7 @@ import numpy as np
 from seqatlas.atlas import Atlas, AtlasWriter
 from seqatlas.errors import ConfigError
 from seqatlas.index import store
+from seqatlas.progress import progress_bar
 from seqatlas.index.vectors import EmbeddingSource, column_layer, normalise, tokens_fingerprint
 
 TYPES = ("auto", "flat", "ivf-flat", "ivf-pq", "hnsw")
@@ -412,22 +413,6 @@ def calibrate(index, plan: Plan, queries: np.ndarray, truth: np.ndarray,
     return result
 
 
-def _progress(enabled: bool, total: int):
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn,
-                               TextColumn, TimeElapsedColumn, TimeRemainingColumn)
-    from rich.text import Text
-
-    class RateColumn(ProgressColumn):
-        def render(self, task):
-            speed = task.finished_speed or task.speed
-            return Text(f"{speed:,.0f} vectors/s" if speed else "-- vectors/s", style="cyan")
-
-    progress = Progress(TextColumn("[bold]adding"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("vectors"), RateColumn(), TimeElapsedColumn(),
-                        TextColumn("ETA"), TimeRemainingColumn(), disable=not enabled)
-    return progress, progress.add_task("adding", total=total)
-
-
 def _gpu_resources(index):
     """Move the IVF coarse quantizer's work (k-means, assignment) to all GPUs."""
     import faiss
@@ -527,7 +512,8 @@ def build_index(atlas: str | os.PathLike | Atlas, **options) -> dict:
             index, shards = add_sharded(index, source, shards, config=config,
                                         calibration=calibration, gpu=gpu)
         else:
-            progress, task = _progress(config.progress, n)
+            progress, task = progress_bar(label="adding", unit="vectors", total=n,
+                                          enabled=config.progress)
             adder = Adder(index, gpu)
             try:
                 with progress:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from seqatlas.errors import AtlasIndexError, ConfigError, SeqAtlasError
+from seqatlas.progress import progress_bar
 
 
 def split_parts(rows: list[int], shards: int) -> list[range]:
@@ -100,9 +101,8 @@ def add_sharded(index, source, shards: int, *, config, calibration, gpu: bool = 
                             [source.rows[i] for i in group], config.metric, queries,
                             calibration.k, config.batch_rows, threads, gpu)
                 for group in groups]
-        from seqatlas.index.build import _progress
-
-        progress, bar = _progress(config.progress, source.total)
+        progress, bar = progress_bar(label="adding", unit="vectors", total=source.total,
+                                     enabled=config.progress)
         results: dict = {}
         with progress:
             pending = {ref: i for i, ref in enumerate(refs)}

@@ -16,6 +16,7 @@ from pathlib import Path
 from seqatlas import __version__
 from seqatlas.atlas import Atlas, AtlasWriter
 from seqatlas.errors import ConfigError, IngestError, InputError
+from seqatlas.progress import progress_bar
 from seqatlas.ingest.copies import default_copy_k
 from seqatlas.ingest.fasta import KINDS, detect_kind
 from seqatlas.ingest.plan import InputPlan, UnitPlan, iter_unit_jobs, plan_units, scan_input
@@ -313,24 +314,6 @@ def _register_inputs(writer: AtlasWriter, inputs: list[InputPlan], kind: str) ->
                       unit={"input": str(plan.path)}, inputs=[{**plan.describe(), "kind": kind}])
 
 
-def _progress(enabled: bool, total: int):
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn,
-                               TextColumn, TimeElapsedColumn, TimeRemainingColumn)
-    from rich.text import Text
-
-    class RateColumn(ProgressColumn):
-        def render(self, task):
-            speed = task.finished_speed or task.speed
-            return Text(f"{speed:,.0f} pos/s" if speed else "-- pos/s", style="cyan")
-
-    progress = Progress(TextColumn("[bold]scoring"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("positions"), RateColumn(), TimeElapsedColumn(),
-                        TextColumn("ETA"), TimeRemainingColumn(), disable=not enabled,
-                        transient=False)
-    task = progress.add_task("scoring", total=total)
-    return progress, task
-
-
 def _run_units(config, spec, scoring_args, inputs, per_input, committed, todo, writer, report,
                kind) -> None:
     from seqatlas.ingest.workers import LocalExecutor, RayExecutor
@@ -345,7 +328,8 @@ def _run_units(config, spec, scoring_args, inputs, per_input, committed, todo, w
               for item in iter_unit_jobs(plan, per_input[index], kind=kind, skip=committed))
     retry: deque = deque()
     attempts: dict[str, int] = {}
-    progress, task = _progress(config.progress, sum(u.positions for u in todo))
+    progress, task = progress_bar(label="scoring", unit="positions", rate_unit="pos",
+                                  total=sum(u.positions for u in todo), enabled=config.progress)
     started = time.perf_counter()
     try:
         with progress:

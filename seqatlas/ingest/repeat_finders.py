@@ -30,6 +30,7 @@ import pyarrow as pa
 from seqatlas import schema
 from seqatlas.atlas import Atlas
 from seqatlas.errors import ConfigError, FastaError, InputError, ToolError
+from seqatlas.progress import progress_bar
 from seqatlas.ingest.fasta import read_fasta
 from seqatlas.ingest.repeats import check_within, commit_repeats, parse_repeats
 
@@ -156,17 +157,6 @@ def atlas_residues(atlas: Atlas) -> Iterator[tuple[str, bytes, str]]:
             yield seq_id, residues, "positions"
 
 
-def _progress(enabled: bool, program: str, total: int):
-    from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn)
-
-    progress = Progress(TextColumn(f"[bold]{program}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("residues"), TimeElapsedColumn(), disable=not enabled,
-                        console=Console(stderr=True))
-    return progress, progress.add_task(program, total=total)
-
-
 def _tail(path: Path, lines: int = 15) -> str:
     text = path.read_text(errors="replace").strip().splitlines()
     return "\n".join(text[-lines:]) or "(nothing on stderr)"
@@ -229,7 +219,8 @@ def run_repeat_finder(atlas: str | Path, program: str, *, args: str | None = Non
                     fasta.write(residues[i:i + 80] + b"\n")
         argv = finder.command(executable, "atlas.fa", arguments)
         shown = shlex.join([program, *argv[1:]])
-        bar, task = _progress(progress, program, offset)
+        bar, task = progress_bar(label=program, unit="residues", total=offset,
+                                 enabled=progress)
 
         def watched(lines):
             for line in lines:
