@@ -196,21 +196,19 @@ def _export(format: str, atlas, output, column, params) -> None:
 
 
 OUTPUT = typer.Option(..., "--output", "-o", help="File to write.")
+TRACK_COLUMN = typer.Option("z", "--column", help="z, logp, logp_unmasked, logp_mean, "
+                            "entropy, rank, ...")
 
 
 @export_app.command("bedgraph")
-def bedgraph(atlas: Path = ATLAS, output: Path = OUTPUT,
-             column: str = typer.Option("z", "--column", help="z, logp, logp_unmasked, "
-                                        "logp_mean, entropy, rank, ..."),
+def bedgraph(atlas: Path = ATLAS, output: Path = OUTPUT, column: str = TRACK_COLUMN,
              smooth: int = SMOOTH, score: Optional[str] = SCORE_COLUMN) -> None:
     """A bedGraph of a per-position column (runs of equal values merged)."""
     _export("bedgraph", atlas, output, column, _params(score, 3.0, Tail.both, smooth, 1, 0))
 
 
 @export_app.command("bigwig")
-def bigwig(atlas: Path = ATLAS, output: Path = OUTPUT,
-           column: str = typer.Option("z", "--column", help="z, logp, logp_unmasked, "
-                                      "logp_mean, entropy, rank, ..."),
+def bigwig(atlas: Path = ATLAS, output: Path = OUTPUT, column: str = TRACK_COLUMN,
            smooth: int = SMOOTH, score: Optional[str] = SCORE_COLUMN) -> None:
     """A bigWig of a per-position column (needs pyBigWig)."""
     _export("bigwig", atlas, output, column, _params(score, 3.0, Tail.both, smooth, 1, 0))
