@@ -145,6 +145,20 @@ def test_bed_and_gff3(tmp_path):
         (100, 200, "L2", "LINE", "L2"), (300, 330, "CAG", "tandem_repeat", None)]
 
 
+def test_gff3_stops_at_its_fasta_section(tmp_path):
+    text = GFF + "##FASTA\n>chr1\nACGTACGT\n"
+    rows = read_repeats(_write(tmp_path, "prokka.gff3", text), format="gff3").to_pylist()
+    assert [(r["start"], r["end"]) for r in rows] == [(100, 200), (300, 330)]
+
+
+def test_truncated_gzip_is_a_clear_error(tmp_path):
+    whole = gzip.compress(BED.encode() * 2000)
+    path = tmp_path / "cut.bed.gz"
+    path.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(InputError, match="cut.bed.gz: corrupt or truncated gzip"):
+        read_repeats(path, format="bed")
+
+
 def test_rename_maps_sequence_names(tmp_path):
     rows = read_repeats(_write(tmp_path, "r.bed", BED), rename={"chr3": "3"}).to_pylist()
     assert {r["seq_id"] for r in rows} == {"3"}

@@ -147,9 +147,10 @@ def window_copies(windows: Sequence[bytes], owned: Sequence[tuple[int, int]], *,
     size = len(codes)  # G: every global start and target lies in [0, G)
     window_offset = k + np.concatenate([[0], np.cumsum(lengths + k)[:-1]])
     n = size - k + 1
-    invalid = np.concatenate([[0], np.cumsum(codes == _INVALID, dtype=np.int64)])
+    bad = codes == _INVALID
+    invalid = np.concatenate([[0], np.cumsum(bad, dtype=np.int64)])
     valid = invalid[k : k + n] == invalid[:n]
-    digits = np.where(codes == _INVALID, 0, codes).astype(np.int64)
+    digits = np.where(bad, 0, codes).astype(np.int64)
     base = 4 if nucleic else len(_PROTEIN_LETTERS)
     keys = _kmer_keys(digits, k, base)
     rc_keys = None
@@ -179,11 +180,10 @@ def window_copies(windows: Sequence[bytes], owned: Sequence[tuple[int, int]], *,
     first = np.cumsum(counts) - counts  # index of each window's first owned position
     local = np.arange(total) - first[window] + lo[window]
     length = lengths[window]
-    a = surrounding_kmer_start(local, length, k)
-    g_a = window_offset[window] + a
-    g_i = window_offset[window] + local
     first_start = window_offset[window]
-    last_start = window_offset[window] + length - k
+    g_a = first_start + surrounding_kmer_start(local, length, k)
+    g_i = first_start + local
+    last_start = first_start + length - k
     query = (length >= k) & valid[np.minimum(g_a, n - 1)]
     g_a, g_i = g_a[query], g_i[query]
     first_start, last_start = first_start[query], last_start[query]
@@ -242,13 +242,15 @@ def copy_columns(offset: np.ndarray, strand: np.ndarray) -> tuple[pa.Array, pa.A
 
 # --- export as repeats --------------------------------------------------------------------
 
-def _intervals(table: pa.Table, order: dict[str, int]) -> pa.Table:
+def _intervals(table: pa.Table, seq_order: list[str]) -> pa.Table:
     """Positions rows with a copy -> ``repeats`` rows: runs of consecutive positions of one
-    window whose copies are one shifted (direct) or mirrored (reverse complement) stretch."""
+    window whose copies are one shifted (direct) or mirrored (reverse complement) stretch.
+    ``seq_order``: the atlas's sequence ids in order, which the rows follow."""
     import pyarrow.compute as pc
 
     if table.num_rows == 0:
         return schema.REPEATS.empty_table()
+    order = {s: i for i, s in enumerate(seq_order)}
     seq_ids = table["seq_id"].combine_chunks().dictionary_encode()
     names = seq_ids.dictionary.to_pylist()
     seq = np.array([order[s] for s in names], dtype=np.int64)[seq_ids.indices.to_numpy()]
@@ -271,7 +273,7 @@ def _intervals(table: pa.Table, order: dict[str, int]) -> pa.Table:
     is_direct, key = direct[first], partner_key[first]
     partner_start = np.where(is_direct, start + key, key - end + 1)
     partner_end = np.where(is_direct, end + key, key - start + 1)
-    seq_names = pa.array(sorted(order, key=order.get), pa.string()).take(pa.array(seq[first]))
+    seq_names = pa.array(seq_order, pa.string()).take(pa.array(seq[first]))
     partner = pc.binary_join_element_wise(
         seq_names, pc.binary_join_element_wise(pa.array(partner_start).cast(pa.string()),
                                                pa.array(partner_end).cast(pa.string()), "-"),
@@ -300,6 +302,11 @@ def _read_copies(paths: list) -> pa.Table:
     return data.to_table(columns=columns, filter=ds.field("copy_offset").is_valid())
 
 
+def _seq_order(atlas) -> list[str]:
+    """An :class:`~seqatlas.atlas.Atlas`'s sequence ids, in order."""
+    return atlas.sequences(columns=["seq_id"])["seq_id"].to_pylist()
+
+
 def _check_detected(manifest: dict, path) -> int:
     k = manifest["scoring"].get("copy_k")
     if not k:
@@ -320,9 +327,7 @@ def copy_repeats(atlas) -> pa.Table:
 
     atlas = Atlas(atlas)
     _check_detected(atlas.manifest, atlas.path)
-    order = {s: i for i, s in enumerate(atlas.sequences(columns=["seq_id"])["seq_id"]
-                                        .to_pylist())}
-    return _intervals(_read_copies(atlas.part_paths("positions")), order)
+    return _intervals(_read_copies(atlas.part_paths("positions")), _seq_order(atlas))
 
 
 def annotate_copies(atlas) -> dict:
@@ -343,9 +348,8 @@ def annotate_copies(atlas) -> dict:
                    "positions_parts": len(todo), "repeats": 0, "already_imported": not todo}
         if not todo:
             return summary
-        order = {s: i for i, s in enumerate(Atlas(writer.path).sequences(
-            columns=["seq_id"])["seq_id"].to_pylist())}
-        table = _intervals(_read_copies([writer.path / "positions" / p for p in todo]), order)
+        table = _intervals(_read_copies([writer.path / "positions" / p for p in todo]),
+                           _seq_order(Atlas(writer.path)))
         units = sorted(parts[name]["unit"] for name in todo)
         key = "copies-" + hashlib.sha256(json.dumps([DEFINITION_VERSION, k, units])
                                          .encode()).hexdigest()

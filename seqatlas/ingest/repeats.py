@@ -9,14 +9,17 @@ TRF on an atlas's own sequences is in :mod:`seqatlas.ingest.repeat_finders`.
 
 from __future__ import annotations
 
-import gzip
+import io
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, TextIO
 
+import numpy as np
 import pyarrow as pa
 
 from seqatlas import schema
 from seqatlas.errors import ConfigError, InputError
+from seqatlas.ingest.fasta import _GZIP_ERRORS, open_text_stream
 
 Row = tuple  # (seq_id, start, end, strand, name, class, family, score)
 FORMATS = ("repeatmasker", "ucsc-rmsk", "ucsc-simplerepeat", "trf-dat", "trf-ngs",
@@ -27,12 +30,14 @@ class _Bad(Exception):
     """A line that does not parse; turned into an InputError with file and line."""
 
 
-def _open(path: Path):
-    with open(path, "rb") as fh:
-        magic = fh.read(2)
-    if magic == b"\x1f\x8b":
-        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
-    return open(path, encoding="utf-8", errors="replace")
+@contextmanager
+def _open(path: Path) -> Iterator[TextIO]:
+    """The file as text, gunzipped when compressed; a corrupt gzip stream is an InputError."""
+    with io.TextIOWrapper(open_text_stream(path), encoding="utf-8", errors="replace") as fh:
+        try:
+            yield fh
+        except _GZIP_ERRORS as exc:
+            raise InputError(f"{path}: corrupt or truncated gzip file ({exc})") from None
 
 
 def _int(text: str, what: str) -> int:
@@ -79,7 +84,7 @@ def _ucsc_rmsk(lines) -> Iterator[tuple[int, Row | None]]:
         if len(f) < 13:
             raise _Bad(f"expected 17 tab-separated columns, found {len(f)}")
         start, end = _interval(_int(f[6], "genoStart"), _int(f[7], "genoEnd"))
-        yield number, (f[5], start, end, f[9] if f[9] in "+-" else None, f[10], f[11],
+        yield number, (f[5], start, end, f[9] if f[9] in ("+", "-") else None, f[10], f[11],
                        f[12] if f[12] != f[11] else None, _float(f[1]))
 
 
@@ -102,9 +107,10 @@ def _trf(lines, *, ngs: bool) -> Iterator[tuple[int, Row | None]]:
     for number, line in lines:
         stripped = line.strip()
         if stripped.startswith(marker):
-            seq_id = stripped[len(marker):].split()[0] if stripped[len(marker):].split() else None
-            if seq_id is None:
+            words = stripped[len(marker):].split()
+            if not words:
                 raise _Bad("sequence header without a name")
+            seq_id = words[0]
             yield number, None
             continue
         fields = stripped.split()
@@ -165,6 +171,8 @@ def _bed(lines) -> Iterator[tuple[int, Row | None]]:
 
 def _gff3(lines) -> Iterator[tuple[int, Row | None]]:
     for number, line in lines:
+        if line.startswith("##FASTA"):
+            return  # the rest of the file is the sequences (as in Prokka's output)
         if not line.strip() or line.startswith("#"):
             yield number, None
             continue
@@ -178,7 +186,7 @@ def _gff3(lines) -> Iterator[tuple[int, Row | None]]:
         attributes = dict(a.split("=", 1) for a in f[8].split(";") if "=" in a)
         start, end = _interval(_int(f[3], "start") - 1, _int(f[4], "end"))
         name = attributes.get("Name") or attributes.get("rpt_unit_seq") or attributes.get("ID")
-        yield number, (f[0], start, end, f[6] if f[6] in "+-" else None, name,
+        yield number, (f[0], start, end, f[6] if f[6] in ("+", "-") else None, name,
                        attributes.get("rpt_type", f[2]), attributes.get("rpt_family"),
                        _float(f[5]))
 
@@ -243,20 +251,21 @@ def parse_repeats(lines: Iterable[str], *, format: str, label: str, source: str 
         raise InputError(f"unknown repeat format {format!r}; choose one of {', '.join(FORMATS)}")
     columns: dict[str, list] = {name: [] for name in schema.REPEATS.names}
     rows = _PARSERS[format](enumerate(lines, start=1))
+    rename, source = rename or {}, source or format
     number = 0
     try:
         for number, row in rows:
             if row is None:
                 continue
             seq_id, start, end, strand, name, repeat_class, family, score = row
-            columns["seq_id"].append((rename or {}).get(seq_id, seq_id))
+            columns["seq_id"].append(rename.get(seq_id, seq_id))
             columns["start"].append(start)
             columns["end"].append(end)
             columns["strand"].append(strand)
             columns["name"].append(name)
             columns["class"].append(repeat_class)
             columns["family"].append(family)
-            columns["source"].append(source or format)
+            columns["source"].append(source)
             columns["score"].append(score)
     except _Bad as exc:
         raise InputError(f"{label}, line {number + 1}: {exc} (format {format})") from None
@@ -289,13 +298,29 @@ def _name_map(names: set[str], known: set[str], mode: str) -> dict[str, str]:
     return mapping
 
 
+def _by_name(table: pa.Table) -> tuple[list[str], np.ndarray]:
+    """The distinct ``seq_id`` of ``table``, and each row's index into them."""
+    ids = table["seq_id"].combine_chunks().dictionary_encode()
+    return ids.dictionary.to_pylist(), ids.indices.to_numpy(zero_copy_only=False)
+
+
+def _renamed(table: pa.Table, mapping: dict[str, str]) -> pa.Table:
+    """``table`` with its ``seq_id`` mapped through ``mapping``."""
+    names, index = _by_name(table)
+    seq_ids = pa.array([mapping.get(s, s) for s in names], pa.string()).take(pa.array(index))
+    return table.set_column(0, schema.REPEATS.field("seq_id"), seq_ids)
+
+
 def check_within(table: pa.Table, lengths: dict[str, int], label: str) -> None:
     """Refuse repeats that run past the end of their sequence."""
-    for row in table.select(["seq_id", "start", "end"]).to_pylist():
-        if row["end"] > lengths[row["seq_id"]]:
-            raise InputError(f"{label}: repeat {row['seq_id']}:{row['start']}-{row['end']} runs "
-                             f"past the end of the sequence ({lengths[row['seq_id']]:,} long); "
-                             "was it made for another assembly?")
+    names, index = _by_name(table)
+    limit = np.array([lengths[s] for s in names], dtype=np.int64)[index]
+    past = np.flatnonzero(table["end"].to_numpy() > limit)
+    if len(past):
+        row = table.slice(int(past[0]), 1).to_pylist()[0]
+        raise InputError(f"{label}: repeat {row['seq_id']}:{row['start']}-{row['end']} runs "
+                         f"past the end of the sequence ({lengths[row['seq_id']]:,} long); "
+                         "was it made for another assembly?")
 
 
 def commit_repeats(atlas: str | Path, key: str, table: pa.Table, unit: dict) -> bool:
@@ -347,18 +372,19 @@ def _import_file(path: Path, *, atlas: str | Path, format: str | None, names: st
     import hashlib
 
     from seqatlas.atlas import Atlas
+    from seqatlas.ingest.plan import file_sha256
 
     if names not in ("auto", "exact"):
         raise ConfigError(f"--names must be 'auto' or 'exact', not {names!r}")
     lengths = {r["seq_id"]: r["length"]
                for r in Atlas(atlas).sequences(columns=["seq_id", "length"]).to_pylist()}
-    fmt = format or detect_format(path) if path.is_file() else format
+    fmt = (format or detect_format(path)) if path.is_file() else format
     table = read_repeats(path, format=fmt)
-    found = set(table["seq_id"].to_pylist())
+    found = set(_by_name(table)[0])
     mapping = _name_map(found, set(lengths), names)
     if mapping:
-        table = read_repeats(path, format=fmt, rename=mapping)
-    unknown = sorted(set(table["seq_id"].to_pylist()) - set(lengths))
+        table = _renamed(table, mapping)
+    unknown = sorted({mapping.get(s, s) for s in found} - set(lengths))
     if unknown:
         raise InputError(
             f"{path}: {len(unknown)} sequence name(s) are not in the atlas "
@@ -366,7 +392,7 @@ def _import_file(path: Path, *, atlas: str | Path, format: str | None, names: st
             f"{', '.join(sorted(lengths)[:5])}{' ...' if len(lengths) > 5 else ''}. "
             "Rename them, or use --names auto for chrX <-> X style differences.")
     check_within(table, lengths, str(path))
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = file_sha256(path)
     key = "repeats-" + hashlib.sha256(f"{digest}:{fmt}:{sorted(mapping.items())}".encode()) \
         .hexdigest()
     done = not commit_repeats(atlas, key, table,
