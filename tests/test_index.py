@@ -200,6 +200,13 @@ def test_auto_choice_threshold_and_memory():
     assert choose_index(10, 4, memory_bytes=big).type == "flat"
 
 
+def test_auto_with_m_describes_the_codes_it_uses():
+    plan = plan_index(IndexConfig(type="auto", m=16), 2_000_000, 128, memory_bytes=64 << 30)
+    assert (plan.type, plan.m, plan.pca) == ("ivf-pq", 16, 32) and plan.params["m"] == 16
+    assert "16 code bytes + 8 id bytes" in plan.reason and "PCA rotation to 32" in plan.reason
+    assert "48 code bytes" not in plan.reason
+
+
 def test_auto_widens_codes_while_the_pca_loses_variance():
     from seqatlas.index.build import explained_variance, widen_codes
 

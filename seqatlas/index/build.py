@@ -12,12 +12,12 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from seqatlas.atlas import Atlas, AtlasWriter
+from seqatlas.atlas import Atlas, AtlasWriter, _now
 from seqatlas.errors import ConfigError
 from seqatlas.index import store
 from seqatlas.progress import progress_bar
@@ -88,7 +88,12 @@ class Plan:
     efconstruction: int | None = None
     sample: int = 0
     reason: str = ""
-    params: dict = field(default_factory=dict)
+
+    @property
+    def params(self) -> dict:
+        """The parameters that are set (recorded in the index meta)."""
+        return {k: v for k, v in asdict(self).items()
+                if k not in ("type", "reason") and v not in (None, 0)}
 
     def describe(self) -> str:
         if self.type == "flat":
@@ -139,15 +144,16 @@ def choose_index(n: int, dim: int, *, memory_bytes: int | None = None,
                           "codes; build on a larger machine")
     why = f"{n:,} vectors" + (f" >= {flat_limit:,}" if n >= flat_limit else
                                f": Flat ({_size(flat_bytes)}) exceeds half the memory")
-    plan = Plan("ivf-pq", nlist=default_nlist(n), m=m, nbits=8, pca=pca,
-                reason=why)
-    plan.reason = f"{why}: IVF-PQ{_codes(plan, n)}"
+    plan = Plan("ivf-pq", nlist=default_nlist(n), m=m, nbits=8, pca=pca, reason=f"{why}: IVF-PQ")
+    _describe_codes(plan, n)
     return plan
 
 
-def _codes(plan: Plan, n: int) -> str:
-    return (f", {plan.m} code bytes + 8 id bytes per vector ({_size(n * (plan.m + 8))})" +
-            (f", after a PCA rotation to {plan.pca} dimensions" if plan.pca else ""))
+def _describe_codes(plan: Plan, n: int) -> None:
+    """Replace what ``plan.reason`` says about the code size (after its first ", ")."""
+    plan.reason = (plan.reason.split(", ")[0] +
+                   f", {plan.m} code bytes + 8 id bytes per vector ({_size(n * (plan.m + 8))})" +
+                   (f", after a PCA rotation to {plan.pca} dimensions" if plan.pca else ""))
 
 
 def principal_axes(sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -164,7 +170,11 @@ def principal_axes(sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def explained_variance(sample: np.ndarray) -> np.ndarray:
     """Cumulative fraction of the sample's energy in its first 1, 2, ... principal axes."""
-    eigenvalues, _ = principal_axes(sample)
+    return cumulative_energy(principal_axes(sample)[0])
+
+
+def cumulative_energy(eigenvalues: np.ndarray) -> np.ndarray:
+    """Cumulative fraction of the energy in the first 1, 2, ... of ``eigenvalues``."""
     total = eigenvalues.sum()
     return np.cumsum(eigenvalues) / total if total > 0 else np.ones(len(eigenvalues))
 
@@ -194,12 +204,10 @@ def widen_codes(plan: Plan, cumulative: np.ndarray, n: int, dim: int,
         if wider is None or n * (wider + 8) > memory_bytes // 2:
             break
         plan.m, plan.pca = pq_shape(dim, wider)
-    plan.reason = plan.reason.split(", ")[0] + _codes(plan, n)
+    _describe_codes(plan, n)
     if plan.pca:
         plan.reason += (f"; the PCA keeps {cumulative[plan.pca - 1]:.2%} of the sample's "
                         "variance")
-    plan.params = {k: v for k, v in asdict(plan).items()
-                   if k not in ("type", "reason", "params") and v not in (None, 0)}
     return plan
 
 
@@ -210,6 +218,7 @@ def plan_index(config: IndexConfig, n: int, dim: int, memory_bytes: int | None =
         if plan.type == "ivf-pq":
             if config.m is not None:
                 plan.m, plan.pca = pq_shape(dim, config.m)
+                _describe_codes(plan, n)
             plan.nlist = config.nlist or plan.nlist
             plan.nbits = config.nbits
     elif config.type == "flat":
@@ -235,8 +244,6 @@ def plan_index(config: IndexConfig, n: int, dim: int, memory_bytes: int | None =
             raise ConfigError(f"{plan.sample} training vectors are too few for {plan.nbits}-bit "
                               f"PQ codes (need >= {2 ** plan.nbits}); use --type flat or a "
                               "smaller --nbits")
-    plan.params = {k: v for k, v in asdict(plan).items()
-                   if k not in ("type", "reason", "params") and v not in (None, 0)}
     return plan
 
 
@@ -374,12 +381,6 @@ def per_query_recall(truth: np.ndarray, found: np.ndarray) -> np.ndarray:
                      for t, f in zip(truth, found)], dtype=np.float64)
 
 
-def recall_at(truth: np.ndarray, found: np.ndarray) -> float:
-    """Mean fraction of each query's true top-k found in its returned top-k."""
-    hits = per_query_recall(truth, found)
-    return float(hits.mean()) if len(hits) else 1.0
-
-
 def calibrate(index, plan: Plan, queries: np.ndarray, truth: np.ndarray,
               target: float) -> dict:
     """Smallest nprobe (IVF) or efSearch (HNSW) whose recall@k reaches ``target``."""
@@ -437,27 +438,30 @@ def train(index, plan: Plan, sample: np.ndarray, gpu: bool) -> None:
         del clustering
 
 
-class Adder:
-    """Adds batches to ``index``; on GPU the coarse assignment runs on a GPU copy of the
-    quantizer, and the CPU quantizer is put back before the index is saved."""
+def add_batches(index, source: EmbeddingSource, metric: str, calibration: Calibration, *,
+                gpu: bool, batch_rows: int, advance=None) -> None:
+    """Add ``source``'s vectors (normalised for cosine) to ``index`` and to the exact top-k
+    of ``calibration``, calling ``advance(rows)`` after each batch. On GPU the coarse
+    assignment runs on a GPU copy of the quantizer; the CPU quantizer is put back after."""
+    if gpu:
+        import faiss
 
-    def __init__(self, index, gpu: bool):
-        self.index, self.gpu = index, gpu
+        ivf = faiss.extract_index_ivf(index)
+        cpu_quantizer = ivf.quantizer
+        gpu_quantizer = faiss.index_cpu_to_all_gpus(cpu_quantizer)  # kept alive while used
+        ivf.quantizer = gpu_quantizer
+    try:
+        for ids, x in source.batches(batch_rows=batch_rows):
+            if metric == "cosine":
+                x = normalise(x)
+            index.add_with_ids(x, ids)
+            calibration.add(ids, x)
+            if advance is not None:
+                advance(len(ids))
+    finally:
         if gpu:
-            import faiss
-
-            self.ivf = faiss.extract_index_ivf(index)
-            self.cpu_quantizer = self.ivf.quantizer
-            self.gpu_quantizer = faiss.index_cpu_to_all_gpus(self.cpu_quantizer)
-            self.ivf.quantizer = self.gpu_quantizer
-
-    def add(self, ids: np.ndarray, x: np.ndarray) -> None:
-        self.index.add_with_ids(x, ids)
-
-    def close(self) -> None:
-        if self.gpu:
-            self.ivf.quantizer = self.cpu_quantizer
-            self.gpu_quantizer = None
+            ivf.quantizer = cpu_quantizer
+            del gpu_quantizer
 
 
 def build_index(atlas: str | os.PathLike | Atlas, **options) -> dict:
@@ -487,19 +491,19 @@ def build_index(atlas: str | os.PathLike | Atlas, **options) -> dict:
         draw = max(plan.sample, 0 if plan.type == "flat" else min(n, CALIBRATION_QUERIES))
         sample = prepare(source.sample(draw, config.seed)) if draw else np.empty((0, dim))
         rng = np.random.default_rng(config.seed + 1)
-        wanted = 0 if plan.type == "flat" else min(len(sample), CALIBRATION_QUERIES)
+        wanted = min(len(sample), CALIBRATION_QUERIES)  # flat: none drawn, none wanted
         queries = sample[rng.choice(len(sample), wanted, replace=False)]
         variance = transform = None
         if plan.pca:
             eigenvalues, axes = principal_axes(sample[: plan.sample])
-            cumulative = np.cumsum(eigenvalues) / max(eigenvalues.sum(), 1e-30)
+            cumulative = cumulative_energy(eigenvalues)
             if config.type == "auto" and config.m is None:
                 widen_codes(plan, cumulative, n, dim, machine_memory())
             if plan.pca:
                 variance = round(float(cumulative[plan.pca - 1]), 5)
                 transform = rotation(axes, plan.pca, config.seed)
         index = make_index(plan, dim, config.metric, transform)
-        train(index, plan, sample[: plan.sample] if plan.sample else sample, gpu)
+        train(index, plan, sample[: plan.sample], gpu)  # flat, hnsw: nothing to train
         del sample
         train_seconds = time.perf_counter() - t0
         calibration = Calibration(np.ascontiguousarray(queries, dtype=np.float32),
@@ -514,16 +518,10 @@ def build_index(atlas: str | os.PathLike | Atlas, **options) -> dict:
         else:
             progress, task = progress_bar(label="adding", unit="vectors", total=n,
                                           enabled=config.progress)
-            adder = Adder(index, gpu)
-            try:
-                with progress:
-                    for ids, x in source.batches(batch_rows=config.batch_rows):
-                        x = prepare(x)
-                        adder.add(ids, x)
-                        calibration.add(ids, x)
-                        progress.advance(task, len(ids))
-            finally:
-                adder.close()
+            with progress:
+                add_batches(index, source, config.metric, calibration, gpu=gpu,
+                            batch_rows=config.batch_rows,
+                            advance=lambda rows: progress.advance(task, rows))
         add_seconds = time.perf_counter() - t0
         if index.ntotal != n:
             raise ConfigError(f"the index holds {index.ntotal:,} vectors but the atlas has "
@@ -552,9 +550,3 @@ def build_index(atlas: str | os.PathLike | Atlas, **options) -> dict:
             "type", "metric", "column", "dim", "ntotal", "bytes", "bytes_per_vector", "sha256",
             "built", "factory")})
     return meta
-
-
-def _now() -> str:
-    import datetime as dt
-
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

@@ -58,23 +58,16 @@ def add_shard(index_bytes: np.ndarray, atlas_path: str, column: str, dim: int,
     import faiss
 
     from seqatlas.atlas import Atlas
-    from seqatlas.index.build import Adder, exact_search, gpu_count
-    from seqatlas.index.vectors import EmbeddingSource, normalise
+    from seqatlas.index.build import Calibration, add_batches, gpu_count
+    from seqatlas.index.vectors import EmbeddingSource
 
     faiss.omp_set_num_threads(max(1, threads))
     index = faiss.deserialize_index(index_bytes)
     source = EmbeddingSource(Atlas(atlas_path), column, dim, [Path(p) for p in parts], rows)
-    heap = faiss.ResultHeap(len(queries), k, keep_max=metric != "l2")
-    adder = Adder(index, gpu and gpu_count() > 0)
-    try:
-        for ids, x in source.batches(batch_rows=batch_rows):
-            if metric == "cosine":
-                x = normalise(x)
-            adder.add(ids, x)
-            if len(queries):
-                heap.add_result(*exact_search(queries, x, ids, k, metric))
-    finally:
-        adder.close()
+    calibration = Calibration(queries, metric, k)
+    add_batches(index, source, metric, calibration, gpu=gpu and gpu_count() > 0,
+                batch_rows=batch_rows)
+    heap = calibration.heap
     heap.finalize()
     return faiss.serialize_index(index), heap.D, heap.I
 

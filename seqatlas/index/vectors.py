@@ -6,7 +6,6 @@ Memory stays at one batch (plus a training sample), whatever the size of the atl
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -15,11 +14,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from seqatlas import schema
 from seqatlas.atlas import Atlas
 from seqatlas.errors import AtlasIndexError
 
 BATCH_ROWS = 65536
-_LAYER_COLUMN = re.compile(r"^embedding_layer_(\d+)$")
 
 
 def tokens_fingerprint(atlas: Atlas) -> str:
@@ -32,12 +31,8 @@ def tokens_fingerprint(atlas: Atlas) -> str:
 
 def column_layer(atlas: Atlas, column: str) -> int | None:
     """The hidden layer stored in ``column`` (``embedding``: the first requested layer)."""
-    match = _LAYER_COLUMN.match(column)
-    if match:
-        return int(match.group(1))
-    scoring = atlas.manifest.get("scoring", {})
-    layer = scoring.get("layers") or scoring.get("layer")
-    return layer[0] if isinstance(layer, list) else layer
+    columns = schema.embedding_columns(atlas.manifest.get("scoring") or {})
+    return next((layer for layer, name in columns.items() if name == column), None)
 
 
 @dataclass
@@ -60,7 +55,7 @@ class EmbeddingSource:
             raise AtlasIndexError(f"{atlas.path} has no tokens yet; run `seqatlas ingest` first")
         arrow_schema = pq.read_schema(parts[0])
         names = [f.name for f in arrow_schema if pa.types.is_fixed_size_list(f.type)]
-        if column not in arrow_schema.names or column not in names:
+        if column not in names:
             raise AtlasIndexError(f"tokens has no embedding column {column!r}; "
                                   f"choose one of: {', '.join(names) or '(none)'}")
         dim = arrow_schema.field(column).type.list_size
