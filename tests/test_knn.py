@@ -385,6 +385,14 @@ def test_identity_per_layer(layered_atlas):
     assert abs(rows[3]["next"] - chance["next"]) < 0.04  # identity says nothing of context
 
 
+def test_identity_before_any_tokens_is_a_clear_error(tmp_path, capsys):
+    empty = make_token_atlas(tmp_path / "atlas", {}, _layered_embed, dim=5, layers=(3,))
+    with pytest.raises(AtlasIndexError, match="no tokens yet"):
+        identity(empty)
+    assert main(["query", "identity", "--atlas", str(empty)]) == 1
+    assert "no tokens yet" in capsys.readouterr().err
+
+
 def test_identity_uses_a_built_index_and_selected_layers(layered_atlas, capsys):
     exact = identity(layered_atlas, sample=300, k=5, layers=[-1]).to_pylist()
     assert [r["layer"] for r in exact] == [6]

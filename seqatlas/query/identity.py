@@ -29,9 +29,9 @@ import pyarrow.parquet as pq
 from seqatlas import schema
 from seqatlas.atlas import Atlas
 from seqatlas.errors import ConfigError
+from seqatlas.index.vectors import EmbeddingSource, normalise, to_float32
 
 METRICS = ("cosine", "ip", "l2")
-BATCH_ROWS = 65536
 _CONTEXT_JOINS = """
     LEFT JOIN tokens nx ON nx.token_id = t.token_id + (t."end" - t.start)
                        AND nx.start = t."end"
@@ -62,29 +62,14 @@ class IdentityConfig:
                               f"{self.metric!r}")
 
 
-def _float32(array: pa.Array, dim: int) -> np.ndarray:
-    """A fixed_size_list<float16> column as a float32 (n, dim) matrix."""
-    if isinstance(array, pa.ChunkedArray):
-        array = array.combine_chunks()
-    return array.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)
-
-
-def _parts(atlas: Atlas) -> list[tuple]:
-    counts = atlas.manifest["parts"]["tokens"]
-    return [(path, counts[path.name]["rows"]) for path in atlas.part_paths("tokens")]
-
-
-def sample_rows(atlas: Atlas, column: str, n: int, seed: int
-                ) -> tuple[np.ndarray, np.ndarray]:
+def sample_rows(source: EmbeddingSource, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Token ids and float32 vectors of ``n`` tokens drawn uniformly without replacement,
     reading only the row groups that hold them."""
-    parts = _parts(atlas)
-    total = sum(rows for _, rows in parts)
+    total = source.total
     picks = np.sort(np.random.default_rng(seed).choice(total, size=min(n, total),
                                                        replace=False))
-    dim = atlas.manifest["model"]["hidden_size"]
     ids, vectors, base = [], [], 0
-    for path, rows in parts:
+    for path, rows in zip(source.parts, source.rows):
         mine = picks[(picks >= base) & (picks < base + rows)] - base
         base += rows
         if not len(mine):
@@ -96,33 +81,25 @@ def sample_rows(atlas: Atlas, column: str, n: int, seed: int
             local = mine[(mine >= group_start) & (mine < group_start + size)] - group_start
             group_start += size
             if len(local):
-                table = handle.read_row_group(g, columns=["token_id", column]).take(local)
+                table = handle.read_row_group(g, columns=["token_id", source.column]
+                                              ).take(local)
                 ids.append(table["token_id"].to_numpy())
-                vectors.append(_float32(table[column], dim))
+                vectors.append(to_float32(table[source.column], source.dim, path))
     return np.concatenate(ids), np.concatenate(vectors)
 
 
-def _normalise(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norms > 0, norms, 1)
-
-
-def exact_neighbours(atlas: Atlas, column: str, queries: np.ndarray, k: int, metric: str
+def exact_neighbours(source: EmbeddingSource, queries: np.ndarray, k: int, metric: str
                      ) -> np.ndarray:
-    """Token ids (n, k) of each query's k nearest tokens: an exact FAISS Flat over
-    ``column``, built in memory from the parts one batch at a time."""
+    """Token ids (n, k) of each query's k nearest tokens: an exact FAISS Flat over the
+    source's column, built in memory from the parts one batch at a time."""
     import faiss
 
-    dim = queries.shape[1]
-    flat = faiss.IndexFlatL2(dim) if metric == "l2" else faiss.IndexFlatIP(dim)
+    flat = faiss.IndexFlatL2(source.dim) if metric == "l2" else faiss.IndexFlatIP(source.dim)
     ids = []
-    for path, _ in _parts(atlas):
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS,
-                                                       columns=["token_id", column]):
-            vectors = _float32(batch.column(1), dim)
-            flat.add(_normalise(vectors) if metric == "cosine" else vectors)
-            ids.append(batch.column(0).to_numpy())
-    queries = _normalise(queries) if metric == "cosine" else queries
+    for token_ids, vectors in source.batches():
+        flat.add(normalise(vectors) if metric == "cosine" else vectors)
+        ids.append(token_ids)
+    queries = normalise(queries) if metric == "cosine" else queries
     _, found = flat.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, flat.ntotal))
     ids = np.concatenate(ids)
     return np.where(found >= 0, ids[np.maximum(found, 0)], -1)
@@ -205,12 +182,14 @@ def identity(atlas, *, config: IdentityConfig | None = None, **options) -> pa.Ta
                   if name == built.get(config.index)] or list(columns)
     else:
         layers = list(columns)
+    # opened first: an atlas without tokens (or vectors) is an error before any query runs
+    sources = {layer: EmbeddingSource.open(atlas, columns[layer]) for layer in layers}
     rows = []
     with Engine(atlas, anomaly_views=False) as engine:
         chance = chance_levels(engine)
         for layer in layers:
             column = columns[layer]
-            own, queries = sample_rows(atlas, column, config.sample, config.seed)
+            own, queries = sample_rows(sources[layer], config.sample, config.seed)
             built = _find_index(atlas, column, config.index)
             if built is not None:
                 name, index = built
@@ -218,7 +197,8 @@ def identity(atlas, *, config: IdentityConfig | None = None, **options) -> pa.Ta
                 source = f"index {name!r} ({index.meta.get('type')}, " \
                          f"{index.meta.get('metric')})"
             else:
-                found = exact_neighbours(atlas, column, queries, config.k + 1, config.metric)
+                found = exact_neighbours(sources[layer], queries, config.k + 1,
+                                         config.metric)
                 source = f"exact in-memory Flat ({config.metric})"
             neighbours = _without_self(found, own, config.k)
             info = _context(engine, np.concatenate([own, neighbours[neighbours >= 0]]))

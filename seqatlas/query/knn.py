@@ -150,7 +150,8 @@ def atlas_model_spec(atlas: Atlas, model: str | None = None):
             f"{atlas.path} was built with {record['weights_sha256'][:12]}… ({record['name']}); "
             "query vectors from other weights are not comparable. Pass --model DIR with the "
             "checkpoint the atlas was built with.")
-    if spec.tokenizer().describe() != record.get("tokenizer", spec.tokenizer().describe()):
+    described = spec.tokenizer().describe()
+    if described != record.get("tokenizer", described):
         raise ModelError(f"the model at {spec.path} tokenizes differently from the one "
                          f"{atlas.path} was built with; pass the original checkpoint")
     return spec
@@ -169,8 +170,8 @@ def query_token(starts: np.ndarray, ends: np.ndarray, length: int,
     return int(covering[np.argmax(starts[covering])])
 
 
-def embed_residues(spec, residues: list[str], layer: int, *, offset: int | None = None,
-                   model=None) -> np.ndarray:
+def embed_residues(spec, residues: list[str], layer: int, *, offset: int | None = None
+                   ) -> np.ndarray:
     """Float32 query vectors (n, hidden) of ``residues`` at hidden ``layer``, one per string:
     each embedded alone between the special tokens, read at its query token."""
     import torch
@@ -178,8 +179,7 @@ def embed_residues(spec, residues: list[str], layer: int, *, offset: int | None 
     from seqatlas.models.loading import LoadedModel
 
     tokenizer = spec.tokenizer()
-    model = model or LoadedModel(spec, device="cpu")
-    vectors = []
+    queries = []  # every string checked before the weights are loaded
     for text in residues:
         data = text.strip().upper().encode()
         if not data:
@@ -196,7 +196,10 @@ def embed_residues(spec, residues: list[str], layer: int, *, offset: int | None 
         if len(tokens.ids) > spec.context_tokens:
             raise ConfigError(f"{text!r} needs {len(tokens.ids)} tokens, more than the "
                               f"model's context of {spec.context_tokens}")
-        j = query_token(tokens.starts, tokens.ends, len(data), offset)
+        queries.append((tokens, query_token(tokens.starts, tokens.ends, len(data), offset)))
+    model = LoadedModel(spec, device="cpu")
+    vectors = []
+    for tokens, j in queries:
         ids = torch.from_numpy(tokens.ids).unsqueeze(0)
         with torch.inference_mode():
             _, hidden = model.encode(ids, torch.ones_like(ids), layer)
@@ -316,6 +319,7 @@ def knn(atlas, *, kmer: str | list[str] | None = None, at: str | list[str] | Non
     token, distance (as the index's metric reports it: for ip and cosine the similarity,
     higher is nearer), logp, repeat_class.
     """
+    from seqatlas.index import load_index
     from seqatlas.query.engine import Engine, arrow_table
 
     config = config or KnnConfig(**options)
@@ -329,7 +333,7 @@ def knn(atlas, *, kmer: str | list[str] | None = None, at: str | list[str] | Non
         raise ConfigError("--offset applies to --sequence queries only")
     atlas = atlas if isinstance(atlas, Atlas) else Atlas(atlas)
     require_embeddings(atlas)
-    index = open_index(atlas, config.index)
+    index = load_index(atlas, name=config.index)  # a missing one: says how to build it
     layer = column_layer(atlas, index.column)
     with Engine(atlas, anomaly_views=False) as engine:
         if kind == "at":
@@ -357,10 +361,3 @@ def knn(atlas, *, kmer: str | list[str] | None = None, at: str | list[str] | Non
             if config.where is None or counts.min() >= config.k or fetch >= ntotal:
                 return result
             fetch = min(ntotal, fetch * 2)
-
-
-def open_index(atlas: Atlas, name: str):
-    """The loaded index ``name``; a missing one is an error that says how to build it."""
-    from seqatlas.index import load_index
-
-    return load_index(atlas, name=name)
