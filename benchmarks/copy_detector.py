@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from seqatlas.ingest.copies import copy_columns, default_copy_k, window_copies
-from seqatlas.ingest.fasta import read_fasta
-from seqatlas.ingest.windows import default_overlap, tile
+from seqatlas.copy_detector import copy_columns, default_copy_k, window_copies
+from seqatlas.fasta import read_fasta
+from seqatlas.scoring.windows import default_overlap, tile
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 UNIT_TOKENS = 262144  # the unmasked-mode work unit: the scorer detects copies per unit
@@ -47,7 +47,7 @@ def chrx_slice(start: int, length: int) -> bytes:
 
 def model_windows(name: str, kind: str) -> tuple[int, int, int]:
     """The window and overlap ingest uses for an embedded model, and its tokens per window."""
-    from seqatlas.models import resolve_model
+    from seqatlas.checkpoints import resolve_model
 
     spec = resolve_model(name, kind=kind)
     tokenizer = spec.tokenizer()

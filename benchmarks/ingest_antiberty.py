@@ -82,7 +82,7 @@ def baseline(records, threads: int) -> tuple[float, dict]:
     import torch
     from transformers import BertForMaskedLM
 
-    from seqatlas.models import resolve_model
+    from seqatlas.checkpoints import resolve_model
 
     spec = resolve_model("antiberty", kind="protein")
     tok = spec.tokenizer()

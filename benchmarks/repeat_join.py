@@ -46,7 +46,7 @@ def synthetic_atlas(path: Path, chrx: Path, limit: int) -> None:
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from seqatlas import schema
-    from seqatlas.atlas import AtlasWriter
+    from seqatlas.store import AtlasWriter
 
     with gzip.open(chrx, "rt") as fh:
         header = fh.readline()[1:].split()[0]

@@ -6,7 +6,7 @@ Heavy modules (torch, ray, transformers) load only when a function that needs th
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from seqatlas._version import __version__ as __version__
 
 __all__ = [
     "Atlas",
@@ -25,22 +25,16 @@ __all__ = [
 
 _LAZY = {
     "Atlas": ("seqatlas.atlas", "Atlas"),
-    "annotate": ("seqatlas.ingest.repeats", "annotate"),
+    "annotate": ("seqatlas.repeats", "annotate"),
     "build_index": ("seqatlas.index.build", "build_index"),
     "load_index": ("seqatlas.index.store", "load_index"),
-    "IngestConfig": ("seqatlas.ingest.pipeline", "IngestConfig"),
-    "IngestReport": ("seqatlas.ingest.pipeline", "IngestReport"),
+    "IngestConfig": ("seqatlas.scoring.pipeline", "IngestConfig"),
+    "IngestReport": ("seqatlas.scoring.pipeline", "IngestReport"),
     "SeqAtlasError": ("seqatlas.errors", "SeqAtlasError"),
     "demo": ("seqatlas.examples", "demo"),
     "info": ("seqatlas.atlas", "info"),
     "export": ("seqatlas.query.tracks", "export"),
 }
-
-
-# Import the ``ingest`` subpackage first so that the function below owns the name
-# ``seqatlas.ingest`` (importing a submodule later does not rebind it).
-from seqatlas import ingest as _ingest_package  # noqa: E402,F401
-from seqatlas import models as _models_package  # noqa: E402,F401
 
 
 def ingest(fasta, *, atlas, **options):
@@ -51,9 +45,9 @@ def ingest(fasta, *, atlas, **options):
     Re-running the same call skips committed work; a crashed run resumes where it stopped.
     Returns an :class:`seqatlas.IngestReport`.
     """
-    from seqatlas.ingest.pipeline import ingest as run
+    from seqatlas.scoring import pipeline
 
-    return run(fasta, atlas=atlas, **options)
+    return pipeline.ingest(fasta, atlas=atlas, **options)
 
 
 def models() -> list[dict]:
@@ -61,7 +55,7 @@ def models() -> list[dict]:
 
     Any Hugging Face masked-LM checkpoint directory (or hub id, with network) works too.
     """
-    from seqatlas.models.loading import list_models
+    from seqatlas.checkpoints.loading import list_models
 
     return list_models()
 

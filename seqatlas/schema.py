@@ -43,7 +43,7 @@ POSITIONS = pa.schema(
         pa.field("rank", pa.int16()),  # 1 = ref is the model's top letter
         pa.field("window_start", pa.int64()),  # null: in a long N run, not scored
         pa.field("window_end", pa.int64()),
-        # in-context copy (seqatlas.ingest.copies): the nearest other occurrence of the k-mer
+        # in-context copy (seqatlas.copy_detector): the nearest other occurrence of the k-mer
         # around pos inside [window_start, window_end), k = the manifest's scoring.copy_k
         pa.field("copy_offset", pa.int32()),  # its residue matching pos, minus pos; null: none
         pa.field("copy_strand", pa.string()),  # "+" direct, "-" reverse complement (DNA/RNA)

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from seqatlas import schema
-from seqatlas.atlas import AtlasWriter
+from seqatlas.store import AtlasWriter
 
 
 def _table(arrow_schema: pa.Schema, columns: dict) -> pa.Table:

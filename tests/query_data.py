@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from seqatlas import schema
-from seqatlas.atlas import AtlasWriter
+from seqatlas.store import AtlasWriter
 
 MODEL = {"name": "synthetic", "model_type": "bert", "parameters": 0, "weights_sha256": "0" * 64,
          "tokenizer": {"family": "single"}, "hidden_size": 8}

@@ -9,7 +9,7 @@ import torch
 
 import seqatlas
 from seqatlas.examples import demo_fasta
-from seqatlas.ingest.fasta import read_fasta
+from seqatlas.fasta import read_fasta
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,8 @@ import pytest
 import seqatlas
 from seqatlas.cli.main import main
 from seqatlas.errors import AtlasMismatchError, ConfigError
-from seqatlas.ingest.copies import (copy_repeats, nearest_copies, surrounding_kmer_start,
-                                    window_copies)
+from seqatlas.copy_detector import nearest_copies, surrounding_kmer_start, window_copies
+from seqatlas.repeats.copies import copy_repeats
 from tests.conftest import AMINO, write_fasta
 from tests.dna_models import make_overlapping
 

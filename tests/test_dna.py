@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import seqatlas
-from seqatlas.models import resolve_model
-from seqatlas.models.tokenizers import reverse_complement
+from seqatlas.checkpoints import resolve_model
+from seqatlas.checkpoints.tokenizers import reverse_complement
 from tests.conftest import write_fasta
 from tests.dna_models import make_bpe, make_nonoverlapping, make_overlapping, make_single
 

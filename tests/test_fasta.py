@@ -1,4 +1,4 @@
-"""Tests for seqatlas.ingest.fasta."""
+"""Tests for seqatlas.fasta."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from seqatlas.errors import FastaError, InputError
-from seqatlas.ingest import fasta as fasta_module
-from seqatlas.ingest.fasta import (
+from seqatlas import fasta as fasta_module
+from seqatlas.fasta import (
     KINDS,
     NUCLEOTIDE_LETTERS,
     PROTEIN_LETTERS,

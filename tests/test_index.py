@@ -316,7 +316,7 @@ def test_truncated_file_is_a_clear_error(built):
 
 def test_unreadable_file_with_matching_checksum_is_a_clear_error(built):
     """FAISS's RuntimeError on a bad file becomes AtlasIndexError, never a crash."""
-    from seqatlas.index.store import file_sha256
+    from seqatlas.util import file_sha256
 
     data = _file(built).read_bytes()
     _file(built).write_bytes(data[:40] + bytes(len(data) - 40))  # same size, zeroed body
@@ -331,7 +331,7 @@ def test_unreadable_file_with_matching_checksum_is_a_clear_error(built):
 def test_wrong_dimension_is_a_clear_error(built, tmp_path):
     import faiss
 
-    from seqatlas.index.store import file_sha256
+    from seqatlas.util import file_sha256
 
     # an index of another width in place of the file (and a meta.json that matches the file)
     other = faiss.IndexIDMap(faiss.IndexFlatL2(8))

@@ -122,7 +122,7 @@ def test_second_input_extends_the_atlas(tmp_path, tiny_esm):
 
 
 def test_failing_unit_is_retried_then_reported(tmp_path, tiny_esm, monkeypatch):
-    from seqatlas.ingest.scoring import Scorer
+    from seqatlas.scoring.scorer import Scorer
 
     records = {"good1": random_protein(30, 1), "bad": random_protein(30, 2),
                "good2": random_protein(30, 3)}

@@ -16,7 +16,7 @@ from seqatlas.cli.main import main
 from seqatlas.errors import AtlasIndexError, ConfigError, ModelError, QueryError
 from seqatlas.index import build_index
 from seqatlas.query import identity, knn
-from seqatlas.query.knn import embed_residues
+from seqatlas.query.neighbours import embed_residues
 from tests.conftest import write_fasta
 from tests.dna_models import make_overlapping
 from tests.embedding_data import make_token_atlas, one_hot, random_dna
@@ -249,7 +249,7 @@ def _forward(model_dir, kmers: list[str]):
 
 
 def test_kmer_vector_is_the_neutral_context_forward(dnabert_atlas):
-    from seqatlas.query.knn import atlas_model_spec
+    from seqatlas.query.neighbours import atlas_model_spec
 
     atlas = seqatlas.Atlas(dnabert_atlas / "atlas")
     spec = atlas_model_spec(atlas)
@@ -429,7 +429,7 @@ def test_readme_section_runs(tmp_path):
     from pathlib import Path
 
     from seqatlas.examples import demo_dna
-    from seqatlas.ingest.fasta import read_fasta
+    from seqatlas.fasta import read_fasta
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     start = readme.index("## Nearest k-mers")

@@ -11,8 +11,8 @@ import torch
 import seqatlas
 from seqatlas.cli.main import main
 from seqatlas.errors import ConfigError
-from seqatlas.ingest.scoring import Scorer, WindowJob
-from seqatlas.models import LoadedModel, resolve_model
+from seqatlas.scoring.scorer import Scorer, WindowJob
+from seqatlas.checkpoints import LoadedModel, resolve_model
 from tests.conftest import ESM_VOCAB, random_protein, write_fasta
 
 RECORDS = {"a": random_protein(30, seed=11), "b": random_protein(9, seed=12),

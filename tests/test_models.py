@@ -7,8 +7,8 @@ import hashlib
 import pytest
 
 from seqatlas.errors import ModelError
-from seqatlas.models import resolve_model
-from seqatlas.models.tokenizers import detect_family
+from seqatlas.checkpoints import resolve_model
+from seqatlas.checkpoints.tokenizers import detect_family
 from tests.conftest import BERT_VOCAB
 
 
@@ -85,7 +85,7 @@ def test_embedded_models_are_listed_with_facts(capsys):
 
 
 def test_embedded_dna_model_ships_small_safetensors_with_a_card():
-    from seqatlas.models.loading import EMBEDDED_MODELS, embedded_directory
+    from seqatlas.checkpoints.loading import EMBEDDED_MODELS, embedded_directory
 
     directory = embedded_directory(EMBEDDED_MODELS["dnabert6-tiny"])
     weights = directory / "model.safetensors"

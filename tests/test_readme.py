@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from seqatlas.examples import demo_dna, demo_fasta
-from seqatlas.ingest.fasta import read_fasta
+from seqatlas.fasta import read_fasta
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

@@ -13,7 +13,7 @@ import pytest
 import seqatlas
 from seqatlas.cli.main import main
 from seqatlas.errors import ConfigError, InputError, ToolError
-from seqatlas.ingest.repeats import detect_format, read_repeats
+from seqatlas.repeats.formats import detect_format, read_repeats
 from tests.conftest import write_fasta
 
 UNIT, COPIES, FLANK = "ACGTTG", 20, 100

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from seqatlas.errors import InputError
-from seqatlas.ingest.repeats import detect_format, read_repeats
+from seqatlas.repeats.formats import detect_format, read_repeats
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -183,7 +183,7 @@ def test_malformed_lines_name_file_and_line(tmp_path, name, text, fmt, line):
 @pytest.mark.skipif(not (SHARED / "hs37_chrX_70Mb.fa.gz").exists(),
                     reason="needs ../shared/data (real chrX and its tantan/TRF output)")
 def test_real_tantan_and_trf_output_match_the_sequence():
-    from seqatlas.ingest.fasta import read_fasta
+    from seqatlas.fasta import read_fasta
 
     (chrx,) = read_fasta(SHARED / "hs37_chrX_70Mb.fa.gz", kind="dna")
     tantan = read_repeats(SHARED / "hs37_chrX_70Mb.tantan-f4.tsv.gz").slice(0, 50).to_pylist()

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import seqatlas
-from seqatlas.ingest.scoring import Scorer, WindowJob, pack_batches
-from seqatlas.models import LoadedModel, resolve_model
+from seqatlas.scoring.scorer import Scorer, WindowJob, pack_batches
+from seqatlas.checkpoints import LoadedModel, resolve_model
 from tests.conftest import AMINO, ESM_VOCAB, random_protein, write_fasta
 
 

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import seqatlas
-from seqatlas.ingest.windows import tile
+from seqatlas.scoring.windows import tile
 from tests.conftest import AMINO, ESM_VOCAB, random_protein, write_fasta
 
 

@@ -1,11 +1,11 @@
 """Train ``dnabert6-tiny``: a small DNABERT-style (overlapping 6-mer) masked DNA language model.
 
-The model ships inside seqatlas (``seqatlas/models/embedded/dnabert6_tiny``) for demos and
+The model ships inside seqatlas (``seqatlas/checkpoints/embedded/dnabert6_tiny``) for demos and
 real-data checks. It is trained from scratch on human chrX (GRCh37) with DNABERT's objective:
 for every chosen centre base, the 6 overlapping 6-mer tokens that contain it are masked, so
 that base (and only that base) is hidden from the input.
 
-    python training/train_dnabert6_tiny.py --out seqatlas/models/embedded/dnabert6_tiny
+    python training/train_dnabert6_tiny.py --out seqatlas/checkpoints/embedded/dnabert6_tiny
 
 Two initialisations (weights stay an ordinary ``BertForMaskedLM``) make the k-mer overlap
 learnable in minutes on 2 CPU cores: 6-mer embeddings start as sums of (offset, letter)
@@ -215,7 +215,7 @@ def write_card(out: Path, log: dict) -> None:
     size = (out / "model.safetensors").stat().st_size
     pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
     rep = m["repeat_only_sample"]
-    cmd = (f"python training/train_dnabert6_tiny.py --out seqatlas/models/embedded/dnabert6_tiny "
+    cmd = (f"python training/train_dnabert6_tiny.py --out seqatlas/checkpoints/embedded/dnabert6_tiny "
            f"--steps {log['steps']} --seed {a['seed']}")
     ran = "" if a["steps"] else (f" (the run itself used `--minutes {a['minutes']:g} --seed "
                                  f"{a['seed']}`, which chose {log['steps']:,} steps)")

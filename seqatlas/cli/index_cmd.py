@@ -10,6 +10,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from seqatlas.util import format_size
+
 index_app = typer.Typer(help="Nearest-neighbour indexes (FAISS) over the token embeddings.",
                         no_args_is_help=True)
 
@@ -73,7 +75,6 @@ def build(
 
 
 def print_build(meta: dict, console: Console | None = None) -> None:
-    from seqatlas.cli.info_cmd import _size
 
     console = console or Console()
     search = meta["search"]
@@ -85,7 +86,7 @@ def print_build(meta: dict, console: Console | None = None) -> None:
         f" at {search['parameter']} {search[search['parameter']]} (calibrated on "
         f"{search['queries']} queries)")
     console.print(f"recall@10 vs exact search: {search['recall_at_10']:.3f}{tuned}; "
-                  f"{_size(meta['bytes'])} on disk, {meta['bytes_per_vector']:.1f} bytes/vector;"
+                  f"{format_size(meta['bytes'])} on disk, {meta['bytes_per_vector']:.1f} bytes/vector;"
                   f" built in {meta['build_seconds']:.1f} s on {meta['device']}",
                   highlight=False)
     if "warning" in search:
@@ -98,7 +99,6 @@ def list_(
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
     """The atlas's embedding indexes: name, type, metric, column, vectors, size."""
-    from seqatlas.cli.info_cmd import _size
     from seqatlas.index import list_indexes
 
     rows = list_indexes(atlas)
@@ -110,7 +110,7 @@ def list_(
         return
     header = ("name", "type", "metric", "column", "dim", "vectors", "size", "B/vector")
     lines = [header] + [(r["name"], r["type"], r["metric"], r["column"], str(r["dim"]),
-                         f"{r['ntotal']:,}", _size(r["bytes"]), f"{r['bytes_per_vector']:.1f}")
+                         f"{r['ntotal']:,}", format_size(r["bytes"]), f"{r['bytes_per_vector']:.1f}")
                         for r in rows]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     for line in lines:

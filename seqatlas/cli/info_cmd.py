@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from seqatlas.util import format_size
+
 
 def info(
     atlas: Path = typer.Argument(..., help="Atlas directory."),
@@ -22,14 +24,6 @@ def info(
         Console().print_json(json.dumps(summary))
     else:
         print_info(summary)
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def print_info(summary: dict, console: Console | None = None) -> None:
@@ -55,7 +49,7 @@ def print_info(summary: dict, console: Console | None = None) -> None:
         table.add_column(column, justify="right" if column != "table" else "left")
     for name, t in summary["tables"].items():
         per_row = f"{t['bytes'] / t['rows']:.1f}" if t["rows"] else "-"
-        table.add_row(name, str(t["parts"]), f"{t['rows']:,}", _size(t["bytes"]), per_row)
+        table.add_row(name, str(t["parts"]), f"{t['rows']:,}", format_size(t["bytes"]), per_row)
     console.print(table)
     if summary.get("positions_unscored"):
         console.print(f"{summary['positions_unscored']:,} positions lie in long N runs and "
@@ -64,7 +58,7 @@ def print_info(summary: dict, console: Console | None = None) -> None:
     for column in ("file", "records", "residues", "size", "sha256"):
         inputs.add_column(column)
     for i in summary["inputs"]:
-        inputs.add_row(i["path"], f"{i['records']:,}", f"{i['residues']:,}", _size(i["size"]),
+        inputs.add_row(i["path"], f"{i['records']:,}", f"{i['residues']:,}", format_size(i["size"]),
                        i["sha256"][:12] + "…")
     console.print(inputs)
 

@@ -266,7 +266,7 @@ def knn(
 ) -> None:
     """Nearest tokens of a k-mer, a stored token or a sequence in embedding space, with
     their place, likelihood and repeat class."""
-    from seqatlas.query.knn import knn as run
+    from seqatlas.query.neighbours import knn as run
 
     table = run(atlas, kmer=kmer, at=at, sequence=sequence, k=k, nprobe=nprobe, where=where,
                 index=index, offset=offset, model=model)
@@ -315,7 +315,7 @@ def identity(
 ) -> None:
     """Do neighbours in embedding space share the token (identity) or its neighbouring
     tokens (context)? Measured per stored layer, beside chance levels."""
-    from seqatlas.query.identity import identity as run
+    from seqatlas.query.identity_context import identity as run
 
     table = run(atlas, sample=sample, layers=list(layer) if layer else None, k=k, seed=seed,
                 index=index, nprobe=nprobe, metric=metric)

@@ -17,19 +17,21 @@ from pathlib import Path
 
 import numpy as np
 
-from seqatlas.atlas import Atlas, AtlasWriter, _now
+from seqatlas.store import AtlasReader, AtlasWriter
+from seqatlas.util import format_size, machine_memory_bytes, utc_now
 from seqatlas.errors import ConfigError
 from seqatlas.index import store
 from seqatlas.progress import progress_bar
+from seqatlas.index.populate import add_batches, make_index, train, use_gpu
+from seqatlas.index.shards import add_sharded
+from seqatlas.index.search import METRICS, Calibration, calibrate
 from seqatlas.index.vectors import EmbeddingSource, column_layer, normalise, tokens_fingerprint
 
 TYPES = ("auto", "flat", "ivf-flat", "ivf-pq", "hnsw")
-METRICS = ("cosine", "ip", "l2")
 FLAT_LIMIT = 1_000_000  # auto: exact search below this many vectors
 PQ_BYTES = 48  # auto: code bytes per vector; with the 8-byte id, <= 64 bytes per vector
 VARIANCE_KEPT = 0.99  # auto: widen the codes while the PCA to 2 m dimensions keeps less
 CALIBRATION_QUERIES = 1000
-CALIBRATION_K = 10
 
 
 @dataclass
@@ -131,11 +133,11 @@ def choose_index(n: int, dim: int, *, memory_bytes: int | None = None,
                  flat_limit: int = FLAT_LIMIT) -> Plan:
     """What ``auto`` builds for ``n`` vectors of ``dim``: Flat below ``flat_limit`` vectors when
     it fits in half the memory, else IVF-PQ with codes sized to fit."""
-    memory_bytes = memory_bytes or machine_memory()
+    memory_bytes = memory_bytes or machine_memory_bytes()
     flat_bytes = n * (4 * dim + 8)
     if n < flat_limit and flat_bytes <= memory_bytes // 2:
         return Plan("flat", reason=f"{n:,} vectors < {flat_limit:,}: exact search (Flat, "
-                                   f"{_size(flat_bytes)}) is fast enough")
+                                   f"{format_size(flat_bytes)}) is fast enough")
     m, pca = pq_shape(dim, None)
     while n * (m + 8) > memory_bytes // 2 and m > 1:
         m, pca = pq_shape(dim, max(1, m // 2))
@@ -143,7 +145,7 @@ def choose_index(n: int, dim: int, *, memory_bytes: int | None = None,
         raise ConfigError(f"{n:,} vectors do not fit in this machine's memory even as 1-byte "
                           "codes; build on a larger machine")
     why = f"{n:,} vectors" + (f" >= {flat_limit:,}" if n >= flat_limit else
-                               f": Flat ({_size(flat_bytes)}) exceeds half the memory")
+                               f": Flat ({format_size(flat_bytes)}) exceeds half the memory")
     plan = Plan("ivf-pq", nlist=default_nlist(n), m=m, nbits=8, pca=pca, reason=f"{why}: IVF-PQ")
     _describe_codes(plan, n)
     return plan
@@ -152,7 +154,7 @@ def choose_index(n: int, dim: int, *, memory_bytes: int | None = None,
 def _describe_codes(plan: Plan, n: int) -> None:
     """Replace what ``plan.reason`` says about the code size (after its first ", ")."""
     plan.reason = (plan.reason.split(", ")[0] +
-                   f", {plan.m} code bytes + 8 id bytes per vector ({_size(n * (plan.m + 8))})" +
+                   f", {plan.m} code bytes + 8 id bytes per vector ({format_size(n * (plan.m + 8))})" +
                    (f", after a PCA rotation to {plan.pca} dimensions" if plan.pca else ""))
 
 
@@ -247,224 +249,7 @@ def plan_index(config: IndexConfig, n: int, dim: int, memory_bytes: int | None =
     return plan
 
 
-def make_index(plan: Plan, dim: int, metric: str, transform=None):
-    """An empty CPU index for ``plan``; the outermost index assigns token_ids. A plan with
-    ``pca`` needs its trained ``transform`` (:func:`rotation`)."""
-    import faiss
-
-    fmetric = faiss_metric(metric)
-    if plan.type == "flat":
-        return faiss.IndexIDMap(faiss.IndexFlat(dim, fmetric))
-    if plan.type == "hnsw":
-        graph = faiss.IndexHNSWFlat(dim, plan.m, fmetric)
-        graph.hnsw.efConstruction = plan.efconstruction
-        return faiss.IndexIDMap(graph)
-    if plan.type == "ivf-flat":
-        return faiss.index_factory(dim, f"IVF{plan.nlist},Flat", fmetric)
-    if not plan.pca:
-        return faiss.index_factory(dim, plan.describe(), fmetric)
-    if transform is None:
-        raise ValueError("a PCA plan needs its trained rotation")
-    inner = faiss.index_factory(plan.pca, plan.describe().split(",", 1)[1], fmetric)
-    index = faiss.IndexPreTransform(transform, inner)
-    index.own_fields = True
-    inner.this.disown()
-    transform.this.disown()
-    return index
-
-
-def faiss_metric(metric: str) -> int:
-    """FAISS metric of an index: cosine is L2 over unit vectors (same ranking as their inner
-    product, and PQ codes of unit vectors are far more accurate under L2)."""
-    import faiss
-
-    return faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
-
-
-def to_similarity(distances: np.ndarray, metric: str) -> np.ndarray:
-    """Cosine similarity from the squared L2 distances of unit vectors: 1 - d / 2."""
-    return (1 - distances / 2).astype(np.float32) if metric == "cosine" else distances
-
-
-def set_search_params(index, meta: dict, nprobe: int | None = None) -> None:
-    """Apply the build's calibrated nprobe (IVF) or efSearch (HNSW), or ``nprobe``."""
-    import faiss
-
-    search = meta.get("search", {})
-    value = nprobe or search.get(search.get("parameter", "nprobe"))
-    if value is None:
-        return
-    if meta["type"].startswith("ivf"):
-        ivf = faiss.extract_index_ivf(index)
-        ivf.nprobe = min(int(value), ivf.nlist)
-    elif meta["type"] == "hnsw":
-        faiss.downcast_index(faiss.downcast_index(index).index).hnsw.efSearch = int(value)
-
-
-def gpu_count() -> int:
-    """GPUs FAISS can use (0 with faiss-cpu)."""
-    import faiss
-
-    try:
-        return int(faiss.get_num_gpus())
-    except AttributeError:
-        return 0
-
-
-def use_gpu(requested: bool | None, index_type: str) -> tuple[bool, str]:
-    """Whether to train and add on GPUs, and why."""
-    gpus = gpu_count()
-    if requested and gpus == 0:
-        raise ConfigError("--gpu: FAISS sees no GPU; install the gpu extra "
-                          "(pip install 'seqatlas[gpu]') on a CUDA machine, or use --no-gpu")
-    if requested is False:
-        return False, "CPU (--no-gpu)"
-    if gpus == 0:
-        return False, "CPU (FAISS sees no GPU)"
-    if index_type in ("flat", "hnsw"):
-        return False, f"CPU ({index_type} has nothing to train and FAISS has no GPU HNSW)"
-    return True, f"{gpus} GPU(s): coarse k-means and list assignment"
-
-
-def machine_memory() -> int:
-    from seqatlas.query.engine import machine_memory_bytes
-
-    return machine_memory_bytes()
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n}"
-
-
-class Calibration:
-    """Exact top-k of a few held-in queries, accumulated batch by batch."""
-
-    def __init__(self, queries: np.ndarray, metric: str, k: int = CALIBRATION_K):
-        import faiss
-
-        self.queries, self.metric, self.k = queries, metric, k
-        self.heap = faiss.ResultHeap(len(queries), k, keep_max=metric != "l2")
-
-    def add(self, ids: np.ndarray, x: np.ndarray) -> None:
-        if len(self.queries):
-            self.add_result(*exact_search(self.queries, x, ids, self.k, self.metric))
-
-    def add_result(self, distances: np.ndarray, ids: np.ndarray) -> None:
-        self.heap.add_result(np.ascontiguousarray(distances, dtype=np.float32),
-                             np.ascontiguousarray(ids, dtype=np.int64))
-
-    def truth(self) -> np.ndarray:
-        self.heap.finalize()
-        return self.heap.I
-
-
-def exact_search(queries: np.ndarray, x: np.ndarray, ids: np.ndarray, k: int, metric: str
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Brute-force top-k of ``queries`` among rows ``x`` (labelled ``ids``)."""
-    import faiss
-
-    k = min(k, len(x))
-    flat = faiss.IndexFlat(x.shape[1], faiss.METRIC_L2 if metric == "l2"
-                           else faiss.METRIC_INNER_PRODUCT)
-    flat.add(x)
-    distances, rows = flat.search(queries, k)
-    return distances, np.where(rows >= 0, ids[np.maximum(rows, 0)], -1)
-
-
-def per_query_recall(truth: np.ndarray, found: np.ndarray) -> np.ndarray:
-    """Fraction of each query's true top-k found in its returned top-k."""
-    return np.array([len(set(t[t >= 0]) & set(f[f >= 0])) / max((t >= 0).sum(), 1)
-                     for t, f in zip(truth, found)], dtype=np.float64)
-
-
-def calibrate(index, plan: Plan, queries: np.ndarray, truth: np.ndarray,
-              target: float) -> dict:
-    """Smallest nprobe (IVF) or efSearch (HNSW) whose recall@k reaches ``target``."""
-    if plan.type == "flat" or not len(queries):
-        return {"recall_at_10": 1.0, "exact": plan.type == "flat"}
-    if plan.type == "hnsw":
-        key, values = "efSearch", [16, 32, 64, 128, 256, 512, 1024]
-    else:
-        key, values = "nprobe", [v for v in (2 ** i for i in range(17)) if v < plan.nlist]
-        values.append(plan.nlist)
-    meta = {"type": plan.type}
-    curve, bound = {}, {}
-    for value in values:
-        set_search_params(index, meta, value)
-        _, found = index.search(queries, truth.shape[1])
-        hits = per_query_recall(truth, found)
-        curve[value] = round(float(hits.mean()), 4)
-        # reached only when one standard error below the mean still reaches it, so the
-        # setting holds for other queries too
-        bound[value] = float(hits.mean() - hits.std() / np.sqrt(len(hits)))
-        recalls = list(curve.values())
-        if bound[value] >= target or (len(recalls) >= 3 and recalls[-1] <= recalls[-3]):
-            break  # reached, or no gain over two doublings: the codes limit the recall
-    value = next((v for v, b in bound.items() if b >= target), max(curve, key=curve.get))
-    result = {key: value, "parameter": key, "recall_at_10": curve[value],
-              "target": target, "queries": len(queries),
-              "curve": {str(v): r for v, r in curve.items()}}
-    if bound[value] < target:
-        result["warning"] = (f"recall@10 {curve[value]:.3f} does not reach {target} at any "
-                             f"{key}; use larger codes (--m) or --type flat/hnsw")
-    return result
-
-
-def _gpu_resources(index):
-    """Move the IVF coarse quantizer's work (k-means, assignment) to all GPUs."""
-    import faiss
-
-    ivf = faiss.extract_index_ivf(index)
-    clustering = faiss.index_cpu_to_all_gpus(faiss.IndexFlat(ivf.d, ivf.metric_type))
-    ivf.clustering_index = clustering
-    return ivf, clustering
-
-
-def train(index, plan: Plan, sample: np.ndarray, gpu: bool) -> None:
-    if plan.type in ("flat", "hnsw"):
-        return
-    if not gpu:
-        index.train(sample)
-        return
-    ivf, clustering = _gpu_resources(index)
-    try:
-        index.train(sample)
-    finally:
-        ivf.clustering_index = None
-        del clustering
-
-
-def add_batches(index, source: EmbeddingSource, metric: str, calibration: Calibration, *,
-                gpu: bool, batch_rows: int, advance=None) -> None:
-    """Add ``source``'s vectors (normalised for cosine) to ``index`` and to the exact top-k
-    of ``calibration``, calling ``advance(rows)`` after each batch. On GPU the coarse
-    assignment runs on a GPU copy of the quantizer; the CPU quantizer is put back after."""
-    if gpu:
-        import faiss
-
-        ivf = faiss.extract_index_ivf(index)
-        cpu_quantizer = ivf.quantizer
-        gpu_quantizer = faiss.index_cpu_to_all_gpus(cpu_quantizer)  # kept alive while used
-        ivf.quantizer = gpu_quantizer
-    try:
-        for ids, x in source.batches(batch_rows=batch_rows):
-            if metric == "cosine":
-                x = normalise(x)
-            index.add_with_ids(x, ids)
-            calibration.add(ids, x)
-            if advance is not None:
-                advance(len(ids))
-    finally:
-        if gpu:
-            ivf.quantizer = cpu_quantizer
-            del gpu_quantizer
-
-
-def build_index(atlas: str | os.PathLike | Atlas, **options) -> dict:
+def build_index(atlas: str | os.PathLike | AtlasReader, **options) -> dict:
     """Build embedding index ``name`` of ``atlas`` and record it in the manifest.
 
     Options are the fields of :class:`IndexConfig`. Returns the index meta: type, metric,
@@ -474,11 +259,11 @@ def build_index(atlas: str | os.PathLike | Atlas, **options) -> dict:
     config = IndexConfig(**options)
     import faiss
 
-    path = atlas.path if isinstance(atlas, Atlas) else Path(atlas)
+    path = atlas.path if isinstance(atlas, AtlasReader) else Path(atlas)
     started = time.perf_counter()
     with AtlasWriter(path) as writer:  # holds the atlas lock: no ingest during the build
         store.remove_stale(path)
-        snapshot = Atlas(path)
+        snapshot = AtlasReader(path)
         source = EmbeddingSource.open(snapshot, config.column)
         n, dim = source.total, source.dim
         plan = plan_index(config, n, dim)
@@ -498,7 +283,7 @@ def build_index(atlas: str | os.PathLike | Atlas, **options) -> dict:
             eigenvalues, axes = principal_axes(sample[: plan.sample])
             cumulative = cumulative_energy(eigenvalues)
             if config.type == "auto" and config.m is None:
-                widen_codes(plan, cumulative, n, dim, machine_memory())
+                widen_codes(plan, cumulative, n, dim, machine_memory_bytes())
             if plan.pca:
                 variance = round(float(cumulative[plan.pca - 1]), 5)
                 transform = rotation(axes, plan.pca, config.seed)
@@ -511,8 +296,6 @@ def build_index(atlas: str | os.PathLike | Atlas, **options) -> dict:
         t0 = time.perf_counter()
         shards = min(config.shards or 1, len(source.parts))
         if shards > 1:
-            from seqatlas.index.shards import add_sharded
-
             index, shards = add_sharded(index, source, shards, config=config,
                                         calibration=calibration, gpu=gpu)
         else:
@@ -540,7 +323,7 @@ def build_index(atlas: str | os.PathLike | Atlas, **options) -> dict:
                       "tokens_parts": len(source.parts),
                       "tokens_fingerprint": tokens_fingerprint(snapshot)},
             "train_seconds": round(train_seconds, 3), "add_seconds": round(add_seconds, 3),
-            "faiss_version": faiss.__version__, "built": _now(),
+            "faiss_version": faiss.__version__, "built": utc_now(),
         }
         if variance is not None:
             meta["pca_variance_kept"] = variance

@@ -6,14 +6,17 @@ Imported only by a build with ``shards > 1``; ray is imported here, lazily.
 
 from __future__ import annotations
 
-import logging
-import os
 from pathlib import Path
 
 import numpy as np
 
 from seqatlas.errors import AtlasIndexError, ConfigError, SeqAtlasError
 from seqatlas.progress import progress_bar
+from seqatlas.index.populate import add_batches, gpu_count
+from seqatlas.index.search import Calibration
+from seqatlas.index.vectors import EmbeddingSource
+from seqatlas.store import AtlasReader
+from seqatlas.util import start_ray
 
 
 def split_parts(rows: list[int], shards: int) -> list[range]:
@@ -35,21 +38,6 @@ def split_parts(rows: list[int], shards: int) -> list[range]:
     return bounds
 
 
-def _init_ray(address: str | None):
-    import ray
-
-    if not ray.is_initialized():
-        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-        try:
-            ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.ERROR, configure_logging=True)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise ConfigError(f"cannot start or reach Ray at {address or 'local'} ({exc}); "
-                              "check --address, or build without --shards") from None
-        return ray, True
-    return ray, False
-
-
 def add_shard(index_bytes: np.ndarray, atlas_path: str, column: str, dim: int,
               parts: list[str], rows: list[int], metric: str, queries: np.ndarray, k: int,
               batch_rows: int, threads: int, gpu: bool):
@@ -57,13 +45,9 @@ def add_shard(index_bytes: np.ndarray, atlas_path: str, column: str, dim: int,
     exact top-k of the calibration queries among these parts."""
     import faiss
 
-    from seqatlas.atlas import Atlas
-    from seqatlas.index.build import Calibration, add_batches, gpu_count
-    from seqatlas.index.vectors import EmbeddingSource
-
     faiss.omp_set_num_threads(max(1, threads))
     index = faiss.deserialize_index(index_bytes)
-    source = EmbeddingSource(Atlas(atlas_path), column, dim, [Path(p) for p in parts], rows)
+    source = EmbeddingSource(AtlasReader(atlas_path), column, dim, [Path(p) for p in parts], rows)
     calibration = Calibration(queries, metric, k)
     add_batches(index, source, metric, calibration, gpu=gpu and gpu_count() > 0,
                 batch_rows=batch_rows)
@@ -78,7 +62,8 @@ def add_sharded(index, source, shards: int, *, config, calibration, gpu: bool = 
     GPUs and assign vectors to lists there."""
     import faiss
 
-    ray, started = _init_ray(config.address)
+    ray, started = start_ray(config.address, error=ConfigError,
+                              fallback="build without --shards")
     try:
         resources = ray.cluster_resources()
         cpus, gpus = int(resources.get("CPU", 1)), resources.get("GPU", 0)

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from seqatlas.atlas import Atlas
-from seqatlas.atlas import _fsync_dir as _fsync
-from seqatlas.ingest.plan import file_sha256
+from seqatlas.store import AtlasReader
+from seqatlas.util import TEMP_MARK, file_sha256, fsync_dir, temporary_name
 from seqatlas.errors import AtlasIndexError, ConfigError
+from seqatlas.index.search import set_search_params, to_similarity
+from seqatlas.index.vectors import normalise, tokens_fingerprint
 
 INDEX_DIR = "index"
 INDEX_FILE = "index.faiss"
@@ -30,7 +31,7 @@ META_FILE = "meta.json"
 _RENAME_EXCHANGE = 2
 
 
-def index_dir(atlas: Atlas, name: str) -> Path:
+def index_dir(atlas: AtlasReader, name: str) -> Path:
     check_name(name)
     return atlas.path / INDEX_DIR / name
 
@@ -62,7 +63,7 @@ def remove_stale(atlas_path: Path) -> None:
     """Temporary directories of builds that died (call while holding the atlas lock)."""
     root = atlas_path / INDEX_DIR
     if root.is_dir():
-        for stale in root.glob(".*.tmp-*"):
+        for stale in root.glob(f".*{TEMP_MARK}*"):
             shutil.rmtree(stale, ignore_errors=True)
 
 
@@ -73,7 +74,7 @@ def write_index(atlas_path: Path, name: str, index, meta: dict) -> dict:
     root = atlas_path / INDEX_DIR
     root.mkdir(exist_ok=True)
     final = root / name
-    tmp = root / f".{name}.tmp-{os.getpid()}"
+    tmp = temporary_name(final)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
@@ -83,24 +84,24 @@ def write_index(atlas_path: Path, name: str, index, meta: dict) -> dict:
         meta["bytes_per_vector"] = round(meta["bytes"] / max(meta["ntotal"], 1), 2)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
         for path in (tmp / INDEX_FILE, tmp / META_FILE, tmp):
-            _fsync(path)
+            fsync_dir(path)
         if final.exists():
             if _exchange(tmp, final):  # tmp now holds the old index
                 shutil.rmtree(tmp)
             else:
-                old = root / f".{name}.tmp-old-{os.getpid()}"
+                old = temporary_name(final, "-old")
                 os.replace(final, old)
                 os.replace(tmp, final)
                 shutil.rmtree(old)
         else:
             os.replace(tmp, final)
-        _fsync(root)
+        fsync_dir(root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return meta
 
 
-def read_meta(atlas: Atlas, name: str) -> dict:
+def read_meta(atlas: AtlasReader, name: str) -> dict:
     directory = index_dir(atlas, name)
     path = directory / META_FILE
     if not path.exists():
@@ -117,9 +118,9 @@ def read_meta(atlas: Atlas, name: str) -> dict:
             from None
 
 
-def list_indexes(atlas: str | os.PathLike | Atlas) -> list[dict]:
+def list_indexes(atlas: str | os.PathLike | AtlasReader) -> list[dict]:
     """The indexes recorded in the atlas manifest: name, type, metric, column, ntotal, bytes."""
-    atlas = atlas if isinstance(atlas, Atlas) else Atlas(atlas)
+    atlas = atlas if isinstance(atlas, AtlasReader) else AtlasReader(atlas)
     rows = []
     for name, entry in sorted(atlas.manifest.get("indexes", {}).items()):
         rows.append({"name": name, **{key: entry.get(key) for key in
@@ -159,8 +160,6 @@ class LoadedIndex:
         ``nprobe`` overrides the build's calibrated number of IVF lists (HNSW: efSearch)
         visited per query.
         """
-        from seqatlas.index.build import set_search_params, to_similarity
-        from seqatlas.index.vectors import normalise
 
         queries = np.asarray(queries)
         if queries.ndim == 1:
@@ -183,18 +182,15 @@ class LoadedIndex:
             ids.astype(np.int64, copy=False)
 
 
-def load_index(atlas: str | os.PathLike | Atlas, name: str = "default", *,
+def load_index(atlas: str | os.PathLike | AtlasReader, name: str = "default", *,
                mmap: bool = True, verify: bool = True) -> LoadedIndex:
     """Open index ``name`` of ``atlas`` after checking it belongs to the atlas as it is now.
 
     ``mmap`` maps the file where FAISS can (IVF inverted lists, flat codes) instead of
     reading it into memory; ``verify`` checks the sha256 of the file (one read of it).
     """
-    import faiss
 
-    from seqatlas.index.vectors import tokens_fingerprint
-
-    atlas = atlas if isinstance(atlas, Atlas) else Atlas(atlas)
+    atlas = atlas if isinstance(atlas, AtlasReader) else AtlasReader(atlas)
     meta = read_meta(atlas, name)
     directory = index_dir(atlas, name)
     rebuild = f"rebuild it with `seqatlas index build --atlas {atlas.path} --name {name}`"
@@ -261,7 +257,7 @@ def _read(file: Path, kind: str, mmap: bool, rebuild: str):
             from None
 
 
-def _column_dim(atlas: Atlas, column: str) -> int | None:
+def _column_dim(atlas: AtlasReader, column: str) -> int | None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 

@@ -15,13 +15,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from seqatlas import schema
-from seqatlas.atlas import Atlas
+from seqatlas.store import AtlasReader
 from seqatlas.errors import AtlasIndexError
 
 BATCH_ROWS = 65536
 
 
-def tokens_fingerprint(atlas: Atlas) -> str:
+def tokens_fingerprint(atlas: AtlasReader) -> str:
     """sha256 of the committed tokens parts (names are content keys, plus rows and bytes)."""
     parts = atlas.manifest["parts"].get("tokens", {})
     text = "\n".join(f"{name}\t{meta['rows']}\t{meta['bytes']}"
@@ -29,7 +29,7 @@ def tokens_fingerprint(atlas: Atlas) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def column_layer(atlas: Atlas, column: str) -> int | None:
+def column_layer(atlas: AtlasReader, column: str) -> int | None:
     """The hidden layer stored in ``column`` (``embedding``: the first requested layer)."""
     columns = schema.embedding_columns(atlas.manifest.get("scoring") or {})
     return next((layer for layer, name in columns.items() if name == column), None)
@@ -39,14 +39,14 @@ def column_layer(atlas: Atlas, column: str) -> int | None:
 class EmbeddingSource:
     """The vectors of one embedding column of an atlas's tokens table."""
 
-    atlas: Atlas
+    atlas: AtlasReader
     column: str
     dim: int
     parts: list[Path]
     rows: list[int]  # rows per part, from the manifest
 
     @classmethod
-    def open(cls, atlas: Atlas, column: str = "embedding") -> EmbeddingSource:
+    def open(cls, atlas: AtlasReader, column: str = "embedding") -> EmbeddingSource:
         if not atlas.manifest.get("scoring", {}).get("embeddings"):
             raise AtlasIndexError(f"{atlas.path} stores no embeddings; ingest with "
                                   "`--embeddings float16` to build an index")

@@ -1,7 +1,7 @@
 """DuckDB queries over an atlas: sandboxed SQL, anomalies, enrichment, browser tracks,
 nearest k-mers in embedding space and the identity/context diagnostic.
 
-Nothing here imports torch or ray.
+Nothing here imports torch, ray or faiss until a k-mer is embedded or an index is searched.
 """
 
 from __future__ import annotations
@@ -10,14 +10,13 @@ import os
 
 import pyarrow as pa
 
-from seqatlas.query.anomalies import AnomalyParams, anomalies
-from seqatlas.query.engine import Engine, SqlConfig
-from seqatlas.query.enrichment import enrichment
+from seqatlas.query.engine import SqlConfig
+from seqatlas.query.identity_context import IdentityConfig, identity
+from seqatlas.query.neighbours import KnnConfig, knn
+from seqatlas.query.regions import anomalies
+from seqatlas.query.repeat_enrichment import enrichment
 from seqatlas.query.tracks import export
-
-# the functions, bound after their modules so they own the names seqatlas.query.knn/identity
-from seqatlas.query.identity import IdentityConfig, identity  # noqa: E402
-from seqatlas.query.knn import KnnConfig, knn  # noqa: E402
+from seqatlas.query.views import AnomalyParams, Engine
 
 __all__ = ["AnomalyParams", "Engine", "IdentityConfig", "KnnConfig", "SqlConfig", "anomalies",
            "enrichment", "export", "identity", "knn", "sql"]
@@ -30,7 +29,8 @@ def sql(atlas, query: str, *, output: str | os.PathLike | None = None,
 
     Returns the result as an Arrow table, or, with ``output``, streams it into that file
     (``format`` csv, json or parquet) and returns the row count. ``params`` shapes the
-    ``anomalies`` views; ``config`` sets the timeout, memory limit and threads.
+    ``anomalies`` views; ``config`` sets the timeout, memory limit and threads. Nothing is
+    computed up front and the atlas is never written.
     """
     with Engine(atlas, config, anomaly_params=params) as engine:
         if output is not None:

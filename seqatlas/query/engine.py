@@ -19,32 +19,14 @@ from pathlib import Path
 import pyarrow as pa
 
 from seqatlas import schema
-from seqatlas.atlas import Atlas
+from seqatlas.store import AtlasReader
 from seqatlas.errors import AtlasError, ConfigError, QueryError
+from seqatlas.util import machine_memory_bytes, machine_threads, replacing
 
 TABLE_SCHEMAS = {"sequences": schema.SEQUENCES, "positions": schema.POSITIONS,
                  "repeats": schema.REPEATS}
 ALLOWED_STATEMENTS = ("SELECT", "EXPLAIN")
 OUTPUT_FORMATS = ("table", "csv", "json", "parquet")
-
-
-def machine_memory_bytes() -> int:
-    """Physical memory, or the cgroup limit when it is smaller."""
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit.isdigit():
-            total = min(total, int(limit))
-    except OSError:
-        pass
-    return total
-
-
-def machine_threads() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 @dataclass
@@ -103,26 +85,22 @@ def _select_list(arrow_schema: pa.Schema, part: str) -> str:
                      f'CAST(NULL AS {_duckdb_type(f.type)}) AS "{f.name}"' for f in arrow_schema)
 
 
-def _sql_string(text: str) -> str:
+def sql_string(text: str) -> str:
+    """``text`` as a SQL string literal."""
     return "'" + text.replace("'", "''") + "'"
 
 
-class Engine:
+class Sandbox:
     """A DuckDB connection whose only readable files are one atlas's committed parts.
 
-    Views: ``sequences``, ``positions``, ``tokens``, ``repeats``, plus ``position_z``,
-    ``anomalies`` and ``anomaly_regions`` (see :mod:`seqatlas.query.anomalies`).
+    Views: ``sequences``, ``positions``, ``tokens``, ``repeats`` and ``repeats_global``. The
+    anomaly views are added by :class:`seqatlas.query.views.Engine`.
     """
 
-    def __init__(self, atlas: Atlas | str | os.PathLike, config: SqlConfig | None = None,
-                 anomaly_params=None, *, anomaly_views: bool = True):
-        """``anomaly_views=False`` skips the anomaly views (and the robust statistics pass
-        they may need on a fresh atlas) for callers that do not use them."""
+    def __init__(self, atlas: AtlasReader | str | os.PathLike, config: SqlConfig | None = None):
         import duckdb
 
-        from seqatlas.query.anomalies import AnomalyParams, create_anomaly_views
-
-        self.atlas = atlas if isinstance(atlas, Atlas) else Atlas(atlas)
+        self.atlas = atlas if isinstance(atlas, AtlasReader) else AtlasReader(atlas)
         self.config = config or SqlConfig()
         self.config.validate()
         self.root = Path(os.path.realpath(self.atlas.path))
@@ -140,13 +118,9 @@ class Engine:
         try:
             allowed = self._create_views()
             if allowed:
-                self.con.execute(f"SET allowed_paths=[{', '.join(map(_sql_string, allowed))}]")
+                self.con.execute(f"SET allowed_paths=[{', '.join(map(sql_string, allowed))}]")
             self.con.execute("SET enable_external_access=false")
             self.con.execute("SET lock_configuration=true")
-            self.anomaly_params = anomaly_params or AnomalyParams()
-            self.anomaly_column = None
-            if anomaly_views:
-                create_anomaly_views(self, self.anomaly_params)
         except BaseException:
             self.close()
             raise
@@ -165,7 +139,7 @@ class Engine:
             parts = [self._safe_part(p) for p in self.atlas.part_paths(table)]
             allowed += parts
             if parts:
-                files = ", ".join(map(_sql_string, parts))
+                files = ", ".join(map(sql_string, parts))
                 body = f"SELECT {_select_list(schemas[table], parts[0])} " \
                        f"FROM read_parquet([{files}])"
             else:
@@ -252,7 +226,7 @@ class Engine:
             self.con = None
         shutil.rmtree(self._spill, ignore_errors=True)
 
-    def __enter__(self) -> Engine:
+    def __enter__(self) -> Sandbox:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -284,9 +258,8 @@ def write_result(batches: pa.RecordBatchReader | pa.Table, output: str | os.Path
     if not output.parent.exists():
         raise ConfigError(f"--output {output}: directory {output.parent} does not exist")
     reader = batches.to_reader() if isinstance(batches, pa.Table) else batches
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
     rows = 0
-    try:
+    with replacing(output, durable=False) as tmp:
         if format == "parquet":
             with pq.ParquetWriter(tmp, reader.schema, compression="zstd") as writer:
                 for batch in reader:
@@ -305,8 +278,4 @@ def write_result(batches: pa.RecordBatchReader | pa.Table, output: str | os.Path
                         fh.write(("\n" if rows == 0 else ",\n") + json_record(record))
                         rows += 1
                 fh.write("\n]\n" if rows else "]\n")
-        os.replace(tmp, output)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return rows

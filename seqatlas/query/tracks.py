@@ -14,6 +14,9 @@ from pathlib import Path
 import pyarrow as pa
 
 from seqatlas.errors import ConfigError
+from seqatlas.query.engine import arrow_reader
+from seqatlas.query.views import AnomalyParams, Engine
+from seqatlas.util import replacing
 
 EXPORT_FORMATS = ("bedgraph", "bed", "bigwig")
 TRACK_COLUMNS = ("z", "logp", "logp_unmasked", "logp_rc", "logp_unmasked_rc", "logp_mean",
@@ -53,11 +56,9 @@ def export(atlas, *, format: str, output: str | os.PathLike, column: str = "z",
            params=None, config=None) -> dict:
     """Write a bedGraph/bigWig track of ``column`` or a BED of anomalous regions.
 
-    ``params`` (:class:`~seqatlas.query.anomalies.AnomalyParams`) defines z and the regions.
+    ``params`` (:class:`~seqatlas.query.views.AnomalyParams`) defines z and the regions.
     Returns ``{"output", "format", "column", "intervals"}``.
     """
-    from seqatlas.query.anomalies import AnomalyParams
-    from seqatlas.query.engine import Engine, arrow_reader
 
     if format not in EXPORT_FORMATS:
         raise ConfigError(f"format must be one of {', '.join(EXPORT_FORMATS)}, not {format!r}")
@@ -67,7 +68,7 @@ def export(atlas, *, format: str, output: str | os.PathLike, column: str = "z",
     if output.is_dir() or not output.parent.is_dir():
         raise ConfigError(f"--output {output}: give a file name in an existing directory")
     params = params or AnomalyParams()
-    with Engine(atlas, config, anomaly_params=params) as engine:
+    with Engine(atlas, config, anomaly_params=params, robust_pass=True) as engine:
         if (column == "z" or format == "bed") and engine.anomaly_column is None:
             raise ConfigError(f"{engine.atlas.path} has no likelihood scores (ingested with "
                               "--likelihood none); export another --column")
@@ -75,16 +76,11 @@ def export(atlas, *, format: str, output: str | os.PathLike, column: str = "z",
             "SELECT seq_id, length FROM sequences ORDER BY ordinal").fetchall()
         query = REGIONS_BED if format == "bed" else _runs_query(column)
         reader = arrow_reader(engine.execute_internal(query), 262144)
-        tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-        try:
+        with replacing(output, durable=False) as tmp:
             if format == "bigwig":
                 intervals = _write_bigwig(reader, tmp, sizes)
             else:
                 intervals = _write_tsv(reader, tmp)
-            os.replace(tmp, output)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
     return {"output": str(output), "format": format,
             "column": None if format == "bed" else column, "intervals": intervals}
 

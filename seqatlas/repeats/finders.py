@@ -7,7 +7,7 @@ atlas holds all its positions (``ref`` is the uppercase letter, so this is exact
 against the same sha1). The sequences go to a temporary FASTA in uppercase (soft-masked
 bases are searched like the others; RNA's U is written as T), the program runs in a temporary
 directory (TRF writes files into its working directory), and its output is streamed through
-the importers of :mod:`seqatlas.ingest.repeats` and committed as one unit of the ``repeats``
+the importers of :mod:`seqatlas.repeats.formats` and committed as one unit of the ``repeats``
 table.
 """
 
@@ -28,11 +28,12 @@ from typing import Callable, Iterator
 import pyarrow as pa
 
 from seqatlas import schema
-from seqatlas.atlas import Atlas
+from seqatlas.store import AtlasReader
 from seqatlas.errors import ConfigError, FastaError, InputError, ToolError
 from seqatlas.progress import progress_bar
-from seqatlas.ingest.fasta import read_fasta
-from seqatlas.ingest.repeats import check_within, commit_repeats, parse_repeats
+from seqatlas.fasta import read_fasta
+from seqatlas.repeats.formats import parse_repeats
+from seqatlas.repeats.importer import check_within, commit_repeats
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class Finder:
 
     program: str
     kinds: tuple[str, ...]
-    output_format: str  # an importer of seqatlas.ingest.repeats
+    output_format: str  # an importer of seqatlas.repeats.formats
     install: str  # what to do when the program is not on PATH
     command: Callable[[str, str, list[str]], list[str]]  # (executable, fasta, args) -> argv
     default_args: Callable[[str], list[str]]  # kind -> parameters
@@ -106,7 +107,7 @@ def program_version(program: str, executable: str) -> str:
     return match.group(1) if match else "unknown"
 
 
-def _from_positions(atlas: Atlas, row: dict) -> bytes | None:
+def _from_positions(atlas: AtlasReader, row: dict) -> bytes | None:
     """A sequence rebuilt from ``positions.ref``, or None when the atlas lacks some of it."""
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
@@ -124,7 +125,7 @@ def _from_positions(atlas: Atlas, row: dict) -> bytes | None:
     return joined[0].as_py().encode("ascii")
 
 
-def atlas_residues(atlas: Atlas) -> Iterator[tuple[str, bytes, str]]:
+def atlas_residues(atlas: AtlasReader) -> Iterator[tuple[str, bytes, str]]:
     """(seq_id, uppercase residues, "source" or "positions") for every atlas sequence."""
     kind = atlas.manifest["kind"]
     by_source: dict[str, dict[str, dict]] = {}
@@ -177,7 +178,7 @@ def run_repeat_finder(atlas: str | Path, program: str, *, args: str | None = Non
     executable = shutil.which(finder.program)
     if executable is None:
         raise ToolError(finder.install)
-    opened = Atlas(atlas)
+    opened = AtlasReader(atlas)
     kind = opened.manifest["kind"]
     if kind not in finder.kinds:
         raise ConfigError(f"{program} finds repeats in {' and '.join(finder.kinds)}; this atlas "

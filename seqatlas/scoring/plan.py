@@ -16,9 +16,10 @@ from typing import Callable, Iterator
 import pyarrow as pa
 
 from seqatlas import schema
-from seqatlas.ingest.fasta import read_fasta
-from seqatlas.ingest.scoring import WindowJob
-from seqatlas.ingest.windows import Window, tile_record
+from seqatlas.util import file_sha256
+from seqatlas.fasta import read_fasta
+from seqatlas.scoring.scorer import WindowJob
+from seqatlas.scoring.windows import Window, tile_record
 
 
 @dataclass
@@ -77,14 +78,6 @@ class UnitPlan:
     def unscored(self) -> int:
         """Positions in long N runs, written with null scores."""
         return sum(w.own_end - w.own_start for _, w in self.windows if not w.scored)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def n_runs(residues: bytes, min_length: int) -> list[tuple[int, int]]:

@@ -2,7 +2,7 @@
 
 For each group (a repeat class, family or name; or positions with an in-context copy), the
 scored positions are split into inside / outside the group's repeats and anomalous / not
-(:mod:`seqatlas.query.anomalies`). Each group gets the sample odds ratio with its 95% Woolf
+(:mod:`seqatlas.query.views`). Each group gets the sample odds ratio with its 95% Woolf
 (log-normal) interval, the two-sided Fisher exact p, and the Benjamini-Hochberg q over all
 groups of the query. A position covered by several repeats of one group counts once.
 
@@ -18,13 +18,13 @@ import math
 import pyarrow as pa
 
 from seqatlas.errors import ConfigError
+from seqatlas.query.views import TAIL_PREDICATES, AnomalyParams, Engine
 
 GROUPINGS = ("class", "family", "name", "copy")
 RESULT_COLUMNS = ("group", "n_inside", "anomalous_inside", "n_outside", "anomalous_outside",
                   "rate_inside", "rate_outside", "odds_ratio", "ci_low", "ci_high", "p_value",
                   "q_value")
 
-_ANOMALOUS = {"high": "tail = 'high'", "low": "tail = 'low'", "both": "tail IS NOT NULL"}
 
 
 def _repeat_counts(engine, by: str, anomalous: str) -> list[tuple]:
@@ -99,17 +99,14 @@ def enrichment(atlas, *, by: str = "class", params=None, config=None) -> pa.Tabl
     import numpy as np
     from scipy.stats import false_discovery_control
 
-    from seqatlas.query.anomalies import AnomalyParams
-    from seqatlas.query.engine import Engine
-
     if by not in GROUPINGS:
         raise ConfigError(f"--by must be one of {', '.join(GROUPINGS)}, not {by!r}")
     params = params or AnomalyParams()
-    with Engine(atlas, config, anomaly_params=params) as engine:
+    with Engine(atlas, config, anomaly_params=params, robust_pass=True) as engine:
         if engine.anomaly_column is None:
             raise ConfigError(f"{engine.atlas.path} was ingested with --likelihood none: it "
                               "has no scores to test")
-        anomalous = _ANOMALOUS[params.tail]
+        anomalous = TAIL_PREDICATES[params.tail]
         total, total_anomalous = engine.execute_internal(
             f"SELECT count(*), count(*) FILTER ({anomalous}) FROM position_z").fetchall()[0]
         if by == "copy":

@@ -4,7 +4,7 @@ All coordinates become 0-based half-open. Each malformed line raises :class:`Inp
 naming the file and the line. Formats: RepeatMasker ``.out``, UCSC ``rmsk`` and
 ``simpleRepeat`` tables, Tandem Repeats Finder ``.dat`` and ``-ngs``, tantan ``-f4`` and
 ``-f3``, BED3/BED6+ and GFF3 ``repeat_region``/``tandem_repeat`` features. Running tantan or
-TRF on an atlas's own sequences is in :mod:`seqatlas.ingest.repeat_finders`.
+TRF on an atlas's own sequences is in :mod:`seqatlas.repeats.finders`.
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, TextIO
 
-import numpy as np
 import pyarrow as pa
 
 from seqatlas import schema
-from seqatlas.errors import ConfigError, InputError
-from seqatlas.ingest.fasta import _GZIP_ERRORS, open_text_stream
+from seqatlas.errors import InputError
+from seqatlas.fasta import _GZIP_ERRORS, open_text_stream
 
 Row = tuple  # (seq_id, start, end, strand, name, class, family, score)
 FORMATS = ("repeatmasker", "ucsc-rmsk", "ucsc-simplerepeat", "trf-dat", "trf-ngs",
@@ -281,122 +280,3 @@ def read_repeats(path: str | Path, *, format: str | None = None,
     fmt = format or detect_format(path)
     with _open(path) as fh:
         return parse_repeats(fh, format=fmt, label=str(path), rename=rename)
-
-
-def _name_map(names: set[str], known: set[str], mode: str) -> dict[str, str]:
-    """Map annotation sequence names onto atlas ids ('auto': chrX <-> X, chrM <-> MT)."""
-    mapping = {}
-    for name in names - known:
-        if mode != "auto":
-            continue
-        candidates = [name[3:] if name.startswith("chr") else "chr" + name]
-        candidates += {"chrM": ["MT"], "MT": ["chrM"], "M": ["MT", "chrM"]}.get(name, [])
-        for candidate in candidates:
-            if candidate in known:
-                mapping[name] = candidate
-                break
-    return mapping
-
-
-def _by_name(table: pa.Table) -> tuple[list[str], np.ndarray]:
-    """The distinct ``seq_id`` of ``table``, and each row's index into them."""
-    ids = table["seq_id"].combine_chunks().dictionary_encode()
-    return ids.dictionary.to_pylist(), ids.indices.to_numpy(zero_copy_only=False)
-
-
-def _renamed(table: pa.Table, mapping: dict[str, str]) -> pa.Table:
-    """``table`` with its ``seq_id`` mapped through ``mapping``."""
-    names, index = _by_name(table)
-    seq_ids = pa.array([mapping.get(s, s) for s in names], pa.string()).take(pa.array(index))
-    return table.set_column(0, schema.REPEATS.field("seq_id"), seq_ids)
-
-
-def check_within(table: pa.Table, lengths: dict[str, int], label: str) -> None:
-    """Refuse repeats that run past the end of their sequence."""
-    names, index = _by_name(table)
-    limit = np.array([lengths[s] for s in names], dtype=np.int64)[index]
-    past = np.flatnonzero(table["end"].to_numpy() > limit)
-    if len(past):
-        row = table.slice(int(past[0]), 1).to_pylist()[0]
-        raise InputError(f"{label}: repeat {row['seq_id']}:{row['start']}-{row['end']} runs "
-                         f"past the end of the sequence ({lengths[row['seq_id']]:,} long); "
-                         "was it made for another assembly?")
-
-
-def commit_repeats(atlas: str | Path, key: str, table: pa.Table, unit: dict) -> bool:
-    """Commit ``table`` as the repeats unit ``key``; False when it was committed already."""
-    from seqatlas.atlas import AtlasWriter
-
-    with AtlasWriter(atlas) as writer:
-        if key in writer.committed_units:
-            return False
-        writer.commit(key, {"repeats": table}, unit=unit)
-    return True
-
-
-def annotate(path: str | Path | None = None, *, atlas: str | Path, format: str | None = None,
-             names: str = "auto", run: str | None = None, run_args: str | None = None,
-             progress: bool = True, detect: bool = False) -> dict:
-    """Import repeats into an atlas's ``repeats`` table, from a file or by running a finder.
-
-    Exactly one of ``path`` (a repeat annotation file), ``run`` ("tantan" or "trf", run on
-    the atlas's own sequences with ``run_args`` replacing its default parameters; see
-    :func:`seqatlas.ingest.repeat_finders.run_repeat_finder`) and ``detect=True`` (the
-    in-context copies found at ingest; :func:`seqatlas.ingest.copies.annotate_copies`). File sequence names must match
-    the atlas's ids; ``names="auto"`` also maps ``chrX`` <-> ``X`` and ``chrM`` <-> ``MT``.
-    Importing the same file or run again is a no-op. Returns a summary.
-    """
-    sources = [flag for flag, value in (("FILE", path), ("--run", run),
-                                        ("--detect", detect or None)) if value is not None]
-    if len(sources) != 1:
-        raise ConfigError("give exactly one source of repeats: a FILE to import, --run "
-                          "tantan|trf to find them, or --detect for the in-context copies "
-                          f"found at ingest (got {' and '.join(sources) or 'none'})")
-    if detect:
-        from seqatlas.ingest.copies import annotate_copies
-
-        return annotate_copies(atlas)
-    if run is not None:
-        if format is not None:
-            raise ConfigError("--format describes a FILE; with --run seqatlas reads the "
-                              "program's own output")
-        from seqatlas.ingest.repeat_finders import run_repeat_finder
-
-        return run_repeat_finder(atlas, run, args=run_args, progress=progress)
-    if run_args is not None:
-        raise ConfigError("--run-args goes with --run (tantan or trf)")
-    return _import_file(Path(path), atlas=atlas, format=format, names=names)
-
-
-def _import_file(path: Path, *, atlas: str | Path, format: str | None, names: str) -> dict:
-    import hashlib
-
-    from seqatlas.atlas import Atlas
-    from seqatlas.ingest.plan import file_sha256
-
-    if names not in ("auto", "exact"):
-        raise ConfigError(f"--names must be 'auto' or 'exact', not {names!r}")
-    lengths = {r["seq_id"]: r["length"]
-               for r in Atlas(atlas).sequences(columns=["seq_id", "length"]).to_pylist()}
-    fmt = (format or detect_format(path)) if path.is_file() else format
-    table = read_repeats(path, format=fmt)
-    found = set(_by_name(table)[0])
-    mapping = _name_map(found, set(lengths), names)
-    if mapping:
-        table = _renamed(table, mapping)
-    unknown = sorted({mapping.get(s, s) for s in found} - set(lengths))
-    if unknown:
-        raise InputError(
-            f"{path}: {len(unknown)} sequence name(s) are not in the atlas "
-            f"({', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}); the atlas has "
-            f"{', '.join(sorted(lengths)[:5])}{' ...' if len(lengths) > 5 else ''}. "
-            "Rename them, or use --names auto for chrX <-> X style differences.")
-    check_within(table, lengths, str(path))
-    digest = file_sha256(path)
-    key = "repeats-" + hashlib.sha256(f"{digest}:{fmt}:{sorted(mapping.items())}".encode()) \
-        .hexdigest()
-    done = not commit_repeats(atlas, key, table,
-                              {"repeats_file": str(path.resolve()), "format": fmt,
-                               "sha256": digest, "renamed": mapping})
-    return {"file": str(path), "format": fmt, "repeats": table.num_rows,
-            "renamed": mapping, "already_imported": done}

@@ -44,20 +44,14 @@ orientation finds the nearest occurrence on either side of the target start.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
 
-from seqatlas import schema
 from seqatlas.errors import ConfigError
 
 DEFAULT_K = {"dna": 12, "rna": 12, "protein": 6}
-SOURCE = "seqatlas-copies"
-REPEAT_CLASS = "in_context_copy"
-FAMILIES = {1: "direct", -1: "reverse_complement"}
 DEFINITION_VERSION = 1  # bump when the definition above changes: re-detection then re-runs
 
 _INVALID = 255
@@ -238,124 +232,3 @@ def copy_columns(offset: np.ndarray, strand: np.ndarray) -> tuple[pa.Array, pa.A
     letters = pa.array(["+", "-"], pa.string())
     index = pa.array(np.where(strand < 0, 1, 0).astype(np.int8), mask=none)
     return pa.array(offset, pa.int32(), mask=none), letters.take(index)
-
-
-# --- export as repeats --------------------------------------------------------------------
-
-def _intervals(table: pa.Table, seq_order: list[str]) -> pa.Table:
-    """Positions rows with a copy -> ``repeats`` rows: runs of consecutive positions of one
-    window whose copies are one shifted (direct) or mirrored (reverse complement) stretch.
-    ``seq_order``: the atlas's sequence ids in order, which the rows follow."""
-    import pyarrow.compute as pc
-
-    if table.num_rows == 0:
-        return schema.REPEATS.empty_table()
-    order = {s: i for i, s in enumerate(seq_order)}
-    seq_ids = table["seq_id"].combine_chunks().dictionary_encode()
-    names = seq_ids.dictionary.to_pylist()
-    seq = np.array([order[s] for s in names], dtype=np.int64)[seq_ids.indices.to_numpy()]
-    pos = table["pos"].to_numpy()
-    window = table["window_start"].to_numpy()
-    offset = table["copy_offset"].to_numpy().astype(np.int64)
-    direct = pc.equal(table["copy_strand"], "+").to_numpy(zero_copy_only=False)
-    rows = np.lexsort((pos, seq))
-    seq, pos, window, offset, direct = seq[rows], pos[rows], window[rows], offset[rows], \
-        direct[rows]
-    # direct: the copy is the stretch shifted by offset; reverse complement: mirrored
-    # about an axis, pos + partner = 2 * pos + offset
-    partner_key = np.where(direct, offset, 2 * pos + offset)
-    new = np.ones(len(pos), dtype=bool)
-    new[1:] = ((seq[1:] != seq[:-1]) | (pos[1:] != pos[:-1] + 1) | (window[1:] != window[:-1])
-               | (direct[1:] != direct[:-1]) | (partner_key[1:] != partner_key[:-1]))
-    first = np.flatnonzero(new)
-    last = np.concatenate([first[1:], [len(pos)]]) - 1
-    start, end = pos[first], pos[last] + 1
-    is_direct, key = direct[first], partner_key[first]
-    partner_start = np.where(is_direct, start + key, key - end + 1)
-    partner_end = np.where(is_direct, end + key, key - start + 1)
-    seq_names = pa.array(seq_order, pa.string()).take(pa.array(seq[first]))
-    partner = pc.binary_join_element_wise(
-        seq_names, pc.binary_join_element_wise(pa.array(partner_start).cast(pa.string()),
-                                               pa.array(partner_end).cast(pa.string()), "-"),
-        ":")
-    count = len(first)
-    return pa.table({
-        "seq_id": seq_names,
-        "start": pa.array(start, pa.int64()),
-        "end": pa.array(end, pa.int64()),
-        "strand": pa.array(np.where(is_direct, "+", "-")),
-        "name": partner,
-        "class": pa.array([REPEAT_CLASS] * count, pa.string()),
-        "family": pa.array(np.where(is_direct, FAMILIES[1], FAMILIES[-1])),
-        "source": pa.array([SOURCE] * count, pa.string()),
-        "score": pa.nulls(count, pa.float64()),
-    }, schema=schema.REPEATS)
-
-
-def _read_copies(paths: list) -> pa.Table:
-    import pyarrow.dataset as ds
-
-    columns = ["seq_id", "pos", "window_start", "copy_offset", "copy_strand"]
-    if not paths:
-        return schema.POSITIONS.empty_table().select(columns)
-    data = ds.dataset([str(p) for p in paths], format="parquet", schema=schema.POSITIONS)
-    return data.to_table(columns=columns, filter=ds.field("copy_offset").is_valid())
-
-
-def _seq_order(atlas) -> list[str]:
-    """An :class:`~seqatlas.atlas.Atlas`'s sequence ids, in order."""
-    return atlas.sequences(columns=["seq_id"])["seq_id"].to_pylist()
-
-
-def _check_detected(manifest: dict, path) -> int:
-    k = manifest["scoring"].get("copy_k")
-    if not k:
-        raise ConfigError(f"{path} was ingested with --copy-k 0, so its positions have no copy "
-                          "columns; re-ingest into a new atlas with --copy-k K (or the default)")
-    return k
-
-
-def copy_repeats(atlas) -> pa.Table:
-    """The detector's copies of an atlas as ``repeats`` rows, without writing anything.
-
-    Each row is a run of consecutive positions, scored from one window, whose copies form one
-    stretch: ``strand`` "+" (family ``direct``: shifted by a constant offset) or "-" (family
-    ``reverse_complement``: mirrored). ``name`` is that stretch, ``seq_id:start-end``, 0-based
-    half-open; class ``in_context_copy``, source ``seqatlas-copies``, score null.
-    """
-    from seqatlas.atlas import Atlas
-
-    atlas = Atlas(atlas)
-    _check_detected(atlas.manifest, atlas.path)
-    return _intervals(_read_copies(atlas.part_paths("positions")), _seq_order(atlas))
-
-
-def annotate_copies(atlas) -> dict:
-    """Commit :func:`copy_repeats` to the atlas's ``repeats`` table.
-
-    Only positions parts not covered by an earlier detection are read, so re-running adds
-    nothing, and after a further ingest it adds the new parts' copies only.
-    """
-    from seqatlas.atlas import Atlas, AtlasWriter
-
-    with AtlasWriter(atlas) as writer:
-        k = _check_detected(writer.manifest, writer.path)
-        covered = {unit for record in writer.manifest["units"].values()
-                   if record.get("detector") == SOURCE for unit in record["positions_units"]}
-        parts = writer.manifest["parts"]["positions"]
-        todo = sorted(name for name, meta in parts.items() if meta["unit"] not in covered)
-        summary = {"file": None, "format": SOURCE, "copy_k": k, "renamed": {},
-                   "positions_parts": len(todo), "repeats": 0, "already_imported": not todo}
-        if not todo:
-            return summary
-        table = _intervals(_read_copies([writer.path / "positions" / p for p in todo]),
-                           _seq_order(Atlas(writer.path)))
-        units = sorted(parts[name]["unit"] for name in todo)
-        key = "copies-" + hashlib.sha256(json.dumps([DEFINITION_VERSION, k, units])
-                                         .encode()).hexdigest()
-        writer.commit(key, {"repeats": table},
-                      unit={"detector": SOURCE, "copy_k": k,
-                            "definition_version": DEFINITION_VERSION, "positions_units": units,
-                            "repeats": table.num_rows})
-        summary["repeats"] = table.num_rows
-        return summary

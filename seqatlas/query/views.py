@@ -1,12 +1,15 @@
-"""Likelihood anomalies: robust z-scores per reference letter, anomalous runs, repeat overlap.
+"""The anomaly views of an engine: robust z-scores per reference letter, anomalous positions
+and runs, and the overlap SQL that joins intervals with repeats.
 
 ``z = (score - median) / (1.4826 * MAD)``, with the median and MAD of the score column over
 all scored positions of the same reference letter (one model per atlas). They are computed
-once and cached in ``atlas.json`` under ``cache`` (keyed by column and the committed
-positions parts), so later queries skip the pass. With ``smooth = W`` the z-score is the mean
+by :func:`robust_stats` and cached in ``atlas.json`` under ``cache`` (keyed by column and the
+committed positions parts), so later queries skip the pass. An engine made without that pass
+(``query sql``) uses the cache when it is current and otherwise computes the same statistics
+inside DuckDB when, and only when, a query reads these views; it never writes the atlas. With ``smooth = W`` the z-score is the mean
 of the per-position z over W consecutive scored rows centred on the position.
 
-Views created in every :class:`~seqatlas.query.engine.Engine`:
+Views created by :class:`Engine`:
 
 - ``position_z``: every scored position with ``score``, ``z`` and ``tail`` (``high`` when
   z >= threshold, ``low`` when z <= -threshold, else null).
@@ -18,16 +21,20 @@ Views created in every :class:`~seqatlas.query.engine.Engine`:
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-import pyarrow as pa
 
 from seqatlas.errors import AtlasError, ConfigError
+from seqatlas.query.engine import Sandbox, SqlConfig, sql_string
+from seqatlas.store import AtlasWriter
 
 SCORE_COLUMNS = ("logp", "logp_unmasked", "logp_rc", "logp_unmasked_rc", "logp_mean",
                  "logp_unmasked_mean", "entropy")
 TAILS = ("high", "low", "both")
+# the rows of position_z in each tail selection
+TAIL_PREDICATES = {"high": "tail = 'high'", "low": "tail = 'low'", "both": "tail IS NOT NULL"}
 MAD_TO_SD = 1.4826  # MAD of a normal distribution times this is its standard deviation
+MEAN_ABS_TO_SD = 1.2533  # sqrt(pi / 2): the same for the mean absolute deviation
 
 
 @dataclass
@@ -71,32 +78,60 @@ def _parts_key(atlas) -> str:
     return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
 
 
+def _stats_query(column: str) -> str:
+    return f"""
+        SELECT ref, median(x) AS median, mad(x) AS mad, avg(abs(x - m)) AS mean_abs, count(*) AS n
+        FROM (SELECT ref, "{column}" AS x, median("{column}") OVER (PARTITION BY ref) AS m
+              FROM positions WHERE "{column}" IS NOT NULL)
+        GROUP BY ref ORDER BY ref"""
+
+
+def _cached_stats(atlas, column: str) -> dict[str, dict] | None:
+    cached = atlas.manifest.get("cache", {}).get("robust_z", {}).get(column)
+    return cached["by_ref"] if cached and cached.get("parts") == _parts_key(atlas) else None
+
+
 def robust_stats(engine, column: str) -> dict[str, dict]:
     """Median, scaled MAD and count of ``column`` per reference letter (cached in the atlas)."""
     atlas = engine.atlas
+    cached = _cached_stats(atlas, column)
+    if cached is not None:
+        return cached
     key = _parts_key(atlas)
-    cached = atlas.manifest.get("cache", {}).get("robust_z", {}).get(column)
-    if cached and cached.get("parts") == key:
-        return cached["by_ref"]
-    rows = engine.execute_internal(f"""
-        SELECT ref, median(x) AS median, mad(x) AS mad, avg(abs(x - m)) AS mean_abs, count(*)
-        FROM (SELECT ref, "{column}" AS x, median("{column}") OVER (PARTITION BY ref) AS m
-              FROM positions WHERE "{column}" IS NOT NULL)
-        GROUP BY ref ORDER BY ref""").fetchall()
+    rows = engine.execute_internal(_stats_query(column)).fetchall()
     by_ref = {}
     for ref, median, mad, mean_abs, count in rows:
         # A letter whose scores are mostly identical has MAD 0; the mean absolute deviation
         # (times sqrt(pi/2), a normal's SD) keeps its z finite. Both 0: z is null.
-        scale = MAD_TO_SD * mad if mad else (1.2533 * mean_abs if mean_abs else None)
+        scale = MAD_TO_SD * mad if mad else (MEAN_ABS_TO_SD * mean_abs if mean_abs else None)
         by_ref[ref] = {"median": float(median), "scale": scale, "count": int(count)}
     _store_cache(atlas, column, {"parts": key, "by_ref": by_ref})
     return by_ref
 
 
+def _double(value: float | None) -> str:
+    """A DOUBLE literal that round-trips exactly (a bare 1.25 would be a DECIMAL)."""
+    return "NULL::DOUBLE" if value is None else f"'{float(value)!r}'::DOUBLE"
+
+
+def _stats_relation(engine, column: str, compute: bool) -> str:
+    """SQL of (ref, median, scale): literal values when cached (or ``compute``), else the
+    same statistics computed by DuckDB whenever a query reads them."""
+    by_ref = robust_stats(engine, column) if compute else _cached_stats(engine.atlas, column)
+    if by_ref is None:
+        return (f"SELECT ref, median::DOUBLE AS median, CASE "
+                f"WHEN mad <> 0 THEN {MAD_TO_SD!r}::DOUBLE * mad "
+                f"WHEN mean_abs <> 0 THEN {MEAN_ABS_TO_SD!r}::DOUBLE * mean_abs END AS scale "
+                f"FROM ({_stats_query(column)})")
+    values = ", ".join(f"({sql_string(ref)}, {_double(s['median'])}, {_double(s['scale'])})"
+                       for ref, s in by_ref.items())
+    return (f"SELECT * FROM (VALUES {values}) t(ref, median, scale)" if values else
+            "SELECT NULL::VARCHAR AS ref, NULL::DOUBLE AS median, NULL::DOUBLE AS scale "
+            "WHERE false")
+
+
 def _store_cache(atlas, column: str, value: dict) -> None:
     """Record in the manifest when the atlas is writable and not being written; else skip."""
-    from seqatlas.atlas import AtlasWriter
-
     try:
         with AtlasWriter(atlas.path) as writer:
             if _parts_key(writer) != value["parts"]:
@@ -107,21 +142,16 @@ def _store_cache(atlas, column: str, value: dict) -> None:
         pass
 
 
-def create_anomaly_views(engine, params: AnomalyParams) -> None:
-    """(Re)create ``position_z``, ``anomalies`` and ``anomaly_regions`` for ``params``."""
+def create_anomaly_views(engine, params: AnomalyParams, *, compute: bool = True) -> None:
+    """(Re)create ``position_z``, ``anomalies`` and ``anomaly_regions`` for ``params``;
+    ``compute=False`` never runs (or caches) the robust statistics pass up front."""
     params.validate()
     scoring = engine.atlas.manifest["scoring"]
     column = params.column or default_column(scoring)
     engine.anomaly_column = column
     if column is None:
         return  # likelihood none: no scores to rank
-    by_ref = robust_stats(engine, column)
-    values = ", ".join(f"({_literal(ref)}, {s['median']!r}, "
-                       f"{'NULL' if s['scale'] is None else repr(s['scale'])})"
-                       for ref, s in by_ref.items())
-    stats = (f"SELECT * FROM (VALUES {values}) t(ref, median, scale)" if values else
-             "SELECT NULL::VARCHAR AS ref, NULL::DOUBLE AS median, NULL::DOUBLE AS scale "
-             "WHERE false")
+    stats = _stats_relation(engine, column, compute)
     copy_columns = ", p.copy_offset, p.copy_strand" if "copy_offset" in \
         engine.position_columns else ", NULL::INTEGER AS copy_offset, NULL::VARCHAR AS copy_strand"
     before = (params.smooth - 1) // 2
@@ -129,7 +159,6 @@ def create_anomaly_views(engine, params: AnomalyParams) -> None:
     z = "z0" if params.smooth == 1 else (
         f"avg(z0) OVER (PARTITION BY seq_id ORDER BY pos ROWS BETWEEN {before} PRECEDING "
         f"AND {after} FOLLOWING)")
-    tails = {"high": "tail = 'high'", "low": "tail = 'low'", "both": "tail IS NOT NULL"}
     con = engine.con
     con.execute(f"CREATE OR REPLACE VIEW robust_stats AS {stats}")
     con.execute(f"""CREATE OR REPLACE VIEW position_z AS
@@ -144,7 +173,7 @@ def create_anomaly_views(engine, params: AnomalyParams) -> None:
                   END AS tail
         FROM zs""")
     con.execute(f"CREATE OR REPLACE VIEW anomalies AS SELECT * FROM position_z "
-                f"WHERE {tails[params.tail]}")
+                f"WHERE {TAIL_PREDICATES[params.tail]}")
     con.execute(f"""CREATE OR REPLACE VIEW anomaly_regions AS
         WITH steps AS (
             SELECT seq_id, pos, tail, z, copy_offset IS NOT NULL AS has_copy,
@@ -176,10 +205,6 @@ def create_anomaly_views(engine, params: AnomalyParams) -> None:
         FROM regions GROUP BY seq_id, tail, region""")
 
 
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def repeat_overlaps_sql(intervals: str) -> str:
     """SQL pairing each row of ``intervals`` (a relation with seq_id, start, end) with every
     repeat sharing at least one base with it.
@@ -197,37 +222,24 @@ def repeat_overlaps_sql(intervals: str) -> str:
         JOIN repeats_global rp ON rp.gstart < i.g_end AND i.g_start < rp.gend"""
 
 
-_REGION_BOUNDS = 'SELECT seq_id, start, "end", tail FROM anomaly_regions'
-REGIONS_WITH_REPEATS = f"""
-    WITH hits AS (
-        SELECT seq_id, start, tail,
-               string_agg(DISTINCT repeat_class, ',' ORDER BY repeat_class) AS repeat_classes,
-               string_agg(DISTINCT repeat_name, ',' ORDER BY repeat_name) AS repeat_names
-        FROM ({repeat_overlaps_sql(_REGION_BOUNDS)})
-        GROUP BY seq_id, start, tail)
-    SELECT r.*, r.copy_fraction >= 0.5 AS explained_by_copy, hits.repeat_classes,
-           hits.repeat_names
-    FROM anomaly_regions r JOIN sequences s USING (seq_id)
-    LEFT JOIN hits ON hits.seq_id = r.seq_id AND hits.start = r.start AND hits.tail = r.tail
-    ORDER BY s.global_start + r.start, r.tail"""
+class Engine(Sandbox):
+    """The sandboxed engine with the anomaly views (``position_z``, ``anomalies``,
+    ``anomaly_regions``, ``robust_stats``) for ``anomaly_params``.
 
+    ``robust_pass=True`` computes and caches the robust statistics now (what ``anomalies``,
+    ``enrichment`` and ``export`` do); without it nothing is computed or written until a
+    query reads the views. ``anomaly_views=False`` leaves them out.
+    """
 
-def anomalies(atlas, *, params: AnomalyParams | None = None, with_repeats: bool = False,
-              config=None) -> pa.Table:
-    """Anomalous regions of an atlas (optionally with the repeat classes they overlap)."""
-    from seqatlas.query.engine import Engine, arrow_table
-
-    params = params or AnomalyParams()
-    with Engine(atlas, config, anomaly_params=params) as engine:
-        if engine.anomaly_column is None:
-            raise ConfigError(f"{engine.atlas.path} was ingested with --likelihood none: it "
-                              "has no scores to find anomalies in")
-        if with_repeats:
-            return arrow_table(engine.execute_internal(REGIONS_WITH_REPEATS))
-        return arrow_table(engine.execute_internal(
-            """SELECT r.* FROM anomaly_regions r JOIN sequences s USING (seq_id)
-               ORDER BY s.global_start + r.start, r.tail"""))
-
-
-def params_summary(params: AnomalyParams, column: str) -> dict:
-    return {**asdict(params), "column": column}
+    def __init__(self, atlas, config: SqlConfig | None = None,
+                 anomaly_params: AnomalyParams | None = None, *, anomaly_views: bool = True,
+                 robust_pass: bool = False):
+        super().__init__(atlas, config)
+        self.anomaly_params = anomaly_params or AnomalyParams()
+        self.anomaly_column = None
+        try:
+            if anomaly_views:
+                create_anomaly_views(self, self.anomaly_params, compute=robust_pass)
+        except BaseException:
+            self.close()
+            raise

@@ -17,9 +17,9 @@ import pyarrow as pa
 
 from seqatlas import schema
 from seqatlas.errors import ModelError
-from seqatlas.ingest.copies import copy_columns, window_copies
-from seqatlas.ingest.fasta import soft_mask
-from seqatlas.models.tokenizers import TokenizerFamily, WindowTokens, reverse_complement
+from seqatlas.copy_detector import copy_columns, window_copies
+from seqatlas.fasta import soft_mask
+from seqatlas.checkpoints.tokenizers import TokenizerFamily, WindowTokens, reverse_complement
 
 LIKELIHOOD_MODES = ("exact", "fast", "unmasked", "none")
 STRANDS = ("forward", "both")
@@ -392,7 +392,6 @@ class Scorer:
         arrays = [pa.concat_arrays(tokens[f.name]) if tokens[f.name]
                   else pa.array([], f.type) for f in token_schema]
         return positions, pa.Table.from_arrays(arrays, schema=token_schema)
-
 
     def _copies(self, jobs: list[WindowJob]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """Per scored job: the in-context copies of its owned positions, in its own window."""

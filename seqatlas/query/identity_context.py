@@ -27,9 +27,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from seqatlas import schema
-from seqatlas.atlas import Atlas
+from seqatlas.store import AtlasReader
 from seqatlas.errors import ConfigError
+from seqatlas.index.store import list_indexes, load_index
 from seqatlas.index.vectors import EmbeddingSource, normalise, to_float32
+from seqatlas.query.engine import Sandbox
+from seqatlas.query.neighbours import require_embeddings
 
 METRICS = ("cosine", "ip", "l2")
 _CONTEXT_JOINS = """
@@ -145,9 +148,8 @@ def chance_levels(engine) -> dict[str, float]:
             "context": (next_ + prev - both) / square}
 
 
-def _find_index(atlas: Atlas, column: str, name: str | None):
+def _find_index(atlas: AtlasReader, column: str, name: str | None):
     """A built index over ``column`` (the one named, or any), or None."""
-    from seqatlas.index import list_indexes, load_index
 
     if name is not None:
         index = load_index(atlas, name=name)
@@ -164,18 +166,15 @@ def _find_index(atlas: Atlas, column: str, name: str | None):
 def identity(atlas, *, config: IdentityConfig | None = None, **options) -> pa.Table:
     """One row per tested layer: identity, next, prev and context agreement of the sampled
     tokens' neighbours, beside their chance levels; see the module docstring."""
-    from seqatlas.query.engine import Engine
-    from seqatlas.query.knn import require_embeddings
 
     config = config or IdentityConfig(**options)
     config.validate()
-    atlas = atlas if isinstance(atlas, Atlas) else Atlas(atlas)
+    atlas = atlas if isinstance(atlas, AtlasReader) else AtlasReader(atlas)
     require_embeddings(atlas)
     columns = schema.embedding_columns(atlas.manifest["scoring"])
     if config.layers is not None:
         layers = _resolve(atlas, config.layers, columns)
     elif config.index is not None:  # the layer the named index was built from
-        from seqatlas.index import list_indexes
 
         built = {meta["name"]: meta["column"] for meta in list_indexes(atlas)}
         layers = [layer for layer, name in columns.items()
@@ -185,7 +184,7 @@ def identity(atlas, *, config: IdentityConfig | None = None, **options) -> pa.Ta
     # opened first: an atlas without tokens (or vectors) is an error before any query runs
     sources = {layer: EmbeddingSource.open(atlas, columns[layer]) for layer in layers}
     rows = []
-    with Engine(atlas, anomaly_views=False) as engine:
+    with Sandbox(atlas) as engine:
         chance = chance_levels(engine)
         for layer in layers:
             column = columns[layer]
@@ -227,7 +226,7 @@ def _agreement(info: dict, own: np.ndarray, neighbours: np.ndarray, chance: dict
     return out
 
 
-def _resolve(atlas: Atlas, requested: list[int], columns: dict[int, str]) -> list[int]:
+def _resolve(atlas: AtlasReader, requested: list[int], columns: dict[int, str]) -> list[int]:
     num_layers = atlas.manifest["model"].get("num_layers")
     layers = []
     for value in requested:

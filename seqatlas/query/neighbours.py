@@ -28,8 +28,12 @@ import numpy as np
 import pyarrow as pa
 
 from seqatlas import schema
-from seqatlas.atlas import Atlas
+from seqatlas.store import AtlasReader
+from seqatlas.checkpoints.loading import LoadedModel, resolve_model
 from seqatlas.errors import AtlasIndexError, ConfigError, ModelError, QueryError
+from seqatlas.index.store import load_index
+from seqatlas.query.engine import Sandbox, arrow_table
+from seqatlas.query.views import default_column, repeat_overlaps_sql
 
 OUTPUT_COLUMNS = ("query", "rank", "token_id", "seq_id", "start", "end", "token", "distance",
                   "logp", "repeat_class")
@@ -130,10 +134,8 @@ def parse_at(text: str) -> tuple[str, int]:
 
 # -- the atlas's model -------------------------------------------------------------------
 
-def atlas_model_spec(atlas: Atlas, model: str | None = None):
+def atlas_model_spec(atlas: AtlasReader, model: str | None = None):
     """The atlas's model, resolved (no weights loaded) and checked against the manifest."""
-    from seqatlas.models.loading import resolve_model
-
     record = atlas.manifest["model"]
     if model is None:
         path = record.get("path")
@@ -176,8 +178,6 @@ def embed_residues(spec, residues: list[str], layer: int, *, offset: int | None 
     each embedded alone between the special tokens, read at its query token."""
     import torch
 
-    from seqatlas.models.loading import LoadedModel
-
     tokenizer = spec.tokenizer()
     queries = []  # every string checked before the weights are loaded
     for text in residues:
@@ -209,7 +209,7 @@ def embed_residues(spec, residues: list[str], layer: int, *, offset: int | None 
 
 # -- the search and the join ---------------------------------------------------------------
 
-def column_layer(atlas: Atlas, column: str) -> int:
+def column_layer(atlas: AtlasReader, column: str) -> int:
     """The hidden layer stored in the tokens column ``column``."""
     for layer, name in schema.embedding_columns(atlas.manifest["scoring"]).items():
         if name == column:
@@ -218,7 +218,7 @@ def column_layer(atlas: Atlas, column: str) -> int:
                           "rebuild it with `seqatlas index build`")
 
 
-def require_embeddings(atlas: Atlas) -> None:
+def require_embeddings(atlas: AtlasReader) -> None:
     if not schema.embedding_layers(atlas.manifest["scoring"]):
         raise ConfigError(f"{atlas.path} stores no embeddings (ingested with --embeddings none); "
                           "re-ingest with --embeddings float16 into a new --atlas to look up "
@@ -267,8 +267,6 @@ def _hits_table(labels, distances, token_ids, exclude) -> pa.Table:
 
 def _join_hits(engine, hits: pa.Table, labels: list[str]) -> None:
     """(Re)create the temp table ``hits_joined`` from the registered hits."""
-    from seqatlas.query.anomalies import default_column, repeat_overlaps_sql
-
     engine.con.register("knn_hits", hits)
     engine.con.register("knn_labels", pa.table({"query_no": np.arange(len(labels)),
                                                 "query": pa.array(labels, pa.string())}))
@@ -319,8 +317,6 @@ def knn(atlas, *, kmer: str | list[str] | None = None, at: str | list[str] | Non
     token, distance (as the index's metric reports it: for ip and cosine the similarity,
     higher is nearer), logp, repeat_class.
     """
-    from seqatlas.index import load_index
-    from seqatlas.query.engine import Engine, arrow_table
 
     config = config or KnnConfig(**options)
     config.validate()
@@ -331,11 +327,11 @@ def knn(atlas, *, kmer: str | list[str] | None = None, at: str | list[str] | Non
     (kind, texts), = given.items()
     if config.offset is not None and kind != "sequence":
         raise ConfigError("--offset applies to --sequence queries only")
-    atlas = atlas if isinstance(atlas, Atlas) else Atlas(atlas)
+    atlas = atlas if isinstance(atlas, AtlasReader) else AtlasReader(atlas)
     require_embeddings(atlas)
     index = load_index(atlas, name=config.index)  # a missing one: says how to build it
     layer = column_layer(atlas, index.column)
-    with Engine(atlas, anomaly_views=False) as engine:
+    with Sandbox(atlas) as engine:
         if kind == "at":
             vectors, exclude = stored_vectors(engine, index.column, texts)
             labels = texts

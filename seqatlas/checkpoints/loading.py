@@ -8,13 +8,12 @@ weights. :class:`LoadedModel` is what a scoring worker builds from the resulting
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from seqatlas.errors import ModelError
-from seqatlas.models.tokenizers import (
+from seqatlas.checkpoints.tokenizers import (
     SpecialTokens,
     TokenizerFamily,
     detect_family,
@@ -54,7 +53,7 @@ EMBEDDED_MODELS = {
         description="tiny DNABERT-format model (overlapping 6-mers) trained by seqatlas on "
         "human chrX (GRCh37); see its MODEL_CARD.md",
         kinds=("dna", "rna"),
-        directory="seqatlas:models/embedded/dnabert6_tiny",
+        directory="seqatlas:checkpoints/embedded/dnabert6_tiny",
     ),
 }
 

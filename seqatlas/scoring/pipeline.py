@@ -13,15 +13,15 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from seqatlas import __version__
-from seqatlas.atlas import Atlas, AtlasWriter
+from seqatlas._version import __version__
+from seqatlas.store import AtlasReader, AtlasWriter
 from seqatlas.errors import ConfigError, IngestError, InputError
 from seqatlas.progress import progress_bar
-from seqatlas.ingest.copies import default_copy_k
-from seqatlas.ingest.fasta import KINDS, detect_kind
-from seqatlas.ingest.plan import InputPlan, UnitPlan, iter_unit_jobs, plan_units, scan_input
-from seqatlas.ingest.scoring import LIKELIHOOD_MODES, STRANDS
-from seqatlas.ingest.windows import Window, default_overlap
+from seqatlas.copy_detector import default_copy_k
+from seqatlas.fasta import KINDS, detect_kind
+from seqatlas.scoring.plan import InputPlan, UnitPlan, iter_unit_jobs, plan_units, scan_input
+from seqatlas.scoring.scorer import LIKELIHOOD_MODES, STRANDS
+from seqatlas.scoring.windows import Window, default_overlap
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,7 @@ def ingest(fasta: str | Path | list, *, atlas: str | Path, **options) -> IngestR
     if config.strands == "both" and kind == "protein":
         raise ConfigError("--strands both needs DNA or RNA input (proteins have one strand)")
 
-    from seqatlas.models import resolve_model
+    from seqatlas.checkpoints import resolve_model
 
     spec = resolve_model(config.model, kind=kind, tokenizer=config.tokenizer)
     tokenizer = spec.tokenizer()
@@ -242,7 +242,7 @@ def _scoring_record(config: IngestConfig, tokenizer, *, window: int, overlap: in
         "unit_tokens": unit_tokens,
         "strands": config.strands,
         "skip_n_runs": config.skip_n_runs if kind != "protein" else None,
-        "copy_k": copy_k,  # in-context copy detector (seqatlas.ingest.copies); 0 = off
+        "copy_k": copy_k,  # in-context copy detector (seqatlas.copy_detector); 0 = off
         "distribution": "over the kind's standard letters; a masked token's distribution is "
                         "renormalised over vocabulary tokens of its length made of those letters "
                         "and marginalised to the base; logp and rank are null for other letters",
@@ -286,7 +286,7 @@ def _cost_model(config: IngestConfig, tokenizer):
 def _register_inputs(writer: AtlasWriter, inputs: list[InputPlan], kind: str) -> None:
     """Give new inputs' sequences ordinals and offsets, reuse those of known inputs."""
     known = {i["sha256"]: i for i in writer.manifest["inputs"]}
-    atlas = Atlas(writer.path)
+    atlas = AtlasReader(writer.path)
     existing = atlas.sequences() if writer.manifest["inputs"] else None
     by_id = {}
     if existing is not None:
@@ -316,7 +316,7 @@ def _register_inputs(writer: AtlasWriter, inputs: list[InputPlan], kind: str) ->
 
 def _run_units(config, spec, scoring_args, inputs, per_input, committed, todo, writer, report,
                kind) -> None:
-    from seqatlas.ingest.workers import LocalExecutor, RayExecutor
+    from seqatlas.scoring.workers import LocalExecutor, RayExecutor
 
     if config.workers == 0:
         executor = LocalExecutor(spec, scoring_args)

@@ -6,11 +6,10 @@ retries, commits and progress bar, is the same for either.
 
 from __future__ import annotations
 
-import logging
-import os
 from collections import deque
 
 from seqatlas.errors import IngestError
+from seqatlas.util import start_ray
 
 
 class ScoringWorker:
@@ -19,8 +18,8 @@ class ScoringWorker:
     def __init__(self, spec, scoring: dict, threads: int | None = None):
         import torch
 
-        from seqatlas.ingest.scoring import Scorer
-        from seqatlas.models import LoadedModel
+        from seqatlas.scoring.scorer import Scorer
+        from seqatlas.checkpoints import LoadedModel
 
         if threads:
             # Ray sets OMP_NUM_THREADS=1 in workers; use the CPUs this actor was given.
@@ -67,22 +66,9 @@ class RayExecutor:
     def __init__(self, spec, scoring: dict, *, workers: int | None,
                  gpus_per_worker: float | None,
                  cpus_per_worker: int | None, address: str | None):
-        import ray
-
-        self.ray = ray
-        self.started_ray = False
-        if not ray.is_initialized():
-            os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-            # "local" starts a fresh instance instead of joining one found on this machine
-            try:
-                ray.init(address=address or "local", include_dashboard=False,
-                         log_to_driver=False, logging_level=logging.ERROR,
-                         configure_logging=True)
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise IngestError(f"cannot start or reach Ray at {address or 'local'} ({exc}); "
-                                  "check --address, or use --workers 0 to score without Ray") \
-                    from None
-            self.started_ray = True
+        self.ray, self.started_ray = start_ray(
+            address, error=IngestError, fallback="use --workers 0 to score without Ray")
+        ray = self.ray
         resources = ray.cluster_resources()
         if gpus_per_worker is None:  # a GPU box uses its GPUs without being told
             gpus_per_worker = 1.0 if resources.get("GPU", 0) >= 1 else 0.0

@@ -1,1 +1,0 @@
-"""Reading and validating sequence inputs."""

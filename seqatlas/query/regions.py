@@ -1,0 +1,47 @@
+"""``anomalies``: the anomalous regions of an atlas, optionally with the repeats they overlap.
+
+Regions are the rows of the ``anomaly_regions`` view (:mod:`seqatlas.query.views`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import pyarrow as pa
+
+from seqatlas.errors import ConfigError
+from seqatlas.query.engine import arrow_table
+from seqatlas.query.views import AnomalyParams, Engine, repeat_overlaps_sql
+
+_REGION_BOUNDS = 'SELECT seq_id, start, "end", tail FROM anomaly_regions'
+REGIONS_WITH_REPEATS = f"""
+    WITH hits AS (
+        SELECT seq_id, start, tail,
+               string_agg(DISTINCT repeat_class, ',' ORDER BY repeat_class) AS repeat_classes,
+               string_agg(DISTINCT repeat_name, ',' ORDER BY repeat_name) AS repeat_names
+        FROM ({repeat_overlaps_sql(_REGION_BOUNDS)})
+        GROUP BY seq_id, start, tail)
+    SELECT r.*, r.copy_fraction >= 0.5 AS explained_by_copy, hits.repeat_classes,
+           hits.repeat_names
+    FROM anomaly_regions r JOIN sequences s USING (seq_id)
+    LEFT JOIN hits ON hits.seq_id = r.seq_id AND hits.start = r.start AND hits.tail = r.tail
+    ORDER BY s.global_start + r.start, r.tail"""
+
+
+def anomalies(atlas, *, params: AnomalyParams | None = None, with_repeats: bool = False,
+              config=None) -> pa.Table:
+    """Anomalous regions of an atlas (optionally with the repeat classes they overlap)."""
+    params = params or AnomalyParams()
+    with Engine(atlas, config, anomaly_params=params, robust_pass=True) as engine:
+        if engine.anomaly_column is None:
+            raise ConfigError(f"{engine.atlas.path} was ingested with --likelihood none: it "
+                              "has no scores to find anomalies in")
+        if with_repeats:
+            return arrow_table(engine.execute_internal(REGIONS_WITH_REPEATS))
+        return arrow_table(engine.execute_internal(
+            """SELECT r.* FROM anomaly_regions r JOIN sequences s USING (seq_id)
+               ORDER BY s.global_start + r.start, r.tail"""))
+
+
+def params_summary(params: AnomalyParams, column: str) -> dict:
+    return {**asdict(params), "column": column}
