@@ -134,54 +134,13 @@ def window_copies(windows: Sequence[bytes], owned: Sequence[tuple[int, int]], *,
     if total == 0 or not (lengths >= k).any():
         return offset, strand
 
-    # windows end to end, k invalid letters before, between and after them
-    separator = b"\0" * k
-    data = separator + separator.join(windows) + separator
-    codes = _LOOKUP[nucleic][np.frombuffer(data, dtype=np.uint8)]
+    codes = _laid_end_to_end(windows, k, nucleic)
     size = len(codes)  # G: every global start and target lies in [0, G)
-    window_offset = k + np.concatenate([[0], np.cumsum(lengths + k)[:-1]])
-    n = size - k + 1
-    bad = codes == _INVALID
-    invalid = np.concatenate([[0], np.cumsum(bad, dtype=np.int64)])
-    valid = invalid[k : k + n] == invalid[:n]
-    digits = np.where(bad, 0, codes).astype(np.int64)
-    base = 4 if nucleic else len(_PROTEIN_LETTERS)
-    keys = _kmer_keys(digits, k, base)
-    rc_keys = None
-    if nucleic:  # key of the reverse complement of the k-mer at each start
-        complement = 3 - digits
-        rc_keys = np.zeros(n, dtype=np.int64)
-        if k * 2 <= 62:
-            for j in reversed(range(k)):
-                rc_keys *= 4
-                rc_keys += complement[j : j + n]
-        else:  # rank forward and reverse-complement k-mers together
-            both = np.concatenate([digits, np.zeros(k, np.int64), complement[::-1]])
-            joint = _kmer_keys(both, k, 4)
-            keys, rc_keys = joint[:n], joint[2 * size - np.arange(n)]
-
-    # keys must leave room for the start: key * G + g < 2**63
-    bits_needed = int(max(keys.max(), rc_keys.max() if rc_keys is not None else 0)).bit_length()
-    if bits_needed + int(size).bit_length() > 62:
-        everything = keys if rc_keys is None else np.concatenate([keys, rc_keys])
-        _, dense = np.unique(everything, return_inverse=True)
-        keys, rc_keys = dense[:n], (dense[n:] if rc_keys is not None else None)
-    starts = np.flatnonzero(valid)
-    table = np.sort(keys[starts] * size + starts)
-
-    # one query per owned position
-    window = np.repeat(np.arange(len(windows)), counts)
-    first = np.cumsum(counts) - counts  # index of each window's first owned position
-    local = np.arange(total) - first[window] + lo[window]
-    length = lengths[window]
-    first_start = window_offset[window]
-    g_a = first_start + surrounding_kmer_start(local, length, k)
-    g_i = first_start + local
-    last_start = first_start + length - k
-    query = (length >= k) & valid[np.minimum(g_a, n - 1)]
-    g_a, g_i = g_a[query], g_i[query]
-    first_start, last_start = first_start[query], last_start[query]
-
+    digits, valid = _digits(codes, k)
+    keys, rc_keys = _kmer_and_rc_keys(digits, k, nucleic)
+    keys, rc_keys = _leave_room_for_starts(keys, rc_keys, size)
+    table = _start_table(keys, valid, size)
+    query, g_a, g_i, first_start, last_start = _targets(lengths, lo, counts, valid, k)
     best = _nearest(table, size, keys[g_a], g_a, first_start, last_start)
     best_strand = np.where(best != 0, 1, 0).astype(np.int8)
     if nucleic:
@@ -193,6 +152,87 @@ def window_copies(windows: Sequence[bytes], owned: Sequence[tuple[int, int]], *,
     offset[query] = best
     strand[query] = best_strand
     return offset, strand
+
+
+def _laid_end_to_end(windows: Sequence[bytes], k: int, nucleic: bool) -> np.ndarray:
+    """Letter codes of the windows end to end, k invalid letters before, between and after
+    them (window ``w`` starts at :func:`_window_starts`)."""
+    separator = b"\0" * k
+    data = separator + separator.join(windows) + separator
+    return _LOOKUP[nucleic][np.frombuffer(data, dtype=np.uint8)]
+
+
+def _window_starts(lengths: np.ndarray, k: int) -> np.ndarray:
+    """Global index of each window's first letter in :func:`_laid_end_to_end`."""
+    return k + np.concatenate([[0], np.cumsum(lengths + k)[:-1]])
+
+
+def _digits(codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """int64 digits (invalid letters as 0) and, per k-mer start, whether its k-mer holds
+    only valid letters."""
+    n = len(codes) - k + 1
+    bad = codes == _INVALID
+    invalid = np.concatenate([[0], np.cumsum(bad, dtype=np.int64)])
+    valid = invalid[k : k + n] == invalid[:n]
+    return np.where(bad, 0, codes).astype(np.int64), valid
+
+
+def _kmer_and_rc_keys(digits: np.ndarray, k: int,
+                      nucleic: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Key of the k-mer at each start and (DNA/RNA) of its reverse complement, comparable
+    with each other; ``None`` for proteins."""
+    base = 4 if nucleic else len(_PROTEIN_LETTERS)
+    keys = _kmer_keys(digits, k, base)
+    if not nucleic:
+        return keys, None
+    size = len(digits)
+    n = size - k + 1
+    complement = 3 - digits
+    if k * 2 > 62:  # rank forward and reverse-complement k-mers together
+        both = np.concatenate([digits, np.zeros(k, np.int64), complement[::-1]])
+        joint = _kmer_keys(both, k, 4)
+        return joint[:n], joint[2 * size - np.arange(n)]
+    rc_keys = np.zeros(n, dtype=np.int64)
+    for j in reversed(range(k)):
+        rc_keys *= 4
+        rc_keys += complement[j : j + n]
+    return keys, rc_keys
+
+
+def _leave_room_for_starts(keys: np.ndarray, rc_keys: np.ndarray | None,
+                           size: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Keys small enough that ``key * G + g < 2**63``: ranked densely when they are not."""
+    bits_needed = int(max(keys.max(), rc_keys.max() if rc_keys is not None else 0)).bit_length()
+    if bits_needed + int(size).bit_length() <= 62:
+        return keys, rc_keys
+    n = len(keys)
+    everything = keys if rc_keys is None else np.concatenate([keys, rc_keys])
+    _, dense = np.unique(everything, return_inverse=True)
+    return dense[:n], (dense[n:] if rc_keys is not None else None)
+
+
+def _start_table(keys: np.ndarray, valid: np.ndarray, size: int) -> np.ndarray:
+    """The sorted ``key * G + g`` of every valid k-mer start ``g``."""
+    starts = np.flatnonzero(valid)
+    return np.sort(keys[starts] * size + starts)
+
+
+def _targets(lengths: np.ndarray, lo: np.ndarray, counts: np.ndarray, valid: np.ndarray,
+             k: int) -> tuple[np.ndarray, ...]:
+    """One query per owned position: the mask of positions that have a valid surrounding
+    k-mer and, for those, the global surrounding k-mer start, the position and the first
+    and last k-mer start of its window."""
+    n = len(valid)
+    window = np.repeat(np.arange(len(lengths)), counts)
+    first = np.cumsum(counts) - counts  # index of each window's first owned position
+    local = np.arange(int(counts.sum())) - first[window] + lo[window]
+    length = lengths[window]
+    first_start = _window_starts(lengths, k)[window]
+    g_a = first_start + surrounding_kmer_start(local, length, k)
+    g_i = first_start + local
+    last_start = first_start + length - k
+    query = (length >= k) & valid[np.minimum(g_a, n - 1)]
+    return query, g_a[query], g_i[query], first_start[query], last_start[query]
 
 
 def _nearest(table: np.ndarray, size: int, key: np.ndarray, target: np.ndarray,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -412,6 +413,31 @@ def test_bed_and_bigwig_exports_cli_and_api(atlas, tmp_path):
     expected = _scores()["chrB"].astype(np.float32)
     np.testing.assert_allclose(values, expected, rtol=1e-6)  # nan where unscored
     bw.close()
+
+
+def test_commands_that_need_scores_refuse_a_likelihood_none_atlas(tmp_path, capsys):
+    from seqatlas.errors import ConfigError
+
+    unscored = {k: np.full(len(v), np.nan) for k, v in SEQS.items()}
+    atlas = make_atlas(tmp_path / "none", SEQS, unscored, likelihood="none", repeats=REPEATS)
+    needs = "was ingested with --likelihood none: it has no likelihood scores, which {} needs"
+    calls = [("`query anomalies`", lambda: seqatlas.query.anomalies(atlas)),
+             ("`query enrichment`", lambda: seqatlas.query.enrichment(atlas)),
+             ("`export bed`", lambda: seqatlas.export(atlas, format="bed",
+                                                      output=tmp_path / "r.bed")),
+             ("`export bedgraph --column z`",
+              lambda: seqatlas.export(atlas, format="bedgraph", output=tmp_path / "z.bg"))]
+    for what, call in calls:
+        with pytest.raises(ConfigError, match=re.escape(needs.format(what))):
+            call()
+    assert not (tmp_path / "r.bed").exists() and not (tmp_path / "z.bg").exists()
+    assert main(["query", "enrichment", "--atlas", str(atlas)]) == 1
+    err = capsys.readouterr().err
+    assert "re-ingest with --likelihood exact, fast or unmasked" in err and "Traceback" not in err
+    # a track of a stored column needs no z: it is written (empty here: nothing is scored)
+    result = seqatlas.export(atlas, format="bedgraph", output=tmp_path / "logp.bg",
+                             column="logp")
+    assert result["intervals"] == 0 and (tmp_path / "logp.bg").read_text() == ""
 
 
 def test_query_commands_do_not_import_torch_or_ray(atlas):

@@ -9,9 +9,8 @@ from dataclasses import asdict
 
 import pyarrow as pa
 
-from seqatlas.errors import ConfigError
 from seqatlas.query.engine import arrow_table
-from seqatlas.query.views import AnomalyParams, Engine, repeat_overlaps_sql
+from seqatlas.query.views import AnomalyParams, Engine, repeat_overlaps_sql, require_scores
 
 _REGION_BOUNDS = 'SELECT seq_id, start, "end", tail FROM anomaly_regions'
 REGIONS_WITH_REPEATS = f"""
@@ -33,9 +32,7 @@ def anomalies(atlas, *, params: AnomalyParams | None = None, with_repeats: bool 
     """Anomalous regions of an atlas (optionally with the repeat classes they overlap)."""
     params = params or AnomalyParams()
     with Engine(atlas, config, anomaly_params=params, robust_pass=True) as engine:
-        if engine.anomaly_column is None:
-            raise ConfigError(f"{engine.atlas.path} was ingested with --likelihood none: it "
-                              "has no scores to find anomalies in")
+        require_scores(engine, "`query anomalies`")
         if with_repeats:
             return arrow_table(engine.execute_internal(REGIONS_WITH_REPEATS))
         return arrow_table(engine.execute_internal(

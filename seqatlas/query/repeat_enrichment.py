@@ -18,7 +18,7 @@ import math
 import pyarrow as pa
 
 from seqatlas.errors import ConfigError
-from seqatlas.query.views import TAIL_PREDICATES, AnomalyParams, Engine
+from seqatlas.query.views import TAIL_PREDICATES, AnomalyParams, Engine, require_scores
 
 GROUPINGS = ("class", "family", "name", "copy")
 RESULT_COLUMNS = ("group", "n_inside", "anomalous_inside", "n_outside", "anomalous_outside",
@@ -103,9 +103,7 @@ def enrichment(atlas, *, by: str = "class", params=None, config=None) -> pa.Tabl
         raise ConfigError(f"--by must be one of {', '.join(GROUPINGS)}, not {by!r}")
     params = params or AnomalyParams()
     with Engine(atlas, config, anomaly_params=params, robust_pass=True) as engine:
-        if engine.anomaly_column is None:
-            raise ConfigError(f"{engine.atlas.path} was ingested with --likelihood none: it "
-                              "has no scores to test")
+        require_scores(engine, "`query enrichment`")
         anomalous = TAIL_PREDICATES[params.tail]
         total, total_anomalous = engine.execute_internal(
             f"SELECT count(*), count(*) FILTER ({anomalous}) FROM position_z").fetchall()[0]

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from seqatlas.errors import ConfigError
 from seqatlas.query.engine import arrow_reader
-from seqatlas.query.views import AnomalyParams, Engine
+from seqatlas.query.views import AnomalyParams, Engine, require_scores
 from seqatlas.util import replacing
 
 EXPORT_FORMATS = ("bedgraph", "bed", "bigwig")
@@ -69,9 +69,9 @@ def export(atlas, *, format: str, output: str | os.PathLike, column: str = "z",
         raise ConfigError(f"--output {output}: give a file name in an existing directory")
     params = params or AnomalyParams()
     with Engine(atlas, config, anomaly_params=params, robust_pass=True) as engine:
-        if (column == "z" or format == "bed") and engine.anomaly_column is None:
-            raise ConfigError(f"{engine.atlas.path} has no likelihood scores (ingested with "
-                              "--likelihood none); export another --column")
+        if column == "z" or format == "bed":
+            require_scores(engine, "`export bed`" if format == "bed" else
+                           f"`export {format} --column z`")
         sizes = engine.execute_internal(
             "SELECT seq_id, length FROM sequences ORDER BY ordinal").fetchall()
         query = REGIONS_BED if format == "bed" else _runs_query(column)

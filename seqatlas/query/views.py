@@ -205,6 +205,16 @@ def create_anomaly_views(engine, params: AnomalyParams, *, compute: bool = True)
         FROM regions GROUP BY seq_id, tail, region""")
 
 
+def require_scores(engine, what: str) -> str:
+    """The engine's anomaly score column; a ConfigError saying that ``what`` (a command)
+    needs likelihood scores when the atlas was ingested with ``--likelihood none``."""
+    if engine.anomaly_column is None:
+        raise ConfigError(f"{engine.atlas.path} was ingested with --likelihood none: it has no "
+                          f"likelihood scores, which {what} needs; re-ingest with --likelihood "
+                          "exact, fast or unmasked into a new --atlas")
+    return engine.anomaly_column
+
+
 def repeat_overlaps_sql(intervals: str) -> str:
     """SQL pairing each row of ``intervals`` (a relation with seq_id, start, end) with every
     repeat sharing at least one base with it.

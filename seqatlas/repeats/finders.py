@@ -172,26 +172,13 @@ def run_repeat_finder(atlas: str | Path, program: str, *, args: str | None = Non
     -ngs``). The program's version and parameters go into the unit's metadata, and the same
     run on the same sequences is not repeated. Nothing is committed when the program fails.
     """
-    if program not in FINDERS:
-        raise ConfigError(f"--run must be one of {', '.join(FINDERS)}, not {program!r}")
-    finder = FINDERS[program]
-    executable = shutil.which(finder.program)
-    if executable is None:
-        raise ToolError(finder.install)
+    finder, executable = _finder(program)
     opened = AtlasReader(atlas)
     kind = opened.manifest["kind"]
-    if kind not in finder.kinds:
-        raise ConfigError(f"{program} finds repeats in {' and '.join(finder.kinds)}; this atlas "
-                          f"holds {kind} sequences: use --run tantan")
-    try:
-        arguments = finder.default_args(kind) if args is None else shlex.split(args)
-    except ValueError as exc:
-        raise ConfigError(f"--run-args {args!r} cannot be split into words: {exc}") from None
-    finder.check_args(arguments)
+    arguments = _arguments(finder, program, kind, args)
     sequences = opened.sequences(columns=["seq_id", "length", "sha1"]).to_pylist()
     if not sequences:
         raise InputError(f"{opened.path} holds no sequences; ingest a FASTA file first")
-    lengths = {r["seq_id"]: r["length"] for r in sequences}
     found_version = program_version(program, executable)
     key = "repeats-" + hashlib.sha256(json.dumps(
         [program, found_version, arguments, [(r["seq_id"], r["sha1"]) for r in sequences]])
@@ -203,61 +190,113 @@ def run_repeat_finder(atlas: str | Path, program: str, *, args: str | None = Non
         return {**summary, "repeats": committed["repeats"], "already_imported": True}
 
     with tempfile.TemporaryDirectory(prefix=f"seqatlas-{program}-") as tmp:
-        tmp_path = Path(tmp)
-        names, starts, origins = {}, {}, {"source": 0, "positions": 0}
-        offset = 0
-        with open(tmp_path / "atlas.fa", "wb") as fasta:
-            for index, (seq_id, residues, origin) in enumerate(atlas_residues(opened)):
-                # plain names: TRF keeps only the first 199 characters of a name
-                name = f"s{index}"
-                names[name], starts[name] = seq_id, offset
-                origins[origin] += 1
-                offset += len(residues)
-                if kind == "rna":
-                    residues = residues.replace(b"U", b"T")
-                fasta.write(b">" + name.encode() + b"\n")
-                for i in range(0, len(residues), 80):
-                    fasta.write(residues[i:i + 80] + b"\n")
+        written = _write_fasta(atlas_residues(opened), kind, Path(tmp) / "atlas.fa")
         argv = finder.command(executable, "atlas.fa", arguments)
         shown = shlex.join([program, *argv[1:]])
-        bar, task = progress_bar(label=program, unit="residues", total=offset,
-                                 enabled=progress)
+        table = _run_with_progress(finder, program, argv, shown, Path(tmp), written, progress)
+    _check_output(table, {r["seq_id"]: r["length"] for r in sequences}, shown)
+    unit = {"repeat_finder": program, "version": found_version, "args": arguments,
+            "command": shown, "format": finder.output_format, "sequences": len(sequences),
+            "residues_from": written.origins, "repeats": table.num_rows}
+    done = not commit_repeats(atlas, key, table, unit)
+    return {**summary, "repeats": table.num_rows, "already_imported": done}
 
-        def watched(lines):
-            for line in lines:
-                name = finder.sequence_of(line)
-                if name in starts:
-                    bar.update(task, completed=starts[name])
-                yield line
 
-        with open(tmp_path / "stderr.txt", "wb") as stderr, bar:
-            try:
-                process = subprocess.Popen(argv, cwd=tmp, stdout=subprocess.PIPE, stderr=stderr,
-                                           text=True, errors="replace")
-            except OSError as exc:
-                raise ToolError(f"cannot start {executable}: {exc}; {finder.install}") from None
-            try:
-                table = parse_repeats(watched(process.stdout), format=finder.output_format,
-                                      label=f"the output of `{shown}`", source=program,
-                                      rename=names)
-                returncode = process.wait()
-            finally:
-                if process.poll() is None:
-                    process.kill()
-                process.wait()
-                process.stdout.close()
-            if returncode not in finder.ok_returncodes:
-                raise ToolError(f"`{shown}` failed with exit status {returncode}; nothing was "
-                                "committed. Its stderr ends with:\n"
-                                + _tail(tmp_path / "stderr.txt"))
-            bar.update(task, completed=offset)
+def _finder(program: str) -> tuple[Finder, str]:
+    """The finder called ``program`` and its executable on PATH."""
+    if program not in FINDERS:
+        raise ConfigError(f"--run must be one of {', '.join(FINDERS)}, not {program!r}")
+    finder = FINDERS[program]
+    executable = shutil.which(finder.program)
+    if executable is None:
+        raise ToolError(finder.install)
+    return finder, executable
+
+
+def _arguments(finder: Finder, program: str, kind: str, args: str | None) -> list[str]:
+    """The program's parameters for an atlas of ``kind``: ``args`` split into words, else
+    the finder's defaults; checked."""
+    if kind not in finder.kinds:
+        raise ConfigError(f"{program} finds repeats in {' and '.join(finder.kinds)}; this atlas "
+                          f"holds {kind} sequences: use --run tantan")
+    try:
+        arguments = finder.default_args(kind) if args is None else shlex.split(args)
+    except ValueError as exc:
+        raise ConfigError(f"--run-args {args!r} cannot be split into words: {exc}") from None
+    finder.check_args(arguments)
+    return arguments
+
+
+@dataclass
+class _Written:
+    """What went into the temporary FASTA."""
+
+    names: dict[str, str]  # FASTA name -> seq_id
+    starts: dict[str, int]  # FASTA name -> residues written before it
+    origins: dict[str, int]  # "source" / "positions" -> sequences read from there
+    residues: int  # in all
+
+
+def _write_fasta(residues: Iterator[tuple[str, bytes, str]], kind: str,
+                 path: Path) -> _Written:
+    """The sequences as a FASTA under plain names (TRF keeps only the first 199 characters
+    of a name), 80 residues a line, RNA's U written as T."""
+    written = _Written({}, {}, {"source": 0, "positions": 0}, 0)
+    with open(path, "wb") as fasta:
+        for index, (seq_id, letters, origin) in enumerate(residues):
+            name = f"s{index}"
+            written.names[name], written.starts[name] = seq_id, written.residues
+            written.origins[origin] += 1
+            written.residues += len(letters)
+            if kind == "rna":
+                letters = letters.replace(b"U", b"T")
+            fasta.write(b">" + name.encode() + b"\n")
+            for i in range(0, len(letters), 80):
+                fasta.write(letters[i:i + 80] + b"\n")
+    return written
+
+
+def _run_with_progress(finder: Finder, program: str, argv: list[str], shown: str, cwd: Path,
+                       written: _Written, progress: bool) -> pa.Table:
+    """Run ``argv`` in ``cwd`` and import its output as it streams, a progress bar following
+    the sequence it reports on; a ToolError (with its stderr's end) when it fails."""
+    bar, task = progress_bar(label=program, unit="residues", total=written.residues,
+                             enabled=progress)
+
+    def watched(lines):
+        for line in lines:
+            name = finder.sequence_of(line)
+            if name in written.starts:
+                bar.update(task, completed=written.starts[name])
+            yield line
+
+    with open(cwd / "stderr.txt", "wb") as stderr, bar:
+        try:
+            process = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=stderr,
+                                       text=True, errors="replace")
+        except OSError as exc:
+            raise ToolError(f"cannot start {argv[0]}: {exc}; {finder.install}") from None
+        try:
+            table = parse_repeats(watched(process.stdout), format=finder.output_format,
+                                  label=f"the output of `{shown}`", source=program,
+                                  rename=written.names)
+            returncode = process.wait()
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+            process.stdout.close()
+        if returncode not in finder.ok_returncodes:
+            raise ToolError(f"`{shown}` failed with exit status {returncode}; nothing was "
+                            "committed. Its stderr ends with:\n" + _tail(cwd / "stderr.txt"))
+        bar.update(task, completed=written.residues)
+    return table
+
+
+def _check_output(table: pa.Table, lengths: dict[str, int], shown: str) -> None:
+    """Every reported repeat lies on a sequence the program was given, inside it."""
     unknown = sorted(set(table["seq_id"].to_pylist()) - set(lengths))
     if unknown:
         raise ToolError(f"`{shown}` reported sequences it was not given "
                         f"({', '.join(unknown[:5])})")
     check_within(table, lengths, f"the output of `{shown}`")
-    unit = {"repeat_finder": program, "version": found_version, "args": arguments,
-            "command": shown, "format": finder.output_format, "sequences": len(sequences),
-            "residues_from": origins, "repeats": table.num_rows}
-    done = not commit_repeats(atlas, key, table, unit)
-    return {**summary, "repeats": table.num_rows, "already_imported": done}

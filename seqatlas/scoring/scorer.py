@@ -324,66 +324,25 @@ class Scorer:
         by_job: dict[int, dict[bool, tuple[View, _Result]]] = {}
         for view, res in zip(views, results):
             by_job.setdefault(view.job, {})[view.reverse] = (view, res)
-        columns: dict[str, list] = {name: [] for name in schema.POSITIONS.names}
         copies = self._copies(jobs)
         token_schema = schema.tokens_schema(self.model.spec.hidden_size,
                                             extra_layers=self.layers[1:])
         columns_of_layers = [schema.layer_column(self.layers, layer) for layer in self.layers]
+        columns: dict[str, list] = {name: [] for name in schema.POSITIONS.names}
         tokens: dict[str, list] = {f.name: [] for f in token_schema}
         for j, job in enumerate(jobs):
             n = job.own_end - job.own_start
-            local = slice(job.own_start - job.start, job.own_end - job.start)
-            owned = job.residues[local]
-            pos = np.arange(job.own_start, job.own_end, dtype=np.int64)
             forward = by_job.get(j, {}).get(False)
             reverse = by_job.get(j, {}).get(True)
-            empty = _Result(n)
-            fwd = forward[1] if forward else empty
+            fwd = forward[1] if forward else _Result(n)
             rev = reverse[1] if reverse else None
-            columns["seq_id"].append(pa.array([job.seq_id] * n, pa.string()))
-            columns["pos"].append(pa.array(pos))
-            columns["ref"].append(_letters_array(owned.upper()))
-            columns["soft_masked"].append(pa.array(soft_mask(owned)))
-            columns["logp"].append(_floats(fwd.logp))
-            columns["logp_unmasked"].append(_floats(fwd.logp_unmasked))
-            columns["entropy"].append(_floats(fwd.entropy))
-            columns["rank"].append(pa.array(fwd.rank, mask=fwd.rank == 0))
-            if rev is not None:  # reverse-strand arrays run backwards along the window
-                logp_rc, unmasked_rc = rev.logp[::-1], rev.logp_unmasked[::-1]
-                columns["logp_rc"].append(_floats(logp_rc))
-                columns["logp_unmasked_rc"].append(_floats(unmasked_rc))
-                columns["logp_mean"].append(_floats((fwd.logp + logp_rc) / 2))
-                columns["logp_unmasked_mean"].append(
-                    _floats((fwd.logp_unmasked + unmasked_rc) / 2))
-            else:
-                for name in ("logp_rc", "logp_unmasked_rc", "logp_mean", "logp_unmasked_mean"):
-                    columns[name].append(pa.nulls(n, pa.float32()))
-            window = (pa.array(np.full(n, job.start, dtype=np.int64)),
-                      pa.array(np.full(n, job.end, dtype=np.int64))) if job.scored else \
-                (pa.nulls(n, pa.int64()), pa.nulls(n, pa.int64()))
-            columns["window_start"].append(window[0])
-            columns["window_end"].append(window[1])
-            if j in copies:
-                offset, strand = copy_columns(*copies[j])
-            else:  # not scored (a long N run) or detection off
-                offset, strand = pa.nulls(n, pa.int32()), pa.nulls(n, pa.string())
-            columns["copy_offset"].append(offset)
-            columns["copy_strand"].append(strand)
+            _extend(columns, _job_columns(job))
+            _extend(columns, _score_columns(fwd))
+            _extend(columns, _strand_columns(fwd, rev, n))
+            _extend(columns, _copy_fields(copies.get(j), n))
             if self.embeddings and forward and fwd.embedding is not None:
-                view = forward[0]
-                t = fwd.embedding_tokens
-                start = view.tokens.starts[t] + job.start
-                tokens["token_id"].append(pa.array(start + job.token_offset))
-                tokens["seq_id"].append(pa.array([job.seq_id] * len(t), pa.string()))
-                tokens["start"].append(pa.array(start))
-                tokens["end"].append(pa.array(view.tokens.ends[t] + job.start))
-                tokens["token"].append(pa.array(
-                    self.tokenizer.token_texts(view.tokens.ids[t + view.tokens.prefix]),
-                    pa.string()))
-                for name, values in zip(columns_of_layers, fwd.embedding):
-                    flat = pa.array(values.reshape(-1), pa.float16())
-                    tokens[name].append(pa.FixedSizeListArray.from_arrays(flat,
-                                                                          values.shape[1]))
+                _extend(tokens, _token_columns(self.tokenizer, job, forward[0], fwd,
+                                               columns_of_layers))
         positions = pa.Table.from_arrays(
             [pa.concat_arrays(columns[f.name]).cast(f.type) for f in schema.POSITIONS],
             schema=schema.POSITIONS)
@@ -405,6 +364,73 @@ class Scorer:
         ends = np.cumsum([hi - lo for lo, hi in owned])
         return {j: (o, s) for j, o, s in zip(scored, np.split(offset, ends[:-1]),
                                              np.split(strand, ends[:-1]))}
+
+
+def _extend(columns: dict[str, list], arrays: dict[str, pa.Array]) -> None:
+    """Append one job's arrays to the per-column chunk lists."""
+    for name, array in arrays.items():
+        columns[name].append(array)
+
+
+def _job_columns(job: WindowJob) -> dict[str, pa.Array]:
+    """The job's owned positions: seq_id, pos, ref, soft_masked and its window bounds."""
+    n = job.own_end - job.own_start
+    owned = job.residues[job.own_start - job.start : job.own_end - job.start]
+    if job.scored:
+        window = (pa.array(np.full(n, job.start, dtype=np.int64)),
+                  pa.array(np.full(n, job.end, dtype=np.int64)))
+    else:  # a long N run: no window scored it
+        window = (pa.nulls(n, pa.int64()), pa.nulls(n, pa.int64()))
+    return {"seq_id": pa.array([job.seq_id] * n, pa.string()),
+            "pos": pa.array(np.arange(job.own_start, job.own_end, dtype=np.int64)),
+            "ref": _letters_array(owned.upper()),
+            "soft_masked": pa.array(soft_mask(owned)),
+            "window_start": window[0], "window_end": window[1]}
+
+
+def _score_columns(fwd: _Result) -> dict[str, pa.Array]:
+    """The forward strand's logp, logp_unmasked, entropy and rank (rank 0: null)."""
+    return {"logp": _floats(fwd.logp), "logp_unmasked": _floats(fwd.logp_unmasked),
+            "entropy": _floats(fwd.entropy), "rank": pa.array(fwd.rank, mask=fwd.rank == 0)}
+
+
+def _strand_columns(fwd: _Result, rev: _Result | None, n: int) -> dict[str, pa.Array]:
+    """The reverse strand's logp columns and the strand means; nulls without one."""
+    if rev is None:
+        return {name: pa.nulls(n, pa.float32())
+                for name in ("logp_rc", "logp_unmasked_rc", "logp_mean", "logp_unmasked_mean")}
+    # reverse-strand arrays run backwards along the window
+    logp_rc, unmasked_rc = rev.logp[::-1], rev.logp_unmasked[::-1]
+    return {"logp_rc": _floats(logp_rc), "logp_unmasked_rc": _floats(unmasked_rc),
+            "logp_mean": _floats((fwd.logp + logp_rc) / 2),
+            "logp_unmasked_mean": _floats((fwd.logp_unmasked + unmasked_rc) / 2)}
+
+
+def _copy_fields(found: tuple[np.ndarray, np.ndarray] | None, n: int) -> dict[str, pa.Array]:
+    """copy_offset and copy_strand of a job; nulls when it was not scored (a long N run)
+    or detection is off."""
+    if found is None:
+        offset, strand = pa.nulls(n, pa.int32()), pa.nulls(n, pa.string())
+    else:
+        offset, strand = copy_columns(*found)
+    return {"copy_offset": offset, "copy_strand": strand}
+
+
+def _token_columns(tokenizer: TokenizerFamily, job: WindowJob, view: View, res: _Result,
+                   layer_columns: list[str]) -> dict[str, pa.Array]:
+    """Token rows of the forward view's owned tokens, one embedding column per layer."""
+    t = res.embedding_tokens
+    start = view.tokens.starts[t] + job.start
+    columns = {"token_id": pa.array(start + job.token_offset),
+               "seq_id": pa.array([job.seq_id] * len(t), pa.string()),
+               "start": pa.array(start),
+               "end": pa.array(view.tokens.ends[t] + job.start),
+               "token": pa.array(tokenizer.token_texts(view.tokens.ids[t + view.tokens.prefix]),
+                                 pa.string())}
+    for name, values in zip(layer_columns, res.embedding):
+        flat = pa.array(values.reshape(-1), pa.float16())
+        columns[name] = pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
+    return columns
 
 
 def _floats(values: np.ndarray) -> pa.Array:
