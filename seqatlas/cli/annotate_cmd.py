@@ -3,41 +3,21 @@
 from __future__ import annotations
 
 import json
-from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
 
-
-class RepeatFormat(str, Enum):
-    repeatmasker = "repeatmasker"
-    ucsc_rmsk = "ucsc-rmsk"
-    ucsc_simplerepeat = "ucsc-simplerepeat"
-    trf_dat = "trf-dat"
-    trf_ngs = "trf-ngs"
-    tantan_f4 = "tantan-f4"
-    tantan_f3 = "tantan-f3"
-    bed = "bed"
-    gff3 = "gff3"
-
-
-class RepeatFinder(str, Enum):
-    tantan = "tantan"
-    trf = "trf"
-
-
-class Names(str, Enum):
-    auto = "auto"
-    exact = "exact"
+from seqatlas.cli.options import (ATLAS, Names, RepeatFinder, RepeatFormat, json_option,
+                                  progress_option)
 
 
 def annotate(
     file: Optional[Path] = typer.Argument(
         None, help="Repeat annotations: RepeatMasker .out, UCSC rmsk or simpleRepeat, TRF .dat "
         "or -ngs, tantan -f4 or -f3, BED, GFF3 (gzip ok). Omit it with --run or --detect."),
-    atlas: Path = typer.Option(..., "--atlas", "-a", help="Atlas directory."),
+    atlas: Path = ATLAS,
     format: Optional[RepeatFormat] = typer.Option(None, "--format",
                                                   help="File format (detected when omitted)."),
     names: Names = typer.Option(Names.auto, help="auto: also match chrX <-> X and chrM <-> MT."),
@@ -48,12 +28,11 @@ def annotate(
         None, "--run-args", help="With --run: the program's parameters, replacing the defaults "
         "(tantan: none, -p for proteins; trf: '2 7 7 80 10 50 500'). seqatlas adds the output "
         "options (tantan -f4, trf -h -ngs)."),
-    progress: bool = typer.Option(True, "--progress/--no-progress",
-                                  help="With --run: show a progress bar."),
+    progress: bool = progress_option("With --run: show a progress bar."),
     detect: bool = typer.Option(False, "--detect", help="Instead of a FILE: import the "
                                 "in-context copies found at ingest (copy_offset, copy_strand) "
                                 "as repeats, source seqatlas-copies."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    as_json: bool = json_option("Print the summary as JSON."),
 ) -> None:
     """Import repeats into an atlas (0-based half-open): from FILE, by running tantan or TRF
     (--run), or from the in-context copies found at ingest (--detect)."""

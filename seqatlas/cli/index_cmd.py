@@ -3,34 +3,17 @@
 from __future__ import annotations
 
 import json
-from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
 
+from seqatlas.cli.options import ATLAS, IndexType, Metric, address_option, json_option
 from seqatlas.util import format_size
 
 index_app = typer.Typer(help="Nearest-neighbour indexes (FAISS) over the token embeddings.",
                         no_args_is_help=True)
-
-
-class IndexType(str, Enum):
-    auto = "auto"
-    flat = "flat"
-    ivf_flat = "ivf-flat"
-    ivf_pq = "ivf-pq"
-    hnsw = "hnsw"
-
-
-class Metric(str, Enum):
-    cosine = "cosine"
-    ip = "ip"
-    l2 = "l2"
-
-
-ATLAS = typer.Option(..., "--atlas", "-a", help="Atlas directory.")
 
 
 @index_app.command("build")
@@ -57,9 +40,9 @@ def build(
                                        "(default: when FAISS sees one; `gpu` extra)."),
     shards: Optional[int] = typer.Option(None, "--shards", help="Add the tokens parts in this "
                                          "many parallel Ray tasks, then merge."),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address for "
-                                          "--shards (default: a local Ray)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the index meta as JSON."),
+    address: Optional[str] = address_option("Ray cluster address for --shards (default: a "
+                                            "local Ray)."),
+    as_json: bool = json_option("Print the index meta as JSON."),
 ) -> None:
     """Build (or rebuild) an embedding index; token_ids are its vector ids."""
     from seqatlas.index import build_index
@@ -96,7 +79,7 @@ def print_build(meta: dict, console: Console | None = None) -> None:
 @index_app.command("list")
 def list_(
     atlas: Path = ATLAS,
-    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+    as_json: bool = json_option("Print as JSON."),
 ) -> None:
     """The atlas's embedding indexes: name, type, metric, column, vectors, size."""
     from seqatlas.index import list_indexes

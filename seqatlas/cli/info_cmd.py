@@ -9,12 +9,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from seqatlas.cli.options import json_option
 from seqatlas.util import format_size
 
 
 def info(
     atlas: Path = typer.Argument(..., help="Atlas directory."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    as_json: bool = json_option("Print the summary as JSON."),
 ) -> None:
     """Show an atlas: model, scoring settings, inputs, row counts and sizes on disk."""
     import seqatlas

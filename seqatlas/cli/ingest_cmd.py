@@ -10,85 +10,63 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-
-class Kind(str, Enum):
-    protein = "protein"
-    dna = "dna"
-    rna = "rna"
+from seqatlas.cli.options import (PROGRESS, Embeddings, Kind, Likelihood, Strands, Tokenizer,
+                                  address_option, atlas_option, json_option)
 
 
-class Likelihood(str, Enum):
-    exact = "exact"
-    fast = "fast"
-    unmasked = "unmasked"
-    none = "none"
-
-
-class Strands(str, Enum):
-    forward = "forward"
-    both = "both"
-
-
-class Tokenizer(str, Enum):
-    single = "single"
-    overlapping_kmer = "overlapping_kmer"
-    nonoverlapping_kmer = "nonoverlapping_kmer"
-    bpe = "bpe"
-
-
-class Embeddings(str, Enum):
-    float16 = "float16"
-    none = "none"
+LIKELIHOOD = typer.Option(
+    Likelihood.exact, help="exact: one masked pass per position (PLL term); fast: well-separated "
+    "positions masked together, ~15% of tokens per pass (7 passes per window for one-token-per-"
+    "residue models); unmasked: one pass, ref visible; none: embeddings only.")
+LAYER = typer.Option(
+    None, help="Hidden layer for embeddings (0 = input embeddings; default the last; negative "
+    "counts back). Repeat for several: the first goes in the tokens column 'embedding', each "
+    "further layer L in 'embedding_layer_L'.")
+BATCH_TOKENS = typer.Option(None, help="Token budget of one forward pass, rows x longest row "
+                            "(default: 2048 on CPU, 32768 on GPU).")
+UNIT_TOKENS = typer.Option(None, help="Computed tokens per work unit, the resume granularity "
+                           "(default: 65536 for exact/fast, 262144 for unmasked/none).")
+COPY_K = typer.Option(
+    None, "--copy-k", help="k-mer length of the in-context copy detector: each position's "
+    "copy_offset/copy_strand give the nearest other occurrence of the k-mer around it (direct, "
+    "or reverse complement for DNA/RNA) inside its scoring window (default: 12 for DNA/RNA, 6 "
+    "for proteins; 0 turns detection off, leaving the columns null).")
 
 
 def ingest(
     fasta: list[Path] = typer.Argument(..., help="FASTA file(s): .fa/.fasta, gzip or bgzip."),
-    atlas: Path = typer.Option(..., "--atlas", "-a", help="Atlas directory (created or extended)."),
+    atlas: Path = atlas_option("Atlas directory (created or extended)."),
     model: str = typer.Option("antiberty", "--model", "-m",
                               help="Embedded model name, checkpoint directory or hub id."),
     kind: Optional[Kind] = typer.Option(None, help="Sequence kind; detected when omitted."),
-    likelihood: Likelihood = typer.Option(
-        Likelihood.exact, help="exact: one masked pass per position (PLL term); fast: well-separated positions "
-        "masked together, ~15% of tokens per pass (7 passes per window for one-token-per-"
-        "residue models); unmasked: one pass, ref visible; none: embeddings only."),
+    likelihood: Likelihood = LIKELIHOOD,
     embeddings: Embeddings = typer.Option(Embeddings.float16,
                                           help="Store per-token embeddings, or not."),
-    layer: Optional[list[int]] = typer.Option(
-        None, help="Hidden layer for embeddings (0 = input embeddings; default the last; "
-        "negative counts back). Repeat for several: the first goes in the tokens column "
-        "'embedding', each further layer L in 'embedding_layer_L'."),
+    layer: Optional[list[int]] = LAYER,
     window: Optional[int] = typer.Option(None, help="Residues per window (default: the model's "
                                          "context)."),
     overlap: Optional[int] = typer.Option(None, help="Residues shared by neighbouring windows "
                                           "(default: window/4)."),
-    batch_tokens: Optional[int] = typer.Option(
-        None, help="Token budget of one forward pass, rows x longest row (default: 2048 on "
-        "CPU, 32768 on GPU)."),
-    unit_tokens: Optional[int] = typer.Option(
-        None, help="Computed tokens per work unit, the resume granularity (default: 65536 for "
-        "exact/fast, 262144 for unmasked/none)."),
+    batch_tokens: Optional[int] = BATCH_TOKENS,
+    unit_tokens: Optional[int] = UNIT_TOKENS,
     strands: Strands = typer.Option(Strands.forward, help="DNA/RNA: 'both' also scores the "
                                     "reverse complement (logp_rc, logp_mean columns)."),
     skip_n_runs: int = typer.Option(50, help="DNA/RNA: runs of at least this many N are not "
                                     "sent to the model (null scores); 0 scores every N."),
-    copy_k: Optional[int] = typer.Option(
-        None, "--copy-k", help="k-mer length of the in-context copy detector: each position's "
-        "copy_offset/copy_strand give the nearest other occurrence of the k-mer around it "
-        "(direct, or reverse complement for DNA/RNA) inside its scoring window (default: 12 "
-        "for DNA/RNA, 6 for proteins; 0 turns detection off, leaving the columns null)."),
+    copy_k: Optional[int] = COPY_K,
     workers: Optional[int] = typer.Option(None, help="Scoring actors (default: one per GPU, "
                                           "else 1); 0 scores in this process without Ray."),
     gpus_per_worker: Optional[float] = typer.Option(
         None, help="GPUs per scoring actor (default: 1 when Ray sees GPUs, else 0)."),
     cpus_per_worker: Optional[int] = typer.Option(None, help="CPUs per actor (default: all / "
                                                   "workers); sets torch's threads."),
-    address: Optional[str] = typer.Option(None, help="Ray cluster address ('auto' or "
-                                          "host:port); default: a local Ray, started quietly."),
+    address: Optional[str] = address_option("Ray cluster address ('auto' or host:port); "
+                                            "default: a local Ray, started quietly."),
     max_retries: int = typer.Option(2, help="Retries of a failing work unit."),
     tokenizer: Optional[Tokenizer] = typer.Option(None, help="Override the detected "
                                                   "tokenizer family."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    progress: bool = PROGRESS,
+    as_json: bool = json_option("Print the report as JSON."),
 ) -> None:
     """Score FASTA files into an atlas: per-position likelihoods and per-token embeddings.
 
@@ -97,15 +75,18 @@ def ingest(
     import seqatlas
 
     report = seqatlas.ingest(
-        fasta, atlas=atlas, model=model, kind=kind.value if kind else None,
-        likelihood=likelihood.value, embeddings=embeddings == Embeddings.float16,
+        fasta, atlas=atlas, model=model, kind=_value(kind), likelihood=likelihood.value,
+        embeddings=embeddings == Embeddings.float16,
         layer=(layer[0] if len(layer) == 1 else list(layer)) if layer else None,
         window=window, overlap=overlap, batch_tokens=batch_tokens, unit_tokens=unit_tokens,
         workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
-        address=address, max_retries=max_retries,
-        tokenizer=tokenizer.value if tokenizer else None, strands=strands.value,
-        skip_n_runs=skip_n_runs, copy_k=copy_k, progress=progress)
+        address=address, max_retries=max_retries, tokenizer=_value(tokenizer),
+        strands=strands.value, skip_n_runs=skip_n_runs, copy_k=copy_k, progress=progress)
     _print_report(report.as_dict(), as_json)
+
+
+def _value(choice: Enum | None) -> str | None:
+    return choice.value if choice is not None else None
 
 
 def _print_report(report: dict, as_json: bool) -> None:
@@ -123,11 +104,11 @@ def _print_report(report: dict, as_json: bool) -> None:
 
 
 def demo(
-    atlas: Optional[Path] = typer.Option(None, "--atlas", "-a", help="Directory for the two "
-                                         "demo atlases (default: a temporary directory)."),
+    atlas: Optional[Path] = atlas_option("Directory for the two demo atlases (default: a "
+                                         "temporary directory).", default=None),
     workers: Optional[int] = typer.Option(None, help="Scoring actors; 0 = in process."),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    progress: bool = PROGRESS,
+    as_json: bool = json_option("Print the summary as JSON."),
 ) -> None:
     """Run both embedded models on bundled real sequences and print a summary.
 

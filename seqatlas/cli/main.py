@@ -27,6 +27,10 @@ app.add_typer(query_cmd.query_app, name="query")
 app.add_typer(query_cmd.export_app, name="export")
 app.add_typer(index_cmd.index_app, name="index")
 
+# ClickException as the installed Typer raises it: click's own, or the copy that newer Typer
+# versions vendor (typer._click), which click.ClickException does not catch
+_CLICK_EXCEPTIONS = tuple(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; a :class:`SeqAtlasError` prints ``Error: ...`` and exits 1."""
@@ -45,13 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except typer.Abort:
         return 1
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
-        raise
+    except _CLICK_EXCEPTIONS as exc:  # usage errors: a bad value, an unknown option
+        exc.show()
+        return exc.exit_code
     return 0
 
 

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 
-import typer
 from rich.console import Console
 from rich.table import Table
 
+from seqatlas.checkpoints.tokenizers import FAMILIES
+from seqatlas.cli.options import json_option
+
 HF_HELP = ("Any Hugging Face masked-LM checkpoint works too: pass its directory (or hub id, "
-           "with network) to --model. The tokenizer family (single, overlapping_kmer, "
-           "nonoverlapping_kmer, bpe) is detected from its vocabulary; --tokenizer overrides.")
+           f"with network) to --model. The tokenizer family ({', '.join(FAMILIES)}) is "
+           "detected from its vocabulary; --tokenizer overrides.")
 
 
-def models(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+def models(as_json: bool = json_option("Print as JSON.")) -> None:
     """List the embedded models and how to use a Hugging Face one."""
     import seqatlas
 

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
+
+from seqatlas.cli.options import (ATLAS, COLUMN, FORMAT, MAX_GAP, MIN_LENGTH, OUTPUT,
+                                  SCORE_COLUMN, SMOOTH, TAIL, Z, By, Format, Tail)
 
 query_app = typer.Typer(help="Query an atlas with DuckDB: SQL, likelihood anomalies, "
                         "enrichment in repeats, nearest k-mers in embedding space.",
@@ -17,40 +19,7 @@ export_app = typer.Typer(help="Export tracks for genome browsers (bedGraph, bigW
                          "anomalous regions (BED).", no_args_is_help=True)
 
 TABLE_ROWS_SHOWN = 10_000
-
-
-class Format(str, Enum):
-    table = "table"
-    csv = "csv"
-    json = "json"
-    parquet = "parquet"
-
-
-class Tail(str, Enum):
-    high = "high"
-    low = "low"
-    both = "both"
-
-
-class By(str, Enum):
-    class_ = "class"
-    family = "family"
-    name = "name"
-    copy = "copy"
-
-
-ATLAS = typer.Option(..., "--atlas", "-a", help="Atlas directory.")
 TIMEOUT = typer.Option(None, "--timeout", help="Cancel the query after this many seconds.")
-COLUMN = typer.Option(None, "--column", help="Score column (default: logp; logp_unmasked for "
-                      "unmasked atlases; the strand mean with --strands both).")
-Z = typer.Option(3.0, "--z", help="|robust z| threshold (median/MAD per reference letter).")
-TAIL = typer.Option(Tail.both, "--tail", help="Anomalously likely (high), unlikely (low), both.")
-SMOOTH = typer.Option(1, "--smooth", help="Rolling mean of z over W positions (1: none).")
-MIN_LENGTH = typer.Option(3, "--min-length", help="Anomalous positions in a row to make a "
-                          "region.")
-SCORE_COLUMN = typer.Option(None, "--score-column", help="Column z is computed from (default "
-                            "as in `query anomalies`).")
-MAX_GAP = typer.Option(2, "--max-gap", help="Merge regions at most this many positions apart.")
 
 
 def _params(column, z, tail, smooth, min_length, max_gap):
@@ -111,12 +80,29 @@ def _cell(value) -> str:
     return str(value)
 
 
+def _file_format(format: Format) -> str:
+    """The file format of --output: parquet unless --format says otherwise."""
+    return "parquet" if format == Format.table else format.value
+
+
+def _emit(table, format: Format, output: Optional[Path], what: str, title: str) -> None:
+    """A result to --output (parquet unless --format says otherwise) or to stdout."""
+    if output is not None:
+        from seqatlas.query.engine import write_result
+
+        fmt = _file_format(format)
+        rows = write_result(table, output, fmt)
+        typer.echo(f"{rows:,} {what} written to {output} ({fmt}).", err=True)
+        return
+    print_result(table, format, title=title)
+
+
 @query_app.command("sql")
 def sql(
     query: str = typer.Argument(..., help="One SELECT over the views sequences, positions, "
                                 "tokens, repeats, position_z, anomalies, anomaly_regions."),
     atlas: Path = ATLAS,
-    format: Format = typer.Option(Format.table, "--format", "-f", help="Output format."),
+    format: Format = FORMAT,
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the result to "
                                           "this file (the only file a query may write)."),
     timeout: Optional[float] = TIMEOUT,
@@ -130,7 +116,7 @@ def sql(
 
     config = SqlConfig(timeout=timeout, memory_limit=memory_limit, threads=threads)
     if output is not None:
-        file_format = "parquet" if format == Format.table else format.value
+        file_format = _file_format(format)
         rows = run_sql(atlas, query, output=output, format=file_format, config=config)
         typer.echo(f"{rows:,} rows written to {output} ({file_format}).", err=True)
         return
@@ -144,21 +130,16 @@ def anomalies(
     smooth: int = SMOOTH, column: Optional[str] = COLUMN,
     with_repeats: bool = typer.Option(False, "--with-repeats", help="Add the repeat classes "
                                       "and names each region overlaps."),
-    format: Format = typer.Option(Format.table, "--format", "-f", help="Output format."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file."),
+    format: Format = FORMAT,
+    output: Optional[Path] = OUTPUT,
 ) -> None:
     """Regions of anomalously likely or unlikely positions, and what may explain them."""
     from seqatlas.query import anomalies as find
-    from seqatlas.query.engine import write_result
 
     table = find(atlas, params=_params(column, z, tail, smooth, min_length, max_gap),
                  with_repeats=with_repeats)
-    if output is not None:
-        fmt = "parquet" if format == Format.table else format.value
-        rows = write_result(table, output, fmt)
-        typer.echo(f"{rows:,} regions written to {output} ({fmt}).", err=True)
-        return
-    print_result(table, format, title=f"anomalous regions (|z| >= {z:g}, tail {tail.value})")
+    _emit(table, format, output, "regions",
+          f"anomalous regions (|z| >= {z:g}, tail {tail.value})")
 
 
 @query_app.command("enrichment")
@@ -167,25 +148,19 @@ def enrichment(
     by: By = typer.Option(By.class_, "--by", help="Group repeats by class, family or name; or "
                           "compare positions with an in-context copy to those without."),
     z: float = Z, tail: Tail = TAIL, smooth: int = SMOOTH, column: Optional[str] = COLUMN,
-    format: Format = typer.Option(Format.table, "--format", "-f", help="Output format."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file."),
+    format: Format = FORMAT,
+    output: Optional[Path] = OUTPUT,
 ) -> None:
     """Odds ratio, Fisher p and BH q of anomalies inside vs outside each repeat group."""
     from seqatlas.query import enrichment as run
-    from seqatlas.query.engine import write_result
 
     table = run(atlas, by=by.value, params=_params(column, z, tail, smooth, 1, 0))
     if table.num_rows and not any(table.column("anomalous_inside").to_pylist()) \
             and not table.column("anomalous_outside")[0].as_py():
         typer.echo(f"Note: no position has |z| >= {z:g} in the {tail.value} tail, so no odds "
                    "ratio can be estimated; lower --z or use --tail both.", err=True)
-    if output is not None:
-        fmt = "parquet" if format == Format.table else format.value
-        write_result(table, output, fmt)
-        typer.echo(f"{table.num_rows:,} groups written to {output} ({fmt}).", err=True)
-        return
-    print_result(table, format, title=f"enrichment of anomalies (|z| >= {z:g}, tail "
-                 f"{tail.value}) by {by.value}")
+    _emit(table, format, output, "groups",
+          f"enrichment of anomalies (|z| >= {z:g}, tail {tail.value}) by {by.value}")
 
 
 def _export(format: str, atlas, output, column, params) -> None:
@@ -195,43 +170,31 @@ def _export(format: str, atlas, output, column, params) -> None:
     typer.echo(f"{result['intervals']:,} intervals written to {result['output']}.", err=True)
 
 
-OUTPUT = typer.Option(..., "--output", "-o", help="File to write.")
+EXPORT_OUTPUT = typer.Option(..., "--output", "-o", help="File to write.")
 TRACK_COLUMN = typer.Option("z", "--column", help="z, logp, logp_unmasked, logp_mean, "
                             "entropy, rank, ...")
 
 
 @export_app.command("bedgraph")
-def bedgraph(atlas: Path = ATLAS, output: Path = OUTPUT, column: str = TRACK_COLUMN,
+def bedgraph(atlas: Path = ATLAS, output: Path = EXPORT_OUTPUT, column: str = TRACK_COLUMN,
              smooth: int = SMOOTH, score: Optional[str] = SCORE_COLUMN) -> None:
     """A bedGraph of a per-position column (runs of equal values merged)."""
     _export("bedgraph", atlas, output, column, _params(score, 3.0, Tail.both, smooth, 1, 0))
 
 
 @export_app.command("bigwig")
-def bigwig(atlas: Path = ATLAS, output: Path = OUTPUT, column: str = TRACK_COLUMN,
+def bigwig(atlas: Path = ATLAS, output: Path = EXPORT_OUTPUT, column: str = TRACK_COLUMN,
            smooth: int = SMOOTH, score: Optional[str] = SCORE_COLUMN) -> None:
     """A bigWig of a per-position column (needs pyBigWig)."""
     _export("bigwig", atlas, output, column, _params(score, 3.0, Tail.both, smooth, 1, 0))
 
 
 @export_app.command("bed")
-def bed(atlas: Path = ATLAS, output: Path = OUTPUT, z: float = Z, tail: Tail = TAIL,
+def bed(atlas: Path = ATLAS, output: Path = EXPORT_OUTPUT, z: float = Z, tail: Tail = TAIL,
         min_length: int = MIN_LENGTH, max_gap: int = MAX_GAP, smooth: int = SMOOTH,
         column: Optional[str] = COLUMN) -> None:
     """A BED6 of anomalous regions: name = tail, score = 100 x |peak z| (at most 1000)."""
     _export("bed", atlas, output, "z", _params(column, z, tail, smooth, min_length, max_gap))
-
-
-def _emit(table, format: Format, output: Optional[Path], what: str, title: str) -> None:
-    """A result to --output (parquet unless --format says otherwise) or to stdout."""
-    if output is not None:
-        from seqatlas.query.engine import write_result
-
-        fmt = "parquet" if format == Format.table else format.value
-        rows = write_result(table, output, fmt)
-        typer.echo(f"{rows:,} {what} written to {output} ({fmt}).", err=True)
-        return
-    print_result(table, format, title=title)
 
 
 @query_app.command("knn")
@@ -261,8 +224,8 @@ def knn(
     model: Optional[str] = typer.Option(None, "--model", help="Checkpoint to embed --kmer / "
                                         "--sequence with, when the one the atlas records has "
                                         "moved (its weights sha256 must match)."),
-    format: Format = typer.Option(Format.table, "--format", "-f", help="Output format."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file."),
+    format: Format = FORMAT,
+    output: Optional[Path] = OUTPUT,
 ) -> None:
     """Nearest tokens of a k-mer, a stored token or a sequence in embedding space, with
     their place, likelihood and repeat class."""
@@ -310,8 +273,8 @@ def identity(
     nprobe: Optional[int] = typer.Option(None, "--nprobe", help="IVF lists searched."),
     metric: str = typer.Option("cosine", "--metric", help="cosine, ip or l2, for the exact "
                                "in-memory search (a built index keeps its own)."),
-    format: Format = typer.Option(Format.table, "--format", "-f", help="Output format."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file."),
+    format: Format = FORMAT,
+    output: Optional[Path] = OUTPUT,
 ) -> None:
     """Do neighbours in embedding space share the token (identity) or its neighbouring
     tokens (context)? Measured per stored layer, beside chance levels."""
