@@ -125,6 +125,33 @@ def test_more_neighbours_than_vectors_and_bad_queries(tmp_path):
         index.search(np.zeros((2, 8), np.float32), 0)
 
 
+@pytest.mark.parametrize("metric", ["ip", "l2", "cosine"])
+def test_exact_search_is_one_flat_whatever_the_batches(metric):
+    """The exact top-k (calibration truth; identity's neighbours without an index) is that
+    of one Flat over all rows, however they are split into batches, ties included."""
+    from seqatlas.index.search import exact_search
+    from seqatlas.index.vectors import prepare
+
+    rng = np.random.default_rng(5)
+    x = np.round(rng.normal(size=(3000, 8)))  # rounded: many exact ties
+    x[:, 0] = np.abs(x[:, 0]) + 1  # no zero rows
+    x = prepare(x, metric)
+    ids = rng.permutation(10**6)[:3000]  # token ids need not follow the row order
+    queries = prepare(x[rng.integers(0, 3000, 50)], metric)
+    whole_d, whole_i = exact_search(queries, [(ids, x)], 11, metric)
+    cuts = [0, 7, 1030, 1031, 2500, 3000]
+    split_d, split_i = exact_search(queries, ((ids[a:b], x[a:b]) for a, b in
+                                              zip(cuts, cuts[1:])), 11, metric)
+    np.testing.assert_array_equal(whole_i, split_i)
+    np.testing.assert_array_equal(whole_d, split_d)
+    want_d, _ = brute_force(x, queries, 11, metric)  # cosine: x, queries are unit rows
+    np.testing.assert_allclose(whole_d, want_d, rtol=1e-4, atol=1e-4)
+    assert set(whole_i.ravel()) <= set(ids)
+    few_d, few_i = exact_search(queries, [(ids[:3], x[:3])], 5, metric)
+    assert few_i.shape == few_d.shape == (50, 3) and set(few_i.ravel()) == set(ids[:3])
+    assert exact_search(queries, [], 5, metric)[1].shape == (50, 0)
+
+
 def clustered(n: int, dim: int, clusters: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(clusters, dim)).astype(np.float32) * 3

@@ -385,6 +385,24 @@ def test_identity_per_layer(layered_atlas):
     assert abs(rows[3]["next"] - chance["next"]) < 0.04  # identity says nothing of context
 
 
+def test_one_layer_resolver_for_knn_and_identity(layered_atlas):
+    from seqatlas.index.vectors import column_layer, resolve_layer, stored_layers
+
+    atlas = seqatlas.Atlas(layered_atlas)
+    assert stored_layers(atlas) == {3: "embedding", 5: "embedding_layer_5",
+                                    6: "embedding_layer_6"}
+    assert [resolve_layer(atlas, v) for v in (3, 5, 6, -1, -2)] == [3, 5, 6, 6, 5]
+    with pytest.raises(ConfigError, match=r"--layer -3: .* stores layer\(s\) 3, 5, 6 only"):
+        resolve_layer(atlas, -3)  # layer 4 of the model's 6
+    assert column_layer(atlas, "embedding") == 3
+    assert column_layer(atlas, "embedding_layer_6") == 6
+    assert column_layer(atlas, "embedding_layer_4") is None
+    # identity tests the layers in the order given, each once
+    rows = identity(layered_atlas, sample=20, k=2, layers=[-1, 6, 3]).to_pylist()
+    assert [(r["layer"], r["column"]) for r in rows] == [(6, "embedding_layer_6"),
+                                                         (3, "embedding")]
+
+
 def test_identity_before_any_tokens_is_a_clear_error(tmp_path, capsys):
     empty = make_token_atlas(tmp_path / "atlas", {}, _layered_embed, dim=5, layers=(3,))
     with pytest.raises(AtlasIndexError, match="no tokens yet"):

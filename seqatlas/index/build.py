@@ -25,7 +25,7 @@ from seqatlas.progress import progress_bar
 from seqatlas.index.populate import add_batches, make_index, train, use_gpu
 from seqatlas.index.shards import add_sharded
 from seqatlas.index.search import METRICS, Calibration, calibrate
-from seqatlas.index.vectors import EmbeddingSource, column_layer, normalise, tokens_fingerprint
+from seqatlas.index.vectors import EmbeddingSource, column_layer, prepare, tokens_fingerprint
 
 TYPES = ("auto", "flat", "ivf-flat", "ivf-pq", "hnsw")
 FLAT_LIMIT = 1_000_000  # auto: exact search below this many vectors
@@ -257,79 +257,126 @@ def build_index(atlas: str | os.PathLike | AtlasReader, **options) -> dict:
     measured recall@10, sha256, timings.
     """
     config = IndexConfig(**options)
-    import faiss
+    import faiss  # noqa: F401 -- a missing FAISS fails before the atlas is locked
 
     path = atlas.path if isinstance(atlas, AtlasReader) else Path(atlas)
     started = time.perf_counter()
     with AtlasWriter(path) as writer:  # holds the atlas lock: no ingest during the build
         store.remove_stale(path)
         snapshot = AtlasReader(path)
-        source = EmbeddingSource.open(snapshot, config.column)
-        n, dim = source.total, source.dim
-        plan = plan_index(config, n, dim)
-        gpu, gpu_reason = use_gpu(config.gpu, plan.type)
-        if config.shards and config.shards > 1 and plan.type == "hnsw":
-            raise ConfigError("HNSW graphs cannot be merged from shards; use --type ivf-pq "
-                              "or ivf-flat with --shards, or build HNSW without --shards")
-        prepare = normalise if config.metric == "cosine" else (lambda x: x)
+        source, plan, (gpu, device) = _open(snapshot, config)
         t0 = time.perf_counter()
-        draw = max(plan.sample, 0 if plan.type == "flat" else min(n, CALIBRATION_QUERIES))
-        sample = prepare(source.sample(draw, config.seed)) if draw else np.empty((0, dim))
-        rng = np.random.default_rng(config.seed + 1)
-        wanted = min(len(sample), CALIBRATION_QUERIES)  # flat: none drawn, none wanted
-        queries = sample[rng.choice(len(sample), wanted, replace=False)]
-        variance = transform = None
-        if plan.pca:
-            eigenvalues, axes = principal_axes(sample[: plan.sample])
-            cumulative = cumulative_energy(eigenvalues)
-            if config.type == "auto" and config.m is None:
-                widen_codes(plan, cumulative, n, dim, machine_memory_bytes())
-            if plan.pca:
-                variance = round(float(cumulative[plan.pca - 1]), 5)
-                transform = rotation(axes, plan.pca, config.seed)
-        index = make_index(plan, dim, config.metric, transform)
-        train(index, plan, sample[: plan.sample], gpu)  # flat, hnsw: nothing to train
-        del sample
+        index, calibration, variance = _trained_index(config, plan, source, gpu)
         train_seconds = time.perf_counter() - t0
-        calibration = Calibration(np.ascontiguousarray(queries, dtype=np.float32),
-                                  config.metric)
         t0 = time.perf_counter()
-        shards = min(config.shards or 1, len(source.parts))
-        if shards > 1:
-            index, shards = add_sharded(index, source, shards, config=config,
-                                        calibration=calibration, gpu=gpu)
-        else:
-            progress, task = progress_bar(label="adding", unit="vectors", total=n,
-                                          enabled=config.progress)
-            with progress:
-                add_batches(index, source, config.metric, calibration, gpu=gpu,
-                            batch_rows=config.batch_rows,
-                            advance=lambda rows: progress.advance(task, rows))
+        index, shards = _add(index, source, config, calibration, gpu)
         add_seconds = time.perf_counter() - t0
-        if index.ntotal != n:
-            raise ConfigError(f"the index holds {index.ntotal:,} vectors but the atlas has "
-                              f"{n:,} token rows; the tokens parts disagree with atlas.json")
         search = calibrate(index, plan, calibration.queries, calibration.truth(),
                            config.recall_target)
-        model = snapshot.manifest.get("model") or {}
-        meta = {
-            "name": config.name, "type": plan.type, "auto": config.type == "auto",
-            "reason": plan.reason, "factory": plan.describe(), "metric": config.metric,
-            "dim": dim, "ntotal": int(index.ntotal), "column": config.column,
-            "layer": column_layer(snapshot, config.column), "params": plan.params,
-            "search": search, "gpu": gpu, "device": gpu_reason, "shards": shards,
-            "model": {"name": model.get("name"), "weights_sha256": model.get("weights_sha256")},
-            "atlas": {"updated": snapshot.manifest.get("updated"), "tokens_rows": n,
-                      "tokens_parts": len(source.parts),
-                      "tokens_fingerprint": tokens_fingerprint(snapshot)},
-            "train_seconds": round(train_seconds, 3), "add_seconds": round(add_seconds, 3),
-            "faiss_version": faiss.__version__, "built": utc_now(),
-        }
-        if variance is not None:
-            meta["pca_variance_kept"] = variance
+        meta = _meta(config, plan, snapshot, source, index, search=search, gpu=gpu,
+                     device=device, shards=shards, train_seconds=train_seconds,
+                     add_seconds=add_seconds, variance=variance)
         meta["build_seconds"] = round(time.perf_counter() - started, 3)
         meta = store.write_index(path, config.name, index, meta)
         writer.set_index(config.name, {key: meta[key] for key in (
             "type", "metric", "column", "dim", "ntotal", "bytes", "bytes_per_vector", "sha256",
             "built", "factory")})
+    return meta
+
+
+def _open(snapshot: AtlasReader, config: IndexConfig
+          ) -> tuple[EmbeddingSource, Plan, tuple[bool, str]]:
+    """The vectors to index, the plan for them, and (whether to use GPUs, why)."""
+    source = EmbeddingSource.open(snapshot, config.column)
+    plan = plan_index(config, source.total, source.dim)
+    gpu = use_gpu(config.gpu, plan.type)
+    if config.shards and config.shards > 1 and plan.type == "hnsw":
+        raise ConfigError("HNSW graphs cannot be merged from shards; use --type ivf-pq "
+                          "or ivf-flat with --shards, or build HNSW without --shards")
+    return source, plan, gpu
+
+
+def _samples(config: IndexConfig, plan: Plan, source: EmbeddingSource
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """(training sample, calibration queries drawn from it), normalised for cosine; flat
+    indexes draw neither."""
+    n = source.total
+    draw = max(plan.sample, 0 if plan.type == "flat" else min(n, CALIBRATION_QUERIES))
+    sample = prepare(source.sample(draw, config.seed), config.metric) if draw else \
+        np.empty((0, source.dim))
+    rng = np.random.default_rng(config.seed + 1)
+    wanted = min(len(sample), CALIBRATION_QUERIES)  # flat: none drawn, none wanted
+    return sample, sample[rng.choice(len(sample), wanted, replace=False)]
+
+
+def _pca(config: IndexConfig, plan: Plan, sample: np.ndarray, n: int, dim: int):
+    """ivf-pq with a PCA: (the trained rotation, the fraction of variance it keeps); auto
+    codes are widened first while it loses too much. (None, None) without a PCA."""
+    if not plan.pca:
+        return None, None
+    eigenvalues, axes = principal_axes(sample)
+    cumulative = cumulative_energy(eigenvalues)
+    if config.type == "auto" and config.m is None:
+        widen_codes(plan, cumulative, n, dim, machine_memory_bytes())
+    if not plan.pca:  # widened to codes over the full vectors
+        return None, None
+    return rotation(axes, plan.pca, config.seed), round(float(cumulative[plan.pca - 1]), 5)
+
+
+def _trained_index(config: IndexConfig, plan: Plan, source: EmbeddingSource, gpu: bool
+                   ) -> tuple[object, Calibration, float | None]:
+    """The trained, empty index; the calibration queries (their exact top-k still to
+    accumulate); the PCA's variance kept (None without one)."""
+    sample, queries = _samples(config, plan, source)
+    transform, variance = _pca(config, plan, sample[: plan.sample], source.total, source.dim)
+    index = make_index(plan, source.dim, config.metric, transform)
+    train(index, plan, sample[: plan.sample], gpu)  # flat, hnsw: nothing to train
+    calibration = Calibration(np.ascontiguousarray(queries, dtype=np.float32), config.metric)
+    return index, calibration, variance
+
+
+def _add(index, source: EmbeddingSource, config: IndexConfig, calibration: Calibration,
+         gpu: bool) -> tuple[object, int]:
+    """Add every vector (in Ray shards, or here with a progress bar; both through
+    :func:`add_batches`) and accumulate the calibration's exact top-k; (index, shards)."""
+    shards = min(config.shards or 1, len(source.parts))
+    if shards > 1:
+        index, shards = add_sharded(index, source, shards, config=config,
+                                    calibration=calibration, gpu=gpu)
+    else:
+        progress, task = progress_bar(label="adding", unit="vectors", total=source.total,
+                                      enabled=config.progress)
+        with progress:
+            add_batches(index, source, config.metric, calibration, gpu=gpu,
+                        batch_rows=config.batch_rows,
+                        advance=lambda rows: progress.advance(task, rows))
+    if index.ntotal != source.total:
+        raise ConfigError(f"the index holds {index.ntotal:,} vectors but the atlas has "
+                          f"{source.total:,} token rows; the tokens parts disagree with "
+                          "atlas.json")
+    return index, shards
+
+
+def _meta(config: IndexConfig, plan: Plan, snapshot: AtlasReader, source: EmbeddingSource,
+          index, *, search: dict, gpu: bool, device: str, shards: int, train_seconds: float,
+          add_seconds: float, variance: float | None) -> dict:
+    """The index meta (``meta.json`` less what :func:`store.write_index` adds)."""
+    import faiss
+
+    model = snapshot.manifest.get("model") or {}
+    meta = {
+        "name": config.name, "type": plan.type, "auto": config.type == "auto",
+        "reason": plan.reason, "factory": plan.describe(), "metric": config.metric,
+        "dim": source.dim, "ntotal": int(index.ntotal), "column": config.column,
+        "layer": column_layer(snapshot, config.column), "params": plan.params,
+        "search": search, "gpu": gpu, "device": device, "shards": shards,
+        "model": {"name": model.get("name"), "weights_sha256": model.get("weights_sha256")},
+        "atlas": {"updated": snapshot.manifest.get("updated"), "tokens_rows": source.total,
+                  "tokens_parts": len(source.parts),
+                  "tokens_fingerprint": tokens_fingerprint(snapshot)},
+        "train_seconds": round(train_seconds, 3), "add_seconds": round(add_seconds, 3),
+        "faiss_version": faiss.__version__, "built": utc_now(),
+    }
+    if variance is not None:
+        meta["pca_variance_kept"] = variance
     return meta

@@ -9,7 +9,7 @@ import numpy as np
 
 from seqatlas.errors import ConfigError
 from seqatlas.index.search import Calibration, faiss_metric
-from seqatlas.index.vectors import EmbeddingSource, normalise
+from seqatlas.index.vectors import EmbeddingSource, prepare
 
 if TYPE_CHECKING:
     from seqatlas.index.build import Plan
@@ -104,8 +104,7 @@ def add_batches(index, source: EmbeddingSource, metric: str, calibration: Calibr
         ivf.quantizer = gpu_quantizer
     try:
         for ids, x in source.batches(batch_rows=batch_rows):
-            if metric == "cosine":
-                x = normalise(x)
+            x = prepare(x, metric)
             index.add_with_ids(x, ids)
             calibration.add(ids, x)
             if advance is not None:

@@ -6,7 +6,7 @@ Cosine indexes hold unit vectors under L2 (the same ranking as their inner produ
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 
@@ -56,7 +56,7 @@ class Calibration:
 
     def add(self, ids: np.ndarray, x: np.ndarray) -> None:
         if len(self.queries):
-            self.add_result(*exact_search(self.queries, x, ids, self.k, self.metric))
+            self.add_result(*exact_search(self.queries, [(ids, x)], self.k, self.metric))
 
     def add_result(self, distances: np.ndarray, ids: np.ndarray) -> None:
         self.heap.add_result(np.ascontiguousarray(distances, dtype=np.float32),
@@ -67,16 +67,31 @@ class Calibration:
         return self.heap.I
 
 
-def exact_search(queries: np.ndarray, x: np.ndarray, ids: np.ndarray, k: int, metric: str
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Brute-force top-k of ``queries`` among rows ``x`` (labelled ``ids``)."""
+def exact_search(queries: np.ndarray, batches: Iterable[tuple[np.ndarray, np.ndarray]],
+                 k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force top-k of ``queries`` among the rows of ``(ids, vectors)`` batches: one
+    FAISS Flat holding every batch, searched once; (distances, ids), each (n, min(k, rows)),
+    -1 ids where there are fewer rows.
+
+    Queries and vectors come as the index holds them (:func:`~seqatlas.index.vectors.prepare`:
+    cosine rows are unit vectors, searched by inner product). One Flat, not one per batch:
+    FAISS computes distances in blocks of rows, so the last bit of a distance, and with it
+    the order of near ties, depends on where the row falls; one Flat makes the result the
+    same whatever the batch sizes.
+    """
     import faiss
 
-    k = min(k, len(x))
-    flat = faiss.IndexFlat(x.shape[1], faiss.METRIC_L2 if metric == "l2"
+    flat = faiss.IndexFlat(queries.shape[1], faiss.METRIC_L2 if metric == "l2"
                            else faiss.METRIC_INNER_PRODUCT)
-    flat.add(x)
+    labels = []
+    for ids, x in batches:
+        flat.add(x)
+        labels.append(np.asarray(ids, dtype=np.int64))
+    k = min(k, flat.ntotal)
+    if k == 0:
+        return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64)
     distances, rows = flat.search(queries, k)
+    ids = np.concatenate(labels)
     return distances, np.where(rows >= 0, ids[np.maximum(rows, 0)], -1)
 
 

@@ -23,7 +23,7 @@ from seqatlas.store import AtlasReader
 from seqatlas.util import TEMP_MARK, file_sha256, fsync_dir, temporary_name
 from seqatlas.errors import AtlasIndexError, ConfigError
 from seqatlas.index.search import set_search_params, to_similarity
-from seqatlas.index.vectors import normalise, tokens_fingerprint
+from seqatlas.index.vectors import prepare, tokens_fingerprint
 
 INDEX_DIR = "index"
 INDEX_FILE = "index.faiss"
@@ -171,8 +171,7 @@ class LoadedIndex:
             raise ConfigError(f"k must be a positive integer, not {k!r}")
         if nprobe is not None and (not isinstance(nprobe, (int, np.integer)) or nprobe < 1):
             raise ConfigError(f"nprobe must be a positive integer, not {nprobe!r}")
-        queries = normalise(queries) if self.metric == "cosine" else \
-            np.ascontiguousarray(queries, dtype=np.float32)
+        queries = prepare(queries, self.metric)
         if len(queries) == 0:
             return np.empty((0, k), np.float32), np.empty((0, k), np.int64)
         with self._lock:

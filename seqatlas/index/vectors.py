@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from seqatlas import schema
 from seqatlas.store import AtlasReader
-from seqatlas.errors import AtlasIndexError
+from seqatlas.errors import AtlasIndexError, ConfigError
 
 BATCH_ROWS = 65536
 
@@ -29,10 +29,32 @@ def tokens_fingerprint(atlas: AtlasReader) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def column_layer(atlas: AtlasReader, column: str) -> int | None:
-    """The hidden layer stored in ``column`` (``embedding``: the first requested layer)."""
-    columns = schema.embedding_columns(atlas.manifest.get("scoring") or {})
-    return next((layer for layer, name in columns.items() if name == column), None)
+def stored_layers(atlas: AtlasReader) -> dict[int, str]:
+    """Stored hidden layer -> tokens column, in the order the layers were requested (the
+    first is ``embedding``); empty when the atlas stores no embeddings."""
+    return schema.embedding_columns(atlas.manifest.get("scoring") or {})
+
+
+def column_layer(atlas: AtlasReader, column: str | None) -> int | None:
+    """The hidden layer stored in tokens column ``column`` (``embedding``: the first
+    requested layer); None when the atlas stores no such column."""
+    return next((layer for layer, name in stored_layers(atlas).items() if name == column), None)
+
+
+def resolve_layer(atlas: AtlasReader, layer: int) -> int:
+    """The stored layer that ``layer`` names (negative: counted back from the model's last,
+    -1 being the last); its column is ``stored_layers(atlas)[layer]``.
+
+    Raises ConfigError naming the stored layers when the atlas does not store it.
+    """
+    columns = stored_layers(atlas)
+    num_layers = (atlas.manifest.get("model") or {}).get("num_layers")
+    resolved = layer + num_layers + 1 if layer < 0 and num_layers is not None else layer
+    if resolved not in columns:
+        stored = f"layer(s) {', '.join(map(str, columns))} only" if columns else \
+            "no embeddings"
+        raise ConfigError(f"--layer {layer}: {atlas.path} stores {stored}")
+    return resolved
 
 
 @dataclass
@@ -116,3 +138,9 @@ def normalise(x: np.ndarray) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.where(norms > 0, norms, 1).astype(np.float32)
+
+
+def prepare(x: np.ndarray, metric: str) -> np.ndarray:
+    """Vectors as an index of ``metric`` holds and is searched with them: C-contiguous
+    float32, rows normalised for cosine."""
+    return normalise(x) if metric == "cosine" else np.ascontiguousarray(x, dtype=np.float32)

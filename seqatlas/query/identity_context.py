@@ -15,7 +15,8 @@ of the atlas, scores: ``identity_chance = Σ_t f_t²`` with f_t the frequency of
 tokens), ``prev_chance`` likewise, and ``context_chance = next_chance + prev_chance −
 Σ_(p,u) (m_pu / N)²`` (inclusion-exclusion; m_pu counts tokens whose preceding token is p and
 next is u). Neighbours come from a built index over the layer's column when there is one,
-else from an exact in-memory FAISS Flat over that column, streamed from the parts.
+else from an exact in-memory FAISS Flat over that column, filled from the parts one batch
+at a time.
 """
 
 from __future__ import annotations
@@ -26,15 +27,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from seqatlas import schema
 from seqatlas.store import AtlasReader
 from seqatlas.errors import ConfigError
+from seqatlas.index.search import METRICS, exact_search
 from seqatlas.index.store import list_indexes, load_index
-from seqatlas.index.vectors import EmbeddingSource, normalise, to_float32
+from seqatlas.index.vectors import (EmbeddingSource, column_layer, prepare, resolve_layer,
+                                    stored_layers, to_float32)
 from seqatlas.query.engine import Sandbox
 from seqatlas.query.neighbours import require_embeddings
 
-METRICS = ("cosine", "ip", "l2")
 _CONTEXT_JOINS = """
     LEFT JOIN tokens nx ON nx.token_id = t.token_id + (t."end" - t.start)
                        AND nx.start = t."end"
@@ -89,23 +90,6 @@ def sample_rows(source: EmbeddingSource, n: int, seed: int) -> tuple[np.ndarray,
                 ids.append(table["token_id"].to_numpy())
                 vectors.append(to_float32(table[source.column], source.dim, path))
     return np.concatenate(ids), np.concatenate(vectors)
-
-
-def exact_neighbours(source: EmbeddingSource, queries: np.ndarray, k: int, metric: str
-                     ) -> np.ndarray:
-    """Token ids (n, k) of each query's k nearest tokens: an exact FAISS Flat over the
-    source's column, built in memory from the parts one batch at a time."""
-    import faiss
-
-    flat = faiss.IndexFlatL2(source.dim) if metric == "l2" else faiss.IndexFlatIP(source.dim)
-    ids = []
-    for token_ids, vectors in source.batches():
-        flat.add(normalise(vectors) if metric == "cosine" else vectors)
-        ids.append(token_ids)
-    queries = normalise(queries) if metric == "cosine" else queries
-    _, found = flat.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, flat.ntotal))
-    ids = np.concatenate(ids)
-    return np.where(found >= 0, ids[np.maximum(found, 0)], -1)
 
 
 def _without_self(found: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
@@ -171,14 +155,13 @@ def identity(atlas, *, config: IdentityConfig | None = None, **options) -> pa.Ta
     config.validate()
     atlas = atlas if isinstance(atlas, AtlasReader) else AtlasReader(atlas)
     require_embeddings(atlas)
-    columns = schema.embedding_columns(atlas.manifest["scoring"])
-    if config.layers is not None:
-        layers = _resolve(atlas, config.layers, columns)
+    columns = stored_layers(atlas)
+    if config.layers is not None:  # in the order given, each once
+        layers = list(dict.fromkeys(resolve_layer(atlas, value) for value in config.layers))
     elif config.index is not None:  # the layer the named index was built from
-
         built = {meta["name"]: meta["column"] for meta in list_indexes(atlas)}
-        layers = [layer for layer, name in columns.items()
-                  if name == built.get(config.index)] or list(columns)
+        layer = column_layer(atlas, built.get(config.index))
+        layers = list(columns) if layer is None else [layer]
     else:
         layers = list(columns)
     # opened first: an atlas without tokens (or vectors) is an error before any query runs
@@ -196,8 +179,11 @@ def identity(atlas, *, config: IdentityConfig | None = None, **options) -> pa.Ta
                 source = f"index {name!r} ({index.meta.get('type')}, " \
                          f"{index.meta.get('metric')})"
             else:
-                found = exact_neighbours(sources[layer], queries, config.k + 1,
-                                         config.metric)
+                metric = config.metric
+                _, found = exact_search(prepare(queries, metric),
+                                        ((ids, prepare(x, metric))
+                                         for ids, x in sources[layer].batches()),
+                                        config.k + 1, metric)
                 source = f"exact in-memory Flat ({config.metric})"
             neighbours = _without_self(found, own, config.k)
             info = _context(engine, np.concatenate([own, neighbours[neighbours >= 0]]))
@@ -224,16 +210,3 @@ def _agreement(info: dict, own: np.ndarray, neighbours: np.ndarray, chance: dict
         out[name] = float(np.mean(same[name])) if same[name] else float("nan")
         out[f"{name}_chance"] = chance[name]
     return out
-
-
-def _resolve(atlas: AtlasReader, requested: list[int], columns: dict[int, str]) -> list[int]:
-    num_layers = atlas.manifest["model"].get("num_layers")
-    layers = []
-    for value in requested:
-        layer = value + num_layers + 1 if value < 0 and num_layers is not None else value
-        if layer not in columns:
-            raise ConfigError(f"--layer {value}: {atlas.path} stores layer(s) "
-                              f"{', '.join(map(str, columns))} only")
-        if layer not in layers:
-            layers.append(layer)
-    return layers

@@ -27,11 +27,11 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from seqatlas import schema
 from seqatlas.store import AtlasReader
 from seqatlas.checkpoints.loading import LoadedModel, resolve_model
 from seqatlas.errors import AtlasIndexError, ConfigError, ModelError, QueryError
 from seqatlas.index.store import load_index
+from seqatlas.index.vectors import column_layer, stored_layers
 from seqatlas.query.engine import Sandbox, arrow_table
 from seqatlas.query.views import default_column, repeat_overlaps_sql
 
@@ -209,17 +209,8 @@ def embed_residues(spec, residues: list[str], layer: int, *, offset: int | None 
 
 # -- the search and the join ---------------------------------------------------------------
 
-def column_layer(atlas: AtlasReader, column: str) -> int:
-    """The hidden layer stored in the tokens column ``column``."""
-    for layer, name in schema.embedding_columns(atlas.manifest["scoring"]).items():
-        if name == column:
-            return layer
-    raise AtlasIndexError(f"the index is over {column!r}, which {atlas.path} does not store; "
-                          "rebuild it with `seqatlas index build`")
-
-
 def require_embeddings(atlas: AtlasReader) -> None:
-    if not schema.embedding_layers(atlas.manifest["scoring"]):
+    if not stored_layers(atlas):
         raise ConfigError(f"{atlas.path} stores no embeddings (ingested with --embeddings none); "
                           "re-ingest with --embeddings float16 into a new --atlas to look up "
                           "neighbours")
@@ -331,6 +322,10 @@ def knn(atlas, *, kmer: str | list[str] | None = None, at: str | list[str] | Non
     require_embeddings(atlas)
     index = load_index(atlas, name=config.index)  # a missing one: says how to build it
     layer = column_layer(atlas, index.column)
+    if layer is None:
+        raise AtlasIndexError(f"index {config.index!r} is over {index.column!r}, which "
+                              f"{atlas.path} does not store; rebuild it with "
+                              "`seqatlas index build`")
     with Sandbox(atlas) as engine:
         if kind == "at":
             vectors, exclude = stored_vectors(engine, index.column, texts)
