@@ -20,7 +20,8 @@ from seqatlas.errors import FastaError, InputError
 
 __all__ = [
     "PROTEIN_LETTERS", "NUCLEOTIDE_LETTERS", "KINDS", "FastaRecord", "RecordInfo",
-    "FastaSummary", "soft_mask", "open_text_stream", "detect_kind", "read_fasta", "scan_fasta",
+    "FastaSummary", "FastaScan", "soft_mask", "open_text_stream", "detect_kind", "read_fasta",
+    "scan_fasta",
 ]
 
 PROTEIN_LETTERS = "ACDEFGHIKLMNPQRSTVWY" + "XBZUOJ"
@@ -218,116 +219,157 @@ def detect_kind(path: PathArg, *, sample_letters: int = 100_000) -> str:
     return "protein"
 
 
-def _records(stream: IO[bytes], path: str, kind: str,
-             seen_ids: set[str] | None) -> Iterator[FastaRecord]:
-    allowed, illegal_re, protein = _ALLOWED[kind], _ILLEGAL_RE[kind], kind == "protein"
-    first_line: dict[str, int] = {}
-    rec_id: str | None = None
-    desc, rec_line, ordinal = "", 0, 0
-    seq = bytearray()
-    star: tuple[int, int] | None = None  # (line, column) of a '*' legal only if nothing follows
-    lineno, pending, eof = 1, b"", False
-    # Long lines are processed in pieces (no quadratic re-joining); ``carry`` counts the bytes
-    # of the current line already consumed, so a buffer starting with carry > 0 is mid-line.
-    carry = 0
+class _RecordParser:
+    """The state of one validating pass; :func:`_records` feeds it chunks that never end
+    inside a header."""
 
-    def finish() -> FastaRecord:
-        if not seq:
-            raise _fail(path, rec_line, "empty record (header without sequence)",
-                        "add its sequence or remove the header", rec_id)
-        return FastaRecord(rec_id, desc, bytes(seq), rec_line, ordinal)  # type: ignore[arg-type]
+    __slots__ = ("path", "kind", "seen_ids", "allowed", "illegal_re", "protein", "first_line",
+                 "rec_id", "desc", "rec_line", "ordinal", "seq", "star", "lineno", "carry")
 
-    def locate(body: bytes, offset: int, at_buf_start: bool) -> tuple[int, int]:
-        nl = body.rfind(b"\n", 0, offset)
-        column = offset - nl + (carry if nl < 0 and at_buf_start else 0)
-        return lineno + body.count(b"\n", 0, offset), column
+    def __init__(self, path: str, kind: str, seen_ids: set[str] | None) -> None:
+        self.path, self.kind, self.seen_ids = path, kind, seen_ids
+        self.allowed, self.illegal_re = _ALLOWED[kind], _ILLEGAL_RE[kind]
+        self.protein = kind == "protein"
+        self.first_line: dict[str, int] = {}
+        self.rec_id: str | None = None
+        self.desc, self.rec_line, self.ordinal = "", 0, 0
+        self.seq = bytearray()
+        self.star: tuple[int, int] | None = None  # (line, column) of a '*' legal only at the end
+        self.lineno = 1
+        # Long lines are processed in pieces (no quadratic re-joining); ``carry`` counts the
+        # bytes of the current line already consumed, so a chunk starting with carry > 0 is
+        # mid-line.
+        self.carry = 0
 
-    while not eof:
-        chunk = _read(stream, path, lineno)
-        eof = not chunk
-        data = pending + chunk if pending else chunk
+    def partial_header_at(self, data: bytes, *, eof: bool) -> int:
+        """Where an unfinished header at the end of ``data`` starts; ``len(data)`` if none."""
         tail = data.rfind(b"\n") + 1
-        # Only a header must be complete before it is parsed: hold back a partial one.
-        if not eof and tail < len(data) and data[tail] == 0x3E and (tail or not carry):
-            data, pending = data[:tail], data[tail:]
-        else:
-            pending = b""
+        if not eof and tail < len(data) and data[tail] == 0x3E and (tail or not self.carry):
+            return tail
+        return len(data)
+
+    def feed(self, data: bytes) -> Iterator[FastaRecord]:
+        """Parse ``data``, yielding each record completed by a following header."""
         pos, n = 0, len(data)
         while pos < n:
-            if data[pos] == 0x3E and (pos or not carry):  # '>' at a line start
+            if data[pos] == 0x3E and (pos or not self.carry):  # '>' at a line start
                 end = data.find(b"\n", pos)
                 end = n if end < 0 else end
-                header = data[pos + 1:end]
-                # Headers may carry UTF-8 text (names with accents, Greek letters); a NUL
-                # byte or invalid UTF-8 means the file is not FASTA.
-                try:
-                    text = header.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise _binary(path, lineno, f"byte {header[exc.start]:#04x} in header") from None
-                if "\x00" in text:
-                    raise _binary(path, lineno, "NUL byte in header")
-                if rec_id is not None:
-                    yield finish()
-                    ordinal += 1
-                    seq, star = bytearray(), None
-                words = text.split(None, 1)
-                if not words:
-                    raise _fail(path, lineno, "header line has no record id",
-                                "write an id right after '>', e.g. '>seq1 description'")
-                rec_id, rec_line = words[0], lineno
-                desc = words[1].strip() if len(words) > 1 else ""
-                if rec_id in first_line:
-                    raise _fail(path, lineno, f"duplicate record id (first seen at line "
-                                f"{first_line[rec_id]})", "make every record id unique", rec_id)
-                if seen_ids is not None:
-                    if rec_id in seen_ids:
-                        raise _fail(path, lineno, "record id already used in another input file",
-                                    "make record ids unique across all inputs", rec_id)
-                    seen_ids.add(rec_id)
-                first_line[rec_id] = lineno
-                lineno, pos = lineno + 1, end + 1
+                text = self._header_text(data[pos + 1:end])
+                if self.rec_id is not None:
+                    yield self._finish()
+                self._start_record(text)
+                self.lineno, pos = self.lineno + 1, end + 1
                 continue
-            at_start = pos == 0
             nxt = data.find(b"\n>", pos)
             stop = n if nxt < 0 else nxt + 1
-            body = data[pos:stop]
+            self._body(data[pos:stop], at_start=pos == 0)
             pos = stop
-            residues = body.translate(None, _WS)
-            if not residues:
-                lineno += body.count(b"\n")
-                continue
-            # The first offending byte decides the message: binary, headerless or illegal.
-            off = -1
-            if rec_id is None:
-                off = _CONTENT_RE.search(body).start()  # type: ignore[union-attr]
-            elif residues.translate(None, allowed):
-                off = illegal_re.search(body).start()  # type: ignore[union-attr]
-            if off >= 0:
-                line, col = locate(body, off, at_start)
-                if _BINARY_RE.match(body, off):
-                    raise _binary(path, line, f"byte {body[off]:#04x}")
-                if rec_id is None:
-                    raise _fail(path, line, f"no FASTA header before line {line}",
-                                "the file must start with a '>' header line")
-                raise _fail(path, line, f"illegal character {chr(body[off])!r} at column {col} "
-                            f"for kind '{kind}'",
-                            "fix the sequence or choose the right kind (protein, dna, rna)", rec_id)
-            misplaced = star is not None  # residues follow an earlier '*'
-            if not misplaced and protein and b"*" in residues:
-                star = locate(body, body.find(b"*"), at_start)
-                misplaced = residues.find(b"*") != len(residues) - 1
-                residues = residues[:-1]
-            if misplaced and star is not None:
-                raise _fail(path, star[0], f"'*' at column {star[1]} is not at the end of the "
-                            "record", "only a single trailing '*' (stop) is allowed", rec_id)
-            seq += residues
-            lineno += body.count(b"\n")
         if n:
             last_nl = data.rfind(b"\n")
-            carry = n - last_nl - 1 + (carry if last_nl < 0 else 0)
-    if rec_id is None:
-        raise _fail(path, lineno, "no FASTA records", "the file is empty or holds only blank lines")
-    yield finish()
+            self.carry = n - last_nl - 1 + (self.carry if last_nl < 0 else 0)
+
+    def last_record(self) -> FastaRecord:
+        if self.rec_id is None:
+            raise _fail(self.path, self.lineno, "no FASTA records",
+                        "the file is empty or holds only blank lines")
+        return self._finish()
+
+    def _header_text(self, header: bytes) -> str:
+        # Headers may carry UTF-8 text (names with accents, Greek letters); a NUL byte or
+        # invalid UTF-8 means the file is not FASTA.
+        try:
+            text = header.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _binary(self.path, self.lineno,
+                          f"byte {header[exc.start]:#04x} in header") from None
+        if "\x00" in text:
+            raise _binary(self.path, self.lineno, "NUL byte in header")
+        return text
+
+    def _start_record(self, text: str) -> None:
+        path, lineno = self.path, self.lineno
+        words = text.split(None, 1)
+        if not words:
+            raise _fail(path, lineno, "header line has no record id",
+                        "write an id right after '>', e.g. '>seq1 description'")
+        rec_id = words[0]
+        if rec_id in self.first_line:
+            raise _fail(path, lineno, f"duplicate record id (first seen at line "
+                        f"{self.first_line[rec_id]})", "make every record id unique", rec_id)
+        if self.seen_ids is not None:
+            if rec_id in self.seen_ids:
+                raise _fail(path, lineno, "record id already used in another input file",
+                            "make record ids unique across all inputs", rec_id)
+            self.seen_ids.add(rec_id)
+        self.first_line[rec_id] = lineno
+        self.rec_id, self.rec_line = rec_id, lineno
+        self.desc = words[1].strip() if len(words) > 1 else ""
+
+    def _finish(self) -> FastaRecord:
+        if not self.seq:
+            raise _fail(self.path, self.rec_line, "empty record (header without sequence)",
+                        "add its sequence or remove the header", self.rec_id)
+        record = FastaRecord(self.rec_id, self.desc, bytes(self.seq),  # type: ignore[arg-type]
+                             self.rec_line, self.ordinal)
+        self.ordinal += 1
+        self.seq, self.star = bytearray(), None
+        return record
+
+    def _body(self, body: bytes, *, at_start: bool) -> None:
+        residues = body.translate(None, _WS)
+        if residues:
+            if self.rec_id is None or residues.translate(None, self.allowed):
+                raise self._rejection(body, at_start=at_start)
+            if self.star is not None or (self.protein and b"*" in residues):
+                residues = self._without_stop(body, residues, at_start=at_start)
+            self.seq += residues
+        self.lineno += body.count(b"\n")
+
+    def _locate(self, body: bytes, offset: int, *, at_start: bool) -> tuple[int, int]:
+        nl = body.rfind(b"\n", 0, offset)
+        column = offset - nl + (self.carry if nl < 0 and at_start else 0)
+        return self.lineno + body.count(b"\n", 0, offset), column
+
+    def _rejection(self, body: bytes, *, at_start: bool) -> FastaError:
+        """The error for content outside a record or a letter ``kind`` does not allow."""
+        # The first offending byte decides the message: binary, headerless or illegal.
+        pattern = _CONTENT_RE if self.rec_id is None else self.illegal_re
+        off = pattern.search(body).start()  # type: ignore[union-attr]
+        line, col = self._locate(body, off, at_start=at_start)
+        if _BINARY_RE.match(body, off):
+            return _binary(self.path, line, f"byte {body[off]:#04x}")
+        if self.rec_id is None:
+            return _fail(self.path, line, f"no FASTA header before line {line}",
+                         "the file must start with a '>' header line")
+        return _fail(self.path, line, f"illegal character {chr(body[off])!r} at column {col} "
+                     f"for kind '{self.kind}'",
+                     "fix the sequence or choose the right kind (protein, dna, rna)", self.rec_id)
+
+    def _without_stop(self, body: bytes, residues: bytes, *, at_start: bool) -> bytes:
+        """``residues`` without a protein's trailing '*'; a '*' anywhere else is an error."""
+        if self.star is None:
+            self.star = self._locate(body, body.find(b"*"), at_start=at_start)
+            if residues.find(b"*") == len(residues) - 1:
+                return residues[:-1]
+        raise _fail(self.path, self.star[0], f"'*' at column {self.star[1]} is not at the "
+                    "end of the record", "only a single trailing '*' (stop) is allowed",
+                    self.rec_id)
+
+
+def _records(stream: IO[bytes], path: str, kind: str,
+             seen_ids: set[str] | None) -> Iterator[FastaRecord]:
+    parser = _RecordParser(path, kind, seen_ids)
+    pending, eof = b"", False
+    while not eof:
+        chunk = _read(stream, path, parser.lineno)
+        eof = not chunk
+        data = pending + chunk if pending else chunk
+        # Only a header must be complete before it is parsed: hold back a partial one.
+        cut = parser.partial_header_at(data, eof=eof)
+        data, pending = (data[:cut], data[cut:]) if cut < len(data) else (data, b"")
+        yield from parser.feed(data)
+    yield parser.last_record()
 
 
 def _check_exists(path: PathArg) -> str:
@@ -350,6 +392,25 @@ def read_fasta(path: PathArg, *, kind: str,
     return generate()
 
 
+class FastaScan:
+    """Validated records of one file, read once while hashing its bytes on disk (compressed
+    or not); ``size`` and ``sha256`` are set when the iteration completes."""
+
+    def __init__(self, path: PathArg, *, kind: str, seen_ids: set[str] | None = None) -> None:
+        _check_kind(kind)
+        self.path = _check_exists(path)
+        self.kind, self.seen_ids = kind, seen_ids
+        self.size: int | None = None
+        self.sha256: str | None = None
+
+    def __iter__(self) -> Iterator[FastaRecord]:
+        hashing = _HashingRaw(_open_raw(self.path, buffering=0))
+        with _wrap(io.BufferedReader(hashing, 1 << 20)) as stream:
+            yield from _records(stream, self.path, self.kind, self.seen_ids)
+            hashing.drain()
+        self.size, self.sha256 = hashing.nbytes, hashing.sha256.hexdigest()
+
+
 def scan_fasta(path: PathArg, *, kind: str | None = None,
                seen_ids: set[str] | None = None) -> FastaSummary:
     """Validate the whole file in one pass, hashing its on-disk bytes along the way."""
@@ -357,11 +418,7 @@ def scan_fasta(path: PathArg, *, kind: str | None = None,
     detected = kind is None
     if kind is None:
         kind = detect_kind(name)
-    _check_kind(kind)
-    hashing = _HashingRaw(_open_raw(name, buffering=0))
-    with _wrap(io.BufferedReader(hashing, 1 << 20)) as stream:
-        records = [RecordInfo(r.id, r.description, r.length, r.line, r.ordinal)
-                   for r in _records(stream, name, kind, seen_ids)]
-        hashing.drain()
-    return FastaSummary(os.path.abspath(name), hashing.nbytes, hashing.sha256.hexdigest(),
+    scan = FastaScan(name, kind=kind, seen_ids=seen_ids)
+    records = [RecordInfo(r.id, r.description, r.length, r.line, r.ordinal) for r in scan]
+    return FastaSummary(os.path.abspath(name), scan.size, scan.sha256,  # type: ignore[arg-type]
                         kind, detected, records)

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from seqatlas import schema
 from seqatlas.errors import AtlasError, AtlasMismatchError
+from seqatlas.manifest import InputRecord, Manifest, ModelRecord, PartRecord, ScoringRecord
 from seqatlas.util import TEMP_MARK, atomic_write, replacing, utc_now
 
 MANIFEST = "atlas.json"
@@ -37,15 +38,20 @@ class AtlasReader:
             raise AtlasError(f"{self.path} is not an atlas (no {MANIFEST}); "
                              "create one with `seqatlas ingest FASTA --atlas DIR`")
         try:
-            self.manifest = json.loads(manifest.read_text())
-        except json.JSONDecodeError as exc:
+            data = json.loads(manifest.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise AtlasError(f"{manifest} is corrupt ({exc}); restore it or re-ingest") from None
-        version = self.manifest.get("schema_version")
+        version = data.get("schema_version") if isinstance(data, dict) else None
         if version not in schema.READABLE_VERSIONS:
             raise AtlasError(f"{self.path} has schema version {version}; this seqatlas reads "
                              f"versions {', '.join(map(str, schema.READABLE_VERSIONS))}: "
                              "re-ingest into a new --atlas directory, or use the seqatlas "
                              "version that wrote it")
+        try:
+            self.manifest = Manifest.from_json(data)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise AtlasError(f"{manifest} is corrupt (it lacks or misshapes {exc}); restore it "
+                             "or re-ingest") from None
         self.schema_version = version
 
     def __repr__(self) -> str:
@@ -53,11 +59,10 @@ class AtlasReader:
         return f"{type(self).__name__}({str(self.path)!r}, {counts})"
 
     def part_paths(self, table: str) -> list[Path]:
-        parts = self.manifest["parts"].get(table, {})
-        return [self.path / table / name for name in sorted(parts)]
+        return [self.path / table / name for name in sorted(self.manifest.table_parts(table))]
 
     def count(self, table: str) -> int:
-        return sum(p["rows"] for p in self.manifest["parts"].get(table, {}).values())
+        return sum(p.rows for p in self.manifest.table_parts(table).values())
 
     def _read(self, table: str, columns, arrow_schema: pa.Schema) -> pa.Table:
         paths = self.part_paths(table)
@@ -84,28 +89,28 @@ class AtlasReader:
     def tokens(self, columns: list[str] | None = None) -> pa.Table:
         """One row per model token, with its embedding(s) when the atlas stores them
         (``embedding``: the first layer; ``embedding_layer_{L}``: each further layer L)."""
-        return self._read("tokens", columns, schema.atlas_tokens_schema(self.manifest))
+        return self._read("tokens", columns, self.manifest.tokens_schema())
 
     def summary(self) -> dict:
         """Counts and bytes on disk per table, plus the manifest's headline facts."""
+        manifest = self.manifest
         tables = {}
         for table in schema.TABLES:
-            parts = self.manifest["parts"].get(table, {})
-            tables[table] = {"parts": len(parts), "rows": sum(p["rows"] for p in parts.values()),
-                             "bytes": sum(p["bytes"] for p in parts.values())}
+            parts = manifest.table_parts(table)
+            tables[table] = {"parts": len(parts), "rows": sum(p.rows for p in parts.values()),
+                             "bytes": sum(p.bytes for p in parts.values())}
         return {
             "path": str(self.path),
-            "kind": self.manifest["kind"],
-            "kind_detected": self.manifest.get("kind_detected", False),
-            "model": self.manifest["model"],
-            "scoring": self.manifest["scoring"],
-            "inputs": self.manifest["inputs"],
+            "kind": manifest.kind,
+            "kind_detected": manifest.kind_detected,
+            "model": manifest.model.to_json() if manifest.model else None,
+            "scoring": manifest.scoring.to_json() if manifest.scoring else None,
+            "inputs": [i.to_json() for i in manifest.inputs],
             "tables": tables,
-            "units": {"committed": len(self.manifest["units"])},
-            "positions_unscored": sum(u.get("unscored", 0)
-                                      for u in self.manifest["units"].values()),
-            "created": self.manifest["created"],
-            "updated": self.manifest["updated"],
+            "units": {"committed": len(manifest.units)},
+            "positions_unscored": sum(u.get("unscored", 0) for u in manifest.units.values()),
+            "created": manifest.created,
+            "updated": manifest.updated,
         }
 
 
@@ -113,10 +118,15 @@ class AtlasWriter:
     """Creates or extends an atlas; the only code that writes parts and the manifest."""
 
     def __init__(self, path: str | os.PathLike, *, kind: str | None = None,
-                 model: dict | None = None, scoring: dict | None = None,
+                 model: ModelRecord | dict | None = None,
+                 scoring: ScoringRecord | dict | None = None,
                  seqatlas_version: str = "", kind_detected: bool = False):
         """Without ``model`` the atlas must exist already (adding annotations to it)."""
         self.path = Path(path)
+        if isinstance(model, dict):
+            model = ModelRecord.from_json(model)
+        if isinstance(scoring, dict):
+            scoring = ScoringRecord.from_json(scoring)
         if model is None and not (self.path / MANIFEST).exists():
             raise AtlasError(f"{self.path} is not an atlas (no {MANIFEST}); "
                              "create one with `seqatlas ingest FASTA --atlas DIR` first")
@@ -138,29 +148,21 @@ class AtlasWriter:
         if manifest_path.exists():
             self.manifest = AtlasReader(self.path).manifest
             for table in schema.TABLES:
-                self.manifest["parts"].setdefault(table, {})
+                self.manifest.parts.setdefault(table, {})
             if model is not None:
-                if self.manifest["schema_version"] != schema.SCHEMA_VERSION:
+                if self.manifest.schema_version != schema.SCHEMA_VERSION:
                     raise AtlasMismatchError(
                         f"{self.path} was written with schema version "
-                        f"{self.manifest['schema_version']} (this seqatlas writes "
+                        f"{self.manifest.schema_version} (this seqatlas writes "
                         f"{schema.SCHEMA_VERSION}); ingest into a new --atlas directory. It "
                         "can still be queried and annotated.")
                 self._check_compatible(kind, model, scoring)
         else:
-            self.manifest = {
-                "schema_version": schema.SCHEMA_VERSION,
-                "seqatlas_version": seqatlas_version,
-                "created": utc_now(),
-                "updated": utc_now(),
-                "kind": kind,
-                "kind_detected": kind_detected,
-                "model": model,
-                "scoring": scoring,
-                "inputs": [],
-                "parts": {t: {} for t in schema.TABLES},
-                "units": {},
-            }
+            now = utc_now()
+            self.manifest = Manifest(
+                schema_version=schema.SCHEMA_VERSION, seqatlas_version=seqatlas_version,
+                created=now, updated=now, kind=kind, kind_detected=kind_detected, model=model,
+                scoring=scoring, parts={t: {} for t in schema.TABLES})
             self._write_manifest()
 
     def _remove_stale_temporaries(self) -> None:
@@ -173,22 +175,23 @@ class AtlasWriter:
         for stale in self.path.glob(f".{MANIFEST}{TEMP_MARK}*"):
             stale.unlink()
 
-    def _check_compatible(self, kind: str, model: dict, scoring: dict) -> None:
+    def _check_compatible(self, kind: str, model: ModelRecord, scoring: ScoringRecord) -> None:
+        """Refuse other settings, listing every difference (compared by stable identifiers,
+        never by the manifest's prose)."""
         old = self.manifest
         differences = []
-        if old["kind"] != kind:
-            differences.append(f"kind: atlas {old['kind']!r}, now {kind!r}")
-        for key in ("name", "weights_sha256", "tokenizer"):
-            if old["model"].get(key) != model.get(key):
-                differences.append(f"model {key}: atlas {old['model'].get(key)!r}, "
-                                   f"now {model.get(key)!r}")
-        # atlases written before multi-layer ingest record only "layer"
-        old_scoring = {"layers": schema.embedding_layers(old["scoring"]) or None,
-                       **old["scoring"]}
-        for key in sorted(set(old_scoring) | set(scoring)):
-            if old_scoring.get(key) != scoring.get(key):
-                differences.append(f"{key}: atlas {old_scoring.get(key)!r}, "
-                                   f"now {scoring.get(key)!r}")
+        if old.kind != kind:
+            differences.append(f"kind: atlas {old.kind!r}, now {kind!r}")
+        for key, was, now in (("name", old.model.name, model.name),
+                              ("weights_sha256", old.model.weights_sha256, model.weights_sha256),
+                              ("tokenizer", old.model.tokenizer_settings(),
+                               model.tokenizer_settings())):
+            if was != now:
+                differences.append(f"model {key}: atlas {was!r}, now {now!r}")
+        was, now = old.scoring.settings(), scoring.settings()
+        for key in sorted(set(was) | set(now)):
+            if was.get(key) != now.get(key):
+                differences.append(f"{key}: atlas {was.get(key)!r}, now {now.get(key)!r}")
         if differences:
             raise AtlasMismatchError(
                 f"{self.path} was built with other settings ({'; '.join(differences)}). "
@@ -208,12 +211,11 @@ class AtlasWriter:
 
     @property
     def committed_units(self) -> set[str]:
-        return set(self.manifest["units"])
+        return set(self.manifest.units)
 
     def _write_manifest(self) -> None:
-        self.manifest["updated"] = utc_now()
-        atomic_write(self.path / MANIFEST,
-                     json.dumps(self.manifest, indent=1, sort_keys=True).encode())
+        self.manifest.updated = utc_now()
+        atomic_write(self.path / MANIFEST, self.manifest.dumps())
 
     def _write_part(self, table: str, name: str, data: pa.Table) -> dict:
         directory = self.path / table
@@ -226,7 +228,9 @@ class AtlasWriter:
 
     def set_cache(self, path: tuple[str, ...], value) -> None:
         """Store a derived value (e.g. robust statistics) under ``cache`` in the manifest."""
-        node = self.manifest.setdefault("cache", {})
+        if self.manifest.cache is None:
+            self.manifest.cache = {}
+        node = self.manifest.cache
         for name in path[:-1]:
             node = node.setdefault(name, {})
         node[path[-1]] = value
@@ -234,7 +238,9 @@ class AtlasWriter:
 
     def set_index(self, name: str, entry: dict | None) -> None:
         """Record embedding index ``name`` (``None``: forget it) under ``indexes``."""
-        indexes = self.manifest.setdefault("indexes", {})
+        if self.manifest.indexes is None:
+            self.manifest.indexes = {}
+        indexes = self.manifest.indexes
         if entry is None:
             indexes.pop(name, None)
         else:
@@ -250,9 +256,10 @@ class AtlasWriter:
             if data is not None:
                 written[table] = self._write_part(table, name, data)
         for table, meta in written.items():
-            self.manifest["parts"][table][name] = {**meta, "unit": key}
-        self.manifest["units"][key] = {**(unit or {}), "committed": utc_now()}
+            self.manifest.parts.setdefault(table, {})[name] = PartRecord(**meta, unit=key)
+        self.manifest.units[key] = {**(unit or {}), "committed": utc_now()}
         if inputs:
-            self.manifest["inputs"].extend(inputs)
+            self.manifest.inputs.extend(InputRecord.from_json(i) if isinstance(i, dict) else i
+                                        for i in inputs)
         self._write_manifest()
 

@@ -16,6 +16,7 @@ from seqatlas.fasta import (
     NUCLEOTIDE_LETTERS,
     PROTEIN_LETTERS,
     FastaRecord,
+    FastaScan,
     detect_kind,
     open_text_stream,
     read_fasta,
@@ -265,6 +266,15 @@ def test_scan_fasta(tmp_path: Path, compress: bool) -> None:
         ("x", "one", 6, 1, 0), ("y", "", 6, 4, 1)]
     forced = scan_fasta(path, kind="protein")
     assert (forced.kind, forced.kind_detected) == ("protein", False)
+
+
+def test_fasta_scan_yields_sequences_and_hashes_the_bytes_on_disk(tmp_path: Path) -> None:
+    raw = gzip.compress(b">a x\nACgt\n>b\nNNA\n")
+    scan = FastaScan(write(tmp_path, "s.fa.gz", raw), kind="dna")
+    assert (scan.size, scan.sha256) == (None, None)  # nothing is read before iterating
+    assert [(r.id, r.description, r.sequence) for r in scan] == [("a", "x", b"ACgt"),
+                                                                 ("b", "", b"NNA")]
+    assert (scan.size, scan.sha256) == (len(raw), hashlib.sha256(raw).hexdigest())
 
 
 def test_scan_fasta_large_hash_and_seen_ids(tmp_path: Path) -> None:

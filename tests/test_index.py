@@ -18,6 +18,7 @@ import seqatlas
 from seqatlas import schema
 from seqatlas.atlas import Atlas, AtlasWriter
 from seqatlas.cli.main import main
+from seqatlas.manifest import PartRecord
 from seqatlas.errors import AtlasIndexError, ConfigError
 from seqatlas.index import IndexConfig, build_index, choose_index, load_index, plan_index
 from seqatlas.index.build import pq_shape, use_gpu
@@ -398,7 +399,7 @@ def test_atlas_changed_since_build_and_missing_index(built):
                                                "--atlas .* --name other"):
         load_index(built, "other")
     with AtlasWriter(built) as writer:  # more tokens arrive after the build
-        writer.manifest["parts"]["tokens"]["part-extra.parquet"] = {"rows": 1, "bytes": 1}
+        writer.manifest.parts["tokens"]["part-extra.parquet"] = PartRecord(rows=1, bytes=1, unit="x")
         writer._write_manifest()
     with pytest.raises(AtlasIndexError, match="atlas changed since the build"):
         load_index(built)

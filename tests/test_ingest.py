@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import builtins
+import gzip
+import hashlib
 import json
 import os
 import signal
@@ -147,6 +150,53 @@ def test_failing_unit_is_retried_then_reported(tmp_path, tiny_esm, monkeypatch):
     report = seqatlas.ingest(fasta, atlas=tmp_path / "x", max_retries=2, **options)
     assert report.units_scored == 1 and report.units_skipped == report.units_total - 1
     assert seqatlas.Atlas(tmp_path / "x").positions().num_rows == 90
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_ingest_reads_the_input_once_to_validate_and_once_to_score(tmp_path, tiny_esm,
+                                                                    monkeypatch, compress):
+    text = b"".join(f">s{i}\n{random_protein(30 + i, seed=i)}\n".encode() for i in range(3))
+    raw = gzip.compress(text) if compress else text
+    fasta = tmp_path / ("in.fa.gz" if compress else "in.fa")
+    fasta.write_bytes(raw)
+    opened, real_open = [], builtins.open
+
+    def counting_open(file, *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and Path(file).resolve() == fasta.resolve():
+            opened.append(file)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    options = {"model": str(tiny_esm), "kind": "protein", "workers": 0, "progress": False}
+    first = seqatlas.ingest(fasta, atlas=tmp_path / "x", **options)
+    assert first.units_scored == first.units_total > 0
+    assert len(opened) == 2  # one validating, hashing scan + the scoring stream
+    (recorded,) = seqatlas.Atlas(tmp_path / "x").manifest["inputs"]
+    assert (recorded["sha256"], recorded["size"]) == (hashlib.sha256(raw).hexdigest(), len(raw))
+    opened.clear()
+    again = seqatlas.ingest(fasta, atlas=tmp_path / "x", **options)
+    assert again.units_scored == 0 and again.units_skipped == again.units_total
+    assert len(opened) == 1  # nothing to score: the scan only
+
+
+def test_scan_input_records_hashes_and_n_runs(tmp_path):
+    from seqatlas.scoring.plan import scan_input
+
+    text = b">a one\nACgtnnnnNNNNac\nGT\n>b\nNNNNNN\n"
+    fasta = tmp_path / "d.fa.gz"
+    fasta.write_bytes(gzip.compress(text))
+    seen: set[str] = set()
+    plan = scan_input(fasta, "dna", seen, skip_n_runs=5)
+    assert (plan.size, plan.sha256) == (fasta.stat().st_size,
+                                        hashlib.sha256(fasta.read_bytes()).hexdigest())
+    assert [(s.seq_id, s.description, s.length, s.sha1, s.skip_runs) for s in plan.sequences] == [
+        ("a", "one", 16, hashlib.sha1(b"ACGTNNNNNNNNACGT").hexdigest(), [(4, 12)]),
+        ("b", "", 6, hashlib.sha1(b"NNNNNN").hexdigest(), [(0, 6)])]
+    assert seen == {"a", "b"}
+    protein = tmp_path / "p.fa"
+    protein.write_bytes(b">p\nMNNNNNNK\n")
+    (seq,) = scan_input(protein, "protein", set(), skip_n_runs=5).sequences
+    assert seq.skip_runs == []
 
 
 BAD_FASTA = {

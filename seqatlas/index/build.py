@@ -363,15 +363,16 @@ def _meta(config: IndexConfig, plan: Plan, snapshot: AtlasReader, source: Embedd
     """The index meta (``meta.json`` less what :func:`store.write_index` adds)."""
     import faiss
 
-    model = snapshot.manifest.get("model") or {}
+    model = snapshot.manifest.model
     meta = {
         "name": config.name, "type": plan.type, "auto": config.type == "auto",
         "reason": plan.reason, "factory": plan.describe(), "metric": config.metric,
         "dim": source.dim, "ntotal": int(index.ntotal), "column": config.column,
         "layer": column_layer(snapshot, config.column), "params": plan.params,
         "search": search, "gpu": gpu, "device": device, "shards": shards,
-        "model": {"name": model.get("name"), "weights_sha256": model.get("weights_sha256")},
-        "atlas": {"updated": snapshot.manifest.get("updated"), "tokens_rows": source.total,
+        "model": {"name": model.name if model else None,
+                  "weights_sha256": model.weights_sha256 if model else None},
+        "atlas": {"updated": snapshot.manifest.updated, "tokens_rows": source.total,
                   "tokens_parts": len(source.parts),
                   "tokens_fingerprint": tokens_fingerprint(snapshot)},
         "train_seconds": round(train_seconds, 3), "add_seconds": round(add_seconds, 3),

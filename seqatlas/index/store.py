@@ -105,7 +105,7 @@ def read_meta(atlas: AtlasReader, name: str) -> dict:
     directory = index_dir(atlas, name)
     path = directory / META_FILE
     if not path.exists():
-        known = ", ".join(sorted(atlas.manifest.get("indexes", {}))) or "none"
+        known = ", ".join(sorted(atlas.manifest.indexes or {})) or "none"
         raise AtlasIndexError(
             f"{atlas.path} has no index named {name!r} (indexes: {known}); build one with "
             f"`seqatlas index build --atlas {atlas.path}" +
@@ -122,7 +122,7 @@ def list_indexes(atlas: str | os.PathLike | AtlasReader) -> list[dict]:
     """The indexes recorded in the atlas manifest: name, type, metric, column, ntotal, bytes."""
     atlas = atlas if isinstance(atlas, AtlasReader) else AtlasReader(atlas)
     rows = []
-    for name, entry in sorted(atlas.manifest.get("indexes", {}).items()):
+    for name, entry in sorted((atlas.manifest.indexes or {}).items()):
         rows.append({"name": name, **{key: entry.get(key) for key in
                                       ("type", "metric", "column", "dim", "ntotal", "bytes",
                                        "bytes_per_vector", "built")}})
@@ -199,7 +199,7 @@ def load_index(atlas: str | os.PathLike | AtlasReader, name: str = "default", *,
         dim, ntotal, column = int(meta["dim"]), int(meta["ntotal"]), meta["column"]
     except (KeyError, TypeError, ValueError) as exc:
         raise AtlasIndexError(f"{directory / META_FILE} lacks {exc}; {rebuild}") from None
-    current = atlas.manifest.get("model") or {}
+    current = atlas.manifest.model.to_json() if atlas.manifest.model else {}
     for key in ("name", "weights_sha256"):
         if model.get(key) != current.get(key):
             raise AtlasIndexError(

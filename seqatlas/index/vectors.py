@@ -14,7 +14,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from seqatlas import schema
 from seqatlas.store import AtlasReader
 from seqatlas.errors import AtlasIndexError, ConfigError
 
@@ -23,8 +22,8 @@ BATCH_ROWS = 65536
 
 def tokens_fingerprint(atlas: AtlasReader) -> str:
     """sha256 of the committed tokens parts (names are content keys, plus rows and bytes)."""
-    parts = atlas.manifest["parts"].get("tokens", {})
-    text = "\n".join(f"{name}\t{meta['rows']}\t{meta['bytes']}"
+    parts = atlas.manifest.table_parts("tokens")
+    text = "\n".join(f"{name}\t{meta.rows}\t{meta.bytes}"
                      for name, meta in sorted(parts.items()))
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -32,7 +31,8 @@ def tokens_fingerprint(atlas: AtlasReader) -> str:
 def stored_layers(atlas: AtlasReader) -> dict[int, str]:
     """Stored hidden layer -> tokens column, in the order the layers were requested (the
     first is ``embedding``); empty when the atlas stores no embeddings."""
-    return schema.embedding_columns(atlas.manifest.get("scoring") or {})
+    scoring = atlas.manifest.scoring
+    return scoring.embedding_columns() if scoring else {}
 
 
 def column_layer(atlas: AtlasReader, column: str | None) -> int | None:
@@ -48,7 +48,7 @@ def resolve_layer(atlas: AtlasReader, layer: int) -> int:
     Raises ConfigError naming the stored layers when the atlas does not store it.
     """
     columns = stored_layers(atlas)
-    num_layers = (atlas.manifest.get("model") or {}).get("num_layers")
+    num_layers = atlas.manifest.model.num_layers if atlas.manifest.model else None
     resolved = layer + num_layers + 1 if layer < 0 and num_layers is not None else layer
     if resolved not in columns:
         stored = f"layer(s) {', '.join(map(str, columns))} only" if columns else \
@@ -69,7 +69,7 @@ class EmbeddingSource:
 
     @classmethod
     def open(cls, atlas: AtlasReader, column: str = "embedding") -> EmbeddingSource:
-        if not atlas.manifest.get("scoring", {}).get("embeddings"):
+        if not (atlas.manifest.scoring and atlas.manifest.scoring.embeddings):
             raise AtlasIndexError(f"{atlas.path} stores no embeddings; ingest with "
                                   "`--embeddings float16` to build an index")
         parts = atlas.part_paths("tokens")
@@ -81,8 +81,8 @@ class EmbeddingSource:
             raise AtlasIndexError(f"tokens has no embedding column {column!r}; "
                                   f"choose one of: {', '.join(names) or '(none)'}")
         dim = arrow_schema.field(column).type.list_size
-        counts = atlas.manifest["parts"]["tokens"]
-        return cls(atlas, column, dim, parts, [counts[p.name]["rows"] for p in parts])
+        counts = atlas.manifest.table_parts("tokens")
+        return cls(atlas, column, dim, parts, [counts[p.name].rows for p in parts])
 
     @property
     def total(self) -> int:

@@ -134,7 +134,7 @@ class Sandbox:
 
     def _create_views(self) -> list[str]:
         allowed = []
-        schemas = {**TABLE_SCHEMAS, "tokens": schema.atlas_tokens_schema(self.atlas.manifest)}
+        schemas = {**TABLE_SCHEMAS, "tokens": self.atlas.manifest.tokens_schema()}
         for table in schema.TABLES:
             parts = [self._safe_part(p) for p in self.atlas.part_paths(table)]
             allowed += parts

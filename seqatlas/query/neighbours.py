@@ -136,20 +136,20 @@ def parse_at(text: str) -> tuple[str, int]:
 
 def atlas_model_spec(atlas: AtlasReader, model: str | None = None):
     """The atlas's model, resolved (no weights loaded) and checked against the manifest."""
-    record = atlas.manifest["model"]
+    record = atlas.manifest.model
     if model is None:
-        path = record.get("path")
-        model = path if path and os.path.isdir(path) else record["name"]
-    family = record.get("tokenizer", {}).get("family")
+        path = record.extra.get("path")
+        model = path if path and os.path.isdir(path) else record.name
+    family = record.tokenizer.get("family")
     try:
-        spec = resolve_model(model, kind=atlas.manifest["kind"], tokenizer=family)
+        spec = resolve_model(model, kind=atlas.manifest.kind, tokenizer=family)
     except ModelError as exc:
-        raise ModelError(f"cannot load the atlas's model {record['name']!r} ({exc}); pass "
+        raise ModelError(f"cannot load the atlas's model {record.name!r} ({exc}); pass "
                          "--model DIR with the checkpoint the atlas was built with") from None
-    if spec.weights_sha256 != record["weights_sha256"]:
+    if spec.weights_sha256 != record.weights_sha256:
         raise ModelError(
             f"the model at {spec.path} has weights sha256 {spec.weights_sha256[:12]}…, but "
-            f"{atlas.path} was built with {record['weights_sha256'][:12]}… ({record['name']}); "
+            f"{atlas.path} was built with {record.weights_sha256[:12]}… ({record.name}); "
             "query vectors from other weights are not comparable. Pass --model DIR with the "
             "checkpoint the atlas was built with.")
     described = spec.tokenizer().describe()
@@ -261,7 +261,7 @@ def _join_hits(engine, hits: pa.Table, labels: list[str]) -> None:
     engine.con.register("knn_hits", hits)
     engine.con.register("knn_labels", pa.table({"query_no": np.arange(len(labels)),
                                                 "query": pa.array(labels, pa.string())}))
-    column = default_column(engine.atlas.manifest["scoring"])
+    column = default_column(engine.atlas.manifest.scoring)
     score = f'avg(p."{column}")' if column else "NULL::DOUBLE"
     engine.execute_internal("""CREATE OR REPLACE TEMP TABLE knn_tokens AS
         SELECT DISTINCT t.token_id, t.seq_id, t.start, t."end", t.token

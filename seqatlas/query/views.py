@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from seqatlas.errors import AtlasError, ConfigError
 from seqatlas.query.engine import Sandbox, SqlConfig, sql_string
+from seqatlas.manifest import ScoringRecord
 from seqatlas.store import AtlasWriter
 
 SCORE_COLUMNS = ("logp", "logp_unmasked", "logp_rc", "logp_unmasked_rc", "logp_mean",
@@ -62,10 +63,12 @@ class AnomalyParams:
             raise ConfigError("--min-length must be 1 or more and --max-gap 0 or more")
 
 
-def default_column(scoring: dict) -> str | None:
+def default_column(scoring: ScoringRecord | None) -> str | None:
     """The atlas's main likelihood column: masked logp, else unmasked; strand mean if both."""
-    mode = scoring.get("likelihood")
-    suffix = "_mean" if scoring.get("strands") == "both" else ""
+    if scoring is None:
+        return None
+    mode = scoring.likelihood
+    suffix = "_mean" if scoring.strands == "both" else ""
     if mode in ("exact", "fast"):
         return "logp" + suffix
     if mode == "unmasked":
@@ -74,7 +77,7 @@ def default_column(scoring: dict) -> str | None:
 
 
 def _parts_key(atlas) -> str:
-    names = sorted(atlas.manifest["parts"].get("positions", {}))
+    names = sorted(atlas.manifest.table_parts("positions"))
     return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
 
 
@@ -87,7 +90,7 @@ def _stats_query(column: str) -> str:
 
 
 def _cached_stats(atlas, column: str) -> dict[str, dict] | None:
-    cached = atlas.manifest.get("cache", {}).get("robust_z", {}).get(column)
+    cached = atlas.manifest.cached("robust_z", column)
     return cached["by_ref"] if cached and cached.get("parts") == _parts_key(atlas) else None
 
 
@@ -146,7 +149,7 @@ def create_anomaly_views(engine, params: AnomalyParams, *, compute: bool = True)
     """(Re)create ``position_z``, ``anomalies`` and ``anomaly_regions`` for ``params``;
     ``compute=False`` never runs (or caches) the robust statistics pass up front."""
     params.validate()
-    scoring = engine.atlas.manifest["scoring"]
+    scoring = engine.atlas.manifest.scoring
     column = params.column or default_column(scoring)
     engine.anomaly_column = column
     if column is None:

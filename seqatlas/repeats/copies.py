@@ -88,7 +88,7 @@ def _seq_order(atlas) -> list[str]:
 
 
 def _check_detected(manifest: dict, path) -> int:
-    k = manifest["scoring"].get("copy_k")
+    k = manifest.scoring.copy_k if manifest.scoring else None
     if not k:
         raise ConfigError(f"{path} was ingested with --copy-k 0, so its positions have no copy "
                           "columns; re-ingest into a new atlas with --copy-k K (or the default)")
@@ -116,17 +116,17 @@ def annotate_copies(atlas) -> dict:
     """
     with AtlasWriter(atlas) as writer:
         k = _check_detected(writer.manifest, writer.path)
-        covered = {unit for record in writer.manifest["units"].values()
+        covered = {unit for record in writer.manifest.units.values()
                    if record.get("detector") == SOURCE for unit in record["positions_units"]}
-        parts = writer.manifest["parts"]["positions"]
-        todo = sorted(name for name, meta in parts.items() if meta["unit"] not in covered)
+        parts = writer.manifest.table_parts("positions")
+        todo = sorted(name for name, meta in parts.items() if meta.unit not in covered)
         summary = {"file": None, "format": SOURCE, "copy_k": k, "renamed": {},
                    "positions_parts": len(todo), "repeats": 0, "already_imported": not todo}
         if not todo:
             return summary
         table = _intervals(_read_copies([writer.path / "positions" / p for p in todo]),
                            _seq_order(AtlasReader(writer.path)))
-        units = sorted(parts[name]["unit"] for name in todo)
+        units = sorted(parts[name].unit for name in todo)
         key = "copies-" + hashlib.sha256(json.dumps([DEFINITION_VERSION, k, units])
                                          .encode()).hexdigest()
         writer.commit(key, {"repeats": table},

@@ -127,7 +127,7 @@ def _from_positions(atlas: AtlasReader, row: dict) -> bytes | None:
 
 def atlas_residues(atlas: AtlasReader) -> Iterator[tuple[str, bytes, str]]:
     """(seq_id, uppercase residues, "source" or "positions") for every atlas sequence."""
-    kind = atlas.manifest["kind"]
+    kind = atlas.manifest.kind
     by_source: dict[str, dict[str, dict]] = {}
     for row in atlas.sequences(columns=["seq_id", "length", "source", "sha1"]).to_pylist():
         by_source.setdefault(row["source"], {})[row["seq_id"]] = row
@@ -174,7 +174,7 @@ def run_repeat_finder(atlas: str | Path, program: str, *, args: str | None = Non
     """
     finder, executable = _finder(program)
     opened = AtlasReader(atlas)
-    kind = opened.manifest["kind"]
+    kind = opened.manifest.kind
     arguments = _arguments(finder, program, kind, args)
     sequences = opened.sequences(columns=["seq_id", "length", "sha1"]).to_pylist()
     if not sequences:
@@ -185,7 +185,7 @@ def run_repeat_finder(atlas: str | Path, program: str, *, args: str | None = Non
         .encode()).hexdigest()
     summary = {"file": None, "run": program, "version": found_version,
                "args": shlex.join(arguments), "format": finder.output_format, "renamed": {}}
-    committed = opened.manifest["units"].get(key)
+    committed = opened.manifest.units.get(key)
     if committed is not None:
         return {**summary, "repeats": committed["repeats"], "already_imported": True}
 

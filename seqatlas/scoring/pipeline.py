@@ -12,8 +12,10 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from seqatlas._version import __version__
+from seqatlas.manifest import DISTRIBUTIONS, FastRecord, Manifest, ScoringRecord, fast_method_text
 from seqatlas.store import AtlasReader, AtlasWriter
 from seqatlas.errors import ConfigError, IngestError, InputError
 from seqatlas.progress import progress_bar
@@ -22,6 +24,10 @@ from seqatlas.fasta import KINDS, detect_kind
 from seqatlas.scoring.plan import InputPlan, UnitPlan, iter_unit_jobs, plan_units, scan_input
 from seqatlas.scoring.scorer import LIKELIHOOD_MODES, STRANDS
 from seqatlas.scoring.windows import Window, default_overlap
+
+if TYPE_CHECKING:
+    from seqatlas.checkpoints import ModelSpec
+    from seqatlas.checkpoints.tokenizers import TokenizerFamily
 
 
 @dataclass(frozen=True)
@@ -123,24 +129,102 @@ def ingest(fasta: str | Path | list, *, atlas: str | Path, **options) -> IngestR
     """
     config = IngestConfig(**options)
     config.validate()
+    paths = _input_paths(fasta)
+    setup = _resolve_setup(config, kind=config.kind or _detect_kind(paths))
+    kind = setup.kind
+    scoring = _scoring_record(config, setup.tokenizer, window=setup.window,
+                              overlap=setup.overlap, layers=setup.layers,
+                              unit_tokens=setup.unit_tokens, kind=kind, copy_k=setup.copy_k)
+    inputs = _scan_inputs(config, paths, kind)  # validates before any write
+
+    with AtlasWriter(atlas, kind=kind, model=setup.spec.describe(), scoring=scoring,
+                     seqatlas_version=__version__, kind_detected=config.kind is None) as writer:
+        _register_inputs(writer, inputs, kind)
+        fingerprint = _fingerprint(writer.manifest)
+        per_input = _plan_inputs(config, setup, inputs, fingerprint=fingerprint)
+        committed = writer.committed_units
+        todo = [u for units in per_input for u in units if u.key not in committed]
+        report = IngestReport(atlas=str(atlas),
+                              units_total=sum(len(u) for u in per_input),
+                              units_skipped=sum(len(u) for u in per_input) - len(todo))
+        if todo:
+            _run_units(_Run(config=config, setup=setup, inputs=inputs, per_input=per_input,
+                            committed=committed, todo=todo, writer=writer, report=report))
+    _raise_if_failed(report, max_retries=config.max_retries)
+    return report
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """The model and the scoring geometry an ingest resolved from its config."""
+
+    kind: str
+    spec: ModelSpec
+    tokenizer: TokenizerFamily
+    window: int
+    overlap: int
+    layers: list[int]
+    copy_k: int
+    unit_tokens: int
+
+    def scoring_args(self, config: IngestConfig) -> dict:
+        """The keyword arguments of each worker's scorer."""
+        return {"likelihood": config.likelihood, "embeddings": config.embeddings,
+                "layer": self.layers, "batch_tokens": config.batch_tokens,
+                "strands": config.strands, "copy_k": self.copy_k,
+                "nucleic": self.kind != "protein"}
+
+
+@dataclass
+class _Run:
+    """What the scoring loop of one ingest works on."""
+
+    config: IngestConfig
+    setup: _Setup
+    inputs: list[InputPlan]
+    per_input: list[list[UnitPlan]]
+    committed: set[str]
+    todo: list[UnitPlan]
+    writer: AtlasWriter
+    report: IngestReport
+
+
+def _input_paths(fasta: str | Path | list) -> list[Path]:
     paths = [Path(p) for p in ([fasta] if isinstance(fasta, (str, Path)) else fasta)]
     if not paths:
         raise ConfigError("no FASTA file given")
     for path in paths:
         if not path.is_file():
             raise InputError(f"{path}: no such file")
-    kind = config.kind or _detect_kind(paths)
-    if config.strands == "both" and kind == "protein":
-        raise ConfigError("--strands both needs DNA or RNA input (proteins have one strand)")
+    return paths
 
+
+def _resolve_setup(config: IngestConfig, *, kind: str) -> _Setup:
     from seqatlas.checkpoints import resolve_model
 
+    if config.strands == "both" and kind == "protein":
+        raise ConfigError("--strands both needs DNA or RNA input (proteins have one strand)")
     spec = resolve_model(config.model, kind=kind, tokenizer=config.tokenizer)
     tokenizer = spec.tokenizer()
-    default_window = tokenizer.residues_per_window(spec.context_tokens)
+    window, overlap = _window_geometry(config, tokenizer, context_tokens=spec.context_tokens)
+    layers = resolve_layers(config.layer, spec.num_layers)
+    copy_k = default_copy_k(kind) if config.copy_k is None else config.copy_k
+    if copy_k > window:
+        raise ConfigError(f"--copy-k {copy_k} is longer than the window ({window}): no k-mer "
+                          "fits; lower --copy-k, or use 0 to turn copy detection off")
+    unit_tokens = config.unit_tokens or (65536 if config.likelihood in ("exact", "fast")
+                                         else 262144)
+    return _Setup(kind=kind, spec=spec, tokenizer=tokenizer, window=window, overlap=overlap,
+                  layers=layers, copy_k=copy_k, unit_tokens=unit_tokens)
+
+
+def _window_geometry(config: IngestConfig, tokenizer: TokenizerFamily, *,
+                     context_tokens: int) -> tuple[int, int]:
+    """``(window, overlap)`` in residues, checked against the model's context."""
+    default_window = tokenizer.residues_per_window(context_tokens)
     # variable-length tokens: a longer window may fit; the scorer checks each window
     max_window = default_window if tokenizer.family in ("single", "overlapping_kmer") else \
-        (spec.context_tokens - tokenizer.n_special) * max(tokenizer.candidates)
+        (context_tokens - tokenizer.n_special) * max(tokenizer.candidates)
     window = config.window or default_window
     if not 1 <= window <= max_window:
         raise ConfigError(f"--window {window} does not fit the model's context "
@@ -150,51 +234,33 @@ def ingest(fasta: str | Path | list, *, atlas: str | Path, **options) -> IngestR
     if not least <= overlap < window:
         raise ConfigError(f"--overlap must be in [{least}, {window}) for --window {window} "
                           f"with a {tokenizer.family} tokenizer")
-    layers = resolve_layers(config.layer, spec.num_layers)
+    return window, overlap
 
-    copy_k = default_copy_k(kind) if config.copy_k is None else config.copy_k
-    if copy_k > window:
-        raise ConfigError(f"--copy-k {copy_k} is longer than the window ({window}): no k-mer "
-                          "fits; lower --copy-k, or use 0 to turn copy detection off")
 
-    unit_tokens = config.unit_tokens or (65536 if config.likelihood in ("exact", "fast")
-                                         else 262144)
-    scoring = _scoring_record(config, tokenizer, window=window, overlap=overlap, layers=layers,
-                              unit_tokens=unit_tokens, kind=kind, copy_k=copy_k)
+def _scan_inputs(config: IngestConfig, paths: list[Path], kind: str) -> list[InputPlan]:
     seen: set[str] = set()
     skip = config.skip_n_runs if kind != "protein" else 0
-    inputs = [scan_input(path, kind, seen, skip_n_runs=skip)  # validates before any write
-              for path in paths]
+    return [scan_input(path, kind, seen, skip_n_runs=skip) for path in paths]
 
-    with AtlasWriter(atlas, kind=kind, model=spec.describe(), scoring=scoring,
-                     seqatlas_version=__version__, kind_detected=config.kind is None) as writer:
-        _register_inputs(writer, inputs, kind)
-        fingerprint = writer.manifest["model"]["weights_sha256"] + repr(sorted(
-            _keyed(scoring).items()))
-        cost = _cost_model(config, tokenizer)
-        per_input = [plan_units([plan], fingerprint=fingerprint, window=window, overlap=overlap,
-                                cost=cost, unit_tokens=unit_tokens)
-                     for plan in inputs]
-        committed = writer.committed_units
-        todo = [u for units in per_input for u in units if u.key not in committed]
-        report = IngestReport(atlas=str(atlas),
-                              units_total=sum(len(u) for u in per_input),
-                              units_skipped=sum(len(u) for u in per_input) - len(todo))
-        if todo:
-            scoring_args = {"likelihood": config.likelihood, "embeddings": config.embeddings,
-                            "layer": layers, "batch_tokens": config.batch_tokens,
-                            "strands": config.strands, "copy_k": copy_k,
-                            "nucleic": kind != "protein"}
-            _run_units(config, spec, scoring_args, inputs, per_input, committed, todo, writer,
-                       report, kind)
-    if report.failed:
-        ids = sorted({s for f in report.failed for s in f["seq_ids"]})
-        raise IngestError(
-            f"{len(report.failed)} work unit(s) failed after {config.max_retries} retries "
-            f"(sequences: {', '.join(ids[:20])}{' ...' if len(ids) > 20 else ''}); "
-            f"last error: {report.failed[-1]['error']}. Everything else is committed: "
-            "re-run the same command to retry only the failed units.")
-    return report
+
+def _plan_inputs(config: IngestConfig, setup: _Setup, inputs: list[InputPlan], *,
+                 fingerprint: str) -> list[list[UnitPlan]]:
+    """Each input's content-keyed units (units never span inputs)."""
+    cost = _cost_model(config, setup.tokenizer)
+    return [plan_units([plan], fingerprint=fingerprint, window=setup.window,
+                       overlap=setup.overlap, cost=cost, unit_tokens=setup.unit_tokens)
+            for plan in inputs]
+
+
+def _raise_if_failed(report: IngestReport, *, max_retries: int) -> None:
+    if not report.failed:
+        return
+    ids = sorted({s for f in report.failed for s in f["seq_ids"]})
+    raise IngestError(
+        f"{len(report.failed)} work unit(s) failed after {max_retries} retries "
+        f"(sequences: {', '.join(ids[:20])}{' ...' if len(ids) > 20 else ''}); "
+        f"last error: {report.failed[-1]['error']}. Everything else is committed: "
+        "re-run the same command to retry only the failed units.")
 
 
 def _detect_kind(paths: list[Path]) -> str:
@@ -221,46 +287,36 @@ def resolve_layers(layer: int | list[int] | None, num_layers: int) -> list[int]:
     return layers
 
 
-def _keyed(scoring: dict) -> dict:
-    """The scoring record as it enters content keys: ``layers`` only when there are several,
-    so single-layer atlases keep the keys they had before multi-layer ingest."""
-    layers = scoring.get("layers")
-    return scoring if layers and len(layers) > 1 else \
-        {k: v for k, v in scoring.items() if k != "layers"}
+def _fingerprint(manifest: Manifest) -> str:
+    """What every unit's content key starts from: the weights and the scoring settings, by
+    stable identifiers; atlases keyed before those existed keep their keys."""
+    if manifest.legacy_keys():
+        return manifest.model.weights_sha256 + manifest.scoring.legacy_key()
+    return manifest.model.weights_sha256 + manifest.scoring.key()
 
 
 def _scoring_record(config: IngestConfig, tokenizer, *, window: int, overlap: int,
-                    layers: list[int], unit_tokens: int, kind: str, copy_k: int) -> dict:
-    record = {
-        "likelihood": config.likelihood,
-        "embeddings": config.embeddings,
-        "embedding_dtype": "float16" if config.embeddings else None,
-        "layer": layers[0] if config.embeddings else None,  # the "embedding" column's layer
-        "layers": layers if config.embeddings else None,  # further layers: embedding_layer_{L}
-        "window": window,
-        "overlap": overlap,
-        "unit_tokens": unit_tokens,
-        "strands": config.strands,
-        "skip_n_runs": config.skip_n_runs if kind != "protein" else None,
-        "copy_k": copy_k,  # in-context copy detector (seqatlas.copy_detector); 0 = off
-        "distribution": "over the kind's standard letters; a masked token's distribution is "
-                        "renormalised over vocabulary tokens of its length made of those letters "
-                        "and marginalised to the base; logp and rank are null for other letters",
-    }
+                    layers: list[int], unit_tokens: int, kind: str,
+                    copy_k: int) -> ScoringRecord:
+    fast = None
     if config.likelihood == "fast":
         stride = tokenizer.fast_stride()
         unit = {"single": "the token of one residue",
                 "overlapping_kmer": f"the {getattr(tokenizer, 'k', 1)} tokens containing one base",
                 }.get(tokenizer.family, "one token (all its bases)")
-        record["fast"] = {
-            "stride": stride,
-            "mask_rate": round(tokenizer.bases_per_token / stride, 4),
-            "method": f"a mask unit is {unit}; the owned mask units of a window, in order, are "
-                      f"dealt into {stride} passes (unit i goes to pass i mod {stride}), so units "
-                      f"masked together are {stride} apart; each base's logp, entropy and rank "
-                      "come from the pass that masks its unit",
-        }
-    return record
+        fast = FastRecord(stride=stride, mask_rate=round(tokenizer.bases_per_token / stride, 4),
+                          method="round-robin", method_text=fast_method_text(unit, stride))
+    return ScoringRecord(
+        likelihood=config.likelihood, embeddings=config.embeddings,
+        embedding_dtype="float16" if config.embeddings else None,
+        layer=layers[0] if config.embeddings else None,  # the "embedding" column's layer
+        layers=layers if config.embeddings else None,  # further layers: embedding_layer_{L}
+        window=window, overlap=overlap, unit_tokens=unit_tokens, strands=config.strands,
+        skip_n_runs=config.skip_n_runs if kind != "protein" else None,
+        copy_k=copy_k,  # in-context copy detector (seqatlas.copy_detector); 0 = off
+        distribution="standard-letters", distribution_text=DISTRIBUTIONS["standard-letters"],
+        fast=fast)
+
 
 
 def _cost_model(config: IngestConfig, tokenizer):
@@ -285,9 +341,9 @@ def _cost_model(config: IngestConfig, tokenizer):
 
 def _register_inputs(writer: AtlasWriter, inputs: list[InputPlan], kind: str) -> None:
     """Give new inputs' sequences ordinals and offsets, reuse those of known inputs."""
-    known = {i["sha256"]: i for i in writer.manifest["inputs"]}
+    known = {i.sha256: i for i in writer.manifest.inputs}
     atlas = AtlasReader(writer.path)
-    existing = atlas.sequences() if writer.manifest["inputs"] else None
+    existing = atlas.sequences() if writer.manifest.inputs else None
     by_id = {}
     if existing is not None:
         for row in existing.to_pylist():
@@ -314,22 +370,16 @@ def _register_inputs(writer: AtlasWriter, inputs: list[InputPlan], kind: str) ->
                       unit={"input": str(plan.path)}, inputs=[{**plan.describe(), "kind": kind}])
 
 
-def _run_units(config, spec, scoring_args, inputs, per_input, committed, todo, writer, report,
-               kind) -> None:
-    from seqatlas.scoring.workers import LocalExecutor, RayExecutor
-
-    if config.workers == 0:
-        executor = LocalExecutor(spec, scoring_args)
-    else:
-        executor = RayExecutor(spec, scoring_args, workers=config.workers,
-                               gpus_per_worker=config.gpus_per_worker,
-                               cpus_per_worker=config.cpus_per_worker, address=config.address)
-    source = (item for index, plan in enumerate(inputs)
-              for item in iter_unit_jobs(plan, per_input[index], kind=kind, skip=committed))
+def _run_units(run: _Run) -> None:
+    config, report = run.config, run.report
+    executor = _executor(config, run.setup)
+    source = (item for plan, units in zip(run.inputs, run.per_input)
+              for item in iter_unit_jobs(plan, units, kind=run.setup.kind, skip=run.committed))
     retry: deque = deque()
     attempts: dict[str, int] = {}
     progress, task = progress_bar(label="scoring", unit="positions", rate_unit="pos",
-                                  total=sum(u.positions for u in todo), enabled=config.progress)
+                                  total=sum(u.positions for u in run.todo),
+                                  enabled=config.progress)
     started = time.perf_counter()
     try:
         with progress:
@@ -357,17 +407,30 @@ def _run_units(config, spec, scoring_args, inputs, per_input, committed, todo, w
                         report.failed.append({"unit": unit.key, "error": _describe(error),
                                               "seq_ids": sorted({j.seq_id for j in jobs})})
                     continue
-                _commit_unit(writer, unit, jobs, result, report)
+                _commit_unit(run.writer, unit, jobs, result, report)
                 progress.advance(task, unit.positions)
     finally:
         executor.close()
         report.seconds = time.perf_counter() - started
 
 
+def _executor(config: IngestConfig, setup: _Setup):
+    """The Ray actors, or this process with ``workers=0``."""
+    from seqatlas.scoring.workers import LocalExecutor, RayExecutor
+
+    scoring_args = setup.scoring_args(config)
+    if config.workers == 0:
+        return LocalExecutor(setup.spec, scoring_args)
+    return RayExecutor(setup.spec, scoring_args, workers=config.workers,
+                       gpus_per_worker=config.gpus_per_worker,
+                       cpus_per_worker=config.cpus_per_worker, address=config.address)
+
+
 def _commit_unit(writer: AtlasWriter, unit: UnitPlan, jobs, result, report) -> None:
     positions, tokens, stats = result
     writer.commit(unit.key, {"positions": positions, "tokens": tokens},
-                  unit={"seq_ids": sorted({j.seq_id for j in jobs}),
+                  unit={**writer.manifest.key_record(),
+                        "seq_ids": sorted({j.seq_id for j in jobs}),
                         "positions": positions.num_rows, "unscored": unit.unscored, **stats})
     report.units_scored += 1
     report.positions_scored += positions.num_rows - unit.unscored

@@ -16,8 +16,7 @@ from typing import Callable, Iterator
 import pyarrow as pa
 
 from seqatlas import schema
-from seqatlas.util import file_sha256
-from seqatlas.fasta import read_fasta
+from seqatlas.fasta import FastaRecord, FastaScan, read_fasta
 from seqatlas.scoring.scorer import WindowJob
 from seqatlas.scoring.windows import Window, tile_record
 
@@ -89,18 +88,22 @@ def n_runs(residues: bytes, min_length: int) -> list[tuple[int, int]]:
 
 
 def scan_input(path: Path, kind: str, seen_ids: set[str], *, skip_n_runs: int = 0) -> InputPlan:
-    """Validate a FASTA file completely and record its sequences (nothing is written).
+    """Validate a FASTA file completely and record its sequences (nothing is written), in
+    one read that also hashes the file.
 
     For DNA and RNA, runs of at least ``skip_n_runs`` N are recorded so they are not scored.
     """
-    sequences = []
-    for record in read_fasta(path, kind=kind, seen_ids=seen_ids):
-        sha1 = hashlib.sha1(record.sequence.upper()).hexdigest()
-        runs = n_runs(record.sequence, skip_n_runs) if kind != "protein" else []
-        sequences.append(SequenceInfo(record.id, record.description, len(record.sequence), sha1,
-                                      runs))
-    return InputPlan(path=path, size=path.stat().st_size, sha256=file_sha256(path), kind=kind,
-                     sequences=sequences)
+    scan = FastaScan(path, kind=kind, seen_ids=seen_ids)
+    runs = skip_n_runs if kind != "protein" else 0
+    sequences = [_sequence_info(record, skip_n_runs=runs) for record in scan]
+    return InputPlan(path=path, size=scan.size, sha256=scan.sha256,  # type: ignore[arg-type]
+                     kind=kind, sequences=sequences)
+
+
+def _sequence_info(record: FastaRecord, *, skip_n_runs: int) -> SequenceInfo:
+    return SequenceInfo(record.id, record.description, record.length,
+                        sha1=hashlib.sha1(record.sequence.upper()).hexdigest(),
+                        skip_runs=n_runs(record.sequence, skip_n_runs))
 
 
 def plan_units(inputs: list[InputPlan], *, fingerprint: str, window: int, overlap: int,

@@ -1,0 +1,323 @@
+"""The manifest (``atlas.json``) as typed records: one reader (:meth:`Manifest.from_json`),
+one writer (:meth:`Manifest.to_json`), and the content keys of scored units.
+
+The file's keys and values are what seqatlas has always written. Prose in it (how the
+likelihood is normalised, how fast mode deals mask units into passes, how k-mer marginals
+are combined) is for people: the records carry it verbatim for display, and compare and key
+on a **stable identifier** instead (:data:`DISTRIBUTIONS`, :data:`FAST_METHODS`), so that
+rewording the prose never makes an atlas refuse to be extended.
+
+Content keys: new units are keyed on the stable identifiers (:meth:`ScoringRecord.key`).
+Atlases written before that keyed them on the prose record as it stands in the file
+(:meth:`ScoringRecord.legacy_key`); an input whose units were committed under legacy keys
+keeps them, so a re-run skips its committed work and never duplicates a row.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from seqatlas import schema
+
+# stable id -> the prose written to the manifest for it
+DISTRIBUTIONS = {
+    "standard-letters": (
+        "over the kind's standard letters; a masked token's distribution is renormalised over "
+        "vocabulary tokens of its length made of those letters and marginalised to the base; "
+        "logp and rank are null for other letters"),
+}
+# earlier wordings of a distribution -> its id (add the old text here when rewording one)
+_DISTRIBUTION_WORDINGS = {text: key for key, text in DISTRIBUTIONS.items()}
+
+FAST_METHODS = {"round-robin": re.compile(r"^a mask unit is .*; the owned mask units of a "
+                                          r"window, in order, are dealt into \d+ passes")}
+
+
+def fast_method_text(unit: str, stride: int) -> str:
+    """The prose of the ``round-robin`` fast method for a mask ``unit`` and ``stride``."""
+    return (f"a mask unit is {unit}; the owned mask units of a window, in order, are dealt "
+            f"into {stride} passes (unit i goes to pass i mod {stride}), so units masked "
+            f"together are {stride} apart; each base's logp, entropy and rank come from the "
+            "pass that masks its unit")
+
+
+def _fast_method_id(text: str) -> str:
+    for key, pattern in FAST_METHODS.items():
+        if pattern.match(text):
+            return key
+    return text  # an unknown method: its text is its identity
+
+
+KEY_SCHEME = 2  # content keys from stable identifiers (1: the legacy prose record)
+
+# model.tokenizer keys that are prose for people, not part of what the tokenizer is
+_TOKENIZER_PROSE = ("combine",)
+
+
+@dataclass
+class FastRecord:
+    """Fast mode's mask schedule: ``stride`` passes, one mask unit in ``stride`` per pass."""
+
+    stride: int
+    mask_rate: float
+    method: str = "round-robin"  # stable id
+    method_text: str = ""  # its prose, as written
+
+    @classmethod
+    def from_json(cls, data: dict) -> FastRecord:
+        text = data.get("method", "")
+        return cls(stride=data["stride"], mask_rate=data["mask_rate"],
+                   method=_fast_method_id(text), method_text=text)
+
+    def to_json(self) -> dict:
+        return {"stride": self.stride, "mask_rate": self.mask_rate, "method": self.method_text}
+
+    def key(self) -> dict:
+        return {"stride": self.stride, "mask_rate": self.mask_rate, "method": self.method}
+
+
+@dataclass
+class ScoringRecord:
+    """The settings that change the values: an extension must use the same ones."""
+
+    likelihood: str = "none"
+    embeddings: bool = False
+    window: int | None = None
+    overlap: int | None = None
+    unit_tokens: int | None = None
+    strands: str = "forward"
+    embedding_dtype: str | None = None
+    layer: int | None = None  # the layer of the tokens column "embedding"
+    layers: list[int] | None = None  # every stored layer; absent before multi-layer ingest
+    skip_n_runs: int | None = None
+    copy_k: int | None = None  # the in-context copy detector's k; 0 = off
+    distribution: str = "standard-letters"  # stable id
+    distribution_text: str = DISTRIBUTIONS["standard-letters"]
+    fast: FastRecord | None = None
+    absent: tuple[str, ...] = ()  # keys an older atlas does not record (kept absent)
+
+    _OPTIONAL = ("likelihood", "embeddings", "window", "overlap", "unit_tokens", "strands", "embedding_dtype",
+                 "layer", "layers", "skip_n_runs", "copy_k", "distribution")
+
+    @classmethod
+    def from_json(cls, data: dict) -> ScoringRecord:
+        text = data.get("distribution", DISTRIBUTIONS["standard-letters"])
+        return cls(
+            likelihood=data.get("likelihood", "none"), embeddings=data.get("embeddings", False),
+            window=data.get("window"), overlap=data.get("overlap"),
+            unit_tokens=data.get("unit_tokens"), strands=data.get("strands", "forward"),
+            embedding_dtype=data.get("embedding_dtype"),
+            layer=data.get("layer"), layers=data.get("layers"),
+            skip_n_runs=data.get("skip_n_runs"), copy_k=data.get("copy_k"),
+            distribution=_DISTRIBUTION_WORDINGS.get(text, text), distribution_text=text,
+            fast=FastRecord.from_json(data["fast"]) if "fast" in data else None,
+            absent=tuple(k for k in cls._OPTIONAL if k not in data))
+
+    def to_json(self) -> dict:
+        data = {"likelihood": self.likelihood, "embeddings": self.embeddings,
+                "embedding_dtype": self.embedding_dtype, "layer": self.layer,
+                "layers": self.layers, "window": self.window, "overlap": self.overlap,
+                "unit_tokens": self.unit_tokens, "strands": self.strands,
+                "skip_n_runs": self.skip_n_runs, "copy_k": self.copy_k,
+                "distribution": self.distribution_text}
+        for key in self.absent:
+            data.pop(key)
+        if self.fast is not None:
+            data["fast"] = self.fast.to_json()
+        return data
+
+    def settings(self) -> dict:
+        """Every setting by its stable value (what compatibility compares)."""
+        data = {**self.to_json(), "distribution": self.distribution,
+                "layers": self.stored_layers() or None}
+        if self.fast is not None:
+            data["fast"] = self.fast.key()
+        return data
+
+    def key(self) -> str:
+        """This record's part of every unit's content key, from stable identifiers only."""
+        settings = self.settings()
+        if not (settings["layers"] and len(settings["layers"]) > 1):
+            settings.pop("layers")  # one layer is the "layer" setting
+        return json.dumps({"key_scheme": KEY_SCHEME, **settings}, sort_keys=True)
+
+    def legacy_key(self) -> str:
+        """The content-key material of atlases written before stable identifiers: the record
+        as it stands in the file, ``layers`` only when there are several."""
+        data = self.to_json()
+        layers = data.get("layers")
+        if not (layers and len(layers) > 1):
+            data.pop("layers", None)
+        return repr(sorted(data.items()))
+
+    def stored_layers(self) -> list[int]:
+        """The hidden layers stored, the ``embedding`` column's first; [] if none."""
+        return schema.embedding_layers(self.to_json())
+
+    def embedding_columns(self) -> dict[int, str]:
+        """Stored layer -> tokens column, in the order the layers were requested."""
+        return schema.embedding_columns(self.to_json())
+
+
+@dataclass
+class ModelRecord:
+    """The checkpoint an atlas was scored with (weights by hash)."""
+
+    name: str
+    weights_sha256: str
+    tokenizer: dict
+    hidden_size: int | None = None
+    num_layers: int | None = None
+    context_tokens: int | None = None
+    extra: dict = field(default_factory=dict)  # source, path, model_type, parameters, ...
+    absent: tuple[str, ...] = ()  # keys an older or hand-made manifest does not record
+
+    _FIELDS = ("name", "weights_sha256", "tokenizer", "hidden_size", "num_layers",
+               "context_tokens")
+
+    @classmethod
+    def from_json(cls, data: dict) -> ModelRecord:
+        return cls(**{k: data.get(k) for k in cls._FIELDS},
+                   extra={k: v for k, v in data.items() if k not in cls._FIELDS},
+                   absent=tuple(k for k in cls._FIELDS if k not in data))
+
+    def to_json(self) -> dict:
+        data = {k: getattr(self, k) for k in self._FIELDS if k not in self.absent}
+        return {**self.extra, **data}
+
+    def tokenizer_settings(self) -> dict:
+        """The tokenizer record without its prose (what compatibility compares)."""
+        return {k: v for k, v in (self.tokenizer or {}).items() if k not in _TOKENIZER_PROSE}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A field or extra value by name (for display code that lists them)."""
+        return self.to_json().get(key, default)
+
+
+@dataclass
+class InputRecord:
+    """A FASTA file registered in the atlas."""
+
+    path: str
+    size: int
+    sha256: str
+    kind: str
+    records: int
+    residues: int
+    first_ordinal: int | None
+
+    @classmethod
+    def from_json(cls, data: dict) -> InputRecord:
+        return cls(**{f.name: data.get(f.name) for f in fields(cls)})
+
+    def to_json(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class PartRecord:
+    """A committed Parquet part: rows, bytes, and the unit (content key) that wrote it."""
+
+    rows: int
+    bytes: int
+    unit: str
+
+    def to_json(self) -> dict:
+        return {"rows": self.rows, "bytes": self.bytes, "unit": self.unit}
+
+
+@dataclass
+class Manifest:
+    """``atlas.json``. ``units`` (content key -> what the unit was), ``cache`` (derived values)
+    and ``indexes`` (index name -> meta) are open records and stay plain dicts."""
+
+    schema_version: int
+    seqatlas_version: str
+    created: str
+    updated: str
+    kind: str | None
+    kind_detected: bool
+    model: ModelRecord | None
+    scoring: ScoringRecord | None
+    inputs: list[InputRecord] = field(default_factory=list)
+    parts: dict[str, dict[str, PartRecord]] = field(default_factory=dict)
+    units: dict[str, dict] = field(default_factory=dict)
+    cache: dict | None = None
+    indexes: dict[str, dict] | None = None
+
+    @classmethod
+    def from_json(cls, data: dict) -> Manifest:
+        """The one reader; raises ``KeyError``/``TypeError`` on a manifest missing its keys."""
+        return cls(
+            schema_version=data["schema_version"], seqatlas_version=data["seqatlas_version"],
+            created=data["created"], updated=data["updated"], kind=data["kind"],
+            kind_detected=data.get("kind_detected", False),
+            model=ModelRecord.from_json(data["model"]) if data.get("model") else None,
+            scoring=ScoringRecord.from_json(data["scoring"]) if data.get("scoring") else None,
+            inputs=[InputRecord.from_json(i) for i in data["inputs"]],
+            parts={table: {name: PartRecord(**meta) for name, meta in parts.items()}
+                   for table, parts in data["parts"].items()},
+            units=dict(data["units"]), cache=data.get("cache"), indexes=data.get("indexes"))
+
+    def to_json(self) -> dict:
+        """The one writer: the keys seqatlas has always written."""
+        data = {
+            "schema_version": self.schema_version, "seqatlas_version": self.seqatlas_version,
+            "created": self.created, "updated": self.updated, "kind": self.kind,
+            "kind_detected": self.kind_detected,
+            "model": self.model.to_json() if self.model else None,
+            "scoring": self.scoring.to_json() if self.scoring else None,
+            "inputs": [i.to_json() for i in self.inputs],
+            "parts": {table: {name: p.to_json() for name, p in parts.items()}
+                      for table, parts in self.parts.items()},
+            "units": self.units,
+        }
+        if self.cache is not None:
+            data["cache"] = self.cache
+        if self.indexes is not None:
+            data["indexes"] = self.indexes
+        return data
+
+    def legacy_keys(self) -> bool:
+        """Whether this atlas's scored units were keyed before stable identifiers (their
+        unit records carry no ``key_scheme``); such an atlas keeps its keys."""
+        return any("seq_ids" in unit and "key_scheme" not in unit
+                   for unit in self.units.values())
+
+    def key_record(self) -> dict:
+        """What a scored unit's record says of its key (nothing on a legacy atlas)."""
+        return {} if self.legacy_keys() else {"key_scheme": KEY_SCHEME}
+
+    def __getitem__(self, key: str) -> Any:
+        """Read-only dict access for code written when the manifest was a dict
+        (``atlas.manifest["scoring"]["window"]``); a copy, so changes do not persist."""
+        return self.to_json()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Read-only dict access, as :meth:`__getitem__`."""
+        return self.to_json().get(key, default)
+
+    def dumps(self) -> bytes:
+        return json.dumps(self.to_json(), indent=1, sort_keys=True).encode()
+
+    def table_parts(self, table: str) -> dict[str, PartRecord]:
+        """The committed parts of ``table`` by file name ({} when none)."""
+        return self.parts.get(table, {})
+
+    def cached(self, *path: str) -> Any:
+        """The cached value at ``path`` under ``cache``, or None."""
+        node: Any = self.cache or {}
+        for name in path:
+            if not isinstance(node, dict) or name not in node:
+                return None
+            node = node[name]
+        return node
+
+    def tokens_schema(self):
+        """The tokens schema of this atlas (model width and stored layers)."""
+        layers = self.scoring.stored_layers() if self.scoring else []
+        dim = self.model.hidden_size if layers and self.model else None
+        return schema.tokens_schema(dim, extra_layers=layers[1:])
