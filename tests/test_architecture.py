@@ -103,3 +103,20 @@ def test_public_functions_do_not_shadow_modules():
     from seqatlas import repeats
 
     assert callable(repeats.copy_repeats)
+
+
+def test_every_dotted_name_the_readme_mentions_resolves():
+    import importlib
+    import re
+
+    names = set(re.findall(r"\bseqatlas(?:\.[A-Za-z_]\w*)+", (ROOT / "README.md").read_text()))
+    assert "seqatlas.repeats.copy_repeats" in names
+    for name in sorted(names):
+        parts = name.split(".")
+        target = importlib.import_module(parts[0])
+        for i, part in enumerate(parts[1:], start=1):
+            try:
+                target = getattr(target, part)
+            except AttributeError:
+                target = importlib.import_module(".".join(parts[: i + 1]))
+        assert target is not None, name

@@ -145,6 +145,40 @@ def _store_cache(atlas, column: str, value: dict) -> None:
         pass
 
 
+def _regions_sql(params: AnomalyParams) -> str:
+    """Runs of at least ``min_length`` anomalous positions of one tail, merged across gaps of
+    at most ``max_gap`` positions."""
+    return f"""
+        WITH steps AS (
+            SELECT seq_id, pos, tail, z, copy_offset IS NOT NULL AS has_copy,
+                   CASE WHEN pos - lag(pos) OVER (PARTITION BY seq_id, tail ORDER BY pos) = 1
+                        THEN 0 ELSE 1 END AS new_run
+            FROM anomalies),
+        runs AS (
+            SELECT *, sum(new_run) OVER (PARTITION BY seq_id, tail ORDER BY pos
+                                         ROWS UNBOUNDED PRECEDING) AS run
+            FROM steps),
+        kept AS (
+            SELECT seq_id, tail, run, min(pos) AS start, max(pos) + 1 AS "end",
+                   count(*) AS n, sum(z) AS z_sum, max(abs(z)) AS z_peak,
+                   count(*) FILTER (has_copy) AS n_copy
+            FROM runs GROUP BY seq_id, tail, run HAVING count(*) >= {params.min_length}),
+        gaps AS (
+            SELECT *, CASE WHEN start - lag("end") OVER (PARTITION BY seq_id, tail
+                                                          ORDER BY start) <= {params.max_gap}
+                           THEN 0 ELSE 1 END AS new_region
+            FROM kept),
+        regions AS (
+            SELECT *, sum(new_region) OVER (PARTITION BY seq_id, tail ORDER BY start
+                                            ROWS UNBOUNDED PRECEDING) AS region
+            FROM gaps)
+        SELECT seq_id, min(start) AS start, max("end") AS "end", tail,
+               sum(n)::BIGINT AS n_anomalous, sum(z_sum) / sum(n) AS mean_z,
+               CASE WHEN tail = 'low' THEN -max(z_peak) ELSE max(z_peak) END AS peak_z,
+               sum(n_copy) / sum(n) AS copy_fraction
+        FROM regions GROUP BY seq_id, tail, region"""
+
+
 def create_anomaly_views(engine, params: AnomalyParams, *, compute: bool = True) -> None:
     """(Re)create ``position_z``, ``anomalies`` and ``anomaly_regions`` for ``params``;
     ``compute=False`` never runs (or caches) the robust statistics pass up front."""
@@ -177,35 +211,7 @@ def create_anomaly_views(engine, params: AnomalyParams, *, compute: bool = True)
         FROM zs""")
     con.execute(f"CREATE OR REPLACE VIEW anomalies AS SELECT * FROM position_z "
                 f"WHERE {TAIL_PREDICATES[params.tail]}")
-    con.execute(f"""CREATE OR REPLACE VIEW anomaly_regions AS
-        WITH steps AS (
-            SELECT seq_id, pos, tail, z, copy_offset IS NOT NULL AS has_copy,
-                   CASE WHEN pos - lag(pos) OVER (PARTITION BY seq_id, tail ORDER BY pos) = 1
-                        THEN 0 ELSE 1 END AS new_run
-            FROM anomalies),
-        runs AS (
-            SELECT *, sum(new_run) OVER (PARTITION BY seq_id, tail ORDER BY pos
-                                         ROWS UNBOUNDED PRECEDING) AS run
-            FROM steps),
-        kept AS (
-            SELECT seq_id, tail, run, min(pos) AS start, max(pos) + 1 AS "end",
-                   count(*) AS n, sum(z) AS z_sum, max(abs(z)) AS z_peak,
-                   count(*) FILTER (has_copy) AS n_copy
-            FROM runs GROUP BY seq_id, tail, run HAVING count(*) >= {params.min_length}),
-        gaps AS (
-            SELECT *, CASE WHEN start - lag("end") OVER (PARTITION BY seq_id, tail
-                                                          ORDER BY start) <= {params.max_gap}
-                           THEN 0 ELSE 1 END AS new_region
-            FROM kept),
-        regions AS (
-            SELECT *, sum(new_region) OVER (PARTITION BY seq_id, tail ORDER BY start
-                                            ROWS UNBOUNDED PRECEDING) AS region
-            FROM gaps)
-        SELECT seq_id, min(start) AS start, max("end") AS "end", tail,
-               sum(n)::BIGINT AS n_anomalous, sum(z_sum) / sum(n) AS mean_z,
-               CASE WHEN tail = 'low' THEN -max(z_peak) ELSE max(z_peak) END AS peak_z,
-               sum(n_copy) / sum(n) AS copy_fraction
-        FROM regions GROUP BY seq_id, tail, region""")
+    con.execute(f"CREATE OR REPLACE VIEW anomaly_regions AS {_regions_sql(params)}")
 
 
 def require_scores(engine, what: str) -> str:
