@@ -154,12 +154,18 @@ class ScoringRecord:
         return repr(sorted(data.items()))
 
     def stored_layers(self) -> list[int]:
-        """The hidden layers stored, the ``embedding`` column's first; [] if none."""
-        return schema.embedding_layers(self.to_json())
+        """The hidden layers stored, the ``embedding`` column's first; [] if none (atlases
+        written before multi-layer ingest record only ``layer``)."""
+        if not self.embeddings:
+            return []
+        layers = self.layers if self.layers is not None else \
+            [self.layer] if self.layer is not None else []
+        return [int(layer) for layer in layers]
 
     def embedding_columns(self) -> dict[int, str]:
         """Stored layer -> tokens column, in the order the layers were requested."""
-        return schema.embedding_columns(self.to_json())
+        layers = self.stored_layers()
+        return {layer: schema.layer_column(layers, layer) for layer in layers}
 
 
 @dataclass
@@ -286,10 +292,6 @@ class Manifest:
         unit records carry no ``key_scheme``); such an atlas keeps its keys."""
         return any("seq_ids" in unit and "key_scheme" not in unit
                    for unit in self.units.values())
-
-    def key_record(self) -> dict:
-        """What a scored unit's record says of its key (nothing on a legacy atlas)."""
-        return {} if self.legacy_keys() else {"key_scheme": KEY_SCHEME}
 
     def __getitem__(self, key: str) -> Any:
         """Read-only dict access for code written when the manifest was a dict

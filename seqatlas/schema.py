@@ -72,35 +72,9 @@ def tokens_schema(embedding_dim: int | None, extra_layers=()) -> pa.Schema:
     return pa.schema(fields)
 
 
-def embedding_layers(scoring: dict) -> list[int]:
-    """The hidden layers an atlas stores, first (the ``embedding`` column) first; [] if none.
-
-    Atlases written before multi-layer ingest record only ``layer``.
-    """
-    if not scoring.get("embeddings"):
-        return []
-    layers = scoring.get("layers")
-    if layers is None:
-        layers = [scoring["layer"]] if scoring.get("layer") is not None else []
-    return [int(layer) for layer in layers]
-
-
 def layer_column(layers: list[int], layer: int) -> str:
     """The tokens column holding ``layer`` when the atlas stores ``layers``."""
     return "embedding" if layer == layers[0] else f"embedding_layer_{layer}"
-
-
-def embedding_columns(scoring: dict) -> dict[int, str]:
-    """Stored layer -> tokens column, in the order the layers were requested."""
-    layers = embedding_layers(scoring)
-    return {layer: layer_column(layers, layer) for layer in layers}
-
-
-def atlas_tokens_schema(manifest: dict) -> pa.Schema:
-    """The tokens schema of an atlas, from its manifest (model width and stored layers)."""
-    layers = embedding_layers(manifest["scoring"])
-    dim = manifest["model"]["hidden_size"] if layers else None
-    return tokens_schema(dim, extra_layers=layers[1:])
 
 
 REPEATS = pa.schema(

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from seqatlas._version import __version__
-from seqatlas.manifest import DISTRIBUTIONS, FastRecord, Manifest, ScoringRecord, fast_method_text
+from seqatlas.manifest import (DISTRIBUTIONS, KEY_SCHEME, FastRecord, Manifest, ScoringRecord,
+                               fast_method_text)
 from seqatlas.store import AtlasReader, AtlasWriter
 from seqatlas.errors import ConfigError, IngestError, InputError
 from seqatlas.progress import progress_bar
@@ -140,7 +141,7 @@ def ingest(fasta: str | Path | list, *, atlas: str | Path, **options) -> IngestR
     with AtlasWriter(atlas, kind=kind, model=setup.spec.describe(), scoring=scoring,
                      seqatlas_version=__version__, kind_detected=config.kind is None) as writer:
         _register_inputs(writer, inputs, kind)
-        fingerprint = _fingerprint(writer.manifest)
+        fingerprint, key_record = _keying(writer.manifest)
         per_input = _plan_inputs(config, setup, inputs, fingerprint=fingerprint)
         committed = writer.committed_units
         todo = [u for units in per_input for u in units if u.key not in committed]
@@ -149,7 +150,8 @@ def ingest(fasta: str | Path | list, *, atlas: str | Path, **options) -> IngestR
                               units_skipped=sum(len(u) for u in per_input) - len(todo))
         if todo:
             _run_units(_Run(config=config, setup=setup, inputs=inputs, per_input=per_input,
-                            committed=committed, todo=todo, writer=writer, report=report))
+                            committed=committed, todo=todo, writer=writer, report=report,
+                            key_record=key_record))
     _raise_if_failed(report, max_retries=config.max_retries)
     return report
 
@@ -187,6 +189,7 @@ class _Run:
     todo: list[UnitPlan]
     writer: AtlasWriter
     report: IngestReport
+    key_record: dict  # what each scored unit's record says of its key
 
 
 def _input_paths(fasta: str | Path | list) -> list[Path]:
@@ -287,12 +290,13 @@ def resolve_layers(layer: int | list[int] | None, num_layers: int) -> list[int]:
     return layers
 
 
-def _fingerprint(manifest: Manifest) -> str:
-    """What every unit's content key starts from: the weights and the scoring settings, by
-    stable identifiers; atlases keyed before those existed keep their keys."""
+def _keying(manifest: Manifest) -> tuple[str, dict]:
+    """What every unit's content key starts from (the weights and the scoring settings, by
+    stable identifiers), and what its unit record says of it; atlases keyed before stable
+    identifiers existed keep their keys."""
     if manifest.legacy_keys():
-        return manifest.model.weights_sha256 + manifest.scoring.legacy_key()
-    return manifest.model.weights_sha256 + manifest.scoring.key()
+        return manifest.model.weights_sha256 + manifest.scoring.legacy_key(), {}
+    return manifest.model.weights_sha256 + manifest.scoring.key(), {"key_scheme": KEY_SCHEME}
 
 
 def _scoring_record(config: IngestConfig, tokenizer, *, window: int, overlap: int,
@@ -407,7 +411,7 @@ def _run_units(run: _Run) -> None:
                         report.failed.append({"unit": unit.key, "error": _describe(error),
                                               "seq_ids": sorted({j.seq_id for j in jobs})})
                     continue
-                _commit_unit(run.writer, unit, jobs, result, report)
+                _commit_unit(run, unit, jobs, result)
                 progress.advance(task, unit.positions)
     finally:
         executor.close()
@@ -426,10 +430,11 @@ def _executor(config: IngestConfig, setup: _Setup):
                        cpus_per_worker=config.cpus_per_worker, address=config.address)
 
 
-def _commit_unit(writer: AtlasWriter, unit: UnitPlan, jobs, result, report) -> None:
+def _commit_unit(run: _Run, unit: UnitPlan, jobs, result) -> None:
     positions, tokens, stats = result
-    writer.commit(unit.key, {"positions": positions, "tokens": tokens},
-                  unit={**writer.manifest.key_record(),
+    report = run.report
+    run.writer.commit(unit.key, {"positions": positions, "tokens": tokens},
+                  unit={**run.key_record,
                         "seq_ids": sorted({j.seq_id for j in jobs}),
                         "positions": positions.num_rows, "unscored": unit.unscored, **stats})
     report.units_scored += 1
