@@ -21,6 +21,8 @@ __all__ = [
     "ingest",
     "load_index",
     "models",
+    "probe_doubling",
+    "probe_icl",
 ]
 
 _LAZY = {
@@ -34,6 +36,8 @@ _LAZY = {
     "demo": ("seqatlas.examples", "demo"),
     "info": ("seqatlas.atlas", "info"),
     "export": ("seqatlas.query.tracks", "export"),
+    "probe_icl": ("seqatlas.probe.icl", "probe_icl"),
+    "probe_doubling": ("seqatlas.probe.doubling", "probe_doubling"),
 }
 
 

@@ -7,6 +7,7 @@ import os
 
 import pyarrow as pa
 
+from seqatlas import probe as _probe
 from seqatlas import query as _query
 from seqatlas.store import AtlasReader, AtlasWriter
 
@@ -38,6 +39,14 @@ class Atlas(AtlasReader):
         """Nearest tokens of k-mers, stored tokens (``at="SEQ:POS"``) or sequences in
         embedding space; ``options`` are :class:`seqatlas.query.KnnConfig` fields."""
         return _query.knn(self, kmer=kmer, at=at, sequence=sequence, **options)
+
+    def probe_icl(self, **options):
+        """Rescore the atlas's in-context copies with the partner and a matched control
+        corrupted (``ablations`` table); ``options`` are :class:`seqatlas.probe.IclConfig`
+        fields. Returns the :class:`seqatlas.probe.IclReport`."""
+        report = _probe.probe_icl(self.path, **options)
+        self.manifest = AtlasReader(self.path).manifest  # the new parts are visible here
+        return report
 
     def identity(self, **options) -> pa.Table:
         """Identity vs context agreement of embedding neighbours per stored layer;

@@ -11,7 +11,7 @@ SCHEMA_VERSION = 2  # 2: copy_offset, copy_strand in positions
 # Versions this seqatlas reads; columns an older part lacks read as null.
 READABLE_VERSIONS = (1, 2)
 
-TABLES = ("sequences", "positions", "tokens", "repeats")
+TABLES = ("sequences", "positions", "tokens", "repeats", "ablations")
 
 SEQUENCES = pa.schema(
     [
@@ -88,5 +88,63 @@ REPEATS = pa.schema(
         pa.field("family", pa.string()),
         pa.field("source", pa.string(), nullable=False),  # format the row came from
         pa.field("score", pa.float64()),
+    ]
+)
+
+
+# the ``repeats`` rows of ``annotate --detect`` (seqatlas.repeats.copies): their source and class
+COPY_REPEAT_SOURCE = "seqatlas-copies"
+COPY_REPEAT_CLASS = "in_context_copy"
+
+# how ``probe icl`` and ``probe doubling`` corrupt a region (seqatlas.scoring.ablation): the
+# values of the ablations table's ``method`` column
+ABLATION_METHODS = ("mask", "shuffle", "substitute")
+
+# ``probe icl`` (seqatlas.probe.icl): one row per probed position, method and seed. A target is
+# a run of positions of one window whose in-context copies form one stretch (the partner);
+# intervals are 0-based half-open, in sequence coordinates, inside [window_start, window_end).
+ABLATIONS = pa.schema(
+    [
+        pa.field("seq_id", pa.string(), nullable=False),
+        pa.field("pos", pa.int64(), nullable=False),
+        pa.field("target_start", pa.int64(), nullable=False),
+        pa.field("target_end", pa.int64(), nullable=False),
+        pa.field("partner_start", pa.int64(), nullable=False),
+        pa.field("partner_end", pa.int64(), nullable=False),
+        pa.field("control_start", pa.int64()),  # null: no admissible control region
+        pa.field("control_end", pa.int64()),
+        pa.field("control_rule", pa.string(), nullable=False),  # mirror | nearest | none
+        pa.field("copy_strand", pa.string(), nullable=False),  # "+" direct, "-" reverse compl.
+        pa.field("window_start", pa.int64(), nullable=False),  # the window rescored
+        pa.field("window_end", pa.int64(), nullable=False),
+        pa.field("method", pa.string(), nullable=False),  # mask | shuffle | substitute
+        pa.field("seed", pa.int64(), nullable=False),
+        pa.field("logp_intact", pa.float32()),
+        pa.field("logp_partner", pa.float32()),  # the partner corrupted
+        pa.field("logp_control", pa.float32()),  # the control region corrupted the same way
+        pa.field("icl_gain", pa.float32()),  # logp_intact - logp_partner
+        pa.field("control_gain", pa.float32()),  # logp_intact - logp_control
+        pa.field("net_gain", pa.float32()),  # icl_gain - control_gain
+    ]
+)
+
+# ``probe doubling`` (seqatlas.probe.doubling): one row per input sequence and variant. The
+# logp columns are means over copy 1 (the sequence itself) in each construct.
+DOUBLING = pa.schema(
+    [
+        pa.field("seq_id", pa.string(), nullable=False),
+        pa.field("variant", pa.string(), nullable=False),  # original | shuffled
+        pa.field("length", pa.int64(), nullable=False),
+        pa.field("method", pa.string(), nullable=False),
+        pa.field("seed", pa.int64(), nullable=False),
+        pa.field("logp_alone", pa.float64()),  # S alone
+        pa.field("logp_doubled", pa.float64()),  # S+S
+        pa.field("logp_partner", pa.float64()),  # S+S, copy 2 corrupted
+        pa.field("logp_control_intact", pa.float64()),  # S+C, C a same-composition shuffle of S
+        pa.field("logp_control", pa.float64()),  # S+C, C corrupted the same way
+        pa.field("icl_gain", pa.float64()),  # logp_doubled - logp_partner
+        pa.field("control_gain", pa.float64()),  # logp_control_intact - logp_control
+        pa.field("net_gain", pa.float64()),  # icl_gain - control_gain
+        pa.field("doubling_gain", pa.float64()),  # logp_doubled - logp_alone
     ]
 )

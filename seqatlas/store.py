@@ -24,7 +24,7 @@ from seqatlas.util import TEMP_MARK, atomic_write, replacing, utc_now
 MANIFEST = "atlas.json"
 LOCK = ".lock"
 # Rows per Parquet row group: ~1 MB of positions columns, ~16 MB of fp16 embeddings.
-ROW_GROUP_ROWS = {"sequences": 65536, "positions": 131072, "tokens": 16384,
+ROW_GROUP_ROWS = {"sequences": 65536, "positions": 131072, "tokens": 16384, "ablations": 131072,
                   "repeats": 131072}
 
 

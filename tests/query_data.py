@@ -61,3 +61,28 @@ def make_atlas(path: Path, sequences: dict[str, str], scores: dict[str, np.ndarr
                 "source": ["bed"] * len(repeats), "score": [None] * len(repeats)})
             writer.commit("r" * 24, {"repeats": table})
     return path
+
+
+def add_ablations(path: Path, rows: list[dict]) -> Path:
+    """Commit one ablations part holding ``rows`` (dicts of schema.ABLATIONS columns; a column
+    left out is null, except that icl_gain, control_gain and net_gain default to the
+    differences of the logp columns, computed in float32 as they are stored)."""
+    f32 = np.float32
+    filled = []
+    for row in rows:
+        row = dict(row)
+        intact, partner, control = (row.get(k) for k in ("logp_intact", "logp_partner",
+                                                          "logp_control"))
+        if "icl_gain" not in row and intact is not None and partner is not None:
+            row["icl_gain"] = float(f32(intact) - f32(partner))
+        if "control_gain" not in row and intact is not None and control is not None:
+            row["control_gain"] = float(f32(intact) - f32(control))
+        if "net_gain" not in row and row.get("icl_gain") is not None \
+                and row.get("control_gain") is not None:
+            row["net_gain"] = float(f32(row["icl_gain"]) - f32(row["control_gain"]))
+        filled.append(row)
+    columns = {f.name: [r.get(f.name) for r in filled] for f in schema.ABLATIONS}
+    key = "ablations-" + hashlib.sha256(repr(filled).encode()).hexdigest()
+    with AtlasWriter(path) as writer:
+        writer.commit(key, {"ablations": _table(schema.ABLATIONS, columns)})
+    return path

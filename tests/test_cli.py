@@ -30,6 +30,8 @@ from seqatlas.query.tracks import EXPORT_FORMATS
 from seqatlas.query.views import TAILS
 from seqatlas.repeats.finders import FINDERS
 from seqatlas.repeats.formats import FORMATS
+from seqatlas.schema import ABLATION_METHODS
+from seqatlas.scoring.ablation import RESCORE_LIKELIHOODS
 from seqatlas.scoring.scorer import LIKELIHOOD_MODES, STRANDS
 from tests.query_data import make_atlas
 
@@ -48,6 +50,8 @@ FROM_LIBRARY = {
     options.By: GROUPINGS,
     options.IndexType: TYPES,
     options.Metric: METRICS,
+    options.AblationMethod: ABLATION_METHODS,
+    options.ProbeLikelihood: RESCORE_LIKELIHOODS,
 }
 # choices of the CLI alone: the library takes a bool (embeddings) or checks names itself
 CLI_ONLY = {options.Embeddings: ("float16", "none"), options.Names: ("auto", "exact")}
@@ -109,7 +113,9 @@ SOURCES = {"Kind": "seqatlas.fasta:KINDS", "Likelihood": "seqatlas.scoring.score
            "RepeatFinder": "seqatlas.repeats.finders:FINDERS",
            "Format": "seqatlas.query.engine:OUTPUT_FORMATS", "Tail": "seqatlas.query.views:TAILS",
            "By": "seqatlas.query.repeat_enrichment:GROUPINGS",
-           "IndexType": "seqatlas.index.build:TYPES", "Metric": "seqatlas.index.search:METRICS"}
+           "IndexType": "seqatlas.index.build:TYPES", "Metric": "seqatlas.index.search:METRICS",
+           "AblationMethod": "seqatlas.schema:ABLATION_METHODS",
+           "ProbeLikelihood": "seqatlas.scoring.ablation:RESCORE_LIKELIHOODS"}
 
 
 def test_sources_name_every_library_choice():

@@ -6,7 +6,8 @@ import sys
 
 import typer
 
-from seqatlas.cli import annotate_cmd, index_cmd, ingest_cmd, info_cmd, models_cmd, query_cmd
+from seqatlas.cli import (annotate_cmd, index_cmd, info_cmd, ingest_cmd, models_cmd, probe_cmd,
+                          query_cmd)
 from seqatlas.errors import SeqAtlasError
 
 app = typer.Typer(
@@ -26,6 +27,7 @@ app.command("annotate")(annotate_cmd.annotate)
 app.add_typer(query_cmd.query_app, name="query")
 app.add_typer(query_cmd.export_app, name="export")
 app.add_typer(index_cmd.index_app, name="index")
+app.add_typer(probe_cmd.probe_app, name="probe")
 
 # ClickException as the installed Typer raises it: click's own, or the copy that newer Typer
 # versions vendor (typer._click), which click.ClickException does not catch

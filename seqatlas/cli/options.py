@@ -26,6 +26,8 @@ from seqatlas.query.repeat_enrichment import GROUPINGS
 from seqatlas.query.views import TAILS
 from seqatlas.repeats.finders import FINDERS
 from seqatlas.repeats.formats import FORMATS
+from seqatlas.schema import ABLATION_METHODS
+from seqatlas.scoring.ablation import RESCORE_LIKELIHOODS
 from seqatlas.scoring.scorer import LIKELIHOOD_MODES, STRANDS
 
 
@@ -55,6 +57,8 @@ Tail = choices("Tail", TAILS)  # query anomalies|enrichment, export bed --tail
 By = choices("By", GROUPINGS)  # query enrichment --by
 IndexType = choices("IndexType", TYPES)  # index build --type
 Metric = choices("Metric", METRICS)  # index build --metric
+AblationMethod = choices("AblationMethod", ABLATION_METHODS)  # probe --method, query --ablation-method
+ProbeLikelihood = choices("ProbeLikelihood", RESCORE_LIKELIHOODS)  # probe --likelihood
 
 # --- choices of the CLI alone (the library takes a bool or checks the value itself) ----------
 

@@ -10,7 +10,8 @@ from typing import Optional
 import typer
 
 from seqatlas.cli.options import (ATLAS, COLUMN, FORMAT, MAX_GAP, MIN_LENGTH, OUTPUT,
-                                  SCORE_COLUMN, SMOOTH, TAIL, Z, By, Format, Tail)
+                                  SCORE_COLUMN, SMOOTH, TAIL, Z, AblationMethod, By, Format,
+                                  Tail)
 
 query_app = typer.Typer(help="Query an atlas with DuckDB: SQL, likelihood anomalies, "
                         "enrichment in repeats, nearest k-mers in embedding space.",
@@ -20,13 +21,17 @@ export_app = typer.Typer(help="Export tracks for genome browsers (bedGraph, bigW
 
 TABLE_ROWS_SHOWN = 10_000
 TIMEOUT = typer.Option(None, "--timeout", help="Cancel the query after this many seconds.")
+ABLATION_METHOD = typer.Option(None, "--ablation-method", help="Corruption method whose "
+                               "`probe icl` values (net_gain, ...) to show (default: the only "
+                               "one in the atlas; needed when it holds several).")
 
 
-def _params(column, z, tail, smooth, min_length, max_gap):
+def _params(column, z, tail, smooth, min_length, max_gap, ablation_method=None):
     from seqatlas.query import AnomalyParams
 
     return AnomalyParams(column=column, z=z, tail=tail.value, smooth=smooth,
-                         min_length=min_length, max_gap=max_gap)
+                         min_length=min_length, max_gap=max_gap,
+                         ablation_method=ablation_method.value if ablation_method else None)
 
 
 def print_result(table, format: Format, title: str | None = None) -> None:
@@ -100,7 +105,8 @@ def _emit(table, format: Format, output: Optional[Path], what: str, title: str) 
 @query_app.command("sql")
 def sql(
     query: str = typer.Argument(..., help="One SELECT over the views sequences, positions, "
-                                "tokens, repeats, position_z, anomalies, anomaly_regions."),
+                                "tokens, repeats, ablations, position_z, anomalies, "
+                                "anomaly_regions, icl_regions."),
     atlas: Path = ATLAS,
     format: Format = FORMAT,
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the result to "
@@ -109,18 +115,21 @@ def sql(
     memory_limit: Optional[str] = typer.Option(None, "--memory-limit", help="DuckDB memory "
                                                "limit, e.g. 8GB (default: 75% of RAM)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Default: all CPUs."),
+    ablation_method: Optional[AblationMethod] = ABLATION_METHOD,
 ) -> None:
     """Run one read-only SELECT over an atlas's views, sandboxed (only the atlas is readable)."""
-    from seqatlas.query import SqlConfig
+    from seqatlas.query import AnomalyParams, SqlConfig
     from seqatlas.query import sql as run_sql
 
     config = SqlConfig(timeout=timeout, memory_limit=memory_limit, threads=threads)
+    params = AnomalyParams(ablation_method=ablation_method.value if ablation_method else None)
     if output is not None:
         file_format = _file_format(format)
-        rows = run_sql(atlas, query, output=output, format=file_format, config=config)
+        rows = run_sql(atlas, query, output=output, format=file_format, params=params,
+                       config=config)
         typer.echo(f"{rows:,} rows written to {output} ({file_format}).", err=True)
         return
-    print_result(run_sql(atlas, query, config=config), format)
+    print_result(run_sql(atlas, query, params=params, config=config), format)
 
 
 @query_app.command("anomalies")
@@ -130,14 +139,15 @@ def anomalies(
     smooth: int = SMOOTH, column: Optional[str] = COLUMN,
     with_repeats: bool = typer.Option(False, "--with-repeats", help="Add the repeat classes "
                                       "and names each region overlaps."),
+    ablation_method: Optional[AblationMethod] = ABLATION_METHOD,
     format: Format = FORMAT,
     output: Optional[Path] = OUTPUT,
 ) -> None:
     """Regions of anomalously likely or unlikely positions, and what may explain them."""
     from seqatlas.query import anomalies as find
 
-    table = find(atlas, params=_params(column, z, tail, smooth, min_length, max_gap),
-                 with_repeats=with_repeats)
+    table = find(atlas, params=_params(column, z, tail, smooth, min_length, max_gap,
+                                       ablation_method), with_repeats=with_repeats)
     _emit(table, format, output, "regions",
           f"anomalous regions (|z| >= {z:g}, tail {tail.value})")
 
@@ -148,13 +158,15 @@ def enrichment(
     by: By = typer.Option(By.class_, "--by", help="Group repeats by class, family or name; or "
                           "compare positions with an in-context copy to those without."),
     z: float = Z, tail: Tail = TAIL, smooth: int = SMOOTH, column: Optional[str] = COLUMN,
+    ablation_method: Optional[AblationMethod] = ABLATION_METHOD,
     format: Format = FORMAT,
     output: Optional[Path] = OUTPUT,
 ) -> None:
     """Odds ratio, Fisher p and BH q of anomalies inside vs outside each repeat group."""
     from seqatlas.query import enrichment as run
 
-    table = run(atlas, by=by.value, params=_params(column, z, tail, smooth, 1, 0))
+    table = run(atlas, by=by.value, params=_params(column, z, tail, smooth, 1, 0,
+                                                   ablation_method))
     if table.num_rows and not any(table.column("anomalous_inside").to_pylist()) \
             and not table.column("anomalous_outside")[0].as_py():
         typer.echo(f"Note: no position has |z| >= {z:g} in the {tail.value} tail, so no odds "

@@ -24,7 +24,7 @@ from seqatlas.errors import AtlasError, ConfigError, QueryError
 from seqatlas.util import machine_memory_bytes, machine_threads, replacing
 
 TABLE_SCHEMAS = {"sequences": schema.SEQUENCES, "positions": schema.POSITIONS,
-                 "repeats": schema.REPEATS}
+                 "repeats": schema.REPEATS, "ablations": schema.ABLATIONS}
 ALLOWED_STATEMENTS = ("SELECT", "EXPLAIN")
 OUTPUT_FORMATS = ("table", "csv", "json", "parquet")
 

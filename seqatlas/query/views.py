@@ -1,5 +1,5 @@
 """The anomaly views of an engine: robust z-scores per reference letter, anomalous positions
-and runs, and the overlap SQL that joins intervals with repeats.
+and runs, the in-context look-up probes, and the overlap SQL that joins intervals with repeats.
 
 ``z = (score - median) / (1.4826 * MAD)``, with the median and MAD of the score column over
 all scored positions of the same reference letter (one model per atlas). They are computed
@@ -11,11 +11,31 @@ of the per-position z over W consecutive scored rows centred on the position.
 
 Views created by :class:`Engine`:
 
-- ``position_z``: every scored position with ``score``, ``z`` and ``tail`` (``high`` when
-  z >= threshold, ``low`` when z <= -threshold, else null).
+- ``position_z``: every scored position with ``score``, ``z``, ``tail`` (``high`` when
+  z >= threshold, ``low`` when z <= -threshold, else null), ``excess`` (score minus its
+  letter's median, unsmoothed: how far above typical the position is) and the position's
+  ablation values ``icl_gain``, ``control_gain``, ``net_gain`` for one corruption method
+  (``AnomalyParams.ablation_method``; by default the only method the atlas holds), averaged
+  over its seeds; null where the position was not probed. An atlas without ablations gets
+  typed nulls and no join. With several methods and none chosen, reading these three columns
+  in ``query sql`` fails with a message saying to pass ``--ablation-method`` (other columns
+  still read), and :func:`~seqatlas.query.anomalies` / ``enrichment`` refuse up front.
 - ``anomalies``: the rows of ``position_z`` in the selected tail(s).
 - ``anomaly_regions``: runs of at least ``min_length`` consecutive anomalous positions of one
   tail, then runs separated by at most ``max_gap`` other positions merged; 0-based half-open.
+  Over the region's anomalous positions (gap positions excluded, as for ``n_anomalous``):
+  ``n_probed`` (those with a ``net_gain``), ``net_gain`` (their mean) and
+  ``explained_fraction`` = sum(net_gain) / sum(excess) over them, the share of the anomaly
+  the copy's look-up explains (null when none is probed or the excess sums to 0; meaningful
+  for the high tail).
+- ``icl_regions``: one row per probed target of the ``ablations`` table (seq_id,
+  target_start, target_end, method, seed) with its ``length``, ``n_probed`` positions, partner
+  and control intervals, ``copy_strand``, ``copy_distance`` = partner_start - target_start
+  (the signed offset between the intervals' starts, for direct and reverse-complement
+  copies alike), ``control_rule``, the probed window, the means ``mean_logp_intact``,
+  ``mean_icl_gain``, ``mean_control_gain``, ``mean_net_gain``, and ``repeat_classes`` (the
+  distinct classes of repeats overlapping the target, comma-joined, without the copy
+  detector's own ``in_context_copy`` class; null if none). Independent of the scores.
 """
 
 from __future__ import annotations
@@ -25,6 +45,7 @@ from dataclasses import dataclass
 
 
 from seqatlas.errors import AtlasError, ConfigError
+from seqatlas.schema import ABLATION_METHODS, COPY_REPEAT_CLASS
 from seqatlas.query.engine import Sandbox, SqlConfig, sql_string
 from seqatlas.manifest import ScoringRecord
 from seqatlas.store import AtlasWriter
@@ -32,6 +53,7 @@ from seqatlas.store import AtlasWriter
 SCORE_COLUMNS = ("logp", "logp_unmasked", "logp_rc", "logp_unmasked_rc", "logp_mean",
                  "logp_unmasked_mean", "entropy")
 TAILS = ("high", "low", "both")
+ABLATION_COLUMNS = ("icl_gain", "control_gain", "net_gain")  # per position in position_z
 # the rows of position_z in each tail selection
 TAIL_PREDICATES = {"high": "tail = 'high'", "low": "tail = 'low'", "both": "tail IS NOT NULL"}
 MAD_TO_SD = 1.4826  # MAD of a normal distribution times this is its standard deviation
@@ -48,6 +70,7 @@ class AnomalyParams:
     smooth: int = 1  # rolling mean of z over this many positions (1 = none)
     min_length: int = 3  # positions in a run before it is a region
     max_gap: int = 2  # runs at most this many positions apart are merged
+    ablation_method: str | None = None  # None: the only method in the ablations table
 
     def validate(self) -> None:
         if self.column is not None and self.column not in SCORE_COLUMNS:
@@ -61,6 +84,9 @@ class AnomalyParams:
             raise ConfigError("--smooth must be 1 (no smoothing) or more")
         if self.min_length < 1 or self.max_gap < 0:
             raise ConfigError("--min-length must be 1 or more and --max-gap 0 or more")
+        if self.ablation_method is not None and self.ablation_method not in ABLATION_METHODS:
+            raise ConfigError(f"--ablation-method must be one of {', '.join(ABLATION_METHODS)}, "
+                              f"not {self.ablation_method!r}")
 
 
 def default_column(scoring: ScoringRecord | None) -> str | None:
@@ -150,7 +176,7 @@ def _regions_sql(params: AnomalyParams) -> str:
     at most ``max_gap`` positions."""
     return f"""
         WITH steps AS (
-            SELECT seq_id, pos, tail, z, copy_offset IS NOT NULL AS has_copy,
+            SELECT seq_id, pos, tail, z, copy_offset IS NOT NULL AS has_copy, net_gain, excess,
                    CASE WHEN pos - lag(pos) OVER (PARTITION BY seq_id, tail ORDER BY pos) = 1
                         THEN 0 ELSE 1 END AS new_run
             FROM anomalies),
@@ -161,7 +187,9 @@ def _regions_sql(params: AnomalyParams) -> str:
         kept AS (
             SELECT seq_id, tail, run, min(pos) AS start, max(pos) + 1 AS "end",
                    count(*) AS n, sum(z) AS z_sum, max(abs(z)) AS z_peak,
-                   count(*) FILTER (has_copy) AS n_copy
+                   count(*) FILTER (has_copy) AS n_copy, count(net_gain) AS n_probed,
+                   sum(net_gain) AS gain_sum,
+                   sum(excess) FILTER (net_gain IS NOT NULL) AS excess_sum
             FROM runs GROUP BY seq_id, tail, run HAVING count(*) >= {params.min_length}),
         gaps AS (
             SELECT *, CASE WHEN start - lag("end") OVER (PARTITION BY seq_id, tail
@@ -175,8 +203,57 @@ def _regions_sql(params: AnomalyParams) -> str:
         SELECT seq_id, min(start) AS start, max("end") AS "end", tail,
                sum(n)::BIGINT AS n_anomalous, sum(z_sum) / sum(n) AS mean_z,
                CASE WHEN tail = 'low' THEN -max(z_peak) ELSE max(z_peak) END AS peak_z,
-               sum(n_copy) / sum(n) AS copy_fraction
+               sum(n_copy) / sum(n) AS copy_fraction,
+               sum(n_probed)::BIGINT AS n_probed,
+               sum(gain_sum) / nullif(sum(n_probed), 0) AS net_gain,
+               CASE WHEN sum(excess_sum) <> 0 THEN sum(gain_sum) / sum(excess_sum)
+               END AS explained_fraction
         FROM regions GROUP BY seq_id, tail, region"""
+
+
+def ablation_methods(engine) -> tuple[str, ...]:
+    """The corruption methods in the atlas's ablations table (none read without parts)."""
+    if engine.atlas.count("ablations") == 0:
+        return ()
+    rows = engine.execute_internal("SELECT DISTINCT method FROM ablations ORDER BY method")
+    return tuple(method for (method,) in rows.fetchall())
+
+
+def _ambiguous_methods(methods) -> str:
+    return (f"the atlas holds ablations of several methods ({', '.join(methods)}); choose one "
+            "with --ablation-method (AnomalyParams.ablation_method)")
+
+
+def require_ablation_method(engine) -> str | None:
+    """The method whose ablation values the views carry (None: the atlas has no ablations);
+    a ConfigError when several methods are present and none was chosen, or when the chosen
+    one is absent."""
+    chosen, methods = engine.anomaly_params.ablation_method, engine.ablation_methods
+    if chosen is None and len(methods) > 1:
+        raise ConfigError(_ambiguous_methods(methods))
+    if chosen is not None and chosen not in methods:
+        present = f"it has {', '.join(methods)}" if methods else \
+            "it has none: run `seqatlas probe icl` first"
+        raise ConfigError(f"{engine.atlas.path} has no {chosen!r} ablations ({present})")
+    return engine.ablation_method
+
+
+def _ablation_relation(engine, params: AnomalyParams, lazy: bool) -> tuple[str, str]:
+    """(select list, join) adding the ablation columns of ``params``'s method to
+    ``positions p``. No ablations (or the chosen method absent): typed nulls, no join.
+    Several methods and none chosen: nulls, or with ``lazy`` a DuckDB error when read."""
+    methods = engine.ablation_methods = ablation_methods(engine)
+    method = params.ablation_method or (methods[0] if len(methods) == 1 else None)
+    engine.ablation_method = method if method in methods else None
+    if engine.ablation_method is None:
+        value = (f"error({sql_string(_ambiguous_methods(methods))})" if lazy and
+                 params.ablation_method is None and len(methods) > 1 else "NULL")
+        return ", ".join(f"{value}::DOUBLE AS {c}" for c in ABLATION_COLUMNS), ""
+    averages = ", ".join(f"avg({c})::DOUBLE AS {c}" for c in ABLATION_COLUMNS)
+    join = (f"LEFT JOIN (SELECT seq_id, pos, {averages} FROM ablations "
+            f"WHERE method = {sql_string(engine.ablation_method)} GROUP BY seq_id, pos) a "
+            "ON a.seq_id = p.seq_id AND a.pos = p.pos")
+    return ", ".join(f"a.{c}" for c in ABLATION_COLUMNS), join
 
 
 def create_anomaly_views(engine, params: AnomalyParams, *, compute: bool = True) -> None:
@@ -189,6 +266,7 @@ def create_anomaly_views(engine, params: AnomalyParams, *, compute: bool = True)
     if column is None:
         return  # likelihood none: no scores to rank
     stats = _stats_relation(engine, column, compute)
+    ablation_columns, ablation_join = _ablation_relation(engine, params, lazy=not compute)
     copy_columns = ", p.copy_offset, p.copy_strand" if "copy_offset" in \
         engine.position_columns else ", NULL::INTEGER AS copy_offset, NULL::VARCHAR AS copy_strand"
     before = (params.smooth - 1) // 2
@@ -202,16 +280,48 @@ def create_anomaly_views(engine, params: AnomalyParams, *, compute: bool = True)
         WITH scored AS (
             SELECT p.seq_id, p.pos, p.ref, p.soft_masked, p."{column}" AS score,
                    (p."{column}" - st.median) / st.scale AS z0,
-                   p.window_start, p.window_end{copy_columns}
-            FROM positions p JOIN robust_stats st ON p.ref = st.ref
+                   p.window_start, p.window_end{copy_columns},
+                   p."{column}" - st.median AS excess, {ablation_columns}
+            FROM positions p JOIN robust_stats st ON p.ref = st.ref {ablation_join}
             WHERE p."{column}" IS NOT NULL),
         zs AS (SELECT * EXCLUDE (z0), {z} AS z FROM scored)
-        SELECT *, CASE WHEN z >= {params.z!r} THEN 'high' WHEN z <= {-params.z!r} THEN 'low'
-                  END AS tail
+        SELECT * EXCLUDE (excess, {", ".join(ABLATION_COLUMNS)}),
+               CASE WHEN z >= {params.z!r} THEN 'high' WHEN z <= {-params.z!r} THEN 'low'
+               END AS tail, excess, {", ".join(ABLATION_COLUMNS)}
         FROM zs""")
     con.execute(f"CREATE OR REPLACE VIEW anomalies AS SELECT * FROM position_z "
                 f"WHERE {TAIL_PREDICATES[params.tail]}")
     con.execute(f"CREATE OR REPLACE VIEW anomaly_regions AS {_regions_sql(params)}")
+
+
+def _icl_regions_sql() -> str:
+    """One row per probed target (see the module doc); the overlap is a range join."""
+    key = "seq_id, target_start, target_end, method, seed"
+    targets = f"""
+        SELECT {key}, target_end - target_start AS length, count(*) AS n_probed,
+               any_value(partner_start) AS partner_start, any_value(partner_end) AS partner_end,
+               any_value(copy_strand) AS copy_strand,
+               any_value(partner_start) - target_start AS copy_distance,
+               any_value(control_start) AS control_start, any_value(control_end) AS control_end,
+               any_value(control_rule) AS control_rule,
+               any_value(window_start) AS window_start, any_value(window_end) AS window_end,
+               avg(logp_intact)::DOUBLE AS mean_logp_intact,
+               avg(icl_gain)::DOUBLE AS mean_icl_gain,
+               avg(control_gain)::DOUBLE AS mean_control_gain,
+               avg(net_gain)::DOUBLE AS mean_net_gain
+        FROM ablations GROUP BY {key}"""
+    bounds = f'SELECT DISTINCT seq_id, target_start AS start, target_end AS "end" FROM ({targets})'
+    return f"""
+        WITH targets AS ({targets}),
+        hits AS (
+            SELECT seq_id, start, "end",
+                   string_agg(DISTINCT repeat_class, ',' ORDER BY repeat_class) AS repeat_classes
+            FROM ({repeat_overlaps_sql(bounds)})
+            WHERE repeat_class <> {sql_string(COPY_REPEAT_CLASS)}
+            GROUP BY seq_id, start, "end")
+        SELECT t.*, hits.repeat_classes
+        FROM targets t LEFT JOIN hits ON hits.seq_id = t.seq_id
+             AND hits.start = t.target_start AND hits."end" = t.target_end"""
 
 
 def require_scores(engine, what: str) -> str:
@@ -243,7 +353,7 @@ def repeat_overlaps_sql(intervals: str) -> str:
 
 class Engine(Sandbox):
     """The sandboxed engine with the anomaly views (``position_z``, ``anomalies``,
-    ``anomaly_regions``, ``robust_stats``) for ``anomaly_params``.
+    ``anomaly_regions``, ``robust_stats``) for ``anomaly_params``, and ``icl_regions``.
 
     ``robust_pass=True`` computes and caches the robust statistics now (what ``anomalies``,
     ``enrichment`` and ``export`` do); without it nothing is computed or written until a
@@ -256,7 +366,10 @@ class Engine(Sandbox):
         super().__init__(atlas, config)
         self.anomaly_params = anomaly_params or AnomalyParams()
         self.anomaly_column = None
+        self.ablation_methods: tuple[str, ...] = ()  # in the atlas (set with the views)
+        self.ablation_method: str | None = None  # whose values position_z carries
         try:
+            self.con.execute(f"CREATE OR REPLACE VIEW icl_regions AS {_icl_regions_sql()}")
             if anomaly_views:
                 create_anomaly_views(self, self.anomaly_params, compute=robust_pass)
         except BaseException:

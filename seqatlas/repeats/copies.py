@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -17,30 +18,51 @@ from seqatlas.copy_detector import DEFINITION_VERSION
 from seqatlas.errors import ConfigError
 from seqatlas.store import AtlasReader, AtlasWriter
 
-SOURCE = "seqatlas-copies"
-REPEAT_CLASS = "in_context_copy"
+SOURCE = schema.COPY_REPEAT_SOURCE
+REPEAT_CLASS = schema.COPY_REPEAT_CLASS
 FAMILIES = {1: "direct", -1: "reverse_complement"}
 
 
-def _intervals(table: pa.Table, seq_order: list[str]) -> pa.Table:
-    """Positions rows with a copy -> ``repeats`` rows: runs of consecutive positions of one
-    window whose copies are one shifted (direct) or mirrored (reverse complement) stretch.
-    ``seq_order``: the atlas's sequence ids in order, which the rows follow."""
+@dataclass
+class CopyRuns:
+    """Runs of consecutive positions of one window whose copies are one shifted (direct) or
+    mirrored (reverse complement) stretch; arrays, one entry per run, in atlas order.
+    ``seq`` indexes the atlas's sequence ids; intervals are 0-based half-open."""
+
+    seq: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+    direct: np.ndarray  # bool
+    partner_start: np.ndarray
+    partner_end: np.ndarray
+    window_start: np.ndarray
+    window_end: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+
+def copy_runs(table: pa.Table, seq_order: list[str]) -> CopyRuns:
+    """The runs of positions rows with a copy (seq_id, pos, window_start, window_end,
+    copy_offset, copy_strand); ``seq_order``: the atlas's sequence ids in order."""
     import pyarrow.compute as pc
 
     if table.num_rows == 0:
-        return schema.REPEATS.empty_table()
+        empty = np.zeros(0, dtype=np.int64)
+        return CopyRuns(empty, empty, empty, empty.astype(bool), empty, empty, empty, empty)
     order = {s: i for i, s in enumerate(seq_order)}
     seq_ids = table["seq_id"].combine_chunks().dictionary_encode()
     names = seq_ids.dictionary.to_pylist()
     seq = np.array([order[s] for s in names], dtype=np.int64)[seq_ids.indices.to_numpy()]
     pos = table["pos"].to_numpy()
     window = table["window_start"].to_numpy()
+    window_end = table["window_end"].to_numpy() if "window_end" in table.column_names \
+        else np.zeros(len(pos), dtype=np.int64)
     offset = table["copy_offset"].to_numpy().astype(np.int64)
     direct = pc.equal(table["copy_strand"], "+").to_numpy(zero_copy_only=False)
     rows = np.lexsort((pos, seq))
-    seq, pos, window, offset, direct = seq[rows], pos[rows], window[rows], offset[rows], \
-        direct[rows]
+    seq, pos, window, window_end, offset, direct = (a[rows] for a in (
+        seq, pos, window, window_end, offset, direct))
     # direct: the copy is the stretch shifted by offset; reverse complement: mirrored
     # about an axis, pos + partner = 2 * pos + offset
     partner_key = np.where(direct, offset, 2 * pos + offset)
@@ -51,43 +73,55 @@ def _intervals(table: pa.Table, seq_order: list[str]) -> pa.Table:
     last = np.concatenate([first[1:], [len(pos)]]) - 1
     start, end = pos[first], pos[last] + 1
     is_direct, key = direct[first], partner_key[first]
-    partner_start = np.where(is_direct, start + key, key - end + 1)
-    partner_end = np.where(is_direct, end + key, key - start + 1)
-    seq_names = pa.array(seq_order, pa.string()).take(pa.array(seq[first]))
+    return CopyRuns(seq=seq[first], start=start, end=end, direct=is_direct,
+                    partner_start=np.where(is_direct, start + key, key - end + 1),
+                    partner_end=np.where(is_direct, end + key, key - start + 1),
+                    window_start=window[first], window_end=window_end[first])
+
+
+def _intervals(table: pa.Table, seq_order: list[str]) -> pa.Table:
+    """Positions rows with a copy -> ``repeats`` rows, one per :func:`copy_runs` run."""
+    import pyarrow.compute as pc
+
+    runs = copy_runs(table, seq_order)
+    if not len(runs):
+        return schema.REPEATS.empty_table()
+    seq_names = pa.array(seq_order, pa.string()).take(pa.array(runs.seq))
     partner = pc.binary_join_element_wise(
-        seq_names, pc.binary_join_element_wise(pa.array(partner_start).cast(pa.string()),
-                                               pa.array(partner_end).cast(pa.string()), "-"),
-        ":")
-    count = len(first)
+        seq_names, pc.binary_join_element_wise(pa.array(runs.partner_start).cast(pa.string()),
+                                               pa.array(runs.partner_end).cast(pa.string()),
+                                               "-"), ":")
+    count = len(runs)
     return pa.table({
         "seq_id": seq_names,
-        "start": pa.array(start, pa.int64()),
-        "end": pa.array(end, pa.int64()),
-        "strand": pa.array(np.where(is_direct, "+", "-")),
+        "start": pa.array(runs.start, pa.int64()),
+        "end": pa.array(runs.end, pa.int64()),
+        "strand": pa.array(np.where(runs.direct, "+", "-")),
         "name": partner,
         "class": pa.array([REPEAT_CLASS] * count, pa.string()),
-        "family": pa.array(np.where(is_direct, FAMILIES[1], FAMILIES[-1])),
+        "family": pa.array(np.where(runs.direct, FAMILIES[1], FAMILIES[-1])),
         "source": pa.array([SOURCE] * count, pa.string()),
         "score": pa.nulls(count, pa.float64()),
     }, schema=schema.REPEATS)
 
 
-def _read_copies(paths: list) -> pa.Table:
+def read_copies(paths: list) -> pa.Table:
+    """The positions rows that have an in-context copy, from positions part files."""
     import pyarrow.dataset as ds
 
-    columns = ["seq_id", "pos", "window_start", "copy_offset", "copy_strand"]
+    columns = ["seq_id", "pos", "window_start", "window_end", "copy_offset", "copy_strand"]
     if not paths:
         return schema.POSITIONS.empty_table().select(columns)
     data = ds.dataset([str(p) for p in paths], format="parquet", schema=schema.POSITIONS)
     return data.to_table(columns=columns, filter=ds.field("copy_offset").is_valid())
 
 
-def _seq_order(atlas) -> list[str]:
+def seq_order(atlas) -> list[str]:
     """An atlas's sequence ids, in order."""
     return atlas.sequences(columns=["seq_id"])["seq_id"].to_pylist()
 
 
-def _check_detected(manifest: dict, path) -> int:
+def check_detected(manifest: dict, path) -> int:
     k = manifest.scoring.copy_k if manifest.scoring else None
     if not k:
         raise ConfigError(f"{path} was ingested with --copy-k 0, so its positions have no copy "
@@ -104,8 +138,8 @@ def copy_repeats(atlas) -> pa.Table:
     half-open; class ``in_context_copy``, source ``seqatlas-copies``, score null.
     """
     atlas = AtlasReader(atlas)
-    _check_detected(atlas.manifest, atlas.path)
-    return _intervals(_read_copies(atlas.part_paths("positions")), _seq_order(atlas))
+    check_detected(atlas.manifest, atlas.path)
+    return _intervals(read_copies(atlas.part_paths("positions")), seq_order(atlas))
 
 
 def annotate_copies(atlas) -> dict:
@@ -115,7 +149,7 @@ def annotate_copies(atlas) -> dict:
     nothing, and after a further ingest it adds the new parts' copies only.
     """
     with AtlasWriter(atlas) as writer:
-        k = _check_detected(writer.manifest, writer.path)
+        k = check_detected(writer.manifest, writer.path)
         covered = {unit for record in writer.manifest.units.values()
                    if record.get("detector") == SOURCE for unit in record["positions_units"]}
         parts = writer.manifest.table_parts("positions")
@@ -124,8 +158,8 @@ def annotate_copies(atlas) -> dict:
                    "positions_parts": len(todo), "repeats": 0, "already_imported": not todo}
         if not todo:
             return summary
-        table = _intervals(_read_copies([writer.path / "positions" / p for p in todo]),
-                           _seq_order(AtlasReader(writer.path)))
+        table = _intervals(read_copies([writer.path / "positions" / p for p in todo]),
+                           seq_order(AtlasReader(writer.path)))
         units = sorted(parts[name].unit for name in todo)
         key = "copies-" + hashlib.sha256(json.dumps([DEFINITION_VERSION, k, units])
                                          .encode()).hexdigest()

@@ -9,7 +9,6 @@ everything else is committed.
 from __future__ import annotations
 
 import time
-from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -375,44 +374,30 @@ def _register_inputs(writer: AtlasWriter, inputs: list[InputPlan], kind: str) ->
 
 
 def _run_units(run: _Run) -> None:
+    from seqatlas.scoring.workers import run_units
+
     config, report = run.config, run.report
     executor = _executor(config, run.setup)
     source = (item for plan, units in zip(run.inputs, run.per_input)
               for item in iter_unit_jobs(plan, units, kind=run.setup.kind, skip=run.committed))
-    retry: deque = deque()
-    attempts: dict[str, int] = {}
     progress, task = progress_bar(label="scoring", unit="positions", rate_unit="pos",
                                   total=sum(u.positions for u in run.todo),
                                   enabled=config.progress)
+
+    def commit(item, result) -> None:
+        _commit_unit(run, *item, result)
+        progress.advance(task, item[0].positions)
+
+    def failed(item, error) -> None:
+        unit, jobs = item
+        report.failed.append({"unit": unit.key, "error": describe_error(error),
+                              "seq_ids": sorted({j.seq_id for j in jobs})})
+
     started = time.perf_counter()
     try:
         with progress:
-            exhausted = False
-            while True:
-                while executor.busy < executor.capacity:
-                    if retry:
-                        item = retry.popleft()
-                    elif not exhausted:
-                        item = next(source, None)
-                        if item is None:
-                            exhausted = True
-                            continue
-                    else:
-                        break
-                    executor.submit(item, item[1])
-                if executor.busy == 0:
-                    break
-                (unit, jobs), result, error = executor.next_result()
-                if error is not None:
-                    attempts[unit.key] = attempts.get(unit.key, 0) + 1
-                    if attempts[unit.key] <= config.max_retries:
-                        retry.append((unit, jobs))
-                    else:
-                        report.failed.append({"unit": unit.key, "error": _describe(error),
-                                              "seq_ids": sorted({j.seq_id for j in jobs})})
-                    continue
-                _commit_unit(run, unit, jobs, result)
-                progress.advance(task, unit.positions)
+            run_units(executor, source, method="score", commit=commit,
+                      max_retries=config.max_retries, failed=failed)
     finally:
         executor.close()
         report.seconds = time.perf_counter() - started
@@ -420,14 +405,11 @@ def _run_units(run: _Run) -> None:
 
 def _executor(config: IngestConfig, setup: _Setup):
     """The Ray actors, or this process with ``workers=0``."""
-    from seqatlas.scoring.workers import LocalExecutor, RayExecutor
+    from seqatlas.scoring.workers import make_executor
 
-    scoring_args = setup.scoring_args(config)
-    if config.workers == 0:
-        return LocalExecutor(setup.spec, scoring_args)
-    return RayExecutor(setup.spec, scoring_args, workers=config.workers,
-                       gpus_per_worker=config.gpus_per_worker,
-                       cpus_per_worker=config.cpus_per_worker, address=config.address)
+    return make_executor(setup.spec, setup.scoring_args(config), workers=config.workers,
+                         gpus_per_worker=config.gpus_per_worker,
+                         cpus_per_worker=config.cpus_per_worker, address=config.address)
 
 
 def _commit_unit(run: _Run, unit: UnitPlan, jobs, result) -> None:
@@ -444,6 +426,6 @@ def _commit_unit(run: _Run, unit: UnitPlan, jobs, result) -> None:
     report.computed_tokens += stats["computed_tokens"]
 
 
-def _describe(error: BaseException) -> str:
+def describe_error(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[-1] if text else ''}"

@@ -20,6 +20,7 @@ from seqatlas.errors import ModelError
 from seqatlas.copy_detector import copy_columns, window_copies
 from seqatlas.fasta import soft_mask
 from seqatlas.checkpoints.tokenizers import TokenizerFamily, WindowTokens, reverse_complement
+from seqatlas.scoring.ablation import RescoreTask, region_tokens
 
 LIKELIHOOD_MODES = ("exact", "fast", "unmasked", "none")
 STRANDS = ("forward", "both")
@@ -56,6 +57,7 @@ class View:
     letters: np.ndarray
     owned_start: int
     owned_end: int
+    masked_always: np.ndarray | None = None  # token indices masked in every row (ablation)
 
 
 @dataclass
@@ -82,6 +84,18 @@ def make_view(tokenizer: TokenizerFamily, job: WindowJob, j: int, *, reverse: bo
     return View(j, reverse, tokens, tokenizer.letter_index(residues), a, b)
 
 
+def task_view(tokenizer: TokenizerFamily, task: RescoreTask, *, context_tokens: int) -> View:
+    """The view of a rescoring task, with the tokens touching its masked regions masked."""
+    tokens = tokenizer.tokenize(task.residues)
+    if len(tokens.ids) > context_tokens:
+        raise ModelError(f"a {len(task.residues)}-residue window tokenizes to "
+                         f"{len(tokens.ids)} tokens, more than the model's context of "
+                         f"{context_tokens}")
+    masked = region_tokens(tokens.starts, tokens.ends, task.masked_regions)
+    return View(0, False, tokens, tokenizer.letter_index(task.residues), task.own_start,
+                task.own_end, masked_always=masked if len(masked) else None)
+
+
 def _pairs(tokenizer, view: View, bases) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Readout tokens covering ``bases`` and the (readout index, base) pairs."""
     token, base = tokenizer.cover_pairs(view.tokens, np.asarray(bases, dtype=np.int64))
@@ -89,37 +103,68 @@ def _pairs(tokenizer, view: View, bases) -> tuple[np.ndarray, np.ndarray, np.nda
     return readout.astype(np.int64), pair_readout.astype(np.int64), base
 
 
+def mask_groups(tokenizer: TokenizerFamily, view: View, *, mode: str,
+                bases=None) -> list[list[tuple[tuple, list[int]]]]:
+    """The masked passes of ``mode`` over the view's owned bases, each a list of mask units
+    ``(covering tokens, bases they hide)``; bases sharing a token share a unit.
+
+    ``exact``: one pass per unit. ``fast``: the owned units, in order, dealt round-robin into
+    ``fast_stride`` passes. With ``bases`` (exact only needs those) exact plans only the
+    units of ``bases``; fast always deals every owned unit, so a pass masks what it masked
+    at ingest.
+    """
+    owned = np.arange(view.owned_start, view.owned_end) if bases is None or mode == "fast" \
+        else np.asarray(bases)
+    units: dict[tuple, list[int]] = {}
+    for base in owned:
+        cover = tuple(tokenizer.covering(view.tokens, int(base)).tolist())
+        if cover:
+            units.setdefault(cover, []).append(int(base))
+    ordered = sorted(units.items())
+    if mode == "exact":
+        return [[unit] for unit in ordered]
+    stride = tokenizer.fast_stride()
+    return [group for group in (ordered[r::stride] for r in range(stride)) if group]
+
+
 def plan_rows(tokenizer: TokenizerFamily, views: list[View], *, mode: str,
               unmasked_pass: bool) -> list[Row]:
     """The forward passes that score ``views`` in ``mode``."""
     rows = []
-    stride = tokenizer.fast_stride()
     for v, view in enumerate(views):
         if view.tokens.n_tokens == 0:
             continue  # shorter than one token: nothing the model can see
         length = len(view.tokens.ids)
-        owned = np.arange(view.owned_start, view.owned_end)
         if unmasked_pass:
-            readout, pr, pb = _pairs(tokenizer, view, owned)
+            readout, pr, pb = _pairs(tokenizer, view, np.arange(view.owned_start, view.owned_end))
             rows.append(Row(v, None, readout, pr, pb, length))
         if mode not in ("exact", "fast"):
             continue
-        # a mask unit: the tokens that hide a base; bases sharing a token share the unit
-        units: dict[tuple, list[int]] = {}
-        for base in owned:
-            cover = tuple(tokenizer.covering(view.tokens, int(base)).tolist())
-            if cover:
-                units.setdefault(cover, []).append(int(base))
-        ordered = sorted(units.items())
-        groups = [ordered[i : i + 1] for i in range(len(ordered))] if mode == "exact" else \
-            [ordered[r::stride] for r in range(stride)]
-        for group in groups:
-            if not group:
-                continue
-            masked = np.unique(np.concatenate([np.array(cover) for cover, _ in group]))
-            bases = [b for _, bs in group for b in bs]
-            readout, pr, pb = _pairs(tokenizer, view, bases)
-            rows.append(Row(v, masked.astype(np.int64), readout, pr, pb, length))
+        for group in mask_groups(tokenizer, view, mode=mode):
+            rows.append(_masked_row(tokenizer, view, v, group, length))
+    return rows
+
+
+def _masked_row(tokenizer, view: View, v: int, group, length: int, keep=None) -> Row:
+    """The pass masking ``group``'s units, reading out their bases (those in ``keep``)."""
+    masked = np.unique(np.concatenate([np.array(cover) for cover, _ in group]))
+    bases = [b for _, bs in group for b in bs if keep is None or b in keep]
+    readout, pr, pb = _pairs(tokenizer, view, bases)
+    return Row(v, masked.astype(np.int64), readout, pr, pb, length)
+
+
+def plan_target_rows(tokenizer: TokenizerFamily, views: list[View], targets: list,
+                     *, mode: str) -> list[Row]:
+    """The passes of ``mode`` that score only ``targets[v]`` (view-local bases) of each view:
+    the passes of :func:`mask_groups` that hide a target base, read out at target bases."""
+    rows = []
+    for v, (view, bases) in enumerate(zip(views, targets)):
+        if view.tokens.n_tokens == 0 or not len(bases):
+            continue
+        keep = set(int(b) for b in bases)
+        for group in mask_groups(tokenizer, view, mode=mode, bases=bases):
+            if any(b in keep for _, bs in group for b in bs):
+                rows.append(_masked_row(tokenizer, view, v, group, len(view.tokens.ids), keep))
     return rows
 
 
@@ -223,6 +268,25 @@ class Scorer:
                 self._run_batch([rows[i] for i in batch], views, results)
         return self._tables(jobs, views, results)
 
+    def rescore(self, tasks: list[RescoreTask]) -> list[np.ndarray]:
+        """Masked logp of each :class:`~seqatlas.scoring.ablation.RescoreTask`'s bases, in
+        this scorer's likelihood mode (exact or fast); all tasks batched together."""
+        import torch
+
+        if self.likelihood not in ("exact", "fast"):
+            raise ModelError(f"rescoring needs --likelihood exact or fast, not "
+                             f"{self.likelihood}")
+        views = [task_view(self.tokenizer, t, context_tokens=self.model.spec.context_tokens)
+                 for t in tasks]
+        results = [_Result(v.owned_end - v.owned_start) for v in views]
+        rows = plan_target_rows(self.tokenizer, views, [t.bases for t in tasks],
+                                mode=self.likelihood)
+        with torch.inference_mode():
+            for batch in pack_batches([r.length for r in rows], self.batch_tokens):
+                self._run_batch([rows[i] for i in batch], views, results)
+        return [res.logp[np.asarray(t.bases, dtype=np.int64) - view.owned_start]
+                for t, view, res in zip(tasks, views, results)]
+
     def _run_batch(self, rows: list[Row], views: list[View], results: list[_Result]) -> None:
         import torch
 
@@ -235,6 +299,9 @@ class Scorer:
             view = views[row.view]
             input_ids[b, : row.length] = torch.from_numpy(view.tokens.ids)
             attention[b, : row.length] = 1
+            if view.masked_always is not None:
+                input_ids[b, torch.from_numpy(view.masked_always + view.tokens.prefix)] = \
+                    specials.mask
             if row.masked is not None:
                 input_ids[b, torch.from_numpy(row.masked + view.tokens.prefix)] = specials.mask
         self.real_tokens += sum(r.length for r in rows)

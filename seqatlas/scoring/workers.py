@@ -1,12 +1,13 @@
 """Executors that score work units: Ray actors (the default) or this process.
 
-Both expose ``submit(token, jobs)`` and ``next_result()`` so the driver loop, with its
-retries, commits and progress bar, is the same for either.
+Both expose ``submit(token, payload, method)`` and ``next_result()`` so one driver loop,
+:func:`run_units`, with its retries and commits, serves ingest and the probes on either.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from typing import Callable, Iterable
 
 from seqatlas.errors import IngestError
 from seqatlas.util import start_ray
@@ -34,6 +35,14 @@ class ScoringWorker:
                  "computed_tokens": self.scorer.computed_tokens - before[1]}
         return positions, tokens, stats
 
+    def rescore(self, tasks):
+        """Masked logp of each task's bases (see :meth:`Scorer.rescore`), and the stats."""
+        before = (self.scorer.real_tokens, self.scorer.computed_tokens)
+        values = self.scorer.rescore(tasks)
+        stats = {"real_tokens": self.scorer.real_tokens - before[0],
+                 "computed_tokens": self.scorer.computed_tokens - before[1]}
+        return values, stats
+
 
 class LocalExecutor:
     """Scores in this process, one unit at a time (``--workers 0``: debugging, notebooks)."""
@@ -43,9 +52,9 @@ class LocalExecutor:
         self.results: deque = deque()
         self.capacity = 1
 
-    def submit(self, token, jobs) -> None:
+    def submit(self, token, payload, method: str = "score") -> None:
         try:
-            self.results.append((token, self.worker.score(jobs), None))
+            self.results.append((token, getattr(self.worker, method)(payload), None))
         except Exception as exc:  # reported per unit by the driver loop
             self.results.append((token, None, exc))
 
@@ -58,6 +67,15 @@ class LocalExecutor:
 
     def close(self) -> None:
         pass
+
+
+def make_executor(spec, scoring: dict, *, workers: int | None, gpus_per_worker: float | None,
+                  cpus_per_worker: int | None, address: str | None):
+    """The Ray actors, or this process with ``workers=0``."""
+    if workers == 0:
+        return LocalExecutor(spec, scoring)
+    return RayExecutor(spec, scoring, workers=workers, gpus_per_worker=gpus_per_worker,
+                       cpus_per_worker=cpus_per_worker, address=address)
 
 
 class RayExecutor:
@@ -88,9 +106,9 @@ class RayExecutor:
     def busy(self) -> int:
         return len(self.pending)
 
-    def submit(self, token, jobs) -> None:
+    def submit(self, token, payload, method: str = "score") -> None:
         actor = self.idle.popleft()
-        ref = actor.score.remote(jobs)
+        ref = getattr(actor, method).remote(payload)
         self.pending[ref] = (token, actor)
 
     def next_result(self):
@@ -113,3 +131,38 @@ class RayExecutor:
             self.ray.kill(actor)
         if self.started_ray:
             self.ray.shutdown()
+
+
+def run_units(executor, items: Iterable[tuple], *, method: str,
+              commit: Callable[[tuple, object], None], max_retries: int,
+              failed: Callable[[tuple, BaseException], None]) -> None:
+    """Keep every worker busy with ``items`` (``(token, payload)`` pairs), calling ``commit``
+    with each item and its result as it arrives; an item that fails is retried up to
+    ``max_retries`` times, then reported to ``failed`` while the rest goes on."""
+    source = iter(items)
+    retry: deque = deque()
+    attempts: dict[int, int] = {}
+    exhausted = False
+    while True:
+        while executor.busy < executor.capacity:
+            if retry:
+                item = retry.popleft()
+            elif not exhausted:
+                item = next(source, None)
+                if item is None:
+                    exhausted = True
+                    continue
+            else:
+                break
+            executor.submit(item, item[1], method)
+        if executor.busy == 0:
+            return
+        item, result, error = executor.next_result()
+        if error is not None:
+            attempts[id(item)] = attempts.get(id(item), 0) + 1
+            if attempts[id(item)] <= max_retries:
+                retry.append(item)
+            else:
+                failed(item, error)
+            continue
+        commit(item, result)

@@ -1,0 +1,138 @@
+"""``seqatlas probe icl|doubling``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from seqatlas.cli.options import (ATLAS, FORMAT, PROGRESS, AblationMethod, Format, Kind,
+                                  ProbeLikelihood, Tokenizer, address_option, json_option)
+
+probe_app = typer.Typer(help="Measure in-context look-up causally: corrupt a copy (and a "
+                        "matched control region) and rescore.", no_args_is_help=True)
+
+METHOD = typer.Option(AblationMethod.mask, "--method", help="How a region is corrupted: "
+                      "mask (its tokens), shuffle (seeded permutation of its residues), "
+                      "substitute (seeded draws from the sequence's letter composition).")
+SEED = typer.Option(0, "--seed", help="Seed of shuffle/substitute (recorded per row).")
+WORKERS = typer.Option(None, "--workers", help="Scoring actors (default: one per GPU, else 1); "
+                       "0 scores in this process without Ray.")
+BATCH_TOKENS = typer.Option(None, "--batch-tokens", help="Padded tokens per forward pass "
+                            "(default: 2048 on CPU, 32768 on GPU).")
+
+
+def _fmt(value) -> str:
+    return "" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+@probe_app.command("icl")
+def icl(
+    atlas: Path = ATLAS,
+    method: AblationMethod = METHOD,
+    seed: int = SEED,
+    likelihood: Optional[ProbeLikelihood] = typer.Option(
+        None, "--likelihood", help="Rescoring mode (default: the atlas's, when exact or fast; "
+        "else exact, and the intact value is recomputed)."),
+    where: Optional[str] = typer.Option(
+        None, "--where", help="SQL condition on position_z (positions when the atlas has no "
+        "scores): probe only the targets holding a matching position, e.g. \"tail = 'high'\"."),
+    bed: Optional[Path] = typer.Option(None, "--bed", help="Probe only the targets that "
+                                       "overlap an interval of this BED file."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="The atlas's checkpoint, "
+                                        "when the path recorded in the atlas moved."),
+    batch_tokens: Optional[int] = BATCH_TOKENS,
+    unit_tokens: int = typer.Option(65536, "--unit-tokens", help="Tokens computed per work "
+                                    "unit (the resume granularity)."),
+    workers: Optional[int] = WORKERS,
+    gpus_per_worker: Optional[float] = typer.Option(None, "--gpus-per-worker"),
+    cpus_per_worker: Optional[int] = typer.Option(None, "--cpus-per-worker"),
+    address: Optional[str] = address_option("Ray cluster address; default: a local Ray."),
+    max_retries: int = typer.Option(2, "--max-retries", help="Retries of a failing unit."),
+    progress: bool = PROGRESS,
+    as_json: bool = json_option("Print the report as JSON."),
+) -> None:
+    """Rescore every in-context copy's target with the partner copy corrupted and with a
+    matched control region corrupted the same way; rows go to the atlas's `ablations` table
+    (SQL: ablations, icl_regions). Re-running skips what is done; a crash resumes."""
+    from seqatlas.probe import probe_icl
+
+    report = probe_icl(atlas, method=method.value, seed=seed,
+                       likelihood=likelihood.value if likelihood else None, where=where,
+                       bed=bed, model=model, batch_tokens=batch_tokens, unit_tokens=unit_tokens,
+                       workers=workers, gpus_per_worker=gpus_per_worker,
+                       cpus_per_worker=cpus_per_worker, address=address,
+                       max_retries=max_retries, progress=progress)
+    console = Console()
+    if as_json:
+        console.print_json(json.dumps(report.as_dict()))
+        return
+    controls = ", ".join(f"{n} {rule}" for rule, n in sorted(report.controls.items()))
+    console.print(f"{report.atlas}: {report.targets_probed:,} target(s) probed "
+                  f"({report.positions_probed:,} positions, {report.seconds:.1f} s), "
+                  f"{report.targets_skipped:,} already probed; --method {report.method} "
+                  f"--seed {report.seed}, --likelihood {report.likelihood}"
+                  + (f"; controls: {controls}" if controls else "") + ".", highlight=False,
+                  markup=False)
+    table = Table("copy strand", "targets", "positions", "icl_gain", "control_gain",
+                  "net_gain", title="mean gain in logp (nats): partner vs control corrupted")
+    for row in report.gains:
+        table.add_row(*(_fmt(row[k]) for k in ("copy_strand", "targets", "positions",
+                                                 "icl_gain", "control_gain", "net_gain")))
+    console.print(table)
+
+
+@probe_app.command("doubling")
+def doubling(
+    fasta: Path = typer.Argument(..., help="FASTA file of sequences S (each at most half the "
+                                 "model's context)."),
+    model: str = typer.Option("antiberty", "--model", "-m", help="Embedded model name, "
+                              "checkpoint directory or hub id."),
+    kind: Optional[Kind] = typer.Option(None, "--kind", help="Detected when omitted."),
+    method: AblationMethod = METHOD,
+    seed: int = SEED,
+    shuffle: bool = typer.Option(False, "--shuffle", help="Also probe a seeded shuffle of "
+                                 "each sequence."),
+    likelihood: ProbeLikelihood = typer.Option(ProbeLikelihood.exact, "--likelihood"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the table to "
+                                          "this file (--format parquet, csv or json)."),
+    format: Format = FORMAT,
+    tokenizer: Optional[Tokenizer] = typer.Option(None, "--tokenizer"),
+    batch_tokens: Optional[int] = BATCH_TOKENS,
+    workers: Optional[int] = typer.Option(0, "--workers", help="0 (default) scores in this "
+                                          "process; N uses N Ray actors."),
+    progress: bool = PROGRESS,
+) -> None:
+    """The doubling construct: mean logp of copy 1 for S alone, S+S, S+S with copy 2
+    corrupted, and the same-composition control S+C (C a seeded shuffle of S) intact and
+    corrupted; icl_gain, control_gain and net_gain per sequence."""
+    from seqatlas.probe import probe_doubling
+    from seqatlas.probe.doubling import summary
+
+    file_format = Format.parquet if format == Format.table else format
+    table = probe_doubling(fasta, output=output, format=file_format.value, model=model,
+                           kind=kind.value if kind else None, method=method.value, seed=seed,
+                           shuffle=shuffle, likelihood=likelihood.value,
+                           tokenizer=tokenizer.value if tokenizer else None,
+                           batch_tokens=batch_tokens, workers=workers, progress=progress)
+    console = Console()
+    shown = Table("seq_id", "variant", "length", "alone", "doubled", "partner",
+                  "control_intact", "control", "icl_gain", "control_gain", "net_gain",
+                  title=f"mean logp of copy 1 (nats), --method {method.value}")
+    for row in table.to_pylist():
+        shown.add_row(row["seq_id"], row["variant"], str(row["length"]),
+                      *(_fmt(row[k]) for k in ("logp_alone", "logp_doubled", "logp_partner",
+                                               "logp_control_intact", "logp_control",
+                                               "icl_gain", "control_gain", "net_gain")))
+    console.print(shown)
+    for variant, gains in summary(table).items():
+        console.print(f"{variant}: " + "; ".join(
+            f"{gain} mean {_fmt(v['mean'])} [{_fmt(v['min'])}, {_fmt(v['max'])}]"
+            for gain, v in gains.items()), highlight=False, markup=False)
+    if output is not None:
+        console.print(f"{table.num_rows} row(s) written to {output}", highlight=False,
+                      markup=False)
