@@ -27,13 +27,21 @@ def old(tmp_path):
     return tmp_path / "main_atlas"
 
 
+# columns added since the fixture was written: the probe icl look-up values, null in an
+# atlas that has never been probed
+ADDED = {"n_probed", "net_gain", "explained_fraction", "explained_by_lookup",
+         "probed_anomalous_inside", "mean_net_gain"}
+
+
 def _close(got: list[dict], expected: list[dict]) -> None:
     assert len(got) == len(expected)
     for g, e in zip(got, expected):
-        assert set(g) == set(e)
+        assert set(e) <= set(g) and set(g) - set(e) <= ADDED
+        assert all(g[k] in (None, 0) for k in set(g) - set(e)), g
         for key, value in e.items():
             if isinstance(value, float) and not math.isnan(value):
-                assert g[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+                # float32 kernels differ across CPUs by a few ulps: 2e-5 relative
+                assert g[key] == pytest.approx(value, rel=2e-5, abs=1e-6), key
             else:
                 assert g[key] == value or (g[key] != g[key] and value != value), key
 
@@ -70,7 +78,9 @@ def test_an_old_atlas_resumes_with_its_own_keys_and_extends_as_before(old):
     seqatlas.ingest(old / "inputs" / "second.fa", atlas=old / "atlas", **OPTIONS)
     manifest = json.loads((old / "atlas" / "atlas.json").read_text())
     # the same part names (content keys) as main 806f1ba gave for this extension
-    assert {t: sorted(p) for t, p in manifest["parts"].items()} == EXPECTED["extended_parts"]
+    # (tables added since, such as ablations, are recorded empty)
+    assert {t: sorted(p) for t, p in manifest["parts"].items() if p or t in
+            EXPECTED["extended_parts"]} == EXPECTED["extended_parts"]
     assert sorted(manifest["units"]) == EXPECTED["extended_units"]
     rows = seqatlas.Atlas(old / "atlas").sql(
         "SELECT pos, ref, logp, logp_rc, entropy, rank, copy_offset FROM positions "

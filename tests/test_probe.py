@@ -532,12 +532,13 @@ def test_probe_cli_matches_the_api(tmp_path, tiny_esm, dna_models):
     fasta = write_fasta(tmp_path / "p.fa", {"a": "MKTAYIAKQR"})
     out = tmp_path / "d.tsv"
     done = _cli("probe", "doubling", str(fasta), "--model", str(tiny_esm), "-o", str(out),
-                "--format", "csv", "--workers", "0", "--no-progress")
+                "--workers", "0", "--no-progress")  # TSV by the file's extension
     assert done.returncode == 0, done.stderr
     api = probe_doubling(fasta, model=str(tiny_esm), **COMMON)
     import pyarrow.csv as pacsv
 
-    cli_rows = pacsv.read_csv(out).to_pylist()
+    assert out.read_text().startswith("seq_id\tvariant\tlength\t")
+    cli_rows = pacsv.read_csv(out, parse_options=pacsv.ParseOptions(delimiter="\t")).to_pylist()
     assert cli_rows[0]["icl_gain"] == pytest.approx(api["icl_gain"][0].as_py(), abs=1e-6)
     assert "icl_gain" in done.stdout and "control_gain" in done.stdout
 

@@ -132,7 +132,7 @@ def test_timeout_cancels_and_the_next_query_works(atlas):
     assert code == 1
 
 
-@pytest.mark.parametrize("fmt", ["csv", "json", "parquet"])
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "json", "parquet"])
 def test_output_file_is_the_only_thing_written(atlas, tmp_path, fmt):
     out = tmp_path / f"result.{fmt}"
     before = _snapshot(atlas)
@@ -146,11 +146,25 @@ def test_output_file_is_the_only_thing_written(atlas, tmp_path, fmt):
     else:
         import pyarrow.csv as pacsv
 
-        rows = pacsv.read_csv(out).to_pylist()
+        delimiter = "\t" if fmt == "tsv" else ","
+        rows = pacsv.read_csv(out, parse_options=pacsv.ParseOptions(delimiter=delimiter)
+                              ).to_pylist()
+        if fmt == "tsv":
+            assert out.read_text().splitlines()[0] == "seq_id\tpos\tlogp"
     assert [(r["seq_id"], r["pos"]) for r in rows] == [(r["seq_id"], r["pos"]) for r in expected]
     assert [r["logp"] for r in rows] == pytest.approx([r["logp"] for r in expected])
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
     assert _snapshot(atlas) == before
+
+
+def test_tsv_to_stdout_and_values_it_cannot_carry(atlas, capsys):
+    query = "SELECT seq_id, pos FROM positions WHERE pos < 2 ORDER BY seq_id, pos"
+    assert main(["query", "sql", query, "--atlas", str(atlas), "-f", "tsv"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "seq_id\tpos" and all(len(line.split("\t")) == 2 for line in lines)
+    assert main(["query", "sql", "SELECT 'a' || chr(9) || 'b' AS x", "--atlas", str(atlas),
+                 "-f", "tsv"]) == 1
+    assert "tab or a line break" in capsys.readouterr().err
 
 
 def test_cli_errors_are_clean(atlas, capsys):

@@ -87,3 +87,26 @@ def _query_snippets_run(tmp_path):
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "Tandem_repeat" in done.stdout and "odds_ratio" in done.stdout
+    _probe_snippets_run(tmp_path)
+
+
+def _probe_snippets_run(tmp_path):
+    """The look-up probe section, on the same genome atlas and proteins."""
+    section = "## In-context look-up"
+    outputs = []
+    for block in _blocks(section, "bash"):
+        for line in block.strip().splitlines():
+            done = subprocess.run(line, shell=True, cwd=tmp_path, capture_output=True,
+                                  text=True, timeout=900)
+            assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr}"
+            outputs.append(done.stdout)
+    assert "target(s) probed" in outputs[0] and "net_gain" in outputs[0]
+    assert "icl" in outputs[1] and "control" in outputs[1]
+    assert outputs[2].startswith('"group"') and "mean_net_gain" in outputs[2]
+    doubling = (tmp_path / "doubling.csv").read_text().splitlines()
+    assert doubling[0].startswith('"seq_id","variant"') and len(doubling) == 1 + 3 * 2
+    script = "\n".join(_blocks(section, "python"))
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    assert "explained_fraction" in done.stdout and "shuffled" in done.stdout

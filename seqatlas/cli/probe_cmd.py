@@ -99,7 +99,8 @@ def doubling(
                                  "each sequence."),
     likelihood: ProbeLikelihood = typer.Option(ProbeLikelihood.exact, "--likelihood"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the table to "
-                                          "this file (--format parquet, csv or json)."),
+                                          "this file: parquet, or csv/tsv/json by --format or "
+                                          "by its extension (.csv, .tsv, .json)."),
     format: Format = FORMAT,
     tokenizer: Optional[Tokenizer] = typer.Option(None, "--tokenizer"),
     batch_tokens: Optional[int] = BATCH_TOKENS,
@@ -113,8 +114,10 @@ def doubling(
     from seqatlas.probe import probe_doubling
     from seqatlas.probe.doubling import summary
 
-    file_format = Format.parquet if format == Format.table else format
-    table = probe_doubling(fasta, output=output, format=file_format.value, model=model,
+    suffixes = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".json": "json"}
+    file_format = format.value if format != Format.table else \
+        suffixes.get(output.suffix.lower(), "parquet") if output is not None else "parquet"
+    table = probe_doubling(fasta, output=output, format=file_format, model=model,
                            kind=kind.value if kind else None, method=method.value, seed=seed,
                            shuffle=shuffle, likelihood=likelihood.value,
                            tokenizer=tokenizer.value if tokenizer else None,

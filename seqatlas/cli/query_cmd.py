@@ -35,7 +35,7 @@ def _params(column, z, tail, smooth, min_length, max_gap, ablation_method=None):
 
 
 def print_result(table, format: Format, title: str | None = None) -> None:
-    """An Arrow table to stdout: a rich table, CSV or JSON."""
+    """An Arrow table to stdout: a rich table, CSV, TSV or JSON."""
     from rich.console import Console
 
     if format == Format.parquet:
@@ -48,6 +48,12 @@ def print_result(table, format: Format, title: str | None = None) -> None:
         sink = sys.stdout.buffer
         pacsv.write_csv(table, sink)
         sink.flush()
+        return
+    if format == Format.tsv:
+        from seqatlas.query.engine import write_tsv
+
+        write_tsv(table.to_reader(), sys.stdout.buffer)
+        sys.stdout.buffer.flush()
         return
     if format == Format.json:
         from seqatlas.query.engine import json_record

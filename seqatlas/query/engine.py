@@ -26,7 +26,7 @@ from seqatlas.util import machine_memory_bytes, machine_threads, replacing
 TABLE_SCHEMAS = {"sequences": schema.SEQUENCES, "positions": schema.POSITIONS,
                  "repeats": schema.REPEATS, "ablations": schema.ABLATIONS}
 ALLOWED_STATEMENTS = ("SELECT", "EXPLAIN")
-OUTPUT_FORMATS = ("table", "csv", "json", "parquet")
+OUTPUT_FORMATS = ("table", "csv", "tsv", "json", "parquet")
 
 
 @dataclass
@@ -243,15 +243,33 @@ def json_record(record: dict) -> str:
     return json.dumps(clean, default=str)
 
 
+def write_tsv(reader: pa.RecordBatchReader, sink) -> int:
+    """Tab-separated values without quotes (a header line, then one line per row) to the
+    binary ``sink``; returns the row count. A value holding a tab or newline is refused."""
+    import pyarrow.csv as pacsv
+
+    sink.write(("\t".join(reader.schema.names) + "\n").encode())
+    options = pacsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
+    rows = 0
+    for batch in reader:
+        try:
+            pacsv.write_csv(pa.Table.from_batches([batch]), sink, options)
+        except pa.ArrowInvalid:
+            raise ConfigError("a value holds a tab or a line break, which TSV cannot carry; "
+                              "use --format csv (quoted) or parquet") from None
+        rows += batch.num_rows
+    return rows
+
+
 def write_result(batches: pa.RecordBatchReader | pa.Table, output: str | os.PathLike,
                  format: str) -> int:
     """Write a result to ``output`` (temp file then rename); returns the row count."""
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    if format not in ("csv", "json", "parquet"):
-        raise ConfigError(f"--format {format} cannot be written to a file; use csv, json or "
-                          "parquet with --output")
+    if format not in ("csv", "tsv", "json", "parquet"):
+        raise ConfigError(f"--format {format} cannot be written to a file; use csv, tsv, json "
+                          "or parquet with --output")
     output = Path(output)
     if output.is_dir():
         raise ConfigError(f"--output {output} is a directory; give a file name")
@@ -265,6 +283,9 @@ def write_result(batches: pa.RecordBatchReader | pa.Table, output: str | os.Path
                 for batch in reader:
                     writer.write_batch(batch)
                     rows += batch.num_rows
+        elif format == "tsv":
+            with open(tmp, "wb") as fh:
+                rows = write_tsv(reader, fh)
         elif format == "csv":
             with pacsv.CSVWriter(tmp, reader.schema) as writer:
                 for batch in reader:
