@@ -19,13 +19,14 @@ Usage: python benchmarks/probe_icl.py [--start-mb 62] [--length-kb 1000] [--like
 from __future__ import annotations
 
 import argparse
-import gzip
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from index_knn import DATA, write_slice  # noqa: E402 (the chrX slice, as index_knn takes it)
 
 KINDS_SQL = """
     SELECT CASE WHEN copy_strand = '-' THEN 'reverse-complement copy'
@@ -37,21 +38,6 @@ KINDS_SQL = """
            sum(mean_net_gain * n_probed) / sum(n_probed) AS net_gain,
            avg(abs(copy_distance)) AS mean_distance
     FROM icl_regions GROUP BY 1 ORDER BY 1"""
-
-
-def _region(start: int, length: int) -> str:
-    """Bases [start, start + length) of the first record of the chrX file."""
-    out, seen = [], 0
-    with gzip.open(DATA / "hs37_chrX_70Mb.fa.gz", "rt") as fh:
-        fh.readline()
-        for line in fh:
-            line = line.strip()
-            if seen + len(line) > start:
-                out.append(line[max(0, start - seen):])
-                if sum(map(len, out)) >= length:
-                    break
-            seen += len(line)
-    return "".join(out)[:length]
 
 
 def _show(table, title: str, limit: int = 12) -> None:
@@ -81,7 +67,7 @@ def main() -> None:  # noqa: PLR0915 (one linear script)
     start, length = int(args.start_mb * 1e6), int(args.length_kb * 1e3)
     with tempfile.TemporaryDirectory() as tmp:
         fasta = Path(tmp) / "region.fa"
-        fasta.write_text(f">X_{start}\n{_region(start, length)}\n")
+        write_slice(fasta, start, length)
         atlas = Path(tmp) / "atlas"
         common = {"workers": 1, "cpus_per_worker": 2, "progress": False}
         t0 = time.perf_counter()

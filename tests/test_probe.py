@@ -268,6 +268,25 @@ def test_rerun_skips_settings_are_checked_and_methods_coexist(tmp_path, dna_mode
         probe_icl(atlas, likelihood="fast", **COMMON)
     with pytest.raises(ConfigError, match="--method"):
         probe_icl(atlas, method="scramble", **COMMON)
+    for seed in (-1, 2**63, 1.5, True):
+        with pytest.raises(ConfigError, match="--seed"):
+            probe_icl(atlas, seed=seed, **COMMON)
+
+
+def test_corruption_draws_depend_on_the_whole_seed_and_the_region():
+    window = b"ACGTACGTTTGACCAGTAGGCATC"
+    letters = standard_letters(window, "ACGT")
+
+    def drawn(seed, *region):
+        return corrupt(window, 4, 20, method="substitute", rng=region_rng(seed, *region),
+                       composition=letters)[0]
+
+    assert drawn(1, "s", 4, 20) == drawn(1, "s", 4, 20)
+    assert len({drawn(s, "s", 4, 20) for s in (1, 1 + 2**32, 1 + 2**40)}) == 3
+    assert drawn(1, "s", 4, 20) != drawn(1, "t", 4, 20)
+    shuffled = corrupt(window, 4, 20, method="shuffle", rng=region_rng(1, "s"))[0]
+    assert sorted(shuffled[4:20]) == sorted(window[4:20]) and shuffled[:4] == window[:4]
+    assert corrupt(window, 4, 20, method="mask") == (window, ((4, 20),))
 
 
 def test_selection_by_where_and_bed(tmp_path, dna_models):

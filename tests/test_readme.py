@@ -63,19 +63,25 @@ def test_usage_snippets_run(tmp_path):
     _query_snippets_run(tmp_path)
 
 
+def _run_lines(section: str, cwd: Path) -> list[str]:
+    """Each line of the section's bash blocks run in ``cwd``; their stdout."""
+    outputs = []
+    for block in _blocks(section, "bash"):
+        for line in block.strip().splitlines():
+            done = subprocess.run(line, shell=True, cwd=cwd, capture_output=True, text=True,
+                                  timeout=900)
+            assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr}"
+            outputs.append(done.stdout)
+    return outputs
+
+
 def _query_snippets_run(tmp_path):
     """The Queries section, on the genome atlas the Usage section built."""
     import shutil
 
     if shutil.which("tantan") is None:
         pytest.skip("tantan is not installed (Debian package tantan): Queries snippets skipped")
-    outputs = []
-    for block in _blocks("## Queries", "bash"):
-        for line in block.strip().splitlines():
-            done = subprocess.run(line, shell=True, cwd=tmp_path, capture_output=True,
-                                  text=True, timeout=600)
-            assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr}"
-            outputs.append(done.stdout)
+    outputs = _run_lines("## Queries", tmp_path)
     assert "tantan" in outputs[0] and "4 rows" in outputs[1]
     assert "anomalous regions" in outputs[2]
     assert outputs[3].startswith('"group","n_inside"')
@@ -93,13 +99,7 @@ def _query_snippets_run(tmp_path):
 def _probe_snippets_run(tmp_path):
     """The look-up probe section, on the same genome atlas and proteins."""
     section = "## In-context look-up"
-    outputs = []
-    for block in _blocks(section, "bash"):
-        for line in block.strip().splitlines():
-            done = subprocess.run(line, shell=True, cwd=tmp_path, capture_output=True,
-                                  text=True, timeout=900)
-            assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr}"
-            outputs.append(done.stdout)
+    outputs = _run_lines(section, tmp_path)
     assert "target(s) probed" in outputs[0] and "net_gain" in outputs[0]
     assert "icl" in outputs[1] and "control" in outputs[1]
     assert outputs[2].startswith('"group"') and "mean_net_gain" in outputs[2]

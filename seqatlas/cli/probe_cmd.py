@@ -56,9 +56,11 @@ def icl(
     progress: bool = PROGRESS,
     as_json: bool = json_option("Print the report as JSON."),
 ) -> None:
-    """Rescore every in-context copy's target with the partner copy corrupted and with a
-    matched control region corrupted the same way; rows go to the atlas's `ablations` table
-    (SQL: ablations, icl_regions). Re-running skips what is done; a crash resumes."""
+    """Rescore each in-context copy with its partner, and a matched control, corrupted.
+
+    Rows go to the atlas's ablations table (SQL views: ablations, icl_regions). Re-running
+    skips what is done; a killed run resumes.
+    """
     from seqatlas.probe import probe_icl
 
     report = probe_icl(atlas, method=method.value, seed=seed,
@@ -108,9 +110,11 @@ def doubling(
                                           "process; N uses N Ray actors."),
     progress: bool = PROGRESS,
 ) -> None:
-    """The doubling construct: mean logp of copy 1 for S alone, S+S, S+S with copy 2
-    corrupted, and the same-composition control S+C (C a seeded shuffle of S) intact and
-    corrupted; icl_gain, control_gain and net_gain per sequence."""
+    """The doubling construct: S alone, S+S, S+S with copy 2 corrupted, and a control.
+
+    Mean logp of copy 1 in each, with the same-composition control S+C (C a seeded shuffle
+    of S) intact and corrupted; icl_gain, control_gain and net_gain per sequence.
+    """
     from seqatlas.probe import probe_doubling
     from seqatlas.probe.doubling import summary
 

@@ -67,8 +67,9 @@ class DoublingConfig:
             raise ConfigError(f"--likelihood must be exact or fast, not {self.likelihood!r}")
         if self.kind is not None and self.kind not in KINDS:
             raise ConfigError(f"--kind must be one of {', '.join(KINDS)}, not {self.kind!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"--seed must be a non-negative integer, not {self.seed!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or \
+                not 0 <= self.seed < 2**63:
+            raise ConfigError(f"--seed must be an integer in [0, 2**63), not {self.seed!r}")
 
 
 def probe_doubling(fasta: str | Path, *, output: str | Path | None = None,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -60,8 +59,9 @@ class IclConfig:
         if self.likelihood is not None and self.likelihood not in RESCORE_LIKELIHOODS:
             raise ConfigError(f"--likelihood must be exact or fast for a probe, not "
                               f"{self.likelihood!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"--seed must be a non-negative integer, not {self.seed!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or \
+                not 0 <= self.seed < 2**63:
+            raise ConfigError(f"--seed must be an integer in [0, 2**63), not {self.seed!r}")
         if self.where is not None and self.bed is not None:
             raise ConfigError("give --where or --bed, not both")
         for name in ("batch_tokens", "unit_tokens"):
@@ -402,7 +402,7 @@ def _target_tasks(t: Target, seq: _Sequence, seq_id: str, config: IclConfig,
 
 def _run(config: IclConfig, spec, mode: str, writer: AtlasWriter, source, report: IclReport,
          settings: dict, *, total: int, names: list[str]) -> None:
-    from seqatlas.scoring.workers import make_executor, run_units
+    from seqatlas.scoring.workers import make_executor, run_units_timed
 
     scoring = {"likelihood": mode, "embeddings": False, "layer": [spec.num_layers],
                "batch_tokens": config.batch_tokens, "strands": "forward", "copy_k": 0,
@@ -433,14 +433,9 @@ def _run(config: IclConfig, spec, mode: str, writer: AtlasWriter, source, report
     executor = make_executor(spec, scoring, workers=config.workers,
                              gpus_per_worker=config.gpus_per_worker,
                              cpus_per_worker=config.cpus_per_worker, address=config.address)
-    started = time.perf_counter()
-    try:
-        with progress:
-            run_units(executor, source, method="rescore", commit=commit,
-                      max_retries=config.max_retries, failed=failed)
-    finally:
-        executor.close()
-        report.seconds = time.perf_counter() - started
+    report.seconds = run_units_timed(executor, source, method="rescore", commit=commit,
+                                     max_retries=config.max_retries, failed=failed,
+                                     progress=progress)
 
 
 def _rows(unit: list[Target], sequences: dict, values: list[np.ndarray], names: list[str],

@@ -21,7 +21,7 @@ region's edges; the passes are then planned on the corrupted window's own tokens
 
 from __future__ import annotations
 
-import zlib
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -61,7 +61,8 @@ def region_rng(seed: int, *parts) -> np.random.Generator:
     """A generator determined by ``seed`` and what is corrupted (sequence, interval, role),
     so a region's corruption never depends on how the work was batched or split."""
     text = "\x1f".join(str(p) for p in parts).encode()
-    return np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(text)])
+    return np.random.default_rng([int(seed), int.from_bytes(hashlib.sha256(text).digest()[:16],
+                                                            "little")])
 
 
 def corrupt(residues: bytes, start: int, end: int, *, method: str,

@@ -8,7 +8,6 @@ everything else is committed.
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -374,7 +373,7 @@ def _register_inputs(writer: AtlasWriter, inputs: list[InputPlan], kind: str) ->
 
 
 def _run_units(run: _Run) -> None:
-    from seqatlas.scoring.workers import run_units
+    from seqatlas.scoring.workers import run_units_timed
 
     config, report = run.config, run.report
     executor = _executor(config, run.setup)
@@ -393,14 +392,9 @@ def _run_units(run: _Run) -> None:
         report.failed.append({"unit": unit.key, "error": describe_error(error),
                               "seq_ids": sorted({j.seq_id for j in jobs})})
 
-    started = time.perf_counter()
-    try:
-        with progress:
-            run_units(executor, source, method="score", commit=commit,
-                      max_retries=config.max_retries, failed=failed)
-    finally:
-        executor.close()
-        report.seconds = time.perf_counter() - started
+    report.seconds = run_units_timed(executor, source, method="score", commit=commit,
+                                     max_retries=config.max_retries, failed=failed,
+                                     progress=progress)
 
 
 def _executor(config: IngestConfig, setup: _Setup):

@@ -6,6 +6,7 @@ Both expose ``submit(token, payload, method)`` and ``next_result()`` so one driv
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from typing import Callable, Iterable
 
@@ -166,3 +167,18 @@ def run_units(executor, items: Iterable[tuple], *, method: str,
                 failed(item, error)
             continue
         commit(item, result)
+
+
+def run_units_timed(executor, items: Iterable[tuple], *, method: str,
+                    commit: Callable[[tuple, object], None], max_retries: int,
+                    failed: Callable[[tuple, BaseException], None], progress) -> float:
+    """:func:`run_units` inside the ``progress`` display, then close ``executor``; returns
+    the seconds it took."""
+    started = time.perf_counter()
+    try:
+        with progress:
+            run_units(executor, items, method=method, commit=commit, max_retries=max_retries,
+                      failed=failed)
+    finally:
+        executor.close()
+    return time.perf_counter() - started
