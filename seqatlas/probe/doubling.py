@@ -32,7 +32,10 @@ import pyarrow as pa
 from seqatlas import schema
 from seqatlas.errors import ConfigError, InputError
 from seqatlas.fasta import KINDS, detect_kind, read_fasta
+from seqatlas.checkpoints import resolve_model
 from seqatlas.progress import progress_bar
+from seqatlas.query.engine import write_result
+from seqatlas.scoring.workers import make_executor, run_units
 from seqatlas.scoring.ablation import (METHODS, RESCORE_LIKELIHOODS, RescoreTask, corrupt,
                                        region_rng, standard_letters)
 
@@ -77,10 +80,6 @@ def probe_doubling(fasta: str | Path, *, output: str | Path | None = None,
     """The doubling probe of every sequence of ``fasta`` (module docstring); one row per
     sequence and variant (:data:`seqatlas.schema.DOUBLING`), also written to ``output``
     (parquet, csv or json) when given. Options as :class:`DoublingConfig`."""
-    from seqatlas.checkpoints import resolve_model
-    from seqatlas.query.engine import write_result
-    from seqatlas.scoring.workers import make_executor, run_units
-
     config = DoublingConfig(**options)
     config.validate()
     path = Path(fasta)

@@ -24,10 +24,15 @@ from seqatlas import schema
 from seqatlas.errors import AtlasMismatchError, ConfigError, IngestError
 from seqatlas.probe.targets import DEFINITION_VERSION, Target, choose_control, split_runs
 from seqatlas.progress import progress_bar
+from seqatlas.query.engine import Sandbox
+from seqatlas.query.neighbours import atlas_model_spec
+from seqatlas.query.views import Engine
 from seqatlas.repeats.copies import copy_runs, read_copies, seq_order
+from seqatlas.repeats.formats import read_repeats
 from seqatlas.scoring.ablation import (METHODS, RESCORE_LIKELIHOODS, RescoreTask, corrupt,
                                        region_rng, standard_letters)
 from seqatlas.scoring.pipeline import describe_error
+from seqatlas.scoring.workers import make_executor, run_units_timed
 from seqatlas.store import AtlasReader, AtlasWriter
 
 PROBE = "icl"
@@ -105,46 +110,11 @@ def probe_icl(atlas, **options) -> IclReport:
     rows go to the atlas's ``ablations`` table. Options as :class:`IclConfig`."""
     config = IclConfig(**options)
     config.validate()
-    reader = AtlasReader(getattr(atlas, "path", atlas))
-    _require_copies(reader)
-    mode = config.likelihood or (reader.manifest.scoring.likelihood if
-                                 reader.manifest.scoring.likelihood in RESCORE_LIKELIHOODS
-                                 else "exact")
-    _check_settings(reader, mode)
-    from seqatlas.query.neighbours import atlas_model_spec
-
-    spec = atlas_model_spec(reader, config.model)  # before any work: the weights must match
-    names = seq_order(reader)
-    copies = read_copies(reader.part_paths("positions"))
-    targets = split_runs(copy_runs(copies, names))
-    targets = _select(reader, targets, names, config)
-    done = _probed(reader, names, config)
-    todo = [t for t in targets if (t.seq, t.start, t.end) not in done]
-    report = IclReport(atlas=str(reader.path), likelihood=mode, method=config.method,
-                       seed=config.seed, targets_total=len(targets),
-                       targets_skipped=len(targets) - len(todo),
-                       intact_recomputed=reader.manifest.scoring.likelihood != mode)
-    if not todo:
-        report.gains = _gains(reader.path, config)
-        return report
-    todo = _with_controls(todo, copies, names)
-    for t in todo:
-        report.controls[t.control_rule] = report.controls.get(t.control_rule, 0) + 1
-    tokenizer = spec.tokenizer()
-    letters = tokenizer.letters
-    fingerprint = reader.manifest.model.weights_sha256 + reader.manifest.scoring.key()
-    settings = {"probe": PROBE, "likelihood": mode, "method": config.method,
-                "seed": config.seed, "definition_version": DEFINITION_VERSION}
-    stride = tokenizer.fast_stride()
-    with AtlasWriter(reader.path) as writer:
-        units = _plan_units(todo, mode=mode, stride=stride, budget=config.unit_tokens,
-                            recompute=report.intact_recomputed)
-        source = _unit_items(reader, units, names, config=config, settings=settings,
-                             fingerprint=fingerprint, letters=letters,
-                             recompute=report.intact_recomputed)
-        _run(config, spec, mode, writer, source, report, settings,
-             total=sum(t.length for t in todo), names=names)
-    report.gains = _gains(reader.path, config)
+    path = getattr(atlas, "path", atlas)
+    AtlasReader(path)  # an atlas, or a clear error, before the writer's lock is taken
+    with AtlasWriter(path) as writer:  # one probe at a time: what is done stays known
+        report = _probe_locked(AtlasReader(path), writer, config)
+    report.gains = _gains(path, config)
     if report.failed:
         ids = sorted({s for f in report.failed for s in f["seq_ids"]})
         raise IngestError(
@@ -154,10 +124,42 @@ def probe_icl(atlas, **options) -> IclReport:
     return report
 
 
+def _probe_locked(reader: AtlasReader, writer: AtlasWriter, config: IclConfig) -> IclReport:
+    _require_copies(reader)
+    scoring = reader.manifest.scoring
+    mode = config.likelihood or (scoring.likelihood if scoring.likelihood in
+                                 RESCORE_LIKELIHOODS else "exact")
+    _check_settings(reader, mode)
+    spec = atlas_model_spec(reader, config.model)  # before any work: the weights must match
+    names = seq_order(reader)
+    copies = read_copies(reader.part_paths("positions"))
+    targets = _select(reader, split_runs(copy_runs(copies, names)), names, config)
+    done = _probed(reader, names, config)
+    todo = [t for t in targets if (t.seq, t.start, t.end) not in done]
+    report = IclReport(atlas=str(reader.path), likelihood=mode, method=config.method,
+                       seed=config.seed, targets_total=len(targets),
+                       targets_skipped=len(targets) - len(todo),
+                       intact_recomputed=scoring.likelihood != mode)
+    if not todo:
+        return report
+    todo = _with_controls(todo, copies, names)
+    for t in todo:
+        report.controls[t.control_rule] = report.controls.get(t.control_rule, 0) + 1
+    tokenizer = spec.tokenizer()
+    settings = {"probe": PROBE, "likelihood": mode, "method": config.method,
+                "seed": config.seed, "definition_version": DEFINITION_VERSION}
+    units = _plan_units(todo, mode=mode, stride=tokenizer.fast_stride(),
+                        budget=config.unit_tokens, recompute=report.intact_recomputed)
+    source = _unit_items(reader, units, names, config=config, settings=settings,
+                         fingerprint=reader.manifest.model.weights_sha256 + scoring.key(),
+                         letters=tokenizer.letters, recompute=report.intact_recomputed)
+    _run(config, spec, mode, writer, source, report, settings,
+         total=sum(t.length for t in todo), names=names)
+    return report
+
+
 def _gains(path, config: IclConfig) -> list[dict]:
     """Mean gains per copy strand over the atlas's rows of this method and seed."""
-    from seqatlas.query.engine import Sandbox
-
     with Sandbox(path) as engine:
         table = engine.execute_internal(
             """SELECT copy_strand, count(DISTINCT (seq_id, target_start)) AS targets,
@@ -202,8 +204,6 @@ def _select(reader: AtlasReader, targets: list[Target], names: list[str],
         return targets
     index = {n: i for i, n in enumerate(names)}
     if config.bed is not None:
-        from seqatlas.repeats.formats import read_repeats
-
         table = read_repeats(Path(config.bed), format="bed")
         unknown = sorted(set(table["seq_id"].to_pylist()) - set(index))
         if unknown:
@@ -241,8 +241,6 @@ def _overlapping(seq, start, end, other_seq, other_start, other_end) -> np.ndarr
 
 
 def _where_positions(reader: AtlasReader, where: str) -> pa.Table:
-    from seqatlas.query.views import Engine
-
     with Engine(reader) as engine:
         view = "position_z" if engine.anomaly_column is not None else "positions"
         return engine.run(f"SELECT seq_id, pos FROM {view} WHERE copy_offset IS NOT NULL "
@@ -402,8 +400,6 @@ def _target_tasks(t: Target, seq: _Sequence, seq_id: str, config: IclConfig,
 
 def _run(config: IclConfig, spec, mode: str, writer: AtlasWriter, source, report: IclReport,
          settings: dict, *, total: int, names: list[str]) -> None:
-    from seqatlas.scoring.workers import make_executor, run_units_timed
-
     scoring = {"likelihood": mode, "embeddings": False, "layer": [spec.num_layers],
                "batch_tokens": config.batch_tokens, "strands": "forward", "copy_k": 0,
                "nucleic": spec.kind != "protein"}
