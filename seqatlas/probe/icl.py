@@ -202,26 +202,31 @@ def _select(reader: AtlasReader, targets: list[Target], names: list[str],
     """The targets that hold a position matching ``--where`` or overlap a ``--bed`` interval."""
     if config.where is None and config.bed is None:
         return targets
-    index = {n: i for i, n in enumerate(names)}
     if config.bed is not None:
         table = read_repeats(Path(config.bed), format="bed")
-        unknown = sorted(set(table["seq_id"].to_pylist()) - set(index))
+        unknown = sorted(set(table["seq_id"].to_pylist()) - set(names))
         if unknown:
             raise ConfigError(f"{config.bed}: sequence names not in the atlas "
                               f"({', '.join(unknown[:5])}); the atlas has "
                               f"{', '.join(names[:5])}{' ...' if len(names) > 5 else ''}")
-        seq = np.array([index[s] for s in table["seq_id"].to_pylist()], dtype=np.int64)
+        seq = _seq_index(names, table["seq_id"].to_pylist())
         starts = table["start"].to_numpy()
         ends = np.maximum(table["end"].to_numpy(), starts + 1)  # an empty interval: its point
     else:
         rows = _where_positions(reader, config.where)
-        seq = np.array([index[s] for s in rows["seq_id"].to_pylist()], dtype=np.int64)
+        seq = _seq_index(names, rows["seq_id"].to_pylist())
         starts = rows["pos"].to_numpy()
         ends = starts + 1
     hit = _overlapping(np.array([t.seq for t in targets], dtype=np.int64),
                        np.array([t.start for t in targets], dtype=np.int64),
                        np.array([t.end for t in targets], dtype=np.int64), seq, starts, ends)
     return [t for t, keep in zip(targets, hit) if keep]
+
+
+def _seq_index(names: list[str], seq_ids: list[str]) -> np.ndarray:
+    """Each of ``seq_ids`` as its index in the atlas's sequence order ``names``."""
+    index = {n: i for i, n in enumerate(names)}
+    return np.array([index[s] for s in seq_ids], dtype=np.int64)
 
 
 def _overlapping(seq, start, end, other_seq, other_start, other_end) -> np.ndarray:
@@ -258,16 +263,15 @@ def _probed(reader: AtlasReader, names: list[str], config: IclConfig) -> set[tup
     table = data.to_table(columns=["seq_id", "target_start", "target_end"],
                           filter=(ds.field("method") == config.method)
                           & (ds.field("seed") == config.seed))
-    index = {n: i for i, n in enumerate(names)}
-    return {(index[s], a, b) for s, a, b in zip(table["seq_id"].to_pylist(),
+    seq = _seq_index(names, table["seq_id"].to_pylist()).tolist()
+    return {(i, a, b) for i, a, b in zip(seq,
                                                  table["target_start"].to_pylist(),
                                                  table["target_end"].to_pylist())}
 
 
 def _with_controls(targets: list[Target], copies: pa.Table, names: list[str]) -> list[Target]:
     """Each target with its control region (windows' copy positions from ``copies``)."""
-    index = {n: i for i, n in enumerate(names)}
-    seq = np.array([index[s] for s in copies["seq_id"].to_pylist()], dtype=np.int64)
+    seq = _seq_index(names, copies["seq_id"].to_pylist())
     pos = copies["pos"].to_numpy()
     window = copies["window_start"].to_numpy()
     by_window: dict[tuple[int, int], np.ndarray] = {}
@@ -320,7 +324,6 @@ def _read_sequences(reader: AtlasReader, seq_ids: list[str], letters: str
                     ) -> dict[str, _Sequence]:
     """The residues (from ``ref`` and ``soft_masked``), logp and window of every position of
     ``seq_ids``, rebuilt from the atlas itself (the FASTA may have moved)."""
-    import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
     data = ds.dataset([str(p) for p in reader.part_paths("positions")], format="parquet",
@@ -328,9 +331,12 @@ def _read_sequences(reader: AtlasReader, seq_ids: list[str], letters: str
     table = data.to_table(columns=["seq_id", "pos", "ref", "soft_masked", "logp",
                                    "window_start"],
                           filter=ds.field("seq_id").isin(seq_ids))
+    table = table.sort_by([("seq_id", "ascending"), ("pos", "ascending")])
+    ids = table["seq_id"].to_numpy(zero_copy_only=False)
     out = {}
     for seq_id in seq_ids:
-        rows = table.filter(pc.equal(table["seq_id"], seq_id)).sort_by("pos")
+        lo, hi = np.searchsorted(ids, seq_id, side="left"), np.searchsorted(ids, seq_id, "right")
+        rows = table.slice(lo, hi - lo)
         pos = rows["pos"].to_numpy()
         length = int(pos[-1]) + 1 if len(pos) else 0
         # a sequence whose ingest is incomplete has gaps: N, no logp, no window there

@@ -19,7 +19,7 @@ an in-context copy (corrupting another copy would be look-up, not control), rule
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -97,6 +97,4 @@ def choose_control(target: Target, has_copy: np.ndarray) -> Target:
 
 
 def _with_control(target: Target, start: int, length: int, rule: str) -> Target:
-    from dataclasses import replace
-
     return replace(target, control_start=start, control_end=start + length, control_rule=rule)
