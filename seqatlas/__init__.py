@@ -23,6 +23,8 @@ __all__ = [
     "models",
     "probe_doubling",
     "probe_icl",
+    "repair",
+    "verify",
 ]
 
 _LAZY = {
@@ -35,6 +37,8 @@ _LAZY = {
     "SeqAtlasError": ("seqatlas.errors", "SeqAtlasError"),
     "demo": ("seqatlas.examples", "demo"),
     "info": ("seqatlas.atlas", "info"),
+    "verify": ("seqatlas.atlas", "verify"),
+    "repair": ("seqatlas.atlas", "repair"),
     "export": ("seqatlas.query.tracks", "export"),
     "probe_icl": ("seqatlas.probe.icl", "probe_icl"),
     "probe_doubling": ("seqatlas.probe.doubling", "probe_doubling"),

@@ -4,14 +4,19 @@
 from __future__ import annotations
 
 import os
+import shlex
+from pathlib import Path
 
 import pyarrow as pa
 
 from seqatlas import probe as _probe
 from seqatlas import query as _query
-from seqatlas.store import AtlasReader, AtlasWriter
+from seqatlas.errors import AtlasError, InputError
+from seqatlas.manifest import InputRecord, Manifest
+from seqatlas.store import AtlasReader, AtlasWriter, PartDamage
+from seqatlas.util import file_sha256
 
-__all__ = ["Atlas", "AtlasWriter", "info"]
+__all__ = ["Atlas", "AtlasWriter", "info", "repair", "verify"]
 
 
 class Atlas(AtlasReader):
@@ -57,3 +62,138 @@ class Atlas(AtlasReader):
 def info(atlas: str | os.PathLike) -> dict:
     """Manifest summary, row counts and bytes on disk of an atlas."""
     return AtlasReader(atlas).summary()
+
+
+def _input_problem(record: InputRecord) -> str | None:
+    """Why the input file ``record`` names cannot rebuild the atlas, or None."""
+    path = Path(record.path)
+    if not path.is_file():
+        return f"{record.path}: not found"
+    if path.stat().st_size != record.size or file_sha256(path) != record.sha256:
+        return f"{record.path}: changed since it was ingested (size or SHA-256 differs)"
+    return None
+
+
+def verify(atlas: str | os.PathLike, *, inputs: bool = True) -> dict:
+    """Re-hash every committed part of an atlas against the sizes and SHA-256 recorded at
+    commit, and (``inputs``) check that its input FASTA files are still there unchanged,
+    which :func:`repair` needs. ``ok`` is False when any part is damaged."""
+    reader = AtlasReader(atlas)
+    damage = reader.check_parts(full=True)
+    parts = [(t, r) for t in reader.manifest.parts for r in reader.manifest.table_parts(t)
+             .values()]
+    return {
+        "atlas": str(reader.path),
+        "parts": len(parts),
+        "parts_without_checksum": sum(1 for _, r in parts if r.sha256 is None),
+        "damaged": [{"table": d.table, "part": d.name, "unit": d.unit, "problem": d.problem}
+                    for d in damage],
+        "inputs": [{"path": i.path, "problem": _input_problem(i)} for i in
+                   reader.manifest.inputs] if inputs else [],
+        "ok": not damage,
+    }
+
+
+def _ingest_options(manifest: Manifest) -> dict:
+    """The ingest options that reproduce an atlas's recorded settings."""
+    model, scoring = manifest.model, manifest.scoring
+    source = model.extra.get("source")
+    options = {"model": model.name if source == "embedded" or not model.extra.get("path")
+               else model.extra["path"],
+               "kind": manifest.kind, "likelihood": scoring.likelihood,
+               "embeddings": scoring.embeddings, "window": scoring.window,
+               "overlap": scoring.overlap, "unit_tokens": scoring.unit_tokens,
+               "strands": scoring.strands, "copy_k": scoring.copy_k}
+    if scoring.embeddings:
+        options["layer"] = scoring.stored_layers()
+    if scoring.skip_n_runs is not None:
+        options["skip_n_runs"] = scoring.skip_n_runs
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def _rebuild_sequences(writer: AtlasWriter, damage: list[PartDamage]) -> None:
+    """Write each damaged sequences part again from its input, with the ordinals and
+    offsets the input was registered with (the same content key and part name)."""
+    from seqatlas.scoring.plan import scan_input
+
+    manifest = writer.manifest
+    by_key = {"sequences-" + i.sha256: i for i in manifest.inputs}
+    ordered = sorted(manifest.inputs, key=lambda i: i.first_ordinal or 0)
+    skip = manifest.scoring.skip_n_runs or 0
+    for d in damage:
+        record = by_key.get(d.unit)
+        if record is None:
+            raise AtlasError(f"{writer.path}: sequences part {d.name} belongs to no recorded "
+                             "input; re-ingest into a new --atlas directory")
+        problem = _input_problem(record)
+        if problem:
+            raise InputError(f"cannot rebuild {d}: {problem}. Put the input back where it "
+                             "was ingested from, then run repair again.")
+        plan = scan_input(Path(record.path), record.kind, set(), skip_n_runs=skip)
+        offset = sum(i.residues for i in ordered if (i.first_ordinal or 0) <
+                     (record.first_ordinal or 0))
+        for n, seq in enumerate(plan.sequences):
+            seq.ordinal = (record.first_ordinal or 0) + n
+            seq.global_start = seq.token_offset = offset
+            offset += seq.length
+        unit = {k: v for k, v in manifest.units.get(d.unit, {}).items() if k != "committed"}
+        writer.commit(d.unit, {"sequences": plan.sequences_table()}, unit=unit)
+
+
+def repair(atlas: str | os.PathLike, *, workers: int | None = None,
+           progress: bool = True) -> dict:
+    """Rewrite an atlas's damaged parts from its inputs: the sequences table from the input
+    FASTA files, scored units by re-ingesting them with the atlas's own model and settings,
+    imported or found repeats by importing or running the finder again, in-context copies
+    by detecting them again. Ablations cannot be recomputed without the probe's selection:
+    their damaged units are dropped and the report says what to re-run. Returns a report;
+    raises when something could not be restored."""
+    from seqatlas import repeats
+    from seqatlas.scoring.pipeline import ingest
+
+    reader = AtlasReader(atlas)
+    damage = reader.check_parts(full=True)
+    report = {"atlas": str(reader.path), "damaged": [str(d) for d in damage],
+              "rescored_units": 0, "repeats_restored": 0, "rerun": []}
+    if not damage:
+        return report
+    with AtlasWriter(atlas) as writer:
+        _rebuild_sequences(writer, [d for d in damage if d.table == "sequences"])
+        other = [d for d in damage if d.table != "sequences"]
+        records = {d.unit: writer.manifest.units.get(d.unit, {}) for d in other}
+        if other:
+            writer.drop_damaged(other)
+        manifest = writer.manifest
+    scored = [u for u, r in records.items() if "seq_ids" in r]
+    if scored:
+        missing = [p for i in manifest.inputs if (p := _input_problem(i))]
+        if missing:
+            raise InputError(f"cannot re-score {len(scored)} damaged unit(s): "
+                             f"{'; '.join(missing)}. Put the inputs back, then run repair "
+                             "again.")
+        result = ingest([i.path for i in manifest.inputs], atlas=atlas, workers=workers,
+                        progress=progress, **_ingest_options(manifest))
+        report["rescored_units"] = result.units_scored
+    for unit, record in records.items():
+        if "repeats_file" in record:
+            repeats.annotate(record["repeats_file"], atlas=atlas, format=record["format"],
+                             names="auto" if record.get("renamed") else "exact")
+        elif "repeat_finder" in record:
+            repeats.annotate(atlas=atlas, run=record["repeat_finder"],
+                             run_args=shlex.join(record["args"]), progress=progress)
+        elif record.get("detector"):
+            repeats.annotate(atlas=atlas, detect=True)
+        elif unit.startswith("ablations-"):
+            report["rerun"].append(
+                f"seqatlas probe icl --atlas {atlas} --method {record.get('method', 'mask')} "
+                f"--seed {record.get('seed', 0)} --likelihood {record.get('likelihood')} "
+                "with the same --where/--bed as before (only the dropped targets are probed)")
+            continue
+        else:
+            continue
+        report["repeats_restored"] += 1
+    left = AtlasReader(atlas).check_parts(full=True)
+    if left:
+        raise AtlasError(f"repair left {len(left)} part(s) damaged: "
+                         f"{'; '.join(map(str, left[:5]))}")
+    return report

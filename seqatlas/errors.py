@@ -31,6 +31,10 @@ class AtlasError(SeqAtlasError):
     """The atlas directory is missing, corrupt or locked."""
 
 
+class AtlasDamagedError(AtlasError):
+    """Committed parts are missing or no longer what was committed."""
+
+
 class AtlasMismatchError(AtlasError):
     """The atlas was built with another model or other scoring parameters."""
 

@@ -5,6 +5,7 @@ Every problem raises :class:`FastaError` naming the file, the record and the lin
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import hashlib
 import io
@@ -20,8 +21,8 @@ from seqatlas.errors import FastaError, InputError
 
 __all__ = [
     "PROTEIN_LETTERS", "NUCLEOTIDE_LETTERS", "KINDS", "FastaRecord", "RecordInfo",
-    "FastaSummary", "FastaScan", "soft_mask", "open_text_stream", "detect_kind", "read_fasta",
-    "scan_fasta",
+    "FastaSummary", "FastaScan", "KindGuess", "soft_mask", "open_text_stream", "detect_kind",
+    "sniff_kind", "classify_letters", "read_fasta", "scan_fasta",
 ]
 
 PROTEIN_LETTERS = "ACDEFGHIKLMNPQRSTVWY" + "XBZUOJ"
@@ -101,9 +102,10 @@ def _fail(path: str, line: int, problem: str, fix: str, record: str | None = Non
     return FastaError(f"{where}: {problem}; {fix}")
 
 
-def _binary(path: str, line: int, what: str) -> FastaError:
+def _binary(path: str, line: int, what: str, record: str | None = None) -> FastaError:
     return _fail(path, line, f"binary or non-FASTA input ({what})",
-                 "provide a plain-text FASTA file, optionally gzip/bgzip-compressed")
+                 "provide a plain-text FASTA file, optionally gzip/bgzip-compressed (headers "
+                 "may hold UTF-8 text; sequence lines only letters)", record)
 
 
 def _check_kind(kind: str) -> None:
@@ -179,44 +181,106 @@ def _read(stream: IO[bytes], path: str, line: int, size: int | None = None) -> b
         raise _binary(path, line, f"corrupt or truncated gzip stream: {exc}") from None
 
 
+@dataclass(frozen=True)
+class KindGuess:
+    """What :func:`sniff_kind` saw: the kind, and the sample it was guessed from."""
+
+    kind: str
+    letters: int  # residue letters sampled
+    nucleotide: int  # of them A, C, G, T, U or N
+    has_t: bool
+    has_u: bool
+
+    def evidence(self) -> str:
+        """The sample in words, e.g. "98.2% of its first 1,200 letters are A/C/G/T/U/N"."""
+        share = 100.0 * self.nucleotide / self.letters if self.letters else 0.0
+        text = f"{share:.1f}% of its first {self.letters:,} letters are A/C/G/T/U/N"
+        if self.kind != "protein":
+            text += ", with " + {(True, False): "T and no U", (False, True): "U and no T",
+                                 (True, True): "both T and U",
+                                 (False, False): "neither T nor U"}[(self.has_t, self.has_u)]
+        return text
+
+
 def detect_kind(path: PathArg, *, sample_letters: int = 100_000) -> str:
     """Guess "protein", "dna" or "rna" from the first ``sample_letters`` residues."""
-    name = os.fspath(path)
+    return sniff_kind(path, sample_letters=sample_letters).kind
+
+
+def sniff_kind(path: PathArg, *, sample_letters: int = 100_000) -> KindGuess:
+    """The kind of the first ``sample_letters`` residues, with the evidence. Headers may hold
+    UTF-8 text; a NUL byte, invalid UTF-8 in a header, or a byte outside ASCII in a sequence
+    line is refused as binary (naming the line)."""
+    return classify_letters(_sample_letters(os.fspath(path), sample_letters))
+
+
+def classify_letters(sample: bytes) -> KindGuess:
+    """The kind of a sample of uppercase residue letters (:func:`sniff_kind`'s rule)."""
+    nucleotide = not sample.translate(None, NUCLEOTIDE_LETTERS.encode())
+    acgtun = len(sample) - len(sample.translate(None, b"ACGTUN"))
+    has_t, has_u = b"T" in sample, b"U" in sample
+    kind = "protein"
+    if nucleotide and acgtun >= 0.9 * len(sample):
+        kind = "rna" if has_u and not has_t else "dna"
+    return KindGuess(kind, len(sample), acgtun, has_t, has_u)
+
+
+def _sample_letters(name: str, sample_letters: int) -> bytes:
+    """The first ``sample_letters`` residue letters (uppercase), every line up to them
+    checked for binary content."""
     letters = bytearray()
     lineno, at_start, in_header, seen_header, seen_content = 1, True, False, False, False
-    with open_text_stream(path) as stream:
+    header = codecs.getincrementaldecoder("utf-8")()
+    headers = 0
+    with open_text_stream(name) as stream:
         while len(letters) < sample_letters:
             chunk = _read(stream, name, lineno)
             if not chunk:
                 break
-            bad = _BINARY_RE.search(chunk)
-            if bad:
-                raise _binary(name, lineno + chunk.count(b"\n", 0, bad.start()),
-                              f"byte {chunk[bad.start()]:#04x}")
             parts = chunk.split(b"\n")
             for i, part in enumerate(parts):
+                last = i == len(parts) - 1
                 if at_start and part.startswith(b">"):
                     in_header = seen_header = seen_content = True
-                elif not in_header and part.strip():
-                    if not seen_header:
-                        raise _fail(name, lineno, f"no FASTA header before line {lineno}",
-                                    "the file must start with a '>' header line")
-                    letters += part.translate(None, _NON_LETTERS)
-                if i < len(parts) - 1:
+                    headers += 1
+                    header.reset()
+                    _header_piece(header, name, lineno, part[1:], headers, final=not last)
+                elif in_header:  # the rest of a header begun in the previous chunk
+                    _header_piece(header, name, lineno, part, headers, final=not last)
+                else:
+                    bad = _BINARY_RE.search(part)
+                    if bad:
+                        raise _binary(name, lineno, f"byte {part[bad.start()]:#04x} in a "
+                                      f"sequence line of record number {headers}")
+                    if part.strip():
+                        if not seen_header:
+                            raise _fail(name, lineno, f"no FASTA header before line {lineno}",
+                                        "the file must start with a '>' header line")
+                        letters += part.translate(None, _NON_LETTERS)
+                if not last:
                     lineno, at_start, in_header = lineno + 1, True, False
                 else:
                     at_start = at_start and not part
+    if in_header:
+        _header_piece(header, name, lineno, b"", headers, final=True)
     if not seen_content:
         raise _fail(name, lineno, "no FASTA records", "the file is empty or holds only blank lines")
     if not letters:
         raise _fail(name, 1, "no sequence residues after the headers",
                     "add sequences under the '>' header lines")
-    sample = bytes(letters[:sample_letters]).upper()
-    nucleotide = not sample.translate(None, NUCLEOTIDE_LETTERS.encode())
-    acgtun = len(sample) - len(sample.translate(None, b"ACGTUN"))
-    if nucleotide and acgtun >= 0.9 * len(sample):
-        return "rna" if b"U" in sample and b"T" not in sample else "dna"
-    return "protein"
+    return bytes(letters[:sample_letters]).upper()
+
+
+def _header_piece(decoder, name: str, lineno: int, piece: bytes, number: int, *,
+                  final: bool) -> None:
+    """Check one piece of the header of record ``number``: UTF-8 text without NUL."""
+    if b"\x00" in piece:
+        raise _binary(name, lineno, f"NUL byte in the header of record number {number}")
+    try:
+        decoder.decode(piece, final)
+    except UnicodeDecodeError as exc:
+        raise _binary(name, lineno, f"invalid UTF-8 in the header of record number {number}: "
+                      f"{exc.reason}") from None
 
 
 class _RecordParser:
@@ -278,13 +342,15 @@ class _RecordParser:
     def _header_text(self, header: bytes) -> str:
         # Headers may carry UTF-8 text (names with accents, Greek letters); a NUL byte or
         # invalid UTF-8 means the file is not FASTA.
+        number = self.ordinal + (self.rec_id is not None) + 1
         try:
             text = header.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise _binary(self.path, self.lineno,
-                          f"byte {header[exc.start]:#04x} in header") from None
+            raise _binary(self.path, self.lineno, f"byte {header[exc.start]:#04x}, invalid "
+                          f"UTF-8, in the header of record number {number}") from None
         if "\x00" in text:
-            raise _binary(self.path, self.lineno, "NUL byte in header")
+            raise _binary(self.path, self.lineno,
+                          f"NUL byte in the header of record number {number}")
         return text
 
     def _start_record(self, text: str) -> None:
@@ -338,7 +404,8 @@ class _RecordParser:
         off = pattern.search(body).start()  # type: ignore[union-attr]
         line, col = self._locate(body, off, at_start=at_start)
         if _BINARY_RE.match(body, off):
-            return _binary(self.path, line, f"byte {body[off]:#04x}")
+            return _binary(self.path, line, f"byte {body[off]:#04x} in a sequence line",
+                           self.rec_id)
         if self.rec_id is None:
             return _fail(self.path, line, f"no FASTA header before line {line}",
                          "the file must start with a '>' header line")
@@ -394,7 +461,11 @@ def read_fasta(path: PathArg, *, kind: str,
 
 class FastaScan:
     """Validated records of one file, read once while hashing its bytes on disk (compressed
-    or not); ``size`` and ``sha256`` are set when the iteration completes."""
+    or not); ``size`` and ``sha256`` are set when the iteration completes, and ``guess``:
+    the kind its first residues look like (:func:`sniff_kind`'s rule), to check a kind the
+    user gave against the content without reading the file again."""
+
+    SAMPLE_LETTERS = 100_000
 
     def __init__(self, path: PathArg, *, kind: str, seen_ids: set[str] | None = None) -> None:
         _check_kind(kind)
@@ -402,13 +473,19 @@ class FastaScan:
         self.kind, self.seen_ids = kind, seen_ids
         self.size: int | None = None
         self.sha256: str | None = None
+        self.guess: KindGuess | None = None
 
     def __iter__(self) -> Iterator[FastaRecord]:
         hashing = _HashingRaw(_open_raw(self.path, buffering=0))
+        sample = bytearray()
         with _wrap(io.BufferedReader(hashing, 1 << 20)) as stream:
-            yield from _records(stream, self.path, self.kind, self.seen_ids)
+            for record in _records(stream, self.path, self.kind, self.seen_ids):
+                if len(sample) < self.SAMPLE_LETTERS:
+                    sample += record.sequence[:self.SAMPLE_LETTERS - len(sample)].upper()
+                yield record
             hashing.drain()
         self.size, self.sha256 = hashing.nbytes, hashing.sha256.hexdigest()
+        self.guess = classify_letters(bytes(sample))
 
 
 def scan_fasta(path: PathArg, *, kind: str | None = None,

@@ -225,14 +225,103 @@ class InputRecord:
 
 @dataclass
 class PartRecord:
-    """A committed Parquet part: rows, bytes, and the unit (content key) that wrote it."""
+    """A committed Parquet part: rows, bytes, the unit (content key) that wrote it, and the
+    SHA-256 of its bytes (None for parts committed before checksums were recorded)."""
 
     rows: int
     bytes: int
     unit: str
+    sha256: str | None = None
+
+    @classmethod
+    def from_json(cls, data: dict) -> PartRecord:
+        record = cls(rows=data["rows"], bytes=data["bytes"], unit=data["unit"],
+                     sha256=data.get("sha256"))
+        if not (isinstance(record.rows, int) and isinstance(record.bytes, int)
+                and isinstance(record.unit, str)
+                and isinstance(record.sha256, (str, type(None)))):
+            raise TypeError(f"part record {data!r}")
+        return record
 
     def to_json(self) -> dict:
-        return {"rows": self.rows, "bytes": self.bytes, "unit": self.unit}
+        data = {"rows": self.rows, "bytes": self.bytes, "unit": self.unit}
+        if self.sha256 is not None:
+            data["sha256"] = self.sha256
+        return data
+
+
+_INT, _NUM, _STR, _BOOL = (int,), (int, float), (str,), (bool,)
+_OPT_INT, _OPT_STR, _DICT = (int, type(None)), (str, type(None)), (dict,)
+# The type of every key a manifest may hold (absent keys are checked by the readers).
+_SHAPE = {
+    "": {"schema_version": _INT, "seqatlas_version": _STR, "created": _STR, "updated": _STR,
+         "kind": _OPT_STR, "kind_detected": _BOOL, "model": (dict, type(None)),
+         "scoring": (dict, type(None)), "inputs": (list,), "parts": _DICT, "units": _DICT,
+         "cache": (dict, type(None)), "indexes": (dict, type(None))},
+    "model": {"name": _STR, "weights_sha256": _STR, "tokenizer": _DICT,
+              "hidden_size": _OPT_INT, "num_layers": _OPT_INT, "context_tokens": _OPT_INT},
+    "scoring": {"likelihood": _STR, "embeddings": _BOOL, "window": _OPT_INT,
+                "overlap": _OPT_INT, "unit_tokens": _OPT_INT, "strands": _STR,
+                "embedding_dtype": _OPT_STR, "layer": _OPT_INT, "layers": (list, type(None)),
+                "skip_n_runs": _OPT_INT, "copy_k": _OPT_INT, "distribution": _STR,
+                "fast": _DICT},
+    "fast": {"stride": _INT, "mask_rate": _NUM, "method": _STR},
+    "input": {"path": _STR, "size": _INT, "sha256": _STR, "kind": _STR, "records": _INT,
+              "residues": _INT, "first_ordinal": _OPT_INT},
+}
+
+
+def _check_shape(data, shape: str, where: str) -> None:
+    """Raise ``TypeError`` naming the first key of ``data`` whose value has the wrong type
+    (``bool`` is not accepted where an integer is meant)."""
+    if not isinstance(data, dict):
+        raise TypeError(f"{where or 'the manifest'} (not an object)")
+    for key, types in _SHAPE[shape].items():
+        if key in data:
+            value = data[key]
+            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+                raise TypeError(f"{where + '.' if where else ''}{key} ({value!r})")
+
+
+def validate_manifest(data) -> None:
+    """Check the types of everything :meth:`Manifest.from_json` and its readers use;
+    ``KeyError``/``TypeError`` name what is missing or misshapen."""
+    _check_shape(data, "", "")
+    for key in ("schema_version", "seqatlas_version", "created", "updated", "kind", "inputs",
+                "parts", "units"):
+        if key not in data:
+            raise KeyError(key)
+    if data.get("model"):
+        _check_shape(data["model"], "model", "model")
+        for key in ("name", "weights_sha256", "tokenizer"):
+            if key not in data["model"]:
+                raise KeyError(f"model.{key}")
+    if data.get("scoring"):
+        _check_shape(data["scoring"], "scoring", "scoring")
+        layers = data["scoring"].get("layers")
+        if layers is not None and not all(isinstance(x, int) and not isinstance(x, bool)
+                                           for x in layers):
+            raise TypeError(f"scoring.layers ({layers!r})")
+        if "fast" in data["scoring"]:
+            _check_shape(data["scoring"]["fast"], "fast", "scoring.fast")
+    for i, record in enumerate(data["inputs"]):
+        _check_shape(record, "input", f"inputs[{i}]")
+        for key in _SHAPE["input"]:
+            if key not in record:
+                raise KeyError(f"inputs[{i}].{key}")
+    for table, parts in data["parts"].items():
+        if not isinstance(parts, dict) or not all(isinstance(m, dict) for m in parts.values()):
+            raise TypeError(f"parts.{table}")
+        for name in parts:  # a part is a file of its table's directory, never a path
+            if "/" in name or "\\" in name or name.startswith(".") or "\0" in name:
+                raise TypeError(f"parts.{table} (part name {name!r})")
+    for name, unit in data["units"].items():
+        if not isinstance(unit, dict):
+            raise TypeError(f"units.{name}")
+        for key in ("positions", "unscored", "real_tokens", "computed_tokens"):
+            value = unit.get(key, 0)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"units.{name}.{key} ({value!r})")
 
 
 @dataclass
@@ -257,6 +346,7 @@ class Manifest:
     @classmethod
     def from_json(cls, data: dict) -> Manifest:
         """The one reader; raises ``KeyError``/``TypeError`` on a manifest missing its keys."""
+        validate_manifest(data)
         return cls(
             schema_version=data["schema_version"], seqatlas_version=data["seqatlas_version"],
             created=data["created"], updated=data["updated"], kind=data["kind"],
@@ -264,7 +354,7 @@ class Manifest:
             model=ModelRecord.from_json(data["model"]) if data.get("model") else None,
             scoring=ScoringRecord.from_json(data["scoring"]) if data.get("scoring") else None,
             inputs=[InputRecord.from_json(i) for i in data["inputs"]],
-            parts={table: {name: PartRecord(**meta) for name, meta in parts.items()}
+            parts={table: {name: PartRecord.from_json(meta) for name, meta in parts.items()}
                    for table, parts in data["parts"].items()},
             units=dict(data["units"]), cache=data.get("cache"), indexes=data.get("indexes"))
 

@@ -4,28 +4,170 @@ and reading committed parts.
 Commit protocol: a part is written under a temporary name, fsynced, renamed, and only then
 recorded in ``atlas.json``, which is itself replaced atomically. Readers see only parts the
 manifest lists, so a crash at any point leaves a consistent atlas.
+
+Integrity: each part's size and SHA-256 are recorded at commit, and Parquet page checksums
+are written and verified on read. Every read of a table first checks its parts: a missing
+or resized part, or one whose bytes no longer hash to the recorded value, is refused by
+name. Hashing every part on every read would cost a full read, so a part is re-hashed only
+when its file identity (size, mtime, ctime, inode, device) differs from the one it had when
+last hashed (``.verified``, an append-only log): any write to a file changes its ctime.
+``seqatlas verify`` re-hashes everything regardless.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
+import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from seqatlas import schema
-from seqatlas.errors import AtlasError, AtlasMismatchError
+from seqatlas.errors import AtlasDamagedError, AtlasError, AtlasMismatchError
 from seqatlas.manifest import InputRecord, Manifest, ModelRecord, PartRecord, ScoringRecord
-from seqatlas.util import TEMP_MARK, atomic_write, replacing, utc_now
+from seqatlas.util import (ATLAS_MARKER, TEMP_MARK, atomic_write, file_sha256, replacing,
+                           utc_now)
 
-MANIFEST = "atlas.json"
+MANIFEST = ATLAS_MARKER
 LOCK = ".lock"
+VERIFIED_LOG = ".verified"
 # Rows per Parquet row group: ~1 MB of positions columns, ~16 MB of fp16 embeddings.
 ROW_GROUP_ROWS = {"sequences": 65536, "positions": 131072, "tokens": 16384, "ablations": 131072,
                   "repeats": 131072}
+
+
+def parquet_format():
+    """The Parquet format of every read of committed parts: page checksums verified."""
+    import pyarrow.dataset as ds
+
+    return ds.ParquetFileFormat(default_fragment_scan_options=ds.ParquetFragmentScanOptions(
+        page_checksum_verification=True))
+
+
+def storage_error(exc: OSError, path: Path, doing: str) -> AtlasError:
+    """An ``OSError`` while writing the atlas as an error that says what to do."""
+    reason = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+              errno.EROFS: "the file system is read-only",
+              errno.EACCES: "permission denied", errno.EPERM: "permission denied"}.get(
+        exc.errno, exc.strerror or str(exc))
+    return AtlasError(f"cannot {doing} in {path}: {reason}. Nothing partial was committed; "
+                      "committed work is kept. Free space or fix the permissions, then re-run "
+                      "to resume.")
+
+
+@dataclass(frozen=True)
+class PartDamage:
+    """A committed part that is not as it was committed."""
+
+    table: str
+    name: str
+    unit: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.table}/{self.name}: {self.problem}"
+
+
+def _identity(info: os.stat_result) -> list[int]:
+    return [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino, info.st_dev]
+
+
+class _VerifiedLog:
+    """Parts hashed since they last changed: ``table/name`` -> (file identity, SHA-256)."""
+
+    def __init__(self, root: Path):
+        self.path = root / VERIFIED_LOG
+        self.entries: dict[str, tuple[list[int], str]] = {}
+        self.lines = 0
+        try:
+            with open(self.path, encoding="utf-8") as fh:
+                for line in fh:
+                    self.lines += 1
+                    try:
+                        key, identity, digest = json.loads(line)
+                    except (ValueError, TypeError):
+                        continue  # a line cut short by a crash
+                    self.entries[key] = (identity, digest)
+        except (OSError, UnicodeDecodeError):
+            pass
+
+    def trusted(self, key: str, identity: list[int], digest: str) -> bool:
+        return self.entries.get(key) == (identity, digest)
+
+    def record(self, key: str, identity: list[int], digest: str) -> None:
+        self.entries[key] = (identity, digest)
+        try:
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps([key, identity, digest]) + "\n")
+            self.lines += 1
+        except OSError:
+            pass  # a read-only atlas: the part is hashed again next time
+
+    def compact(self, keep: set[str]) -> None:
+        """Rewrite the log with one line per part still committed (writers only)."""
+        if self.lines <= 2 * len(self.entries) + 1000:
+            return
+        self.entries = {k: v for k, v in self.entries.items() if k in keep}
+        text = "".join(json.dumps([k, i, d]) + "\n" for k, (i, d) in self.entries.items())
+        try:
+            atomic_write(self.path, text.encode())
+            self.lines = len(self.entries)
+        except OSError:
+            pass
+
+
+def _damage_message(path: Path, damage: list[PartDamage]) -> str:
+    shown = "; ".join(map(str, damage[:5])) + (f"; and {len(damage) - 5} more"
+                                                if len(damage) > 5 else "")
+    return (f"{path}: {len(damage)} committed part(s) damaged ({shown}). `seqatlas verify "
+            f"--atlas {path}` lists everything; `seqatlas repair --atlas {path}` (or re-running "
+            "the ingest) rewrites them from the inputs.")
+
+
+def check_parts(root: Path, manifest: Manifest, verified: _VerifiedLog,
+                tables: list[str] | None = None, *, full: bool = False) -> list[PartDamage]:
+    """The committed parts of ``tables`` (default: all) that are not as committed."""
+    damage = []
+    for table in tables or schema.TABLES:
+        for name, record in sorted(manifest.table_parts(table).items()):
+            problem = _part_problem(root, verified, table, name, record, full=full)
+            if problem:
+                damage.append(PartDamage(table, name, record.unit, problem))
+    return damage
+
+
+def _part_problem(root: Path, verified: _VerifiedLog, table: str, name: str,
+                  record: PartRecord, *, full: bool) -> str | None:
+    path = root / table / name
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        return f"unreadable ({exc.strerror})"
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file"
+    if info.st_size != record.bytes:
+        return (f"{info.st_size:,} bytes on disk, {record.bytes:,} when committed "
+                "(truncated or rewritten)")
+    if record.sha256 is None:
+        return None  # committed before checksums: its size is all there is to check
+    key, identity = f"{table}/{name}", _identity(info)
+    if not full and verified.trusted(key, identity, record.sha256):
+        return None
+    try:
+        digest = file_sha256(path)
+    except OSError as exc:
+        return f"unreadable ({exc.strerror})"
+    if digest != record.sha256:
+        return "its bytes changed since it was committed (SHA-256 differs)"
+    verified.record(key, identity, digest)
+    return None
 
 
 class AtlasReader:
@@ -53,13 +195,28 @@ class AtlasReader:
             raise AtlasError(f"{manifest} is corrupt (it lacks or misshapes {exc}); restore it "
                              "or re-ingest") from None
         self.schema_version = version
+        self._verified = _VerifiedLog(self.path)
+        self._sound: set[str] = set()  # tables whose parts this reader has checked
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{t}={self.count(t)}" for t in schema.TABLES)
         return f"{type(self).__name__}({str(self.path)!r}, {counts})"
 
     def part_paths(self, table: str) -> list[Path]:
+        """The committed parts of ``table``, each checked against its manifest record
+        (raises :class:`AtlasDamagedError` naming every damaged one)."""
+        if table not in self._sound:
+            damage = self.check_parts([table])
+            if damage:
+                raise AtlasDamagedError(_damage_message(self.path, damage))
+            self._sound.add(table)
         return [self.path / table / name for name in sorted(self.manifest.table_parts(table))]
+
+    def check_parts(self, tables: list[str] | None = None, *,
+                    full: bool = False) -> list[PartDamage]:
+        """Every committed part of ``tables`` (default: all) that is missing, resized or
+        whose bytes changed; ``full`` re-hashes parts whose file looks unchanged too."""
+        return check_parts(self.path, self.manifest, self._verified, tables, full=full)
 
     def count(self, table: str) -> int:
         return sum(p.rows for p in self.manifest.table_parts(table).values())
@@ -71,8 +228,15 @@ class AtlasReader:
                 arrow_schema.empty_table().select(columns)
         import pyarrow.dataset as ds
 
-        data = ds.dataset([str(p) for p in paths], format="parquet", schema=arrow_schema)
-        return data.to_table(columns=columns)
+        try:
+            data = ds.dataset([str(p) for p in paths], format=parquet_format(),
+                              schema=arrow_schema)
+            return data.to_table(columns=columns)
+        except (OSError, ValueError, pa.ArrowException) as exc:  # UnicodeDecodeError included
+            raise AtlasDamagedError(
+                f"{self.path}: a {table} part cannot be read ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}). Run `seqatlas verify "
+                f"--atlas {self.path}`, then `seqatlas repair --atlas {self.path}`.") from None
 
     def sequences(self, columns: list[str] | None = None) -> pa.Table:
         table = self._read("sequences", None, schema.SEQUENCES).sort_by("ordinal")
@@ -109,6 +273,7 @@ class AtlasReader:
             "tables": tables,
             "units": {"committed": len(manifest.units)},
             "positions_unscored": sum(u.get("unscored", 0) for u in manifest.units.values()),
+            "damaged": [str(d) for d in self.check_parts()],
             "created": manifest.created,
             "updated": manifest.updated,
         }
@@ -136,15 +301,27 @@ class AtlasWriter:
         if self.path.exists() and any(self.path.iterdir()) and not manifest_path.exists():
             raise AtlasError(f"{self.path} is a non-empty directory that is not an atlas; "
                              "choose a new --atlas directory")
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.path / LOCK, "w")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._lock = open(self.path / LOCK, "a")
+        except OSError as exc:
+            raise storage_error(exc, self.path, "write the atlas") from None
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._lock.close()
             raise AtlasError(f"{self.path} is being written by another seqatlas process; "
                              "wait for it to finish") from None
+        try:
+            self._open(manifest_path, kind, model, scoring, seqatlas_version, kind_detected)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, manifest_path: Path, kind, model, scoring, seqatlas_version,
+              kind_detected) -> None:
         self._remove_stale_temporaries()
+        self._verified = _VerifiedLog(self.path)
         if manifest_path.exists():
             self.manifest = AtlasReader(self.path).manifest
             for table in schema.TABLES:
@@ -164,16 +341,19 @@ class AtlasWriter:
                 created=now, updated=now, kind=kind, kind_detected=kind_detected, model=model,
                 scoring=scoring, parts={t: {} for t in schema.TABLES})
             self._write_manifest()
+        self._verified.compact({f"{table}/{name}" for table, parts in self.manifest.parts.items()
+                                for name in parts})
 
     def _remove_stale_temporaries(self) -> None:
         """Temporary files of a writer that died; safe to delete while we hold the lock."""
-        for table in schema.TABLES:
-            directory = self.path / table
-            if directory.is_dir():
-                for stale in directory.glob(f".*{TEMP_MARK}*"):
-                    stale.unlink()
-        for stale in self.path.glob(f".{MANIFEST}{TEMP_MARK}*"):
-            stale.unlink()
+        stale = [p for table in schema.TABLES if (self.path / table).is_dir()
+                 for p in (self.path / table).glob(f".*{TEMP_MARK}*")]
+        stale += self.path.glob(f".{MANIFEST}{TEMP_MARK}*")
+        for path in stale:
+            try:
+                path.unlink()
+            except OSError:
+                pass  # a read-only atlas: readers never look at temporaries
 
     def _check_compatible(self, kind: str, model: ModelRecord, scoring: ScoringRecord) -> None:
         """Refuse other settings, listing every difference (compared by stable identifiers,
@@ -214,38 +394,90 @@ class AtlasWriter:
         return set(self.manifest.units)
 
     def _write_manifest(self) -> None:
+        """Replace ``atlas.json`` with the manifest in memory; on failure the file on disk
+        is unchanged and the caller must restore the in-memory manifest."""
         self.manifest.updated = utc_now()
-        atomic_write(self.path / MANIFEST, self.manifest.dumps())
+        try:
+            atomic_write(self.path / MANIFEST, self.manifest.dumps())
+        except OSError as exc:
+            raise storage_error(exc, self.path, f"write {MANIFEST}") from None
+
+    def _update_manifest(self, change) -> None:
+        """Apply ``change`` to the manifest and write it: both or neither."""
+        before = Manifest.from_json(self.manifest.to_json())
+        try:
+            change(self.manifest)
+            self._write_manifest()
+        except BaseException:
+            self.manifest = before
+            raise
 
     def _write_part(self, table: str, name: str, data: pa.Table) -> dict:
         directory = self.path / table
-        directory.mkdir(exist_ok=True)
         final = directory / name
-        with replacing(final) as tmp:
-            pq.write_table(data, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS[table],
-                           write_statistics=True)
-        return {"rows": data.num_rows, "bytes": final.stat().st_size}
+        try:
+            directory.mkdir(exist_ok=True)
+            with replacing(final) as tmp:
+                pq.write_table(data, tmp, compression="zstd",
+                               row_group_size=ROW_GROUP_ROWS[table], write_statistics=True,
+                               write_page_checksum=True)
+                digest = file_sha256(tmp)
+            info = os.stat(final)
+        except OSError as exc:
+            raise storage_error(exc, self.path, f"write a {table} part") from None
+        self._verified.record(f"{table}/{name}", _identity(info), digest)
+        return {"rows": data.num_rows, "bytes": info.st_size, "sha256": digest}
+
+    def check_parts(self, tables: list[str] | None = None, *,
+                    full: bool = False) -> list[PartDamage]:
+        """As :meth:`AtlasReader.check_parts`, for the manifest this writer holds."""
+        return check_parts(self.path, self.manifest, self._verified, tables, full=full)
+
+    def drop_damaged(self, damage: list[PartDamage]) -> set[str]:
+        """Forget the units that wrote damaged parts (every part of such a unit, and its
+        unit record) and delete their files, so that the work that made them is redone;
+        returns the unit keys dropped."""
+        units = {d.unit for d in damage}
+        doomed = [(table, name) for table, parts in self.manifest.parts.items()
+                  for name, record in parts.items() if record.unit in units]
+
+        def change(manifest: Manifest) -> None:
+            for table, name in doomed:
+                manifest.parts[table].pop(name, None)
+            for unit in units:
+                manifest.units.pop(unit, None)
+
+        self._update_manifest(change)
+        for table, name in doomed:
+            try:
+                (self.path / table / name).unlink()
+            except FileNotFoundError:
+                pass
+        return units
 
     def set_cache(self, path: tuple[str, ...], value) -> None:
         """Store a derived value (e.g. robust statistics) under ``cache`` in the manifest."""
-        if self.manifest.cache is None:
-            self.manifest.cache = {}
-        node = self.manifest.cache
-        for name in path[:-1]:
-            node = node.setdefault(name, {})
-        node[path[-1]] = value
-        self._write_manifest()
+        def change(manifest: Manifest) -> None:
+            if manifest.cache is None:
+                manifest.cache = {}
+            node = manifest.cache
+            for name in path[:-1]:
+                node = node.setdefault(name, {})
+            node[path[-1]] = value
+
+        self._update_manifest(change)
 
     def set_index(self, name: str, entry: dict | None) -> None:
         """Record embedding index ``name`` (``None``: forget it) under ``indexes``."""
-        if self.manifest.indexes is None:
-            self.manifest.indexes = {}
-        indexes = self.manifest.indexes
-        if entry is None:
-            indexes.pop(name, None)
-        else:
-            indexes[name] = entry
-        self._write_manifest()
+        def change(manifest: Manifest) -> None:
+            if manifest.indexes is None:
+                manifest.indexes = {}
+            if entry is None:
+                manifest.indexes.pop(name, None)
+            else:
+                manifest.indexes[name] = entry
+
+        self._update_manifest(change)
 
     def commit(self, key: str, tables: dict[str, pa.Table | None], *,
                unit: dict | None = None, inputs: list[dict] | None = None) -> None:
@@ -255,11 +487,14 @@ class AtlasWriter:
         for table, data in tables.items():
             if data is not None:
                 written[table] = self._write_part(table, name, data)
-        for table, meta in written.items():
-            self.manifest.parts.setdefault(table, {})[name] = PartRecord(**meta, unit=key)
-        self.manifest.units[key] = {**(unit or {}), "committed": utc_now()}
-        if inputs:
-            self.manifest.inputs.extend(InputRecord.from_json(i) if isinstance(i, dict) else i
-                                        for i in inputs)
-        self._write_manifest()
+
+        def change(manifest: Manifest) -> None:
+            for table, meta in written.items():
+                manifest.parts.setdefault(table, {})[name] = PartRecord(**meta, unit=key)
+            manifest.units[key] = {**(unit or {}), "committed": utc_now()}
+            if inputs:
+                manifest.inputs.extend(InputRecord.from_json(i) if isinstance(i, dict) else i
+                                       for i in inputs)
+
+        self._update_manifest(change)
 

@@ -8,13 +8,22 @@ import datetime as _dt
 import hashlib
 import logging
 import os
+import shutil
+import stat
+import sys
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from seqatlas.errors import SeqAtlasError
+from seqatlas.errors import ConfigError, SeqAtlasError
 
 TEMP_MARK = ".tmp-"  # temporary files are ".<final name>.tmp-<pid>[-tag]"
+ATLAS_MARKER = "atlas.json"  # the file that makes a directory an atlas (its manifest)
+STDOUT = "-"
+# Paths whose entries are handles on something else (a terminal, a pipe, another process's
+# descriptor): written in place, never replaced.
+_HANDLE_DIRS = ("/dev/", "/proc/")
 
 
 def utc_now() -> str:
@@ -63,6 +72,99 @@ def replacing(path: str | os.PathLike, *, durable: bool = True) -> Iterator[Path
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _resolve_output(path: Path) -> tuple[Path, bool]:
+    """``(target, in_place)``: the file an output at ``path`` lands in, following symlinks one
+    link at a time, and whether it must be written in place (a device, FIFO, socket, or a
+    link through /dev or /proc, such as /dev/stdout) rather than atomically replaced."""
+    current = Path(os.path.abspath(path))
+    for _ in range(40):
+        if str(current).startswith(_HANDLE_DIRS):
+            return current, True
+        try:
+            info = os.lstat(current)
+        except FileNotFoundError:
+            return current, False
+        if stat.S_ISLNK(info.st_mode):
+            link = Path(os.readlink(current))
+            current = Path(os.path.abspath(current.parent / link))
+            continue
+        if stat.S_ISDIR(info.st_mode):
+            raise ConfigError(f"--output {path} is a directory; give a file name")
+        return current, not stat.S_ISREG(info.st_mode)
+    raise ConfigError(f"--output {path}: too many levels of symbolic links")
+
+
+def _descriptor(path: Path) -> int | None:
+    """The open file descriptor of this process that ``path`` names (/dev/stdout,
+    /dev/fd/N, /proc/self/fd/N), if it names one."""
+    text = str(path)
+    named = {"/dev/stdin": 0, "/dev/stdout": 1, "/dev/stderr": 2}
+    if text in named:
+        return named[text]
+    for prefix in ("/dev/fd/", "/proc/self/fd/", f"/proc/{os.getpid()}/fd/"):
+        if text.startswith(prefix) and text[len(prefix):].isdigit():
+            return int(text[len(prefix):])
+    return None
+
+
+def enclosing_atlas(path: str | os.PathLike) -> Path | None:
+    """The atlas directory that ``path`` (resolved) lies in or is, if any."""
+    current = Path(os.path.realpath(path))
+    for directory in (current, *current.parents):
+        if (directory / ATLAS_MARKER).is_file():
+            return directory
+    return None
+
+
+def check_output(path: str | os.PathLike) -> tuple[Path | None, bool]:
+    """Refuse an ``--output`` that cannot or must not be written (a directory, a missing
+    directory, a path inside an atlas) before any work; returns ``(target, in_place)`` as
+    :func:`output_file` will write it (target None: standard output)."""
+    if str(path) == STDOUT:
+        return None, True
+    target, in_place = _resolve_output(Path(path))
+    atlas = enclosing_atlas(target if target.exists() else target.parent)
+    if atlas is not None:
+        raise ConfigError(f"--output {path} is inside the atlas {atlas}; an output must not "
+                          "overwrite an atlas's files: write it elsewhere")
+    if not in_place and not target.parent.is_dir():
+        raise ConfigError(f"--output {path}: directory {target.parent} does not exist")
+    return target, in_place
+
+
+@contextmanager
+def output_file(path: str | os.PathLike) -> Iterator[Path]:
+    """The one writer behind every ``--output``: yields a temporary path to write the whole
+    output to; when the block succeeds the output lands at ``path``.
+
+    ``-`` is standard output. A regular file (or a new one) is replaced atomically, a
+    symlink's target rather than the link; a device, FIFO or a handle under /dev or /proc
+    (``/dev/stdout``) is written in place and keeps its type. A path inside an atlas
+    directory is refused, so an output never overwrites an atlas's parts or manifest. On
+    error nothing is left behind and the destination is untouched.
+    """
+    target, in_place = check_output(path)
+    if not in_place:
+        with replacing(target, durable=False) as tmp:
+            yield tmp
+        return
+    scratch = Path(tempfile.mkdtemp(prefix="seqatlas-output-"))
+    try:
+        tmp = scratch / (target.name if target is not None else "stdout")
+        yield tmp
+        descriptor = 1 if target is None else _descriptor(target)
+        with open(tmp, "rb") as source:
+            if descriptor is not None:  # this process's own stream: write where it points
+                sys.stdout.flush()
+                with os.fdopen(descriptor, "wb", closefd=False) as sink:
+                    shutil.copyfileobj(source, sink)
+            else:
+                with open(target, "wb") as sink:
+                    shutil.copyfileobj(source, sink)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:

@@ -18,7 +18,7 @@ import seqatlas
 from seqatlas import schema
 from seqatlas.atlas import Atlas, AtlasWriter
 from seqatlas.cli.main import main
-from seqatlas.manifest import PartRecord
+from seqatlas.store import AtlasReader
 from seqatlas.errors import AtlasIndexError, ConfigError
 from seqatlas.index import IndexConfig, build_index, choose_index, load_index, plan_index
 from seqatlas.index.build import pq_shape, use_gpu
@@ -398,9 +398,9 @@ def test_atlas_changed_since_build_and_missing_index(built):
     with pytest.raises(AtlasIndexError, match="no index named 'other'.*seqatlas index build "
                                                "--atlas .* --name other"):
         load_index(built, "other")
+    extra = AtlasReader(built).tokens().slice(0, 1)
     with AtlasWriter(built) as writer:  # more tokens arrive after the build
-        writer.manifest.parts["tokens"]["part-extra.parquet"] = PartRecord(rows=1, bytes=1, unit="x")
-        writer._write_manifest()
+        writer.commit("extra-tokens", {"tokens": extra})
     with pytest.raises(AtlasIndexError, match="atlas changed since the build"):
         load_index(built)
 

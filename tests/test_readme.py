@@ -110,3 +110,22 @@ def _probe_snippets_run(tmp_path):
                           text=True, timeout=900)
     assert done.returncode == 0, done.stderr
     assert "explained_fraction" in done.stdout and "shuffled" in done.stdout
+    _integrity_snippets_run(tmp_path)
+
+
+def _integrity_snippets_run(tmp_path):
+    """verify and repair on the genome atlas: sound, then with a part damaged."""
+    import seqatlas
+
+    outputs = _run_lines("### Integrity", tmp_path)
+    assert "ok: every part is as committed" in outputs[0]
+    atlas = tmp_path / "genome_atlas"
+    before = seqatlas.Atlas(atlas).positions()
+    part = sorted((atlas / "positions").glob("part-*.parquet"))[0]
+    part.write_bytes(part.read_bytes()[:-10])
+    assert not seqatlas.verify(atlas)["ok"]
+    repaired = subprocess.run(["seqatlas", "repair", "--atlas", str(atlas), "--no-progress"],
+                              capture_output=True, text=True, timeout=900)
+    assert repaired.returncode == 0, repaired.stderr
+    assert seqatlas.verify(atlas)["ok"]
+    assert seqatlas.Atlas(atlas).positions().equals(before)

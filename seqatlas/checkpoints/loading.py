@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,11 @@ from seqatlas.checkpoints.tokenizers import (
 
 # Letters the predictive distribution is normalised over, per kind of sequence.
 SCORED_LETTERS = {"protein": "ACDEFGHIKLMNPQRSTVWY", "dna": "ACGT", "rna": "ACGU"}
+# Other letters that name one residue: scored as themselves where the vocabulary has them
+# (ESM's U, selenocysteine), null where it does not; never scored as another letter. An RNA's
+# U read by a DNA model is the exception, recorded as the model's ``letter_map``
+# (seqatlas.checkpoints.tokenizers).
+EXTRA_LETTERS = {"protein": "UO", "dna": "U", "rna": "T"}
 
 # Models whose positions are offset by the padding index use two fewer slots.
 _OFFSET_POSITION_TYPES = {"esm", "roberta", "xlm-roberta", "camembert"}
@@ -81,22 +87,30 @@ class ModelSpec:
     def tokenizer(self) -> TokenizerFamily:
         return make_tokenizer(self.family, vocab=self.vocab, specials=self.specials,
                               letters=SCORED_LETTERS[self.kind], k=self.k,
-                              tokenizer_json=self.tokenizer_json)
+                              tokenizer_json=self.tokenizer_json,
+                              extra=EXTRA_LETTERS.get(self.kind, ""))
 
     def describe(self) -> dict:
-        """The manifest's record of the model."""
-        return {
+        """The manifest's record of the model. ``letter_map`` (only when there is one: an
+        RNA scored with a DNA model gives ``{"U": "T"}``) says which of the kind's letters
+        are read as another vocabulary letter; it sits beside ``tokenizer``, not in it, so
+        that the tokenizer record of every atlas written before it stays what it was."""
+        tokenizer = self.tokenizer()
+        record = {
             "name": self.name,
             "source": self.source,
             "path": self.path if self.source != "embedded" else None,
             "model_type": self.model_type,
-            "tokenizer": self.tokenizer().describe(),
+            "tokenizer": tokenizer.describe(),
             "parameters": self.parameters,
             "weights_sha256": self.weights_sha256,
             "hidden_size": self.hidden_size,
             "num_layers": self.num_layers,
             "context_tokens": self.context_tokens,
         }
+        if tokenizer.letter_map:
+            record["letter_map"] = dict(tokenizer.letter_map)
+        return record
 
 
 def embedded_directory(model: EmbeddedModel) -> Path:
@@ -190,7 +204,7 @@ def resolve_model(name: str, *, kind: str, tokenizer: str | None = None) -> Mode
     spec = ModelSpec(
         name=name,
         source=source,
-        path=str(directory),
+        path=os.path.abspath(directory),
         vocab=vocab,
         specials=specials_from_vocab(vocab),
         family=family,

@@ -20,6 +20,20 @@ to [UNK]). Families:
 For a masked token of length l, the candidates are the vocabulary tokens of length l made
 only of scored letters; their probabilities are renormalised, so special tokens and
 ambiguity codes never take probability mass.
+
+Letters, per kind and per vocabulary (:class:`TokenizerFamily`):
+
+- the kind's standard letters (``letters``: 20 amino acids, ACGT, ACGU) are the distribution;
+- a nucleic acid's T or U is read as the vocabulary's other one only when the vocabulary has
+  no token with it and has the other (RNA with a DNA model: U is tokenized as T and the
+  model's T is the distribution's U); that map is ``letter_map`` and is recorded in the
+  manifest's model record (``model.letter_map``);
+- other letters that name one residue (a protein's U and O, DNA's U, RNA's T) are scored as
+  themselves when the vocabulary has them (ESM's U), against the standard letters plus that
+  letter, and are never scored as another letter;
+- a residue letter the model has no token for (U with AntiBERTy, U in DNA with a DNA model)
+  gets null logp, entropy and rank (:data:`UNSCORABLE`); ambiguity codes (N, X, B, Z, ...)
+  get null logp and rank (:data:`NOT_A_LETTER`) and the entropy of the standard letters.
 """
 
 from __future__ import annotations
@@ -36,6 +50,10 @@ import numpy as np
 from seqatlas.errors import ModelError
 
 FAST_MASK_RATE = 0.15  # tokens masked per pass in fast mode, as in BERT training
+
+# letter_index values that are not an index into ``scored_letters``
+NOT_A_LETTER = -1  # an ambiguity code or other non-residue letter: null logp and rank
+UNSCORABLE = -2  # a residue letter the model has no token for: null logp, entropy, rank
 
 
 @dataclass(frozen=True)
@@ -71,10 +89,28 @@ class Candidates:
 
 _COMPLEMENT = bytes.maketrans(b"ACGTUNRYSWKMBDHVacgtunryswkmbdhv",
                               b"TGCAANYRSWMKVHDBtgcaanyrswmkvhdb")
+_RNA_COMPLEMENT = bytes.maketrans(b"ACGTUNRYSWKMBDHVacgtunryswkmbdhv",
+                                  b"UGCAANYRSWMKVHDBugcaanyrswmkvhdb")
 
 
-def reverse_complement(residues: bytes) -> bytes:
-    return residues.translate(_COMPLEMENT)[::-1]
+def reverse_complement(residues: bytes, *, rna: bool = False) -> bytes:
+    """The reverse complement; ``rna``: A pairs with U (else T)."""
+    return residues.translate(_RNA_COMPLEMENT if rna else _COMPLEMENT)[::-1]
+
+
+def vocabulary_letters(vocab: dict[str, int]) -> set[str]:
+    """The (uppercase) letters the vocabulary's non-special tokens are made of."""
+    return {c for w in _words(vocab) for c in w.upper() if c.isalpha()}
+
+
+def thymine_uracil_map(letters: str, vocab_letters: set[str]) -> dict[str, str]:
+    """``{kind letter: vocabulary letter}`` for a nucleic acid whose T (DNA) or U (RNA) the
+    vocabulary lacks while it has the other: RNA with a DNA model gives ``{"U": "T"}``."""
+    for mine, other in (("T", "U"), ("U", "T")):
+        if mine in letters and other not in letters and mine not in vocab_letters \
+                and other in vocab_letters:
+            return {mine: other}
+    return {}
 
 
 class TokenizerFamily(ABC):
@@ -83,24 +119,39 @@ class TokenizerFamily(ABC):
     family = "base"
     bases_per_token = 1  # tokens masked per hidden base, for the fast-mode stride
 
-    def __init__(self, vocab: dict[str, int], specials: SpecialTokens, letters: str):
+    def __init__(self, vocab: dict[str, int], specials: SpecialTokens, letters: str, *,
+                 extra: str = ""):
+        """``letters``: the kind's standard letters (the distribution); ``extra``: other
+        letters naming one residue, scored as themselves when the vocabulary has them."""
         self.vocab = dict(vocab)
         self.specials = specials
         self.id_to_token = {i: t for t, i in vocab.items()}
         self.letters = letters
-        # byte -> index into letters (-1 if not a scored letter); U and T are one letter
-        self._byte_to_letter = np.full(256, -1, dtype=np.int64)
-        for k, c in enumerate(letters):
-            for b in {c, c.lower()}:
-                self._byte_to_letter[ord(b)] = k
-        if "T" in letters and "U" not in letters:
-            self._byte_to_letter[[ord("U"), ord("u")]] = letters.index("T")
-        if "U" in letters and "T" not in letters:
-            self._byte_to_letter[[ord("T"), ord("t")]] = letters.index("U")
+        have = vocabulary_letters(vocab)
+        self.letter_map = thymine_uracil_map(letters, have)
+        spelled = {v: k for k, v in self.letter_map.items()}  # vocabulary letter -> kind's
+        own = "".join(c for c in extra if c in have and c not in spelled and c not in letters)
+        # the standard letters first (indices 0..len(letters)-1), then the extra ones
+        self.scored_letters = letters + own
+        self._token_letter = {c: self.scored_letters.index(spelled.get(c, c)) for c in have
+                              if spelled.get(c, c) in self.scored_letters
+                              and c not in self.letter_map}
+        pairs = [(k.encode() + k.lower().encode(), v.encode() + v.lower().encode())
+                 for k, v in self.letter_map.items()]
+        self._to_vocab = bytes.maketrans(b"".join(a for a, _ in pairs),
+                                         b"".join(b for _, b in pairs)) if pairs else None
         self.candidates = self._build_candidates()
         if not self.candidates:
             raise ModelError(f"the model vocabulary has no tokens made of {letters!r}: is it a "
                              "model for another kind of sequence (check --kind)?")
+        expressible = {int(k) for c in self.candidates.values() for k in np.unique(c.letter_at)}
+        # byte -> index into scored_letters, NOT_A_LETTER or UNSCORABLE
+        self._byte_to_letter = np.full(256, NOT_A_LETTER, dtype=np.int64)
+        for c in extra:
+            self._byte_to_letter[[ord(c), ord(c.lower())]] = UNSCORABLE
+        for k, c in enumerate(self.scored_letters):
+            self._byte_to_letter[[ord(c), ord(c.lower())]] = \
+                k if k in expressible else UNSCORABLE
 
     # -- what every family answers -------------------------------------------------------
     @property
@@ -142,9 +193,23 @@ class TokenizerFamily(ABC):
         """Mask units per pass are this far apart, so ~15% of tokens are masked per pass."""
         return math.ceil(self.bases_per_token / FAST_MASK_RATE - 1e-9)
 
+    @property
+    def n_standard(self) -> int:
+        """How many of :attr:`scored_letters` are the kind's standard letters (the first)."""
+        return len(self.letters)
+
     def letter_index(self, residues: bytes) -> np.ndarray:
-        """Index of each residue into :attr:`letters` (-1 where it is not a scored letter)."""
+        """Index of each residue into :attr:`scored_letters` (the standard letters first),
+        or :data:`NOT_A_LETTER` / :data:`UNSCORABLE` (both negative)."""
         return self._byte_to_letter[np.frombuffer(residues, dtype=np.uint8)]
+
+    def reverse_complement(self, residues: bytes) -> bytes:
+        """The reverse complement in the kind's letters (an RNA's A pairs with U)."""
+        return reverse_complement(residues, rna="U" in self.letters and "T" not in self.letters)
+
+    def vocab_spelling(self, residues: bytes) -> bytes:
+        """``residues`` in the vocabulary's letters (:attr:`letter_map` applied)."""
+        return residues.translate(self._to_vocab) if self._to_vocab else residues
 
     def token_texts(self, ids: np.ndarray) -> list[str]:
         return [self.id_to_token.get(int(i), "[UNK]") for i in ids]
@@ -167,7 +232,7 @@ class TokenizerFamily(ABC):
         for token, token_id in self.vocab.items():
             if token.startswith(("[", "<")) or not token:
                 continue
-            letters = [self.letters.find(c) for c in token.upper()]
+            letters = [self._token_letter.get(c, -1) for c in token.upper()]
             if token.upper() != token or min(letters) < 0:
                 continue
             by_length.setdefault(len(token), []).append((token_id, letters))
@@ -182,8 +247,8 @@ class SingleResidueTokenizer(TokenizerFamily):
 
     family = "single"
 
-    def __init__(self, vocab, specials, letters):
-        super().__init__(vocab, specials, letters)
+    def __init__(self, vocab, specials, letters, *, extra: str = ""):
+        super().__init__(vocab, specials, letters, extra=extra)
         self._byte_to_id = np.full(256, specials.unk, dtype=np.int64)
         for c, token in vocab.items():
             if len(c) == 1 and c.isalpha() and c.upper() == c:
@@ -191,7 +256,7 @@ class SingleResidueTokenizer(TokenizerFamily):
 
     def tokenize(self, residues: bytes) -> WindowTokens:
         n = len(residues)
-        body = self._byte_to_id[np.frombuffer(residues, dtype=np.uint8)]
+        body = self._byte_to_id[np.frombuffer(self.vocab_spelling(residues), dtype=np.uint8)]
         return self._wrap(body, np.arange(n), np.arange(1, n + 1))
 
     def covering(self, tokens, base):
@@ -206,16 +271,16 @@ class OverlappingKmerTokenizer(TokenizerFamily):
 
     family = "overlapping_kmer"
 
-    def __init__(self, vocab, specials, letters, k: int):
+    def __init__(self, vocab, specials, letters, k: int, *, extra: str = ""):
         self.k = self.bases_per_token = k
-        super().__init__(vocab, specials, letters)
+        super().__init__(vocab, specials, letters, extra=extra)
         self._code_to_id = np.full(4**k, specials.unk, dtype=np.int64)
         for code, kmer in enumerate(itertools.product("ACGT", repeat=k)):
             self._code_to_id[code] = vocab.get("".join(kmer), specials.unk)
+        # the k-mers are spelled in ACGT; an RNA's U reaches them through letter_map
         self._byte_to_code = np.full(256, -1, dtype=np.int64)
         for code, c in enumerate("ACGT"):
             self._byte_to_code[[ord(c), ord(c.lower())]] = code
-        self._byte_to_code[[ord("U"), ord("u")]] = 3
 
     def residues_per_window(self, context_tokens: int) -> int:
         return context_tokens - self.n_special + self.k - 1
@@ -227,7 +292,7 @@ class OverlappingKmerTokenizer(TokenizerFamily):
     def tokenize(self, residues: bytes) -> WindowTokens:
         k, n = self.k, len(residues)
         count = max(0, n - k + 1)
-        codes = self._byte_to_code[np.frombuffer(residues, dtype=np.uint8)]
+        codes = self._byte_to_code[np.frombuffer(self.vocab_spelling(residues), dtype=np.uint8)]
         if count == 0:
             return self._wrap(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
         valid = codes >= 0
@@ -262,16 +327,17 @@ class NonOverlappingKmerTokenizer(TokenizerFamily):
 
     family = "nonoverlapping_kmer"
 
-    def __init__(self, vocab, specials, letters, k: int):
+    def __init__(self, vocab, specials, letters, k: int, *, extra: str = ""):
         self.k = k
-        super().__init__(vocab, specials, letters)
+        super().__init__(vocab, specials, letters, extra=extra)
         self._single = np.full(256, specials.unk, dtype=np.int64)
         for c, token in vocab.items():
             if len(c) == 1 and c.isalpha():
                 self._single[[ord(c.upper()), ord(c.lower())]] = token
-        self._ok = np.zeros(256, dtype=bool)
-        for c in "ACGTacgt":
-            self._ok[ord(c)] = True
+        self._ok = np.zeros(256, dtype=bool)  # bases a k-mer may hold, in vocabulary letters
+        for c in letters:
+            c = self.letter_map.get(c, c)
+            self._ok[[ord(c), ord(c.lower())]] = True
 
     def residues_per_window(self, context_tokens: int) -> int:
         # half the best case, so short N runs (single-base tokens) still fit the context
@@ -279,6 +345,7 @@ class NonOverlappingKmerTokenizer(TokenizerFamily):
 
     def tokenize(self, residues: bytes) -> WindowTokens:
         k, n = self.k, len(residues)
+        residues = self.vocab_spelling(residues)
         raw = np.frombuffer(residues, dtype=np.uint8)
         ok = self._ok[raw]
         # a k-mer may start at i when bases i..i+k-1 are all ACGT
@@ -309,8 +376,8 @@ class BpeTokenizer(TokenizerFamily):
 
     family = "bpe"
 
-    def __init__(self, vocab, specials, letters, tokenizer_json: str):
-        super().__init__(vocab, specials, letters)
+    def __init__(self, vocab, specials, letters, tokenizer_json: str, *, extra: str = ""):
+        super().__init__(vocab, specials, letters, extra=extra)
         from tokenizers import Tokenizer
 
         self.tokenizer_json = tokenizer_json
@@ -330,7 +397,8 @@ class BpeTokenizer(TokenizerFamily):
         self._tokenizer = Tokenizer.from_str(self.tokenizer_json)
 
     def tokenize(self, residues: bytes) -> WindowTokens:
-        encoding = self._tokenizer.encode(residues.decode().upper(), add_special_tokens=False)
+        encoding = self._tokenizer.encode(self.vocab_spelling(residues).decode().upper(),
+                                          add_special_tokens=False)
         offsets = np.array(encoding.offsets, dtype=np.int64).reshape(-1, 2)
         return self._wrap(np.array(encoding.ids, dtype=np.int64), offsets[:, 0], offsets[:, 1])
 
@@ -395,18 +463,18 @@ def detect_family(vocab: dict[str, int], *, declared: str | None = None,
 
 
 def make_tokenizer(family: str, *, vocab: dict[str, int], specials: SpecialTokens,
-                   letters: str, k: int = 1, tokenizer_json: str | None = None
-                   ) -> TokenizerFamily:
+                   letters: str, k: int = 1, tokenizer_json: str | None = None,
+                   extra: str = "") -> TokenizerFamily:
     if family == "single":
-        return SingleResidueTokenizer(vocab, specials, letters)
+        return SingleResidueTokenizer(vocab, specials, letters, extra=extra)
     if family == "overlapping_kmer":
-        return OverlappingKmerTokenizer(vocab, specials, letters, k)
+        return OverlappingKmerTokenizer(vocab, specials, letters, k, extra=extra)
     if family == "nonoverlapping_kmer":
-        return NonOverlappingKmerTokenizer(vocab, specials, letters, k)
+        return NonOverlappingKmerTokenizer(vocab, specials, letters, k, extra=extra)
     if family == "bpe":
         if tokenizer_json is None:
             raise ModelError("a BPE model needs its tokenizer.json")
-        return BpeTokenizer(vocab, specials, letters, tokenizer_json)
+        return BpeTokenizer(vocab, specials, letters, tokenizer_json, extra=extra)
     raise ModelError(f"unknown tokenizer family {family!r}; choose one of {', '.join(FAMILIES)}")
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from seqatlas.cli.options import json_option
+from seqatlas.cli.options import ATLAS, PROGRESS, json_option
 from seqatlas.util import format_size
 
 
@@ -25,26 +27,41 @@ def info(
         Console().print_json(json.dumps(summary))
     else:
         print_info(summary)
+    if summary["damaged"]:
+        from seqatlas.errors import AtlasDamagedError
+
+        raise AtlasDamagedError(
+            f"{len(summary['damaged'])} committed part(s) of {atlas} are damaged; `seqatlas "
+            f"verify --atlas {atlas}` lists them, `seqatlas repair --atlas {atlas}` rewrites "
+            "them from the inputs")
+
+
+def _number(value) -> str:
+    return f"{value:,}" if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        else "?"
 
 
 def print_info(summary: dict, console: Console | None = None) -> None:
+    """The summary as text; a value a hand-edited manifest lacks prints as ``?``."""
     console = console or Console()
-    model, scoring = summary["model"], summary["scoring"]
+    model, scoring = summary["model"] or {}, summary["scoring"] or {}
     how = "detected" if summary.get("kind_detected") else "given"
-    console.print(f"[bold]atlas[/] {summary['path']}  (kind: {summary['kind']}, {how}; "
-                  f"updated {summary['updated']})")
-    console.print(f"[bold]model[/] {model['name']} ({model['model_type']}, "
-                  f"{model['parameters']:,} parameters, tokenizer "
-                  f"{model['tokenizer']['family']}, weights sha256 "
-                  f"{model['weights_sha256'][:12]}…)")
-    layers = scoring.get("layers") or [scoring["layer"]]
+    console.print(f"[bold]atlas[/] {escape(summary['path'])}  (kind: {summary['kind']}, "
+                  f"{how}; updated {summary['updated']})", highlight=False)
+    tokenizer = model.get("tokenizer") or {}
+    console.print(f"[bold]model[/] {escape(str(model.get('name', '?')))} "
+                  f"({model.get('model_type', '?')}, {_number(model.get('parameters'))} "
+                  f"parameters, tokenizer {tokenizer.get('family', '?')}, weights sha256 "
+                  f"{str(model.get('weights_sha256', '?'))[:12]}…)", highlight=False)
+    layers = scoring.get("layers") or [scoring.get("layer")]
     layer = (f", layer{'s' if len(layers) > 1 else ''} {', '.join(map(str, layers))}"
-             if scoring["embeddings"] else "")
-    strands = f", strands {scoring['strands']}" if summary["kind"] != "protein" else ""
+             if scoring.get("embeddings") else "")
+    strands = f", strands {scoring.get('strands', '?')}" if summary["kind"] != "protein" else ""
     copies = f", copy k-mer {scoring['copy_k']}" if scoring.get("copy_k") else ", copies off"
-    console.print(f"[bold]scoring[/] likelihood {scoring['likelihood']}, window "
-                  f"{scoring['window']} overlap {scoring['overlap']}, embeddings "
-                  f"{scoring['embedding_dtype'] or 'none'}{layer}{strands}{copies}")
+    console.print(f"[bold]scoring[/] likelihood {scoring.get('likelihood', '?')}, window "
+                  f"{scoring.get('window', '?')} overlap {scoring.get('overlap', '?')}, "
+                  f"embeddings {scoring.get('embedding_dtype') or 'none'}{layer}{strands}"
+                  f"{copies}", highlight=False)
     table = Table(title="tables")
     for column in ("table", "parts", "rows", "on disk", "bytes/row"):
         table.add_column(column, justify="right" if column != "table" else "left")
@@ -59,9 +76,11 @@ def print_info(summary: dict, console: Console | None = None) -> None:
     for column in ("file", "records", "residues", "size", "sha256"):
         inputs.add_column(column)
     for i in summary["inputs"]:
-        inputs.add_row(i["path"], f"{i['records']:,}", f"{i['residues']:,}", format_size(i["size"]),
-                       i["sha256"][:12] + "…")
+        inputs.add_row(escape(i["path"]), _number(i["records"]), _number(i["residues"]),
+                       format_size(i["size"]), i["sha256"][:12] + "…")
     console.print(inputs)
+    for damage in summary.get("damaged", []):
+        console.print(f"damaged: {escape(damage)}", style="bold red", highlight=False)
 
 
 def print_demo(summary: dict) -> None:
@@ -91,3 +110,63 @@ def print_demo(summary: dict) -> None:
     console.print(f"Explore: seqatlas info {summary['proteins']['atlas']}, or in Python "
                   f"seqatlas.Atlas({summary['proteins']['atlas']!r}).positions(). For DNA the "
                   "chance level of top-1 accuracy is 0.25 (mean logp -1.386).")
+
+
+def verify(
+    atlas: Path = ATLAS,
+    as_json: bool = json_option("Print the report as JSON."),
+) -> None:
+    """Re-hash every committed part against the size and SHA-256 recorded when it was
+    committed, and check that the input files are still there; exit 1 if anything is damaged.
+
+    Example: seqatlas verify --atlas my_atlas
+    """
+    import seqatlas
+
+    report = seqatlas.verify(atlas)
+    console = Console()
+    if as_json:
+        console.print_json(json.dumps(report))
+    else:
+        console.print(f"{report['parts']:,} parts checked in {escape(report['atlas'])}"
+                      + (f" ({report['parts_without_checksum']:,} committed before checksums: "
+                         "size only)" if report["parts_without_checksum"] else ""),
+                      highlight=False)
+        for d in report["damaged"]:
+            console.print(f"damaged: {d['table']}/{d['part']}: {d['problem']}", style="red",
+                          highlight=False)
+        for i in report["inputs"]:
+            if i["problem"]:
+                console.print(f"input: {escape(i['problem'])} (repair cannot rebuild from it)",
+                              highlight=False)
+        if report["ok"]:
+            console.print("ok: every part is as committed", highlight=False)
+    if not report["ok"]:
+        from seqatlas.errors import AtlasDamagedError
+
+        raise AtlasDamagedError(f"{len(report['damaged'])} part(s) damaged; `seqatlas repair "
+                                f"--atlas {atlas}` rewrites them from the inputs")
+
+
+def repair(
+    atlas: Path = ATLAS,
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Scoring actors for "
+                                          "re-scoring damaged units (0: in this process)."),
+    progress: bool = PROGRESS,
+) -> None:
+    """Rewrite damaged parts from the atlas's inputs: the sequences table, scored units (the
+    atlas's own model and settings), imported or found repeats, detected copies.
+
+    Example: seqatlas repair --atlas my_atlas
+    """
+    import seqatlas
+
+    report = seqatlas.repair(atlas, workers=workers, progress=progress)
+    if not report["damaged"]:
+        typer.echo(f"{atlas}: nothing to repair; every part is as committed.", err=True)
+        return
+    typer.echo(f"{atlas}: repaired {len(report['damaged'])} damaged part(s) "
+               f"({report['rescored_units']} unit(s) re-scored, {report['repeats_restored']} "
+               "repeats unit(s) restored).", err=True)
+    for command in report["rerun"]:
+        typer.echo(f"to restore ablations, run: {command}", err=True)

@@ -63,6 +63,11 @@ def ingest(
     address: Optional[str] = address_option("Ray cluster address ('auto' or host:port); "
                                             "default: a local Ray, started quietly."),
     max_retries: int = typer.Option(2, help="Retries of a failing work unit."),
+    stall_timeout: float = typer.Option(
+        1800.0, "--stall-timeout", metavar="SECONDS",
+        help="Stop with an error when no work unit finishes for this long (e.g. Ray waiting "
+        "for resources, a hung worker); committed work is kept and a re-run resumes. 0 waits "
+        "forever."),
     tokenizer: Optional[Tokenizer] = typer.Option(None, help="Override the detected "
                                                   "tokenizer family."),
     progress: bool = PROGRESS,
@@ -80,7 +85,8 @@ def ingest(
         layer=(layer[0] if len(layer) == 1 else list(layer)) if layer else None,
         window=window, overlap=overlap, batch_tokens=batch_tokens, unit_tokens=unit_tokens,
         workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
-        address=address, max_retries=max_retries, tokenizer=_value(tokenizer),
+        address=address, max_retries=max_retries, stall_timeout=stall_timeout,
+        tokenizer=_value(tokenizer),
         strands=strands.value, skip_n_runs=skip_n_runs, copy_k=copy_k, progress=progress)
     _print_report(report.as_dict(), as_json)
 

@@ -45,8 +45,10 @@ def print_result(table, format: Format, title: str | None = None) -> None:
     if format == Format.csv:
         import pyarrow.csv as pacsv
 
+        from seqatlas.query.engine import csv_ready
+
         sink = sys.stdout.buffer
-        pacsv.write_csv(table, sink)
+        pacsv.write_csv(csv_ready(table), sink)
         sink.flush()
         return
     if format == Format.tsv:

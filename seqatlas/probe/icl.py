@@ -33,7 +33,7 @@ from seqatlas.scoring.ablation import (METHODS, RESCORE_LIKELIHOODS, RescoreTask
                                        region_rng, standard_letters)
 from seqatlas.scoring.pipeline import describe_error
 from seqatlas.scoring.workers import make_executor, run_units_timed
-from seqatlas.store import AtlasReader, AtlasWriter
+from seqatlas.store import AtlasReader, AtlasWriter, parquet_format
 
 PROBE = "icl"
 
@@ -259,7 +259,7 @@ def _probed(reader: AtlasReader, names: list[str], config: IclConfig) -> set[tup
         return set()
     import pyarrow.dataset as ds
 
-    data = ds.dataset([str(p) for p in paths], format="parquet", schema=schema.ABLATIONS)
+    data = ds.dataset([str(p) for p in paths], format=parquet_format(), schema=schema.ABLATIONS)
     table = data.to_table(columns=["seq_id", "target_start", "target_end"],
                           filter=(ds.field("method") == config.method)
                           & (ds.field("seed") == config.seed))
@@ -326,7 +326,7 @@ def _read_sequences(reader: AtlasReader, seq_ids: list[str], letters: str
     ``seq_ids``, rebuilt from the atlas itself (the FASTA may have moved)."""
     import pyarrow.dataset as ds
 
-    data = ds.dataset([str(p) for p in reader.part_paths("positions")], format="parquet",
+    data = ds.dataset([str(p) for p in reader.part_paths("positions")], format=parquet_format(),
                       schema=schema.POSITIONS)
     table = data.to_table(columns=["seq_id", "pos", "ref", "soft_masked", "logp",
                                    "window_start"],

@@ -2,17 +2,36 @@
 
 The sandbox, in DuckDB's own terms: external access is off and only the committed part files
 (resolved, each inside the atlas) are on ``allowed_paths``; extension install, load and
-autoload are off; the configuration is locked; only ``SELECT``/``EXPLAIN`` statements run;
-spills go to a private temporary directory removed on close. Results are written by seqatlas
-(never by DuckDB) to an explicit output file, atomically.
+autoload are off, and so are Python replacement scans; the configuration is locked; spills go
+to a private temporary directory removed on close. Results are written by seqatlas (never by
+DuckDB) to an explicit output file, atomically.
+
+What runs is allow-listed on DuckDB's own parse of the whole statement (:meth:`Sandbox.check`):
+one ``SELECT`` (WITH, UNION, VALUES, FROM-first, PIVOT ... IN, SUMMARIZE, DESCRIBE and SHOW are
+SELECTs to DuckDB) whose every query node is a select (DuckDB lets a WITH entry be an INSERT,
+UPDATE, DELETE or COPY ... TO, which runs) and whose table functions are on
+:data:`TABLE_FUNCTIONS`; or ``EXPLAIN [ANALYZE]`` of such a SELECT (EXPLAIN ANALYZE executes the
+statement it explains: a COPY, CREATE or DROP under it would run). Allowed paths are writable
+to DuckDB, so this list, not the file sandbox, is what keeps committed parts intact.
+
+Queries run on a worker thread (:meth:`Sandbox._with_timeout`) so that a timeout or Ctrl-C
+cancels them: DuckDB is interrupted, and a query that does not stop within
+:data:`CANCEL_GRACE` seconds (DuckDB checks for cancellation only between chunks of work, so
+one long function call can ignore it) is abandoned: its result is discarded, the sandbox is
+unusable from then on, and the worker closes the connection when DuckDB returns.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import re
 import shutil
+import sys
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,27 +40,100 @@ import pyarrow as pa
 from seqatlas import schema
 from seqatlas.store import AtlasReader
 from seqatlas.errors import AtlasError, ConfigError, QueryError
-from seqatlas.util import machine_memory_bytes, machine_threads, replacing
+from seqatlas.util import check_output, machine_memory_bytes, machine_threads, output_file
 
 TABLE_SCHEMAS = {"sequences": schema.SEQUENCES, "positions": schema.POSITIONS,
                  "repeats": schema.REPEATS, "ablations": schema.ABLATIONS}
 ALLOWED_STATEMENTS = ("SELECT", "EXPLAIN")
 OUTPUT_FORMATS = ("table", "csv", "tsv", "json", "parquet")
+# query nodes a statement may hold anywhere in its parse tree (not INSERT/UPDATE/DELETE/COPY)
+SELECT_NODES = frozenset({"SELECT_NODE", "SET_OPERATION_NODE", "RECURSIVE_CTE_NODE", "CTE_NODE"})
+# table functions a query may call: generators, unnesting, catalog introspection, parquet
+# metadata (of the committed parts: other paths are refused). Left out on purpose: file
+# readers other than parquet, those running SQL text (query, query_table,
+# json_execute_serialized_sql), and those changing the session (checkpoint, logging, ...).
+TABLE_FUNCTIONS = frozenset({
+    "range", "generate_series", "unnest", "repeat", "repeat_row", "summary", "json_each",
+    "json_tree", "read_parquet", "parquet_scan", "parquet_metadata", "parquet_schema",
+    "parquet_file_metadata", "parquet_kv_metadata", "parquet_bloom_probe", "duckdb_columns",
+    "duckdb_constraints", "duckdb_databases", "duckdb_dependencies", "duckdb_functions",
+    "duckdb_indexes", "duckdb_keywords", "duckdb_memory", "duckdb_optimizers",
+    "duckdb_schemas", "duckdb_sequences", "duckdb_settings", "duckdb_tables",
+    "duckdb_temporary_files", "duckdb_types", "duckdb_variables", "duckdb_views",
+    "pragma_table_info", "pragma_version", "pragma_show", "pragma_platform",
+    "pragma_database_size", "pragma_storage_info", "pragma_collations", "test_all_types",
+    "test_vector_types", "histogram", "histogram_values", "pg_timezone_names",
+    "icu_calendar_names"})
+# scalar functions with side effects
+REFUSED_FUNCTIONS = frozenset({"nextval", "setval", "write_log"})
+CANCEL_GRACE = 1.0  # seconds DuckDB gets to stop after an interrupt before the query is abandoned
+_POLL = 0.1  # the waiting thread wakes this often, so Ctrl-C and the timeout act promptly
+MIN_MEMORY = 16 << 20  # below this DuckDB cannot even open a connection
+_SIZE_UNITS = {"b": 1, "byte": 1, "bytes": 1, "k": 10**3, "kb": 10**3, "m": 10**6,
+               "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(%|[a-z]+)\s*", re.IGNORECASE)
+_BREAKS = re.compile(r"[\t\n\r]")
+_MEMORY_EXAMPLE = "give a number and a unit, e.g. 8GB, 512MiB, or 75% of this machine's memory"
+
+
+def memory_limit_bytes(text: str) -> int:
+    """The bytes a DuckDB memory limit such as ``8GB``, ``512MiB`` or ``75%`` (of this
+    machine's memory) stands for; a ConfigError naming ``--memory-limit`` otherwise.
+
+    Units: B, KB/MB/GB/TB (powers of 1000; K/M/G/T alike) and KiB/MiB/GiB/TiB (powers of
+    1024), case-insensitive, as DuckDB reads them; at least 16 MiB, a percentage at most 100.
+    """
+    match = _SIZE.fullmatch(text) if isinstance(text, str) else None
+    unit = match.group(2).lower() if match else None
+    if unit is None or (unit != "%" and unit not in _SIZE_UNITS):
+        raise ConfigError(f"--memory-limit {text!r} is not a size: {_MEMORY_EXAMPLE}")
+    number = float(match.group(1))
+    if unit == "%":
+        if not 0 < number <= 100:
+            raise ConfigError(f"--memory-limit {text!r}: a percentage of the machine's memory "
+                              f"must be above 0 and at most 100; {_MEMORY_EXAMPLE}")
+        size = int(machine_memory_bytes() * number / 100)
+    else:
+        size = int(number * _SIZE_UNITS[unit])
+    if size < MIN_MEMORY:
+        raise ConfigError(f"--memory-limit {text!r} is below the {MIN_MEMORY >> 20} MiB DuckDB "
+                          f"needs; {_MEMORY_EXAMPLE}")
+    if size >= 2**62:
+        raise ConfigError(f"--memory-limit {text!r} is too large; {_MEMORY_EXAMPLE}")
+    return size
 
 
 @dataclass
 class SqlConfig:
-    """Resources and limits of one engine; None follows the machine."""
+    """Resources and limits of one engine; None follows the machine.
+
+    ``threads`` above the CPUs this process may use (:func:`seqatlas.util.machine_threads`)
+    is capped at them, silently: more DuckDB threads than CPUs only cost memory.
+    """
 
     timeout: float | None = None  # seconds per query; None = no limit
     memory_limit: str | None = None  # DuckDB size string; None = 75% of the machine's memory
-    threads: int | None = None  # None = the CPUs this process may use
+    threads: int | None = None  # None = the CPUs this process may use; capped at them
 
     def validate(self) -> None:
-        if self.timeout is not None and self.timeout <= 0:
-            raise ConfigError("--timeout must be a positive number of seconds")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError("--threads must be 1 or more")
+        timeout = self.timeout
+        if timeout is not None and (isinstance(timeout, bool)
+                                    or not isinstance(timeout, (int, float))
+                                    or not math.isfinite(timeout) or timeout <= 0):
+            raise ConfigError(f"--timeout must be a positive, finite number of seconds, "
+                              f"not {timeout!r}")
+        threads = self.threads
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                    or threads < 1):
+            raise ConfigError(f"--threads must be a whole number, 1 or more, not {threads!r}")
+        if self.memory_limit is not None:
+            memory_limit_bytes(self.memory_limit)
+
+    def duckdb_threads(self) -> int:
+        """The DuckDB threads to use: ``threads`` capped at the machine's CPUs."""
+        cpus = machine_threads()
+        return min(self.threads, cpus) if self.threads else cpus
 
 
 def _duckdb_type(arrow_type: pa.DataType) -> str:
@@ -90,37 +182,129 @@ def sql_string(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+# queries abandoned by any sandbox of this process and still running: thread -> spill directory
+_ABANDONED: dict[threading.Thread, str | None] = {}
+_ABANDONED_NOTE = (" DuckDB did not stop within {grace:g} s of the cancel (it checks for it only "
+                   "between chunks of work, and one function call can run long), so the query "
+                   "was abandoned and this engine closed.")
+
+
+def exit_if_abandoned(code: int) -> None:
+    """End the process now, with exit status ``code``, if a query it abandoned still runs.
+
+    An abandoned query's thread is not a daemon (a daemon thread returning from DuckDB while
+    the interpreter shuts down aborts the process), so a normal exit would wait for DuckDB's
+    current chunk of work. A command-line entry point, about to exit anyway, calls this last:
+    stdout and stderr are flushed, the abandoned queries' spill directories removed, and the
+    process ends at once (``os._exit``). Does nothing when no abandoned query is running.
+    """
+    running = list(_ABANDONED.values())  # a worker removes itself when DuckDB returns
+    if not running:
+        return
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    for spill in running:
+        if spill:
+            shutil.rmtree(spill, ignore_errors=True)
+    os._exit(code)
+
+
+def _type_name(statement) -> str:
+    """A parsed statement's type; ``UNNAMED`` for one the Python client has no name for (it
+    raises ValueError for UPDATE EXTENSIONS, for one)."""
+    try:
+        return statement.type.name
+    except ValueError:
+        return "UNNAMED"
+
+
+def _refusal(tree) -> str | None:
+    """Why the parse tree (json_serialize_sql) of a SELECT may not run, or None."""
+    stack = [tree]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+            continue
+        if not isinstance(item, dict):
+            continue
+        kind = item.get("type")
+        if isinstance(kind, str):
+            # every query node carries a cte_map; DuckDB's non-select ones end in _NODE
+            if (kind.endswith("_NODE") or "cte_map" in item) and kind not in SELECT_NODES:
+                what = kind.removesuffix("_NODE").removesuffix("_QUERY").replace("_", " ")
+                return (f"a WITH clause or subquery may not run {what} (only SELECT); "
+                        "queries are read-only")
+            if kind == "TABLE_FUNCTION":
+                function = item.get("function")
+                name = str(function.get("function_name", "")).lower() \
+                    if isinstance(function, dict) else ""
+                if name not in TABLE_FUNCTIONS:
+                    return (f"table function {name or '?'}() is not allowed in the sandbox (it "
+                            "reads files, runs SQL text or changes the session); read the "
+                            "views, or use one of: " + ", ".join(sorted(TABLE_FUNCTIONS)))
+        name = item.get("function_name")
+        if isinstance(name, str) and name.lower() in REFUSED_FUNCTIONS:
+            return f"{name.lower()}() changes the session and is not allowed in the sandbox"
+        stack.extend(item.values())
+    return None
+
+
 class Sandbox:
     """A DuckDB connection whose only readable files are one atlas's committed parts.
 
     Views: ``sequences``, ``positions``, ``tokens``, ``repeats`` and ``repeats_global``. The
-    anomaly views are added by :class:`seqatlas.query.views.Engine`.
+    anomaly views are added by :class:`seqatlas.query.views.Engine`. User SQL goes through
+    :meth:`run` or :meth:`run_to_file` (checked, cancellable); seqatlas's own SQL through
+    :meth:`fetch_internal` (cancellable) or :meth:`execute_internal` (a lazy relation).
     """
 
     def __init__(self, atlas: AtlasReader | str | os.PathLike, config: SqlConfig | None = None):
         import duckdb
 
+        self.con = None
+        self._spill: str | None = None
+        self._lock = threading.Lock()
+        self._running: threading.Thread | None = None  # the worker running a query now
+        self._orphan: threading.Thread | None = None  # a query that ignored its cancel
+        self._closed = False
         self.atlas = atlas if isinstance(atlas, AtlasReader) else AtlasReader(atlas)
         self.config = config or SqlConfig()
         self.config.validate()
         self.root = Path(os.path.realpath(self.atlas.path))
         self._spill = tempfile.mkdtemp(prefix="seqatlas-duckdb-")
-        memory = self.config.memory_limit or f"{int(machine_memory_bytes() * 0.75) >> 20}MB"
-        self.con = duckdb.connect(":memory:", config={
-            "threads": self.config.threads or machine_threads(),
-            "memory_limit": memory,
-            "temp_directory": self._spill,
-            "autoinstall_known_extensions": False,
-            "autoload_known_extensions": False,
-            "allow_community_extensions": False,
-            "allow_unsigned_extensions": False,
-        })
+        memory = self.config.memory_limit.strip() if self.config.memory_limit else \
+            f"{int(machine_memory_bytes() * 0.75) >> 20}MB"
+        try:
+            self.con = duckdb.connect(":memory:", config={
+                "threads": self.config.duckdb_threads(),
+                "memory_limit": memory,
+                "temp_directory": self._spill,
+                "autoinstall_known_extensions": False,
+                "autoload_known_extensions": False,
+                "allow_community_extensions": False,
+                "allow_unsigned_extensions": False,
+                "python_enable_replacements": False,  # no scans of the caller's variables
+            })
+        except duckdb.Error as exc:
+            self.close()
+            if self.config.memory_limit is None:
+                raise
+            raise ConfigError(f"--memory-limit {self.config.memory_limit!r}: DuckDB cannot run "
+                              f"with it ({str(exc).splitlines()[0]}); {_MEMORY_EXAMPLE}") from None
         try:
             allowed = self._create_views()
             if allowed:
                 self.con.execute(f"SET allowed_paths=[{', '.join(map(sql_string, allowed))}]")
             self.con.execute("SET enable_external_access=false")
             self.con.execute("SET lock_configuration=true")
+        except duckdb.OutOfMemoryException as exc:
+            self.close()
+            raise ConfigError(f"--memory-limit {memory!r} is too small to open the atlas "
+                              f"({str(exc).splitlines()[0]}); {_MEMORY_EXAMPLE}") from None
         except BaseException:
             self.close()
             raise
@@ -157,55 +341,208 @@ class Sandbox:
         return [f.name for f in schema.POSITIONS]
 
     def execute_internal(self, sql: str, params=None):
-        """Run seqatlas's own (trusted) SQL as a relation; user SQL goes through :meth:`run`."""
+        """Run seqatlas's own (trusted) SQL as a relation; user SQL goes through :meth:`run`.
+
+        It runs on the caller's thread, where neither Ctrl-C nor the timeout can stop it: use
+        :meth:`fetch_internal` for anything that may take long."""
+        self._require_usable()
         return self.con.sql(sql, params=params)
 
+    def fetch_internal(self, sql: str, params=None) -> pa.Table | None:
+        """Run seqatlas's own (trusted, unchecked) SQL like :meth:`run` runs user SQL (on a
+        worker, cancelled by the timeout or Ctrl-C); its whole result as an Arrow table, or
+        None for a statement without one (CREATE ...)."""
+        def work(cancelled):
+            relation = self.con.sql(sql, params=params)
+            return None if relation is None else arrow_table(relation)
+
+        return self._with_timeout(work)
+
+    # -- what may run ----------------------------------------------------------------------
+
     def check(self, query: str) -> None:
-        """Refuse anything but a single SELECT or EXPLAIN statement."""
+        """Refuse anything but one SELECT, or EXPLAIN [ANALYZE] of one, as DuckDB parses it;
+        a QueryError says why. See the module docstring."""
+        self._require_usable()
+        statements = self._statements(query)
+        if len(statements) != 1:
+            raise QueryError(f"give exactly one SQL statement, not {len(statements)}")
+        statement = statements[0]
+        kind = _type_name(statement)
+        if kind == "SELECT":
+            self._check_select(statement.query)
+        elif kind == "EXPLAIN":
+            for explained in self._explained(statement.query):
+                self._check_select(explained)
+        elif kind == "MULTI":
+            raise QueryError("this statement runs several (a PIVOT without IN first creates a "
+                             "type): list the values, PIVOT ... ON column IN (...)")
+        else:
+            what = "that statement is" if kind == "UNNAMED" else f"{kind} statements are"
+            raise QueryError(f"{what} not allowed: queries are read-only "
+                             "(SELECT, or EXPLAIN [ANALYZE] of a SELECT). Use --output to save "
+                             "a result.")
+
+    def _statements(self, text: str) -> list:
         import duckdb
 
         try:
-            statements = self.con.extract_statements(query)
+            return self.con.extract_statements(text)
         except duckdb.Error as exc:
             raise QueryError(f"SQL does not parse: {exc}") from None
-        if len(statements) != 1:
-            raise QueryError(f"give exactly one SQL statement, not {len(statements)}")
-        kind = statements[0].type.name
-        if kind not in ALLOWED_STATEMENTS:
-            raise QueryError(f"{kind} statements are not allowed: queries are read-only "
-                             "(SELECT or EXPLAIN). Use --output to save a result.")
+
+    def _kind(self, text: str) -> str | None:
+        """The type of the one statement ``text`` parses as; None when it does not parse."""
+        import duckdb
+
+        try:
+            statements = self.con.extract_statements(text)
+        except duckdb.Error:
+            return None
+        return _type_name(statements[0]) if len(statements) == 1 else "SEVERAL"
+
+    def _explained(self, text: str) -> list[str]:
+        """The SELECT that ``text``, an EXPLAIN statement, explains (as candidate texts, each
+        checked by the caller); a QueryError unless it is one SELECT.
+
+        DuckDB's Python API does not expose the explained statement, so the candidates are
+        the texts after each place the prefix EXPLAIN [ANALYZE] [(options)] can end, found
+        with DuckDB's tokenizer (comments skipped). Every candidate DuckDB parses must be one
+        SELECT, and at least one must, whichever reading DuckDB took.
+        """
+        import duckdb
+
+        tokens = duckdb.tokenize(text)
+        ends = [start for start, _ in tokens[1:]] + [len(text)]
+        words = [(start, text[start:end].strip().lower(), kind)
+                 for (start, kind), end in zip(tokens, ends)
+                 if kind != duckdb.token_type.comment]
+        refusal = QueryError("EXPLAIN is allowed only of a SELECT (EXPLAIN ANALYZE runs the "
+                             "statement it explains); queries are read-only")
+        if not words or words[0][1] != "explain":
+            raise refusal
+        starts = [1]
+        if len(words) > 2 and words[1][2] == duckdb.token_type.keyword \
+                and words[1][1] in ("analyze", "analyse"):
+            starts.append(2)
+        candidates = []
+        for i in starts:
+            if i >= len(words):
+                continue
+            candidates.append(text[words[i][0]:])
+            if words[i][1] != "(":
+                continue
+            depth = 0
+            for j in range(i, len(words)):
+                word = words[j][1] if words[j][2] == duckdb.token_type.operator else ""
+                if word in ("(", ")"):
+                    depth += 1 if word == "(" else -1
+                    if depth == 0:
+                        if j + 1 < len(words):
+                            candidates.append(text[words[j + 1][0]:])
+                        break
+                elif "(" in word or ")" in word:  # an operator holding a parenthesis: no guess
+                    break
+        kinds = [self._kind(candidate) for candidate in candidates]
+        if "SELECT" not in kinds or any(k not in (None, "SELECT") for k in kinds):
+            raise refusal
+        return [c for c, k in zip(candidates, kinds) if k == "SELECT"]
+
+    def _check_select(self, text: str) -> None:
+        """Refuse a SELECT whose parse tree holds a query node that is not a select (a WITH
+        entry may be INSERT, UPDATE, DELETE or COPY ... TO), a table function off
+        :data:`TABLE_FUNCTIONS` or a function of :data:`REFUSED_FUNCTIONS`."""
+        tree = json.loads(self.con.sql("SELECT json_serialize_sql(?)",
+                                       params=[text]).fetchall()[0][0])
+        if tree.get("error") or len(tree.get("statements") or []) != 1:
+            raise QueryError("the sandbox cannot check this statement "
+                             f"({tree.get('error_message') or 'not one SELECT'}); only SELECT "
+                             "statements run")
+        problem = _refusal(tree["statements"][0])
+        if problem:
+            raise QueryError(f"refused by the sandbox: {problem}")
+
+    # -- running ---------------------------------------------------------------------------
 
     def run_to_file(self, query: str, output: str | os.PathLike, format: str,
                     parameters=None) -> int:
-        """Check ``query`` and stream its result into ``output``; returns the row count."""
+        """Check ``query`` and stream its result into ``output``; returns the row count. A
+        cancelled query leaves ``output`` as it was."""
         self.check(query)
-        return self._with_timeout(lambda: write_result(
-            arrow_reader(self.con.sql(query, params=parameters)), output, format))
+        check_output(output)
+
+        def work(cancelled):
+            reader = arrow_reader(self.con.sql(query, params=parameters))
+            return write_result(_until(reader, cancelled), output, format)
+
+        return self._with_timeout(work)
 
     def run(self, query: str, parameters=None) -> pa.Table:
         """Check and run ``query``; the whole result as an Arrow table."""
         self.check(query)
-        return self._with_timeout(lambda: arrow_table(self.con.sql(query, params=parameters)))
+        return self._with_timeout(
+            lambda cancelled: arrow_table(self.con.sql(query, params=parameters)))
+
+    def _require_usable(self) -> None:
+        if self._orphan is not None:
+            raise QueryError("this engine was closed after a query ignored its cancel (DuckDB "
+                             "checks for it only between chunks of work); open a new one")
+        if self.con is None or self._closed:
+            raise QueryError("this engine is closed; open a new one")
 
     def _with_timeout(self, work):
+        """``work(cancelled)`` (DuckDB calls on this connection; ``cancelled`` an Event set on
+        a cancel) run on a worker thread, waited for in short slices so that the timeout and
+        Ctrl-C act promptly. Both interrupt DuckDB and give it :data:`CANCEL_GRACE` seconds to
+        stop; a query still running then is abandoned (its result never used, this engine
+        closed, the worker releasing the connection when DuckDB returns). The timeout raises
+        a QueryError, a KeyboardInterrupt is re-raised.
+
+        The wait is on an Event the worker sets, never ``Thread.join``: on Python 3.11 a
+        KeyboardInterrupt inside ``join`` marks the thread stopped while it still runs."""
         import duckdb
 
+        self._require_usable()
+        timeout = self.config.timeout
         outcome: dict = {}
+        cancelled, done = threading.Event(), threading.Event()
 
         def target():
             try:
-                outcome["value"] = work()
+                outcome["value"] = work(cancelled)
             except BaseException as exc:  # re-raised in the caller's thread
                 outcome["error"] = exc
+            finally:
+                self._finished()
+                done.set()
 
-        thread = threading.Thread(target=target, daemon=True)
-        thread.start()
-        thread.join(self.config.timeout)
-        if thread.is_alive():
-            self.con.interrupt()
-            thread.join()
-            raise QueryError(f"query cancelled after the {self.config.timeout:g} s timeout; "
-                             "raise --timeout or narrow the query")
+        # not a daemon: a daemon thread coming back from DuckDB during interpreter shutdown
+        # aborts the process (see exit_if_abandoned)
+        thread = threading.Thread(target=target, name="seqatlas-duckdb-query")
+        with self._lock:
+            self._running = thread
+        started = False
+        try:
+            thread.start()
+            started = True
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while not done.is_set():
+                left = _POLL if deadline is None else deadline - time.monotonic()
+                if left <= 0:
+                    stopped = self._cancel(thread, cancelled, done)
+                    raise QueryError(
+                        f"query cancelled after the {timeout:g} s timeout; raise --timeout or "
+                        "narrow the query." + ("" if stopped else
+                                               _ABANDONED_NOTE.format(grace=CANCEL_GRACE)))
+                done.wait(min(_POLL, left))
+        except KeyboardInterrupt:
+            if started and not done.is_set() and self._orphan is not thread:
+                self._cancel(thread, cancelled, done)
+            raise
+        finally:
+            if not started:
+                with self._lock:
+                    self._running = None
         error = outcome.get("error")
         if isinstance(error, duckdb.InterruptException):
             raise QueryError("query interrupted") from None
@@ -217,20 +554,90 @@ class Sandbox:
             raise QueryError(f"{type(error).__name__}: {error}") from None
         if error is not None:
             raise error
-        return outcome["value"]
+        return outcome.get("value")
+
+    def _cancel(self, thread: threading.Thread, cancelled: threading.Event,
+                done: threading.Event) -> bool:
+        """Interrupt DuckDB and wait up to CANCEL_GRACE s for the worker; abandon it if it is
+        still running then (or a second Ctrl-C ends the wait). True when it stopped."""
+        cancelled.set()
+        con = self.con
+        if con is not None:
+            con.interrupt()
+        end = time.monotonic() + CANCEL_GRACE
+        try:
+            while not done.is_set() and (left := end - time.monotonic()) > 0:
+                done.wait(min(_POLL, left))
+        finally:
+            abandoned = not done.is_set() and self._abandon(thread)
+        return not abandoned
+
+    def _abandon(self, thread: threading.Thread) -> bool:
+        with self._lock:
+            if self._running is not thread:
+                return False  # it finished meanwhile
+            self._orphan = thread
+            _ABANDONED[thread] = self._spill
+            return True
+
+    def _finished(self) -> None:
+        """The worker's last step: release the connection if the engine was closed or gave
+        the query up while it ran."""
+        with self._lock:
+            self._running = None
+            release = self._closed or self._orphan is not None
+            _ABANDONED.pop(threading.current_thread(), None)
+        if release:
+            self._release()
+
+    def _release(self) -> None:
+        import duckdb
+
+        with self._lock:
+            con, self.con = self.con, None
+            spill, self._spill = self._spill, None
+        if con is not None:
+            try:
+                con.close()
+            except duckdb.Error:
+                pass
+        if spill:
+            shutil.rmtree(spill, ignore_errors=True)
 
     def close(self) -> None:
-        con = getattr(self, "con", None)
-        if con is not None:
-            con.close()
-            self.con = None
-        shutil.rmtree(self._spill, ignore_errors=True)
+        """Close the connection and remove the spill directory; safe to call twice, and while
+        an abandoned query still runs (its worker releases them when DuckDB returns)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            busy = self._running is not None
+        if busy:
+            con = self.con
+            if con is not None:
+                con.interrupt()
+            return
+        self._release()
 
     def __enter__(self) -> Sandbox:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _until(reader: pa.RecordBatchReader, cancelled: threading.Event) -> pa.RecordBatchReader:
+    """``reader``'s batches until ``cancelled`` is set; then (even after the last batch) a
+    QueryError, so a cancelled query's output is never committed."""
+    def batches():
+        for batch in reader:
+            if cancelled.is_set():
+                break
+            yield batch
+        if cancelled.is_set():
+            raise QueryError("query cancelled")
+
+    return pa.RecordBatchReader.from_batches(reader.schema, batches())
 
 
 def json_record(record: dict) -> str:
@@ -243,41 +650,172 @@ def json_record(record: dict) -> str:
     return json.dumps(clean, default=str)
 
 
+def _interval_text(value) -> str:
+    """A month-day-nanosecond interval as DuckDB writes one: ``1 month 2 days 00:00:01.5``."""
+    months, days, nanos = value.months, value.days, value.nanoseconds
+    parts = [f"{n} {unit}{'' if abs(n) == 1 else 's'}"
+             for n, unit in ((months, "month"), (days, "day")) if n]
+    if nanos or not parts:
+        sign, nanos = ("-" if nanos < 0 else ""), abs(nanos)
+        seconds, fraction = divmod(nanos, 10**9)
+        clock = f"{sign}{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        parts.append(clock + (f".{fraction:09d}".rstrip("0") if fraction else ""))
+    return " ".join(parts)
+
+
+def _plain(value):
+    """A Python value from Arrow made JSON-serialisable (non-finite floats become None)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) and not isinstance(value, pa.MonthDayNano):
+        return [_plain(v) for v in value]
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    if isinstance(value, pa.MonthDayNano):
+        return _interval_text(value)
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    return str(value)
+
+
+def _json_texts(array: pa.Array) -> list[str]:
+    """Every value of ``array`` as JSON text (``null`` for a null), column-wise."""
+    import pyarrow.compute as pc
+
+    kind = array.type
+    if pa.types.is_dictionary(kind):
+        return _json_texts(array.dictionary_decode())
+    if pa.types.is_floating(kind):  # pyarrow writes the shortest text that reads back
+        return ["null" if v is None or v in ("nan", "inf", "-inf") else v
+                for v in pc.cast(array, pa.string()).to_pylist()]
+    if pa.types.is_integer(kind) or pa.types.is_decimal(kind):
+        return ["null" if v is None else v for v in pc.cast(array, pa.string()).to_pylist()]
+    if pa.types.is_boolean(kind):
+        return ["null" if v is None else ("true" if v else "false") for v in array.to_pylist()]
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return ["null" if v is None else json.dumps(v, ensure_ascii=False)
+                for v in array.to_pylist()]
+    valid = array.is_valid().to_pylist()
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_map(kind) \
+            or pa.types.is_fixed_size_list(kind):
+        if pa.types.is_fixed_size_list(kind):
+            size = kind.list_size
+            first, offsets = array.offset * size, [i * size for i in range(len(array) + 1)]
+        else:
+            bounds = array.offsets.to_pylist()
+            first, offsets = bounds[0], [b - bounds[0] for b in bounds]
+        span = offsets[-1] if offsets else 0
+        if pa.types.is_map(kind):
+            keys = _json_texts(array.keys.slice(first, span))
+            keys = [k if k.startswith('"') else json.dumps(k) for k in keys]
+            items = _json_texts(array.items.slice(first, span))
+            return ["{" + ", ".join(f"{keys[j]}: {items[j]}" for j in range(lo, hi)) + "}"
+                    if ok else "null" for ok, lo, hi in zip(valid, offsets, offsets[1:])]
+        values = _json_texts(array.values.slice(first, span))
+        return ["[" + ", ".join(values[lo:hi]) + "]" if ok else "null"
+                for ok, lo, hi in zip(valid, offsets, offsets[1:])]
+    if pa.types.is_struct(kind):
+        names = [json.dumps(kind.field(i).name, ensure_ascii=False)
+                 for i in range(kind.num_fields)]
+        fields = [_json_texts(child) for child in array.flatten()]
+        return ["{" + ", ".join(f"{name}: {texts[i]}" for name, texts in zip(names, fields))
+                + "}" if ok else "null" for i, ok in enumerate(valid)]
+    return [json.dumps(_plain(v), ensure_ascii=False, default=str)
+            for v in array.to_pylist()]
+
+
+def _needs_text(kind: pa.DataType) -> bool:
+    """Whether pyarrow's CSV writer cannot write a column of ``kind`` as it is."""
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return (pa.types.is_nested(kind) or pa.types.is_interval(kind) or pa.types.is_binary(kind)
+            or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind))
+
+
+def _csv_schema(arrow_schema: pa.Schema) -> pa.Schema:
+    """The schema :func:`csv_ready` gives batches of ``arrow_schema``."""
+    return pa.schema([pa.field(f.name, pa.string()) if _needs_text(f.type) else f
+                      for f in arrow_schema])
+
+
+def _csv_text(column):
+    """``column`` (Array or ChunkedArray) as a string column CSV can carry, or None when the
+    CSV writer takes it as it is."""
+    if not _needs_text(column.type):
+        return None
+    nested = pa.types.is_nested(column.type.value_type if pa.types.is_dictionary(column.type)
+                                else column.type)
+
+    def convert(array: pa.Array) -> pa.Array:
+        if pa.types.is_dictionary(array.type):
+            array = array.dictionary_decode()
+        texts = _json_texts(array) if nested else [_plain(v) for v in array.to_pylist()]
+        valid = array.is_valid().to_pylist()
+        return pa.array([t if ok else None for t, ok in zip(texts, valid)], pa.string())
+
+    if isinstance(column, pa.ChunkedArray):
+        return pa.chunked_array([convert(chunk) for chunk in column.chunks], pa.string())
+    return convert(column)
+
+
+def csv_ready(data: pa.Table | pa.RecordBatch) -> pa.Table | pa.RecordBatch:
+    """``data`` with every column pyarrow's CSV writer cannot write turned into text, for CSV
+    and TSV output: nested columns (lists, arrays, structs, maps, unions) as JSON
+    (``[0.1, 0.2]``, ``{"a": 1}``; a map as an object with text keys; NaN and infinities as
+    null), intervals as DuckDB writes them (``1 day 00:00:01.5``), binary as UTF-8 text with
+    undecodable bytes backslash-escaped. A null stays null (an empty field); other columns
+    are left as they are, and ``data`` itself is returned when nothing needs converting."""
+    columns = [_csv_text(column) for column in data.columns]
+    if all(c is None for c in columns):
+        return data
+    arrays = [data.column(i) if c is None else c for i, c in enumerate(columns)]
+    return type(data).from_arrays(arrays, names=data.schema.names)
+
+
 def write_tsv(reader: pa.RecordBatchReader, sink) -> int:
     """Tab-separated values without quotes (a header line, then one line per row) to the
-    binary ``sink``; returns the row count. A value holding a tab or newline is refused."""
-    import pyarrow.csv as pacsv
+    binary ``sink``; returns the row count. Values are written as in CSV (nested ones as
+    JSON, see :func:`csv_ready`), a null as an empty field; a value holding a tab or a line
+    break, which TSV cannot carry, is refused."""
+    import pyarrow.compute as pc
 
-    sink.write(("\t".join(reader.schema.names) + "\n").encode())
-    options = pacsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
+    refusal = ConfigError("a value holds a tab or a line break, which TSV cannot carry; use "
+                          "--format csv (quoted) or parquet")
+    names = reader.schema.names
+    if any(_BREAKS.search(name) for name in names):
+        raise refusal
+    sink.write(("\t".join(names) + "\n").encode())
     rows = 0
     for batch in reader:
-        try:
-            pacsv.write_csv(pa.Table.from_batches([batch]), sink, options)
-        except pa.ArrowInvalid:
-            raise ConfigError("a value holds a tab or a line break, which TSV cannot carry; "
-                              "use --format csv (quoted) or parquet") from None
+        if not batch.num_rows:
+            continue
+        columns = [pc.cast(column, pa.string()) for column in csv_ready(batch).columns]
+        if any(pc.any(pc.match_substring_regex(column, _BREAKS.pattern)).as_py()
+               for column in columns):
+            raise refusal
+        lines = pc.binary_join_element_wise(*columns, "\t", null_handling="replace",
+                                            null_replacement="")
+        sink.write(("\n".join(lines.to_pylist()) + "\n").encode())
         rows += batch.num_rows
     return rows
 
 
 def write_result(batches: pa.RecordBatchReader | pa.Table, output: str | os.PathLike,
                  format: str) -> int:
-    """Write a result to ``output`` (temp file then rename); returns the row count."""
+    """Write a result to ``output`` through :func:`seqatlas.util.output_file` (``-``:
+    stdout; never inside an atlas; special files in place); returns the row count."""
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
     if format not in ("csv", "tsv", "json", "parquet"):
         raise ConfigError(f"--format {format} cannot be written to a file; use csv, tsv, json "
                           "or parquet with --output")
-    output = Path(output)
-    if output.is_dir():
-        raise ConfigError(f"--output {output} is a directory; give a file name")
-    if not output.parent.exists():
-        raise ConfigError(f"--output {output}: directory {output.parent} does not exist")
+    check_output(output)
     reader = batches.to_reader() if isinstance(batches, pa.Table) else batches
     rows = 0
-    with replacing(output, durable=False) as tmp:
+    with output_file(output) as tmp:
         if format == "parquet":
             with pq.ParquetWriter(tmp, reader.schema, compression="zstd") as writer:
                 for batch in reader:
@@ -287,9 +825,9 @@ def write_result(batches: pa.RecordBatchReader | pa.Table, output: str | os.Path
             with open(tmp, "wb") as fh:
                 rows = write_tsv(reader, fh)
         elif format == "csv":
-            with pacsv.CSVWriter(tmp, reader.schema) as writer:
+            with pacsv.CSVWriter(tmp, _csv_schema(reader.schema)) as writer:
                 for batch in reader:
-                    writer.write_batch(batch)
+                    writer.write_batch(csv_ready(batch))
                     rows += batch.num_rows
         else:
             with open(tmp, "w") as fh:

@@ -32,7 +32,7 @@ from seqatlas.checkpoints.loading import LoadedModel, resolve_model
 from seqatlas.errors import AtlasIndexError, ConfigError, ModelError, QueryError
 from seqatlas.index.store import load_index
 from seqatlas.index.vectors import column_layer, stored_layers
-from seqatlas.query.engine import Sandbox, arrow_table
+from seqatlas.query.engine import Sandbox
 from seqatlas.query.views import default_column, repeat_overlaps_sql
 
 OUTPUT_COLUMNS = ("query", "rank", "token_id", "seq_id", "start", "end", "token", "distance",
@@ -257,17 +257,18 @@ def _hits_table(labels, distances, token_ids, exclude) -> pa.Table:
 
 
 def _join_hits(engine, hits: pa.Table, labels: list[str]) -> None:
-    """(Re)create the temp table ``hits_joined`` from the registered hits."""
+    """(Re)create the temp table ``hits_joined`` from the registered hits (on the engine's
+    worker, so Ctrl-C cancels the join)."""
     engine.con.register("knn_hits", hits)
     engine.con.register("knn_labels", pa.table({"query_no": np.arange(len(labels)),
                                                 "query": pa.array(labels, pa.string())}))
     column = default_column(engine.atlas.manifest.scoring)
     score = f'avg(p."{column}")' if column else "NULL::DOUBLE"
-    engine.execute_internal("""CREATE OR REPLACE TEMP TABLE knn_tokens AS
+    engine.fetch_internal("""CREATE OR REPLACE TEMP TABLE knn_tokens AS
         SELECT DISTINCT t.token_id, t.seq_id, t.start, t."end", t.token
         FROM tokens t SEMI JOIN knn_hits h ON t.token_id = h.token_id""")
     overlaps = repeat_overlaps_sql('SELECT token_id, seq_id, start, "end" FROM knn_tokens')
-    engine.execute_internal(f"""CREATE OR REPLACE TEMP TABLE hits_joined AS
+    engine.fetch_internal(f"""CREATE OR REPLACE TEMP TABLE hits_joined AS
         WITH bases AS (  -- one row per base of each hit: an equality join, no fan-out
             SELECT token_id, seq_id, unnest(range(start, "end")) AS pos FROM knn_tokens),
         lp AS (
@@ -345,7 +346,7 @@ def knn(atlas, *, kmer: str | list[str] | None = None, at: str | list[str] | Non
             distances, token_ids = index.search(vectors, fetch, nprobe=config.nprobe)
             _join_hits(engine, _hits_table(labels, distances, token_ids, exclude), labels)
             if config.where is None:
-                rows = arrow_table(engine.execute_internal("SELECT * FROM hits_joined"))
+                rows = engine.fetch_internal("SELECT * FROM hits_joined")
             else:
                 rows = engine.run(statement)
             result, counts = _ranked(rows, config.k, len(labels))

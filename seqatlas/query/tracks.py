@@ -16,7 +16,7 @@ import pyarrow as pa
 from seqatlas.errors import ConfigError
 from seqatlas.query.engine import arrow_reader
 from seqatlas.query.views import AnomalyParams, Engine, require_scores
-from seqatlas.util import replacing
+from seqatlas.util import check_output, output_file
 
 EXPORT_FORMATS = ("bedgraph", "bed", "bigwig")
 TRACK_COLUMNS = ("z", "logp", "logp_unmasked", "logp_rc", "logp_unmasked_rc", "logp_mean",
@@ -64,9 +64,7 @@ def export(atlas, *, format: str, output: str | os.PathLike, column: str = "z",
         raise ConfigError(f"format must be one of {', '.join(EXPORT_FORMATS)}, not {format!r}")
     if format != "bed" and column not in TRACK_COLUMNS:
         raise ConfigError(f"--column must be one of {', '.join(TRACK_COLUMNS)}, not {column!r}")
-    output = Path(output)
-    if output.is_dir() or not output.parent.is_dir():
-        raise ConfigError(f"--output {output}: give a file name in an existing directory")
+    check_output(output)
     params = params or AnomalyParams()
     with Engine(atlas, config, anomaly_params=params, robust_pass=True) as engine:
         if column == "z" or format == "bed":
@@ -76,7 +74,7 @@ def export(atlas, *, format: str, output: str | os.PathLike, column: str = "z",
             "SELECT seq_id, length FROM sequences ORDER BY ordinal").fetchall()
         query = REGIONS_BED if format == "bed" else _runs_query(column)
         reader = arrow_reader(engine.execute_internal(query), 262144)
-        with replacing(output, durable=False) as tmp:
+        with output_file(output) as tmp:
             if format == "bigwig":
                 intervals = _write_bigwig(reader, tmp, sizes)
             else:

@@ -41,6 +41,7 @@ Views created by :class:`Engine`:
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 
 
@@ -78,8 +79,13 @@ class AnomalyParams:
                               f"{self.column!r}")
         if self.tail not in TAILS:
             raise ConfigError(f"--tail must be one of {', '.join(TAILS)}, not {self.tail!r}")
-        if self.z <= 0:
-            raise ConfigError("--z must be positive")
+        if not _finite_number(self.z) or self.z <= 0:
+            raise ConfigError(f"--z must be a positive finite number, not {self.z!r}")
+        for name in ("smooth", "min_length", "max_gap"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a whole number, not "
+                                  f"{value!r}")
         if self.smooth < 1:
             raise ConfigError("--smooth must be 1 (no smoothing) or more")
         if self.min_length < 1 or self.max_gap < 0:
@@ -87,6 +93,11 @@ class AnomalyParams:
         if self.ablation_method is not None and self.ablation_method not in ABLATION_METHODS:
             raise ConfigError(f"--ablation-method must be one of {', '.join(ABLATION_METHODS)}, "
                               f"not {self.ablation_method!r}")
+
+
+def _finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        math.isfinite(value)
 
 
 def default_column(scoring: ScoringRecord | None) -> str | None:

@@ -16,7 +16,7 @@ import pyarrow as pa
 from seqatlas import schema
 from seqatlas.copy_detector import DEFINITION_VERSION
 from seqatlas.errors import ConfigError
-from seqatlas.store import AtlasReader, AtlasWriter
+from seqatlas.store import AtlasReader, AtlasWriter, parquet_format
 
 SOURCE = schema.COPY_REPEAT_SOURCE
 REPEAT_CLASS = schema.COPY_REPEAT_CLASS
@@ -112,7 +112,7 @@ def read_copies(paths: list) -> pa.Table:
     columns = ["seq_id", "pos", "window_start", "window_end", "copy_offset", "copy_strand"]
     if not paths:
         return schema.POSITIONS.empty_table().select(columns)
-    data = ds.dataset([str(p) for p in paths], format="parquet", schema=schema.POSITIONS)
+    data = ds.dataset([str(p) for p in paths], format=parquet_format(), schema=schema.POSITIONS)
     return data.to_table(columns=columns, filter=ds.field("copy_offset").is_valid())
 
 

@@ -98,6 +98,7 @@ def standard_letters(residues: bytes, letters: str) -> bytes:
     """The residues that are standard letters of the kind (uppercase), for substitution."""
     upper = np.frombuffer(residues.upper(), dtype=np.uint8)
     keep = np.isin(upper, np.frombuffer(letters.upper().encode(), dtype=np.uint8))
-    if "T" in letters and "U" not in letters:  # RNA read as DNA letters: U counts as T
+    if set(letters.upper()) == set("ACGT"):  # RNA read as DNA letters: U counts as T
+        # (never in a protein, whose T is threonine and whose U is selenocysteine)
         keep |= upper == ord("U")
     return upper[keep].tobytes()

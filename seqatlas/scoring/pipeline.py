@@ -8,6 +8,9 @@ everything else is committed.
 
 from __future__ import annotations
 
+import math
+import numbers
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,8 +18,9 @@ from typing import TYPE_CHECKING
 from seqatlas._version import __version__
 from seqatlas.manifest import (DISTRIBUTIONS, KEY_SCHEME, FastRecord, Manifest, ScoringRecord,
                                fast_method_text)
-from seqatlas.store import AtlasReader, AtlasWriter
-from seqatlas.errors import ConfigError, IngestError, InputError
+from seqatlas.store import MANIFEST, AtlasReader, AtlasWriter
+from seqatlas.errors import (AtlasDamagedError, AtlasMismatchError, ConfigError, IngestError,
+                             InputError)
 from seqatlas.progress import progress_bar
 from seqatlas.copy_detector import default_copy_k
 from seqatlas.fasta import KINDS, detect_kind
@@ -27,6 +31,43 @@ from seqatlas.scoring.windows import Window, default_overlap
 if TYPE_CHECKING:
     from seqatlas.checkpoints import ModelSpec
     from seqatlas.checkpoints.tokenizers import TokenizerFamily
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_count(config, name: str, *, least: int, optional: bool, meaning: str = "") -> None:
+    """``config.<name>`` must be an integer >= ``least`` (or None, the default, where
+    ``optional``); bools, floats and strings are refused, naming the option."""
+    value = getattr(config, name)
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        default = "; leave it unset for the default" if optional else ""
+        raise ConfigError(f"{_flag(name)} must be an integer of at least {least}"
+                          f"{meaning}{default}, not {value!r}")
+
+
+def _validate_numbers(config) -> None:
+    """Every numeric option of an :class:`IngestConfig` (None: the default, where the
+    option has one); a value that cannot mean anything is refused, naming the option."""
+    for name in ("window", "batch_tokens", "unit_tokens", "cpus_per_worker"):
+        _check_count(config, name, least=1, optional=True)
+    _check_count(config, "overlap", least=0, optional=True)
+    _check_count(config, "workers", least=0, optional=True, meaning=" (0: score in this "
+                 "process, without Ray)")
+    _check_count(config, "skip_n_runs", least=0, optional=False, meaning=" (0: score every N)")
+    _check_count(config, "max_retries", least=0, optional=False)
+    gpus = config.gpus_per_worker
+    if gpus is not None:
+        if isinstance(gpus, bool) or not isinstance(gpus, numbers.Real) \
+                or not 0 <= gpus < math.inf:  # refuses nan and inf too
+            raise ConfigError(f"--gpus-per-worker must be a finite number of GPUs, 0 or more "
+                              f"(a fraction below 1 shares a GPU), not {gpus!r}")
+        if gpus > 1 and not float(gpus).is_integer():
+            raise ConfigError(f"--gpus-per-worker {gpus:g}: an actor gets a fraction of one "
+                              "GPU (below 1) or whole GPUs, not a fraction of several")
 
 
 @dataclass(frozen=True)
@@ -54,6 +95,8 @@ class IngestConfig:
     cpus_per_worker: int | None = None
     address: str | None = None  # Ray cluster address; None = start a local Ray quietly
     max_retries: int = 2
+    stall_timeout: float | None = 1800.0  # seconds with no unit finished before ingest
+    # stops with an error saying what is stuck (committed work is kept); None or 0: wait on
     tokenizer: str | None = None  # override the detected tokenizer family
     progress: bool = True
 
@@ -70,21 +113,19 @@ class IngestConfig:
         if self.strands not in STRANDS:
             raise ConfigError(f"--strands must be one of {', '.join(STRANDS)}, not "
                               f"{self.strands!r}")
-        if self.skip_n_runs < 0:
-            raise ConfigError("--skip-n-runs must be 0 (score every N) or more")
+        _validate_numbers(self)
         if self.copy_k is not None and (isinstance(self.copy_k, bool) or
                                         not isinstance(self.copy_k, int) or self.copy_k < 0):
             raise ConfigError(f"--copy-k must be a k-mer length of at least 1, or 0 to turn "
                               f"copy detection off, not {self.copy_k!r}")
         if self.kind is not None and self.kind not in KINDS:
             raise ConfigError(f"--kind must be one of {', '.join(KINDS)}, not {self.kind!r}")
-        for name in ("batch_tokens", "unit_tokens"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive")
-        if self.workers is not None and self.workers < 0:
-            raise ConfigError("--workers must be 0 (in process) or more")
-        if self.max_retries < 0:
-            raise ConfigError("--max-retries must be 0 or more")
+        if self.stall_timeout is not None and (
+                isinstance(self.stall_timeout, bool) or not isinstance(self.stall_timeout,
+                                                                       (int, float))
+                or not 0 <= self.stall_timeout < float("inf")):  # refuses nan, inf, < 0
+            raise ConfigError(f"--stall-timeout must be a finite number of seconds > 0, or 0 "
+                              f"to turn the watchdog off, not {self.stall_timeout!r}")
         layers = self.layer if isinstance(self.layer, (list, tuple)) else [self.layer]
         if self.layer is not None and (not layers or not all(
                 isinstance(x, int) and not isinstance(x, bool) for x in layers)):
@@ -106,6 +147,7 @@ class IngestReport:
     real_tokens: int = 0
     computed_tokens: int = 0
     failed: list[dict] = field(default_factory=list)
+    units_repaired: int = 0  # committed units whose parts were damaged, scored again
 
     @property
     def positions_per_second(self) -> float:
@@ -126,26 +168,35 @@ def ingest(fasta: str | Path | list, *, atlas: str | Path, **options) -> IngestR
 
     Re-running the same call skips committed work; a crashed run resumes where it stopped.
     """
-    config = IngestConfig(**options)
+    config = _config(options)
     config.validate()
     paths = _input_paths(fasta)
-    setup = _resolve_setup(config, kind=config.kind or _detect_kind(paths))
-    kind = setup.kind
+    kind = config.kind or _detect_kind(paths)
+    _check_kind_options(config, kind)
+    inputs = _scan_inputs(config, paths, kind)  # validates before any write
+    if config.kind is not None:
+        _warn_if_kind_contradicts(inputs, config.kind)
+    existing = _existing_atlas(atlas)
+    _refuse_known_ids(existing, inputs)  # before the model is resolved (it hashes weights)
+    setup = _resolve_setup(config, kind=kind)
+    _refuse_pre_letter_map_atlas(existing, setup)
     scoring = _scoring_record(config, setup.tokenizer, window=setup.window,
                               overlap=setup.overlap, layers=setup.layers,
                               unit_tokens=setup.unit_tokens, kind=kind, copy_k=setup.copy_k)
-    inputs = _scan_inputs(config, paths, kind)  # validates before any write
 
     with AtlasWriter(atlas, kind=kind, model=setup.spec.describe(), scoring=scoring,
                      seqatlas_version=__version__, kind_detected=config.kind is None) as writer:
+        _refuse_damaged_sequences(writer)
         _register_inputs(writer, inputs, kind)
         fingerprint, key_record = _keying(writer.manifest)
         per_input = _plan_inputs(config, setup, inputs, fingerprint=fingerprint)
+        repaired = _drop_damaged_units(writer, per_input)
         committed = writer.committed_units
         todo = [u for units in per_input for u in units if u.key not in committed]
         report = IngestReport(atlas=str(atlas),
                               units_total=sum(len(u) for u in per_input),
-                              units_skipped=sum(len(u) for u in per_input) - len(todo))
+                              units_skipped=sum(len(u) for u in per_input) - len(todo),
+                              units_repaired=repaired)
         if todo:
             _run_units(_Run(config=config, setup=setup, inputs=inputs, per_input=per_input,
                             committed=committed, todo=todo, writer=writer, report=report,
@@ -190,6 +241,15 @@ class _Run:
     key_record: dict  # what each scored unit's record says of its key
 
 
+def _config(options: dict) -> IngestConfig:
+    known = IngestConfig.__dataclass_fields__
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown ingest option(s) {', '.join(unknown)}; the options are "
+                          f"{', '.join(known)}")
+    return IngestConfig(**options)
+
+
 def _input_paths(fasta: str | Path | list) -> list[Path]:
     paths = [Path(p) for p in ([fasta] if isinstance(fasta, (str, Path)) else fasta)]
     if not paths:
@@ -200,11 +260,73 @@ def _input_paths(fasta: str | Path | list) -> list[Path]:
     return paths
 
 
+def _check_kind_options(config: IngestConfig, kind: str) -> None:
+    if config.strands == "both" and kind == "protein":
+        raise ConfigError("--strands both needs DNA or RNA input (proteins have one strand)")
+
+
+def _warn_if_kind_contradicts(inputs: list[InputPlan], kind: str) -> None:
+    """A ``--kind`` that the content contradicts is used, with a warning per file (what
+    the content looks like was seen by the validating scan: no extra read)."""
+    for plan in inputs:
+        guess = plan.guess
+        if guess is not None and guess.kind != kind:
+            warnings.warn(f"{plan.path}: --kind {kind} was given, but its content looks like "
+                          f"{guess.kind} ({guess.evidence()}); it is scored as {kind}. If "
+                          f"that is not what you meant, pass --kind {guess.kind} (or omit "
+                          "--kind to detect it)", UserWarning, stacklevel=3)
+
+
+def _existing_atlas(atlas: str | Path) -> AtlasReader | None:
+    """The atlas being extended, read without its lock (None for a new one)."""
+    return AtlasReader(atlas) if (Path(atlas) / MANIFEST).is_file() else None
+
+
+def _refuse_known_ids(existing: AtlasReader | None, inputs: list[InputPlan]) -> None:
+    """A new input repeating a sequence id of the atlas is refused before any work starts
+    (inputs already registered, same bytes, reuse their ids)."""
+    if existing is None or not existing.manifest.inputs or existing.check_parts(["sequences"]):
+        return  # nothing registered yet, or a damaged table: the writer says what to do
+    rows = existing.sequences(["seq_id", "source"]).to_pydict()
+    source = dict(zip(rows["seq_id"], rows["source"]))
+    known = {i.sha256 for i in existing.manifest.inputs}
+    for plan in inputs:
+        if plan.sha256 in known:
+            continue
+        repeated = [s.seq_id for s in plan.sequences if s.seq_id in source]
+        if repeated:
+            more = f" (and {len(repeated) - 1} more)" if len(repeated) > 1 else ""
+            raise InputError(f"{plan.path}: record {repeated[0]!r}{more} is already in the "
+                             f"atlas {existing.path} (from {source[repeated[0]]}); ids must be "
+                             "unique within an atlas: rename the records or ingest into "
+                             "another --atlas. Nothing was written.")
+
+
+def _refuse_pre_letter_map_atlas(existing: AtlasReader | None, setup: _Setup) -> None:
+    """An atlas whose letters were read without this model's letter map (an RNA scored with
+    a DNA model before U was read as T: every U stored as -inf) is not extended."""
+    if existing is None or existing.manifest.model is None:
+        return
+    record = existing.manifest.model
+    letter_map = setup.tokenizer.letter_map
+    if record.weights_sha256 == setup.spec.weights_sha256 and letter_map and \
+            record.extra.get("letter_map") != letter_map and existing.manifest.kind == setup.kind:
+        mine, theirs = "/".join(letter_map), "/".join(letter_map.values())
+        raise AtlasMismatchError(
+            f"{existing.path} was scored before seqatlas read {_a(setup.kind)}'s "
+            f"{mine} as this model's {theirs} (the model has no {mine} token): its {mine} "
+            "positions hold -inf, and new rows would not match them. Ingest into a new "
+            "--atlas directory (the old atlas can still be queried).")
+
+
+def _a(kind: str) -> str:
+    return {"rna": "an RNA", "dna": "a DNA"}.get(kind, f"a {kind}")
+
+
 def _resolve_setup(config: IngestConfig, *, kind: str) -> _Setup:
     from seqatlas.checkpoints import resolve_model
 
-    if config.strands == "both" and kind == "protein":
-        raise ConfigError("--strands both needs DNA or RNA input (proteins have one strand)")
+    _check_kind_options(config, kind)
     spec = resolve_model(config.model, kind=kind, tokenizer=config.tokenizer)
     tokenizer = spec.tokenizer()
     window, overlap = _window_geometry(config, tokenizer, context_tokens=spec.context_tokens)
@@ -213,8 +335,8 @@ def _resolve_setup(config: IngestConfig, *, kind: str) -> _Setup:
     if copy_k > window:
         raise ConfigError(f"--copy-k {copy_k} is longer than the window ({window}): no k-mer "
                           "fits; lower --copy-k, or use 0 to turn copy detection off")
-    unit_tokens = config.unit_tokens or (65536 if config.likelihood in ("exact", "fast")
-                                         else 262144)
+    unit_tokens = config.unit_tokens if config.unit_tokens is not None else \
+        (65536 if config.likelihood in ("exact", "fast") else 262144)
     return _Setup(kind=kind, spec=spec, tokenizer=tokenizer, window=window, overlap=overlap,
                   layers=layers, copy_k=copy_k, unit_tokens=unit_tokens)
 
@@ -226,7 +348,7 @@ def _window_geometry(config: IngestConfig, tokenizer: TokenizerFamily, *,
     # variable-length tokens: a longer window may fit; the scorer checks each window
     max_window = default_window if tokenizer.family in ("single", "overlapping_kmer") else \
         (context_tokens - tokenizer.n_special) * max(tokenizer.candidates)
-    window = config.window or default_window
+    window = default_window if config.window is None else config.window
     if not 1 <= window <= max_window:
         raise ConfigError(f"--window {window} does not fit the model's context "
                           f"({max_window} residues)")
@@ -341,6 +463,24 @@ def _cost_model(config: IngestConfig, tokenizer):
     return cost
 
 
+def _refuse_damaged_sequences(writer: AtlasWriter) -> None:
+    """A damaged sequences part holds the ordinals and offsets every other part depends on:
+    only ``repair`` rebuilds it (from the inputs, with the same ordinals)."""
+    damage = writer.check_parts(["sequences"])
+    if damage:
+        raise AtlasDamagedError(
+            f"{writer.path}: the sequences table is damaged ({'; '.join(map(str, damage))}); "
+            f"run `seqatlas repair --atlas {writer.path}`, which rebuilds it from the inputs")
+
+
+def _drop_damaged_units(writer: AtlasWriter, per_input: list[list[UnitPlan]]) -> int:
+    """Forget this ingest's committed units whose parts are damaged, so they are scored
+    again (same content keys, same part names); returns how many."""
+    planned = {u.key for units in per_input for u in units}
+    damage = [d for d in writer.check_parts(["positions", "tokens"]) if d.unit in planned]
+    return len(writer.drop_damaged(damage)) if damage else 0
+
+
 def _register_inputs(writer: AtlasWriter, inputs: list[InputPlan], kind: str) -> None:
     """Give new inputs' sequences ordinals and offsets, reuse those of known inputs."""
     known = {i.sha256: i for i in writer.manifest.inputs}
@@ -352,7 +492,8 @@ def _register_inputs(writer: AtlasWriter, inputs: list[InputPlan], kind: str) ->
             by_id[row["seq_id"]] = row
     next_ordinal = len(by_id)
     next_global = sum(r["length"] for r in by_id.values())
-    for plan in inputs:
+    new = []
+    for plan in inputs:  # every input is checked before any is registered
         if plan.sha256 in known:
             for seq in plan.sequences:
                 row = by_id[seq.seq_id]
@@ -363,10 +504,14 @@ def _register_inputs(writer: AtlasWriter, inputs: list[InputPlan], kind: str) ->
         for seq in plan.sequences:
             if seq.seq_id in by_id:
                 raise InputError(f"{plan.path}: record {seq.seq_id!r} is already in the atlas "
-                                 f"(from {by_id[seq.seq_id]['source']}); ids must be unique")
+                                 f"(from {by_id[seq.seq_id]['source']}); ids must be unique "
+                                 "within an atlas: rename the records or ingest into another "
+                                 "--atlas. Nothing was written.")
             seq.ordinal, seq.global_start, seq.token_offset = next_ordinal, next_global, next_global
             next_ordinal += 1
             next_global += seq.length
+        new.append(plan)
+    for plan in new:
         key = "sequences-" + plan.sha256
         writer.commit(key, {"sequences": plan.sequences_table()},
                       unit={"input": str(plan.path)}, inputs=[{**plan.describe(), "kind": kind}])
@@ -394,7 +539,8 @@ def _run_units(run: _Run) -> None:
 
     report.seconds = run_units_timed(executor, source, method="score", commit=commit,
                                      max_retries=config.max_retries, failed=failed,
-                                     progress=progress)
+                                     progress=progress, stall_timeout=config.stall_timeout,
+                                     total=len(run.todo))
 
 
 def _executor(config: IngestConfig, setup: _Setup):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,8 @@ from typing import Callable, Iterator
 import pyarrow as pa
 
 from seqatlas import schema
-from seqatlas.fasta import FastaRecord, FastaScan, read_fasta
+from seqatlas.errors import InputError
+from seqatlas.fasta import FastaRecord, FastaScan, KindGuess, read_fasta
 from seqatlas.scoring.scorer import WindowJob
 from seqatlas.scoring.windows import Window, tile_record
 
@@ -31,6 +33,8 @@ class SequenceInfo:
     ordinal: int = -1
     global_start: int = -1
     token_offset: int = -1
+    raw_sha1: str | None = None  # SHA-1 of the residues as read (case kept): the rows'
+    # source, checked again when they are built (``sha1``, the stored one, is of uppercase)
 
 
 @dataclass
@@ -41,9 +45,10 @@ class InputPlan:
     kind: str
     sequences: list[SequenceInfo]
     registered: bool = False  # already recorded in the atlas manifest
+    guess: KindGuess | None = None  # the kind the content looks like (seen by the scan)
 
     def describe(self) -> dict:
-        return {"path": str(self.path), "size": self.size, "sha256": self.sha256,
+        return {"path": os.path.abspath(self.path), "size": self.size, "sha256": self.sha256,
                 "kind": self.kind, "records": len(self.sequences),
                 "residues": sum(s.length for s in self.sequences),
                 "first_ordinal": self.sequences[0].ordinal if self.sequences else None}
@@ -97,13 +102,14 @@ def scan_input(path: Path, kind: str, seen_ids: set[str], *, skip_n_runs: int = 
     runs = skip_n_runs if kind != "protein" else 0
     sequences = [_sequence_info(record, skip_n_runs=runs) for record in scan]
     return InputPlan(path=path, size=scan.size, sha256=scan.sha256,  # type: ignore[arg-type]
-                     kind=kind, sequences=sequences)
+                     kind=kind, sequences=sequences, guess=scan.guess)
 
 
 def _sequence_info(record: FastaRecord, *, skip_n_runs: int) -> SequenceInfo:
     return SequenceInfo(record.id, record.description, record.length,
                         sha1=hashlib.sha1(record.sequence.upper()).hexdigest(),
-                        skip_runs=n_runs(record.sequence, skip_n_runs))
+                        skip_runs=n_runs(record.sequence, skip_n_runs),
+                        raw_sha1=hashlib.sha1(record.sequence).hexdigest())
 
 
 def plan_units(inputs: list[InputPlan], *, fingerprint: str, window: int, overlap: int,
@@ -133,7 +139,13 @@ def plan_units(inputs: list[InputPlan], *, fingerprint: str, window: int, overla
 
 def iter_unit_jobs(plan: InputPlan, units: list[UnitPlan], *, kind: str,
                    skip: set[str]) -> Iterator[tuple[UnitPlan, list[WindowJob]]]:
-    """Stream the file once, yielding each unit not in ``skip`` with its window jobs."""
+    """Stream the file once, yielding each unit not in ``skip`` with its window jobs.
+
+    Every record read is checked against the plan (id, length, SHA-1 of its residues) before
+    any of its windows is handed out: a file rewritten since it was scanned raises
+    :class:`InputError` in the driver, so the unit holding the changed record is never
+    scored or committed (and not retried: the error ends the ingest; units committed
+    before it hold records that were checked)."""
     wanted: dict[int, list[tuple[int, int]]] = {}  # sequence -> (unit, window index)
     for u, unit in enumerate(units):
         if unit.key in skip:
@@ -141,8 +153,14 @@ def iter_unit_jobs(plan: InputPlan, units: list[UnitPlan], *, kind: str,
         for k, (s_index, _) in enumerate(unit.windows):
             wanted.setdefault(s_index, []).append((u, k))
     pending: dict[int, list[WindowJob]] = {}
-    for s_index, record in enumerate(read_fasta(plan.path, kind=kind)):
+    read = 0
+    for s_index, record in enumerate(_reread(plan, kind)):
+        read += 1
+        if s_index >= len(plan.sequences):
+            raise _changed(plan, f"it now has a record {record.id!r} (line {record.line}) "
+                           f"after the {len(plan.sequences)} it had")
         seq = plan.sequences[s_index]
+        check_record(plan, seq, record)
         for u, k in wanted.get(s_index, []):
             w = units[u].windows[k][1]
             pending.setdefault(u, []).append(WindowJob(
@@ -151,3 +169,47 @@ def iter_unit_jobs(plan: InputPlan, units: list[UnitPlan], *, kind: str,
                 residues=record.sequence[w.start : w.end], scored=w.scored))
             if k == len(units[u].windows) - 1:  # complete: hand it out before reading on
                 yield units[u], pending.pop(u)
+    if read < len(plan.sequences):
+        raise _changed(plan, f"it now ends after {read} of its {len(plan.sequences)} records "
+                       f"(record {plan.sequences[read].seq_id!r} is gone)")
+
+
+def check_record(plan: InputPlan, seq: SequenceInfo, record: FastaRecord) -> None:
+    """Refuse a record read during scoring that is not the one planned."""
+    if record.id != seq.seq_id:
+        raise _changed(plan, f"record {record.ordinal + 1} (line {record.line}) is now "
+                       f"{record.id!r}, not {seq.seq_id!r}")
+    if record.length != seq.length:
+        raise _changed(plan, f"record {seq.seq_id!r} (line {record.line}) now has "
+                       f"{record.length} residues, not {seq.length}")
+    sha1 = hashlib.sha1(record.sequence.upper()).hexdigest()
+    if sha1 != seq.sha1:
+        raise _changed(plan, f"record {seq.seq_id!r} (line {record.line}) has other residues "
+                       f"(SHA-1 {sha1[:12]}…, planned {seq.sha1[:12]}…)")
+    if seq.raw_sha1 is not None and hashlib.sha1(record.sequence).hexdigest() != seq.raw_sha1:
+        raise _changed(plan, f"record {seq.seq_id!r} (line {record.line}) has the same residues "
+                       "in another case (soft-masking)")
+
+
+def _reread(plan: InputPlan, kind: str) -> Iterator[FastaRecord]:
+    """The records of ``plan``'s file, read again; a read that fails means it changed."""
+    try:
+        records = read_fasta(plan.path, kind=kind)
+    except InputError as exc:  # gone, or unreadable
+        raise _changed(plan, str(exc)) from None
+    while True:
+        try:
+            record = next(records)
+        except StopIteration:
+            return
+        except InputError as exc:  # FastaError included: it no longer reads as planned
+            raise _changed(plan, str(exc)) from None
+        yield record
+
+
+def _changed(plan: InputPlan, what: str) -> InputError:
+    return InputError(
+        f"{plan.path} changed during the ingest: {what}. No row was built from what changed "
+        "(units committed before it are kept). The atlas registered the file as it was when "
+        f"the ingest began (sha256 {plan.sha256[:12]}…): put that version back and re-run "
+        "to finish, or ingest the new version into a new --atlas.")

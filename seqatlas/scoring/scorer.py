@@ -19,7 +19,7 @@ from seqatlas import schema
 from seqatlas.errors import ModelError
 from seqatlas.copy_detector import copy_columns, window_copies
 from seqatlas.fasta import soft_mask
-from seqatlas.checkpoints.tokenizers import TokenizerFamily, WindowTokens, reverse_complement
+from seqatlas.checkpoints.tokenizers import UNSCORABLE, TokenizerFamily, WindowTokens
 from seqatlas.scoring.ablation import RescoreTask, region_tokens
 
 LIKELIHOOD_MODES = ("exact", "fast", "unmasked", "none")
@@ -72,7 +72,7 @@ class Row:
 
 def make_view(tokenizer: TokenizerFamily, job: WindowJob, j: int, *, reverse: bool,
               context_tokens: int) -> View:
-    residues = reverse_complement(job.residues) if reverse else job.residues
+    residues = tokenizer.reverse_complement(job.residues) if reverse else job.residues
     tokens = tokenizer.tokenize(residues)
     if len(tokens.ids) > context_tokens:
         raise ModelError(
@@ -193,19 +193,41 @@ def pack_batches(lengths: list[int], budget: int) -> list[list[int]]:
 def distribution_stats(letter_logprobs, true_letter):
     """log p(true letter), entropy (nats) and 1-based rank from letter log-probabilities.
 
-    ``true_letter`` is -1 where the residue is not a scored letter: logp is NaN, rank 0.
+    ``true_letter`` is negative where the residue is not a scored letter: logp is NaN and
+    rank 0 (null); where it is :data:`~seqatlas.checkpoints.tokenizers.UNSCORABLE` (a residue
+    the model has no token for) the entropy is NaN too. A letter the distribution gives no
+    probability (no candidate token holds it there) is unscorable as well: never -inf.
     """
     import torch
 
     logp_all = torch.log_softmax(letter_logprobs, dim=-1)
     entropy = -(logp_all.exp() * logp_all).nan_to_num().sum(-1)
-    known = true_letter >= 0
     index = true_letter.clamp(min=0).unsqueeze(-1)
     logp = logp_all.gather(-1, index).squeeze(-1)
     rank = (logp_all > logp.unsqueeze(-1)).sum(-1) + 1
-    logp = torch.where(known, logp, torch.full_like(logp, float("nan")))
+    known = (true_letter >= 0) & torch.isfinite(logp)
+    unscorable = (true_letter == UNSCORABLE) | ((true_letter >= 0) & ~known)
+    defined = torch.isfinite(logp_all).any(-1) & ~unscorable
+    nan = torch.full_like(logp, float("nan"))
+    logp = torch.where(known, logp, nan)
+    entropy = torch.where(defined, entropy, nan)
     rank = torch.where(known, rank, torch.zeros_like(rank))
     return logp, entropy, rank
+
+
+def letter_logprobs(tokenizer: TokenizerFamily, probs, true_letter):
+    """Log-probabilities of the scored letters from their (unnormalised) probabilities:
+    each residue's distribution is over the kind's standard letters, plus its own letter
+    when it is an extra letter the vocabulary has (a protein's U with ESM)."""
+    import torch
+
+    logp = probs.log()
+    n_standard = tokenizer.n_standard
+    if logp.shape[-1] > n_standard:
+        extra = torch.arange(n_standard, logp.shape[-1], device=logp.device)
+        other = extra.unsqueeze(0) != true_letter.unsqueeze(-1)
+        logp[:, n_standard:] = logp[:, n_standard:].masked_fill(other, float("-inf"))
+    return logp
 
 
 class _Result:
@@ -239,7 +261,7 @@ class Scorer:
         self.batch_tokens = batch_tokens or DEFAULT_BATCH_TOKENS.get(model.device.type, 8192)
         self.real_tokens = 0
         self.computed_tokens = 0
-        n_letters = len(self.tokenizer.letters)
+        n_letters = len(self.tokenizer.scored_letters)
         # candidates of each token length -> one-hot (C, length * letters)
         self._candidates = {}
         for length, cand in self.tokenizer.candidates.items():
@@ -344,7 +366,7 @@ class Scorer:
         hidden = last[torch.from_numpy(np.concatenate(b_idx)).to(device),
                       torch.from_numpy(np.concatenate(t_idx)).to(device)]
         lengths = np.concatenate(lengths)
-        n_letters = len(self.tokenizer.letters)
+        n_letters = len(self.tokenizer.scored_letters)
         marginal = torch.full((len(lengths), int(lengths.max()), n_letters), float("nan"),
                               device=device)
         for length in np.unique(lengths):
@@ -363,8 +385,8 @@ class Scorer:
         sums.index_add_(0, pair_slot, per_pair)
         counts = torch.bincount(pair_slot, minlength=n_slots).unsqueeze(-1)
         true = torch.from_numpy(np.concatenate(true)).to(device)
-        logp, entropy, rank = (t.cpu().numpy()
-                               for t in distribution_stats((sums / counts).log(), true))
+        logp, entropy, rank = (t.cpu().numpy() for t in distribution_stats(
+            letter_logprobs(self.tokenizer, sums / counts, true), true))
         start = 0
         for row, bases in zip(rows, row_bases):
             res = results[row.view]

@@ -1,35 +1,66 @@
 """Executors that score work units: Ray actors (the default) or this process.
 
-Both expose ``submit(token, payload, method)`` and ``next_result()`` so one driver loop,
-:func:`run_units`, with its retries and commits, serves ingest and the probes on either.
+Both expose ``submit(token, payload, method)``, ``next_result(timeout)``, ``busy`` and
+``capacity`` so one driver loop, :func:`run_units`, with its retries, commits and stall
+watchdog, serves ingest and the probes on either.
+
+Ray never refuses a resource request it cannot meet: an actor that asks for more CPUs or
+GPUs than any node has, or more than is left, waits for them forever. So the Ray executor
+checks the request against the cluster before it starts an actor (:func:`plan_actors`),
+hands units only to actors that have answered a ``ready()`` call, and waits in short slices
+so that the driver's watchdog and Ctrl-C always get control back.
 """
 
 from __future__ import annotations
 
+import math
 import time
+import warnings
 from collections import deque
 from typing import Callable, Iterable
 
-from seqatlas.errors import IngestError
+from seqatlas.errors import ConfigError, IngestError
 from seqatlas.util import start_ray
+
+STALL_TIMEOUT = 1800.0  # seconds without a finished unit before the driver gives up
+START_TIMEOUT = 60.0  # seconds for the actors to be placed and answer ready()
+WAIT_SLICE = 0.5  # longest single ray.wait, so Ctrl-C and the watchdog act promptly
+_EPS = 1e-9
 
 
 class ScoringWorker:
-    """Holds one loaded model and scores units with it (a Ray actor, or in process)."""
+    """Holds one loaded model and scores units with it (a Ray actor, or in process).
 
-    def __init__(self, spec, scoring: dict, threads: int | None = None):
+    ``load=False`` (the Ray actors) defers loading the model to the first unit, so the
+    constructor, and the ``ready()`` the driver waits for, only show the actor was placed.
+    """
+
+    def __init__(self, spec, scoring: dict, threads: int | None = None, *, load: bool = True):
+        self.spec, self.scoring, self.threads = spec, scoring, threads
+        self.scorer = None
+        if load:
+            self.load()
+
+    def ready(self) -> bool:
+        """Answers once the actor has been given its resources and started."""
+        return True
+
+    def load(self) -> None:
+        if self.scorer is not None:
+            return
         import torch
 
         from seqatlas.scoring.scorer import Scorer
         from seqatlas.checkpoints import LoadedModel
 
-        if threads:
+        if self.threads:
             # Ray sets OMP_NUM_THREADS=1 in workers; use the CPUs this actor was given.
-            torch.set_num_threads(threads)
+            torch.set_num_threads(self.threads)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.scorer = Scorer(LoadedModel(spec, device=device), **scoring)
+        self.scorer = Scorer(LoadedModel(self.spec, device=device), **self.scoring)
 
     def score(self, jobs):
+        self.load()
         before = (self.scorer.real_tokens, self.scorer.computed_tokens)
         positions, tokens = self.scorer.score(jobs)
         stats = {"real_tokens": self.scorer.real_tokens - before[0],
@@ -38,6 +69,7 @@ class ScoringWorker:
 
     def rescore(self, tasks):
         """Masked logp of each task's bases (see :meth:`Scorer.rescore`), and the stats."""
+        self.load()
         before = (self.scorer.real_tokens, self.scorer.computed_tokens)
         values = self.scorer.rescore(tasks)
         stats = {"real_tokens": self.scorer.real_tokens - before[0],
@@ -59,7 +91,7 @@ class LocalExecutor:
         except Exception as exc:  # reported per unit by the driver loop
             self.results.append((token, None, exc))
 
-    def next_result(self):
+    def next_result(self, timeout: float | None = None):
         return self.results.popleft()
 
     @property
@@ -71,37 +103,194 @@ class LocalExecutor:
 
 
 def make_executor(spec, scoring: dict, *, workers: int | None, gpus_per_worker: float | None,
-                  cpus_per_worker: int | None, address: str | None):
+                  cpus_per_worker: int | None, address: str | None,
+                  start_timeout: float = START_TIMEOUT):
     """The Ray actors, or this process with ``workers=0``."""
     if workers == 0:
         return LocalExecutor(spec, scoring)
     return RayExecutor(spec, scoring, workers=workers, gpus_per_worker=gpus_per_worker,
-                       cpus_per_worker=cpus_per_worker, address=address)
+                       cpus_per_worker=cpus_per_worker, address=address,
+                       start_timeout=start_timeout)
+
+
+# -- what the cluster can hold ------------------------------------------------------------
+
+def _fit(node: dict, cpus: float, gpus: float) -> float:
+    """How many actors of ``cpus`` CPUs and ``gpus`` GPUs one node holds. A fraction of a
+    GPU (``gpus`` < 1) is carved out of one physical GPU, so a GPU holds ``floor(1/gpus)``
+    of them (0.4 -> 2, not 2.5); whole GPUs are whole devices."""
+    fit = math.inf
+    if cpus > 0:
+        fit = min(fit, math.floor(node.get("CPU", 0) / cpus + _EPS))
+    if gpus > 0:
+        have = node.get("GPU", 0)
+        per_gpu = math.floor(1 / gpus + _EPS) if gpus < 1 else None
+        fit = min(fit, math.floor(have + _EPS) * per_gpu if per_gpu else
+                  math.floor(have / gpus + _EPS))
+    return fit
+
+
+def _room(nodes: list[dict], cpus: float, gpus: float) -> float:
+    return sum(_fit(node, cpus, gpus) for node in nodes)
+
+
+def _amount(value: float, unit: str) -> str:
+    return f"{value:g} {unit}{'' if value == 1 else 's'}"
+
+
+def plan_actors(nodes: list[dict], *, workers: int | None, cpus_per_worker: int | None,
+                gpus_per_worker: float | None) -> tuple[int, float, float, str | None]:
+    """``(workers, cpus_per_worker, gpus_per_worker, problem)`` for a cluster whose alive
+    nodes have the resources ``nodes`` (``ray.nodes()[i]["Resources"]``).
+
+    Values left None are derived so that they fit: GPUs per worker 1 when there are GPUs,
+    else 0; workers as many as the GPUs hold (one CPU each at least), else 1; CPUs per
+    worker the most that lets every worker be placed. ``problem`` (None when everything
+    fits) says in numbers why the request cannot all be placed, and how to fix it.
+    """
+    total_cpu = sum(n.get("CPU", 0) for n in nodes)
+    total_gpu = sum(n.get("GPU", 0) for n in nodes)
+    most_cpu = max((n.get("CPU", 0) for n in nodes), default=0)
+    most_gpu = max((n.get("GPU", 0) for n in nodes), default=0)
+    if gpus_per_worker is not None and not 0 <= gpus_per_worker < math.inf:
+        raise ConfigError(f"--gpus-per-worker must be 0 or more, not {gpus_per_worker!r}")
+    if gpus_per_worker is not None and gpus_per_worker > 1 and \
+            not float(gpus_per_worker).is_integer():
+        raise ConfigError(f"--gpus-per-worker {gpus_per_worker:g}: an actor gets a fraction "
+                          "of one GPU (at most 1, e.g. 0.5) or whole GPUs (1, 2, ...)")
+    if cpus_per_worker is not None and not 0 <= cpus_per_worker < math.inf:
+        raise ConfigError(f"--cpus-per-worker must be 0 or more, not {cpus_per_worker!r}")
+    gpus = gpus_per_worker if gpus_per_worker is not None else (1.0 if total_gpu >= 1 else 0.0)
+    if workers is None:
+        workers = 1
+        if gpus:
+            room = _room(nodes, cpus_per_worker if cpus_per_worker is not None else 1, gpus)
+            workers = max(1, int(min(room, 1 << 20)))
+    cpus = cpus_per_worker
+    if cpus is None:
+        cpus = max(1, int(total_cpu) // workers)
+        for candidate in range(min(cpus, int(most_cpu)), 0, -1):
+            if _room(nodes, candidate, gpus) >= workers:
+                cpus = candidate
+                break
+        else:
+            cpus = 1
+    room = _room(nodes, cpus, gpus)
+    if room >= workers:
+        return workers, cpus, gpus, None
+    fixes = []
+    if gpus and not total_gpu:
+        fixes.append("use --gpus-per-worker 0 (the cluster has no GPUs)")
+    elif gpus > most_gpu:
+        fixes.append(f"lower --gpus-per-worker to at most {most_gpu:g}")
+    if cpus > most_cpu:
+        fixes.append(f"lower --cpus-per-worker to at most {most_cpu:g}")
+    if not fixes:  # each actor fits a node, not all of them: name what runs out
+        short = [flag for flag, room_alone in (("--cpus-per-worker", _room(nodes, cpus, 0)),
+                                               ("--gpus-per-worker", _room(nodes, 0, gpus)))
+                 if room_alone < workers]
+        fixes.append(f"lower --workers to {int(room)}" +
+                     "".join(f" or {flag}" for flag in short
+                             if flag != "--cpus-per-worker" or cpus > 1))
+    fixes.append("use --workers 0 to score in this process without Ray")
+    problem = (
+        f"requested {workers} worker(s) x {_amount(cpus, 'CPU')} x {_amount(gpus, 'GPU')} = "
+        f"{_amount(workers * cpus, 'CPU')}, {_amount(workers * gpus, 'GPU')}, but the Ray "
+        f"cluster has {_amount(total_cpu, 'CPU')}, {_amount(total_gpu, 'GPU')} in "
+        f"{len(nodes)} node(s) (at most {_amount(most_cpu, 'CPU')}, {_amount(most_gpu, 'GPU')} "
+        f"on one node; an actor's CPUs and GPUs must be on one node): room for {int(room)} "
+        f"such worker(s), and Ray would wait for the others forever. To fix: "
+        + "; or ".join(fixes))
+    return workers, cpus, gpus, problem
 
 
 class RayExecutor:
-    """A pool of scoring actors; a dead actor is replaced and its unit reported as failed."""
+    """A pool of scoring actors; a dead actor is replaced and its unit reported as failed.
+
+    Units go only to actors that answered ``ready()`` (placed and started); an actor still
+    starting (at the start, or replacing a dead one) joins the pool when it answers.
+
+    ``address`` None (a local Ray: started here, or the one this process already runs) has
+    a fixed size: a request that does not fit, or actors none of which start within
+    ``start_timeout`` seconds, raise :class:`IngestError` at once. A cluster ``address`` may
+    grow (an autoscaler adds nodes on demand), so there a request that does not fit the
+    nodes up now only warns, and the actors are waited for; the driver's stall watchdog
+    reports them if they never start.
+    """
 
     def __init__(self, spec, scoring: dict, *, workers: int | None,
                  gpus_per_worker: float | None,
-                 cpus_per_worker: int | None, address: str | None):
+                 cpus_per_worker: int | None, address: str | None,
+                 start_timeout: float = START_TIMEOUT, actor_class: type | None = None):
+        self.idle: deque = deque()  # started actors without a unit
+        self.pending: dict = {}  # unit's result ref -> (token, actor)
+        self.starting: dict = {}  # ready() ref -> actor not yet started
+        self.started_ray = False
+        self.last_error: BaseException | None = None  # of the last actor that died
         self.ray, self.started_ray = start_ray(
             address, error=IngestError, fallback="use --workers 0 to score without Ray")
+        try:
+            self._start(spec, scoring, workers=workers, gpus_per_worker=gpus_per_worker,
+                        cpus_per_worker=cpus_per_worker, fixed=address in (None, "local"),
+                        start_timeout=start_timeout, actor_class=actor_class or ScoringWorker)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, spec, scoring: dict, *, workers, gpus_per_worker, cpus_per_worker,
+               fixed: bool, start_timeout: float, actor_class: type) -> None:
         ray = self.ray
-        resources = ray.cluster_resources()
-        if gpus_per_worker is None:  # a GPU box uses its GPUs without being told
-            gpus_per_worker = 1.0 if resources.get("GPU", 0) >= 1 else 0.0
-        if workers is None:
-            gpus = int(resources.get("GPU", 0))
-            workers = max(1, int(gpus // gpus_per_worker)) if gpus_per_worker else 1
-        if cpus_per_worker is None:
-            cpus_per_worker = max(1, int(resources.get("CPU", 1)) // workers)
-        self.actor_class = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)(
-            ScoringWorker)
-        self.args = (spec, scoring, cpus_per_worker)
-        self.idle = deque(self.actor_class.remote(*self.args) for _ in range(workers))
-        self.capacity = workers
-        self.pending: dict = {}
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+        workers, cpus, gpus, problem = plan_actors(
+            nodes, workers=workers, cpus_per_worker=cpus_per_worker,
+            gpus_per_worker=gpus_per_worker)
+        if problem and fixed:
+            raise IngestError(f"cannot start the scoring actors: {problem}")
+        if problem:
+            warnings.warn(f"the Ray cluster cannot place every scoring actor yet: {problem} "
+                          "If an autoscaler adds nodes, the actors start as they come up (see "
+                          "`ray status`); if nothing does, the stall watchdog stops the run "
+                          "after --stall-timeout", stacklevel=2)
+        self.workers, self.cpus, self.gpus = workers, cpus, gpus
+        self.actor_class = ray.remote(num_cpus=cpus, num_gpus=gpus)(actor_class)
+        self.args = (spec, scoring, int(cpus) or None)
+        for _ in range(workers):
+            self._launch()
+        deadline = time.monotonic() + start_timeout
+        while self.starting and time.monotonic() < deadline:
+            slice_ = min(WAIT_SLICE, max(0.0, deadline - time.monotonic()))
+            ready, _ = ray.wait(list(self.starting), num_returns=len(self.starting),
+                                timeout=slice_)
+            for ref in ready:
+                self._started(ref)
+        if self.starting and not self.idle and fixed:
+            raise IngestError(
+                f"{self._not_started()} within {start_timeout:g} s: Ray is waiting for "
+                f"resources ({self._free()}; see `ray status`): another job may hold them. "
+                "Lower --workers, --cpus-per-worker or --gpus-per-worker, or use --workers 0 "
+                "to score in this process")
+        if not (self.starting or self.idle):
+            raise IngestError(f"no scoring actor could start ({self.last_error}); check the "
+                              "Ray workers' logs, or use --workers 0 to score in this process")
+
+    def _launch(self) -> None:
+        actor = self.actor_class.remote(*self.args, load=False)
+        self.starting[actor.ready.remote()] = actor
+
+    def _started(self, ref) -> None:
+        actor = self.starting.pop(ref)
+        try:
+            self.ray.get(ref)
+        except Exception as exc:  # the actor died while starting: drop it
+            self.last_error = exc
+            self._kill(actor)
+            return
+        self.idle.append(actor)
+
+    @property
+    def capacity(self) -> int:
+        """Units that can be in flight now: one per started actor."""
+        return len(self.idle) + len(self.pending)
 
     @property
     def busy(self) -> int:
@@ -112,14 +301,37 @@ class RayExecutor:
         ref = getattr(actor, method).remote(payload)
         self.pending[ref] = (token, actor)
 
-    def next_result(self):
+    def next_result(self, timeout: float | None = None):
+        """The next finished unit as ``(token, result, error)``; None when none finished
+        within ``timeout`` seconds (None: wait on) or when a starting actor joined the pool
+        (so the driver can give it a unit)."""
         ray = self.ray
-        ready, _ = ray.wait(list(self.pending), num_returns=1)
-        token, actor = self.pending.pop(ready[0])
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            refs = list(self.pending) + list(self.starting)
+            if not refs:
+                raise IngestError(f"no scoring actor is left ({self.last_error}); committed "
+                                  "work is kept: re-run the same command to resume")
+            left = WAIT_SLICE if deadline is None else \
+                max(0.0, min(WAIT_SLICE, deadline - time.monotonic()))
+            ready, _ = ray.wait(refs, num_returns=1, timeout=left)
+            if ready and ready[0] in self.starting:
+                self._started(ready[0])
+                return None
+            if ready:
+                return self._result(ready[0])
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+
+    def _result(self, ref):
+        ray = self.ray
+        token, actor = self.pending.pop(ref)
         try:
-            result = ray.get(ready[0])
+            result = ray.get(ref)
         except ray.exceptions.RayActorError as exc:
-            self.idle.append(self.actor_class.remote(*self.args))
+            self.last_error = exc
+            self._kill(actor)
+            self._launch()
             return token, None, exc
         except ray.exceptions.RayTaskError as exc:
             self.idle.append(actor)
@@ -127,58 +339,164 @@ class RayExecutor:
         self.idle.append(actor)
         return token, result, None
 
+    def _not_started(self) -> str:
+        return (f"{len(self.starting)} of {self.workers} scoring actor(s) "
+                f"({_amount(self.cpus, 'CPU')}, {_amount(self.gpus, 'GPU')} each) have not "
+                "started")
+
+    def _free(self) -> str:
+        try:
+            free, total = self.ray.available_resources(), self.ray.cluster_resources()
+        except Exception:  # only a diagnosis
+            return "free resources unknown"
+        return (f"free now: {free.get('CPU', 0):g} of {total.get('CPU', 0):g} CPUs, "
+                f"{free.get('GPU', 0):g} of {total.get('GPU', 0):g} GPUs")
+
+    def _states(self) -> dict[str, int]:
+        """How many actors running units are in each Ray state (ALIVE, RESTARTING, DEAD)."""
+        counts: dict[str, int] = {}
+        try:
+            from ray._private import state
+        except ImportError:
+            return counts
+        for _, actor in self.pending.values():
+            try:
+                info = state.actors(actor._actor_id.hex()) or {}
+                name = info.get("State", "UNKNOWN")
+            except Exception:  # only a diagnosis
+                name = "UNKNOWN"
+            counts[name] = counts.get(name, 0) + 1
+        return counts
+
+    def describe_stall(self) -> str:
+        """What the actors are doing, for the driver's stall report."""
+        parts = []
+        if self.starting:
+            parts.append(f"{self._not_started()}: Ray is waiting for resources "
+                         f"({self._free()}; see `ray status`)")
+        states = self._states()
+        if self.pending:
+            alive = states.pop("ALIVE", 0)
+            text = f"{len(self.pending)} actor(s) hold an unfinished unit"
+            if alive:
+                text += f" ({alive} alive: the unit runs slowly or hangs in the model)"
+            if states:
+                text += " (" + ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items())) \
+                    + ")"
+            parts.append(text)
+        return "; ".join(parts) or "no actor holds a unit"
+
+    def _kill(self, actor) -> None:
+        try:
+            self.ray.kill(actor, no_restart=True)
+        except Exception:  # already gone
+            pass
+
     def close(self) -> None:
-        for actor in list(self.idle) + [a for _, a in self.pending.values()]:
-            self.ray.kill(actor)
+        """Kill every actor (started, busy or still waiting to start), without waiting."""
+        actors = list(self.idle) + [a for _, a in self.pending.values()] + \
+            list(self.starting.values())
+        self.idle.clear()
+        self.pending.clear()
+        self.starting.clear()
+        for actor in actors:
+            self._kill(actor)
         if self.started_ray:
+            self.started_ray = False
             self.ray.shutdown()
 
 
 def run_units(executor, items: Iterable[tuple], *, method: str,
               commit: Callable[[tuple, object], None], max_retries: int,
-              failed: Callable[[tuple, BaseException], None]) -> None:
+              failed: Callable[[tuple, BaseException], None],
+              stall_timeout: float | None = STALL_TIMEOUT, total: int | None = None) -> None:
     """Keep every worker busy with ``items`` (``(token, payload)`` pairs), calling ``commit``
     with each item and its result as it arrives; an item that fails is retried up to
-    ``max_retries`` times, then reported to ``failed`` while the rest goes on."""
+    ``max_retries`` times, then reported to ``failed`` while the rest goes on.
+
+    The watchdog: when no unit finishes (committed or failed) for ``stall_timeout``
+    seconds (None or 0: never), :class:`IngestError` says what is committed, what is
+    pending and what the workers are doing (``total``: how many items there are, for the
+    count). What was committed stays committed."""
     source = iter(items)
     retry: deque = deque()
     attempts: dict[int, int] = {}
     exhausted = False
+    done = gave_up = 0
+    last = time.monotonic()
+
+    def take():
+        nonlocal exhausted
+        if retry:
+            return retry.popleft()
+        if not exhausted:
+            item = next(source, None)
+            if item is not None:
+                return item
+            exhausted = True
+        return None
+
     while True:
         while executor.busy < executor.capacity:
-            if retry:
-                item = retry.popleft()
-            elif not exhausted:
-                item = next(source, None)
-                if item is None:
-                    exhausted = True
-                    continue
-            else:
+            item = take()
+            if item is None:
                 break
             executor.submit(item, item[1], method)
-        if executor.busy == 0:
+        if executor.busy == 0 and exhausted and not retry:
             return
-        item, result, error = executor.next_result()
+        left = None
+        if stall_timeout:
+            left = last + stall_timeout - time.monotonic()
+            if left <= 0:
+                raise IngestError(_stall_message(executor, stall_timeout, done=done,
+                                                 gave_up=gave_up, total=total))
+        outcome = executor.next_result(left)
+        if outcome is None:  # nothing finished yet, or a worker joined: look again
+            continue
+        last = time.monotonic()
+        item, result, error = outcome
         if error is not None:
             attempts[id(item)] = attempts.get(id(item), 0) + 1
             if attempts[id(item)] <= max_retries:
                 retry.append(item)
             else:
+                gave_up += 1
                 failed(item, error)
             continue
         commit(item, result)
+        done += 1
+
+
+def _stall_message(executor, stall_timeout: float, *, done: int, gave_up: int,
+                   total: int | None) -> str:
+    busy = executor.busy
+    if total is not None:
+        counts = (f"{done} of {total} unit(s) committed in this run, "
+                  f"{total - done - gave_up} pending ({busy} in flight)")
+    else:
+        counts = f"{done} unit(s) committed in this run, {busy} in flight, more pending"
+    if gave_up:
+        counts += f", {gave_up} failed"
+    describe = getattr(executor, "describe_stall", None)
+    state = f"; {describe()}" if describe is not None else ""
+    return (f"no work unit finished in the last {stall_timeout:g} s (the stall timeout): "
+            f"{counts}{state}. Committed work is kept: re-run the same command to resume. "
+            "If a unit can take longer than that, raise --stall-timeout (0 turns the watchdog "
+            "off)")
 
 
 def run_units_timed(executor, items: Iterable[tuple], *, method: str,
                     commit: Callable[[tuple, object], None], max_retries: int,
-                    failed: Callable[[tuple, BaseException], None], progress) -> float:
-    """:func:`run_units` inside the ``progress`` display, then close ``executor``; returns
-    the seconds it took."""
+                    failed: Callable[[tuple, BaseException], None], progress,
+                    stall_timeout: float | None = STALL_TIMEOUT,
+                    total: int | None = None) -> float:
+    """:func:`run_units` inside the ``progress`` display, then close ``executor`` (also on
+    an error or Ctrl-C); returns the seconds it took."""
     started = time.perf_counter()
     try:
         with progress:
             run_units(executor, items, method=method, commit=commit, max_retries=max_retries,
-                      failed=failed)
+                      failed=failed, stall_timeout=stall_timeout, total=total)
     finally:
         executor.close()
     return time.perf_counter() - started
