@@ -12,9 +12,10 @@ import pyarrow as pa
 from seqatlas import probe as _probe
 from seqatlas import query as _query
 from seqatlas.errors import AtlasError, InputError
-from seqatlas.manifest import InputRecord, Manifest
+from seqatlas.manifest import InputRecord
+from seqatlas.scoring.pipeline import recorded_settings
 from seqatlas.store import AtlasReader, AtlasWriter, PartDamage
-from seqatlas.util import file_sha256
+from seqatlas.util import STDIN, file_sha256, is_stream, stream_name
 
 __all__ = ["Atlas", "AtlasWriter", "info", "repair", "verify"]
 
@@ -67,6 +68,9 @@ def info(atlas: str | os.PathLike) -> dict:
 def _input_problem(record: InputRecord) -> str | None:
     """Why the input file ``record`` names cannot rebuild the atlas, or None."""
     path = Path(record.path)
+    if record.path == stream_name(STDIN) or is_stream(path):
+        return (f"{record.path}: read from a stream, which cannot be read again; pipe the same "
+                "input into `seqatlas ingest` with the atlas's settings instead")
     if not path.is_file():
         return f"{record.path}: not found"
     if path.stat().st_size != record.size or file_sha256(path) != record.sha256:
@@ -92,23 +96,6 @@ def verify(atlas: str | os.PathLike, *, inputs: bool = True) -> dict:
                    reader.manifest.inputs] if inputs else [],
         "ok": not damage,
     }
-
-
-def _ingest_options(manifest: Manifest) -> dict:
-    """The ingest options that reproduce an atlas's recorded settings."""
-    model, scoring = manifest.model, manifest.scoring
-    source = model.extra.get("source")
-    options = {"model": model.name if source == "embedded" or not model.extra.get("path")
-               else model.extra["path"],
-               "kind": manifest.kind, "likelihood": scoring.likelihood,
-               "embeddings": scoring.embeddings, "window": scoring.window,
-               "overlap": scoring.overlap, "unit_tokens": scoring.unit_tokens,
-               "strands": scoring.strands, "copy_k": scoring.copy_k}
-    if scoring.embeddings:
-        options["layer"] = scoring.stored_layers()
-    if scoring.skip_n_runs is not None:
-        options["skip_n_runs"] = scoring.skip_n_runs
-    return {k: v for k, v in options.items() if v is not None}
 
 
 def _rebuild_sequences(writer: AtlasWriter, damage: list[PartDamage]) -> None:
@@ -141,7 +128,7 @@ def _rebuild_sequences(writer: AtlasWriter, damage: list[PartDamage]) -> None:
 
 
 def repair(atlas: str | os.PathLike, *, workers: int | None = None,
-           progress: bool = True) -> dict:
+           progress: bool | str = True) -> dict:
     """Rewrite an atlas's damaged parts from its inputs: the sequences table from the input
     FASTA files, scored units by re-ingesting them with the atlas's own model and settings,
     imported or found repeats by importing or running the finder again, in-context copies
@@ -172,12 +159,18 @@ def repair(atlas: str | os.PathLike, *, workers: int | None = None,
                              f"{'; '.join(missing)}. Put the inputs back, then run repair "
                              "again.")
         result = ingest([i.path for i in manifest.inputs], atlas=atlas, workers=workers,
-                        progress=progress, **_ingest_options(manifest))
+                        progress=progress, **recorded_settings(manifest))
         report["rescored_units"] = result.units_scored
     for unit, record in records.items():
         if "repeats_file" in record:
-            repeats.annotate(record["repeats_file"], atlas=atlas, format=record["format"],
-                             names="auto" if record.get("renamed") else "exact")
+            source = record["repeats_file"]
+            if source == stream_name(STDIN) or is_stream(source):
+                raise InputError(f"cannot restore the repeats imported from {source}, a "
+                                 "stream that cannot be read again: pipe the same file into "
+                                 f"`seqatlas annotate - --atlas {atlas}`")
+            repeats.annotate(source, atlas=atlas, format=record["format"],
+                             names="auto" if record.get("renamed") else "exact",
+                             on_mismatch=record.get("on_mismatch", "error"))
         elif "repeat_finder" in record:
             repeats.annotate(atlas=atlas, run=record["repeat_finder"],
                              run_args=shlex.join(record["args"]), progress=progress)

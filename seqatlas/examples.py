@@ -50,7 +50,7 @@ def sequence_summary(atlas) -> list[dict]:
 
 
 def demo(*, atlas: str | Path | None = None, workers: int | None = None,
-         progress: bool = True) -> dict:
+         progress: bool | str = True) -> dict:
     """Ingest the bundled proteins with AntiBERTy (exact PLL terms) and 3 kb of held-out
     human chrX with dnabert6-tiny (fast mode, both strands), each into its own atlas under
     ``atlas``."""

@@ -153,6 +153,15 @@ class ScoringRecord:
             data.pop("layers", None)
         return repr(sorted(data.items()))
 
+    def likelihood_column(self) -> str | None:
+        """The positions column holding the main likelihood: masked logp (exact, fast), else
+        unmasked; the strand mean with both strands; None without a likelihood."""
+        column = {"exact": "logp", "fast": "logp", "unmasked": "logp_unmasked"}.get(
+            self.likelihood)
+        if column is None:
+            return None
+        return column + ("_mean" if self.strands == "both" else "")
+
     def stored_layers(self) -> list[int]:
         """The hidden layers stored, the ``embedding`` column's first; [] if none (atlases
         written before multi-layer ingest record only ``layer``)."""
@@ -257,7 +266,7 @@ _SHAPE = {
     "": {"schema_version": _INT, "seqatlas_version": _STR, "created": _STR, "updated": _STR,
          "kind": _OPT_STR, "kind_detected": _BOOL, "model": (dict, type(None)),
          "scoring": (dict, type(None)), "inputs": (list,), "parts": _DICT, "units": _DICT,
-         "cache": (dict, type(None)), "indexes": (dict, type(None))},
+         "cache": (dict, type(None)), "indexes": (dict, type(None)), "warnings": (list,)},
     "model": {"name": _STR, "weights_sha256": _STR, "tokenizer": _DICT,
               "hidden_size": _OPT_INT, "num_layers": _OPT_INT, "context_tokens": _OPT_INT},
     "scoring": {"likelihood": _STR, "embeddings": _BOOL, "window": _OPT_INT,
@@ -268,6 +277,8 @@ _SHAPE = {
     "fast": {"stride": _INT, "mask_rate": _NUM, "method": _STR},
     "input": {"path": _STR, "size": _INT, "sha256": _STR, "kind": _STR, "records": _INT,
               "residues": _INT, "first_ordinal": _OPT_INT},
+    "warning": {"code": _STR, "message": _STR, "model": _STR, "column": _STR,
+                "mean_logp": _NUM, "baseline": _NUM, "positions": _INT},
 }
 
 
@@ -309,6 +320,11 @@ def validate_manifest(data) -> None:
         for key in _SHAPE["input"]:
             if key not in record:
                 raise KeyError(f"inputs[{i}].{key}")
+    for i, warning in enumerate(data.get("warnings", [])):
+        _check_shape(warning, "warning", f"warnings[{i}]")
+        for key in ("code", "message"):
+            if key not in warning:
+                raise KeyError(f"warnings[{i}].{key}")
     for table, parts in data["parts"].items():
         if not isinstance(parts, dict) or not all(isinstance(m, dict) for m in parts.values()):
             raise TypeError(f"parts.{table}")
@@ -327,7 +343,10 @@ def validate_manifest(data) -> None:
 @dataclass
 class Manifest:
     """``atlas.json``. ``units`` (content key -> what the unit was), ``cache`` (derived values)
-    and ``indexes`` (index name -> meta) are open records and stay plain dicts."""
+    and ``indexes`` (index name -> meta) are open records and stay plain dicts. ``warnings``
+    (absent in older atlases): what seqatlas found doubtful about the atlas's values, each
+    ``{"code", "message", ...}``; so far a model whose mean logp is below the uniform
+    baseline (code ``low_likelihood``, :mod:`seqatlas.checkpoints.fit`)."""
 
     schema_version: int
     seqatlas_version: str
@@ -342,6 +361,7 @@ class Manifest:
     units: dict[str, dict] = field(default_factory=dict)
     cache: dict | None = None
     indexes: dict[str, dict] | None = None
+    warnings: list[dict] | None = None
 
     @classmethod
     def from_json(cls, data: dict) -> Manifest:
@@ -356,7 +376,8 @@ class Manifest:
             inputs=[InputRecord.from_json(i) for i in data["inputs"]],
             parts={table: {name: PartRecord.from_json(meta) for name, meta in parts.items()}
                    for table, parts in data["parts"].items()},
-            units=dict(data["units"]), cache=data.get("cache"), indexes=data.get("indexes"))
+            units=dict(data["units"]), cache=data.get("cache"), indexes=data.get("indexes"),
+            warnings=[dict(w) for w in data["warnings"]] if "warnings" in data else None)
 
     def to_json(self) -> dict:
         """The one writer: the keys seqatlas has always written."""
@@ -375,6 +396,8 @@ class Manifest:
             data["cache"] = self.cache
         if self.indexes is not None:
             data["indexes"] = self.indexes
+        if self.warnings is not None:
+            data["warnings"] = self.warnings
         return data
 
     def legacy_keys(self) -> bool:

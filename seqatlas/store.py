@@ -274,6 +274,7 @@ class AtlasReader:
             "units": {"committed": len(manifest.units)},
             "positions_unscored": sum(u.get("unscored", 0) for u in manifest.units.values()),
             "damaged": [str(d) for d in self.check_parts()],
+            "warnings": [dict(w) for w in manifest.warnings or []],
             "created": manifest.created,
             "updated": manifest.updated,
         }
@@ -476,6 +477,19 @@ class AtlasWriter:
                 manifest.indexes.pop(name, None)
             else:
                 manifest.indexes[name] = entry
+
+        self._update_manifest(change)
+
+    def set_warning(self, code: str, warning: dict | None) -> None:
+        """Replace the manifest's ``warnings`` of ``code`` with ``warning`` (None: none);
+        the manifest is rewritten only when that changes something."""
+        kept = [w for w in self.manifest.warnings or [] if w.get("code") != code]
+        wanted = kept + ([{**warning, "code": code}] if warning is not None else [])
+        if wanted == (self.manifest.warnings or []):
+            return
+
+        def change(manifest: Manifest) -> None:
+            manifest.warnings = wanted or None
 
         self._update_manifest(change)
 

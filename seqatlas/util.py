@@ -167,6 +167,83 @@ def output_file(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+STDIN = "-"
+
+
+def stream_name(path: str | os.PathLike) -> str:
+    """How an input is named to the user: ``<stdin>`` for ``-``, else its path."""
+    name = os.fspath(path)
+    return "<stdin>" if name == STDIN else name
+
+
+def is_stream(path: str | os.PathLike) -> bool:
+    """``-`` (stdin) or a path that exists and is neither a regular file nor a directory:
+    a pipe, ``/dev/stdin``, a process substitution ``<(...)`` (read once, no seeking)."""
+    name = os.fspath(path)
+    if name == STDIN:
+        return True
+    try:
+        mode = os.stat(name).st_mode
+    except OSError:
+        return False  # missing or unreadable: the reader reports it, naming the path
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+class Spool:
+    """Inputs as regular files: each stream copied once into a temporary directory, since
+    readers go over an input several times (kind, validation, hashing, scoring)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.paths: list[Path] = []
+        self.names: dict[str, str] = {}  # temporary copy -> the name the user gave
+
+    def add(self, path: str | os.PathLike, what: str) -> Path:
+        if not is_stream(path):
+            self.paths.append(Path(path))
+            return self.paths[-1]
+        name = stream_name(path)
+        if name in self.names.values():
+            raise ConfigError(f"{name} is given twice; a stream can be read only once")
+        if name == "<stdin>" and sys.stdin is not None and sys.stdin.isatty():
+            raise ConfigError(f"{what} '-' reads stdin, which is a terminal: pipe the file "
+                              "in (e.g. `zcat x.gz | seqatlas ...  -`) or give its path")
+        copy = self.directory / f"input-{len(self.paths)}"
+        try:
+            source = sys.stdin.buffer if name == "<stdin>" else open(path, "rb")
+        except OSError as exc:
+            raise ConfigError(f"{name}: cannot open ({exc.strerror or exc})") from None
+        with source, open(copy, "wb") as sink:
+            shutil.copyfileobj(source, sink, 1 << 20)
+        self.names[str(copy)] = name
+        self.paths.append(copy)
+        return copy
+
+    def name_of(self, path: str | os.PathLike) -> str:
+        """The user's name of an input (``<stdin>``, ``/dev/fd/63``) or its path."""
+        return self.names.get(os.fspath(path), os.fspath(path))
+
+
+@contextmanager
+def spooled_inputs(paths: list, *, what: str = "input") -> Iterator[Spool]:
+    """The inputs ``paths`` as regular files (:class:`Spool`; ``-`` is stdin); the copies of
+    streams go to a temporary directory (``TMPDIR``), removed on exit. An error raised inside
+    that names a copy names the stream instead."""
+    with tempfile.TemporaryDirectory(prefix="seqatlas-input-") as directory:
+        spool = Spool(Path(directory))
+        for path in paths:
+            spool.add(path, what)
+        try:
+            yield spool
+        except SeqAtlasError as exc:
+            message = str(exc)
+            for copy, name in spool.names.items():
+                message = message.replace(copy, name)
+            if message == str(exc):
+                raise
+            raise type(exc)(message) from None  # the error classes take only a message
+
+
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     """Replace ``path`` with ``data`` atomically and durably."""
     with replacing(path) as tmp:
@@ -210,6 +287,8 @@ def start_ray(address: str | None, *, error: type[SeqAtlasError], fallback: str)
 
     if ray.is_initialized():
         return ray, False
+    if address not in (None, "local") and not address.startswith("ray://"):
+        _check_reachable(address, error=error, fallback=fallback)
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     try:
         ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
@@ -218,3 +297,55 @@ def start_ray(address: str | None, *, error: type[SeqAtlasError], fallback: str)
         raise error(f"cannot start or reach Ray at {address or 'local'} ({exc}); check "
                     f"--address, or {fallback}") from None
     return ray, True
+
+
+def _check_reachable(address: str, *, error: type[SeqAtlasError], fallback: str) -> None:
+    """Fail at once, with the address, when the Ray that ``address`` names (``auto``: the
+    last ``ray start`` on this machine, or ``RAY_ADDRESS``) does not answer; Ray itself
+    would retry for a minute or more and end in its own GCS log."""
+    import socket
+
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+    except ImportError:  # another Ray layout: let ray.init report
+        return
+    try:
+        target = canonicalize_bootstrap_address(address)
+    except (ConnectionError, ValueError) as exc:
+        raise error(f"no Ray cluster found for --address {address} ({exc}); start one with "
+                    f"`ray start --head`, or {fallback}") from None
+    if target is None:
+        return
+    host, _, port = target.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except (OSError, ValueError) as exc:
+        where = address if address == target else f"{address} ({target})"
+        raise error(f"Ray at {where} does not answer ({getattr(exc, 'strerror', None) or exc}): "
+                    "the cluster is down or its session is stale (`ray status` tells; "
+                    f"`ray stop` clears a stale one); start it with `ray start --head`, or "
+                    f"{fallback}") from None
+
+
+CHROM_STYLES = ("as-is", "ucsc", "ensembl")
+_MITOCHONDRION = {"ucsc": "chrM", "ensembl": "MT"}
+MITOCHONDRION_ALIASES = ("chrM", "chrMT", "MT", "M")
+
+
+def chrom_name(name: str, style: str) -> str:
+    """``name`` as UCSC (``chrX``, ``chrM``) or Ensembl (``X``, ``MT``) writes it.
+
+    ucsc adds ``chr`` to a name without it, ensembl strips it; the mitochondrion (``chrM``,
+    ``chrMT``, ``MT``, ``M``) becomes ``chrM`` or ``MT``; ``as-is`` keeps ``name``. The one
+    mapping behind ``annotate --names auto`` and ``export --chrom-names``.
+    """
+    if style not in CHROM_STYLES:
+        raise ConfigError(f"--chrom-names must be one of {', '.join(CHROM_STYLES)}, not "
+                          f"{style!r}")
+    if style == "as-is":
+        return name
+    if name in MITOCHONDRION_ALIASES:
+        return _MITOCHONDRION[style]
+    if style == "ucsc":
+        return name if name.startswith("chr") else "chr" + name
+    return name.removeprefix("chr")

@@ -51,6 +51,19 @@ def make_bert(directory: Path, *, context_tokens: int = 40, hidden: int = 32, se
     return directory
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _seqatlas_cache(tmp_path_factory):
+    """This test run's weights-hash cache (seqatlas.checkpoints.digests), not the user's;
+    subprocesses inherit it."""
+    previous = os.environ.get("SEQATLAS_CACHE_DIR")
+    os.environ["SEQATLAS_CACHE_DIR"] = str(tmp_path_factory.mktemp("seqatlas_cache"))
+    yield
+    if previous is None:
+        os.environ.pop("SEQATLAS_CACHE_DIR", None)
+    else:
+        os.environ["SEQATLAS_CACHE_DIR"] = previous
+
+
 @pytest.fixture(scope="session")
 def tiny_esm(tmp_path_factory) -> Path:
     return make_esm(tmp_path_factory.mktemp("models") / "tiny_esm")

@@ -26,11 +26,14 @@ from seqatlas.index.search import METRICS
 from seqatlas.query import AnomalyParams
 from seqatlas.query.engine import OUTPUT_FORMATS
 from seqatlas.query.repeat_enrichment import GROUPINGS
-from seqatlas.query.tracks import EXPORT_FORMATS
+from seqatlas.query.tracks import EXPORT_FORMATS, SORT_ORDERS
 from seqatlas.query.views import TAILS
 from seqatlas.repeats.finders import FINDERS
 from seqatlas.repeats.formats import FORMATS
+from seqatlas.repeats.importer import ON_MISMATCH
+from seqatlas.util import CHROM_STYLES
 from seqatlas.schema import ABLATION_METHODS
+from seqatlas.progress import MODES as PROGRESS_MODES
 from seqatlas.scoring.ablation import RESCORE_LIKELIHOODS
 from seqatlas.scoring.scorer import LIKELIHOOD_MODES, STRANDS
 from tests.query_data import make_atlas
@@ -52,6 +55,10 @@ FROM_LIBRARY = {
     options.Metric: METRICS,
     options.AblationMethod: ABLATION_METHODS,
     options.ProbeLikelihood: RESCORE_LIKELIHOODS,
+    options.OnMismatch: ON_MISMATCH,
+    options.SortOrder: SORT_ORDERS,
+    options.ChromNames: CHROM_STYLES,
+    options.Progress: PROGRESS_MODES,
 }
 # choices of the CLI alone: the library takes a bool (embeddings) or checks names itself
 CLI_ONLY = {options.Embeddings: ("float16", "none"), options.Names: ("auto", "exact")}
@@ -115,7 +122,11 @@ SOURCES = {"Kind": "seqatlas.fasta:KINDS", "Likelihood": "seqatlas.scoring.score
            "By": "seqatlas.query.repeat_enrichment:GROUPINGS",
            "IndexType": "seqatlas.index.build:TYPES", "Metric": "seqatlas.index.search:METRICS",
            "AblationMethod": "seqatlas.schema:ABLATION_METHODS",
-           "ProbeLikelihood": "seqatlas.scoring.ablation:RESCORE_LIKELIHOODS"}
+           "ProbeLikelihood": "seqatlas.scoring.ablation:RESCORE_LIKELIHOODS",
+           "OnMismatch": "seqatlas.repeats.importer:ON_MISMATCH",
+           "SortOrder": "seqatlas.query.tracks:SORT_ORDERS",
+           "ChromNames": "seqatlas.util:CHROM_STYLES",
+           "Progress": "seqatlas.progress:MODES"}
 
 
 def test_sources_name_every_library_choice():
@@ -168,8 +179,8 @@ def test_shared_options_read_the_same_everywhere():
                 by_flag.setdefault(flag, set()).add((repr(default), param.help))
     assert set(by_flag) == set(SHARED_FLAGS) | {"--format"}
     assert {flag: variants for flag, variants in by_flag.items() if len(variants) > 1} == {
-        "--progress": {("True", "Show a progress bar."),
-                       ("True", "With --run: show a progress bar.")}}
+        "--progress": {("'auto'", options.PROGRESS_HELP),
+                       ("'auto'", f"With --run: {options.PROGRESS_HELP}")}}
 
 
 def test_anomaly_options_are_the_shared_ones():

@@ -434,7 +434,8 @@ def test_identity_uses_a_built_index_and_selected_layers(layered_atlas, capsys):
     shown = json.loads(capsys.readouterr().out)
     api = identity(layered_atlas, sample=300, k=5, layers=[3, 6])
     assert shown == json.loads(json.dumps(api.to_pylist()))
-    assert main(["query", "identity", "--atlas", str(layered_atlas), "--sample", "50"]) == 0
+    assert main(["query", "identity", "--atlas", str(layered_atlas), "--sample", "50",
+                 "--format", "table"]) == 0
     shown = capsys.readouterr().out
     assert "1.000 (0.251)" in shown and "column embedding_layer_5" in shown
     assert "neighbours from index 'last'" in shown and "exact in-memory Flat" in shown
@@ -463,7 +464,9 @@ def test_readme_section_runs(tmp_path):
         assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr}"
         outputs.append(done.stdout)
     assert seqatlas.Atlas(tmp_path / "dna_atlas").manifest["scoring"]["layers"] == [2, 4]
-    assert "nearest tokens of ACGTAC" in outputs[2] and "5 rows" in outputs[2]
+    hits = outputs[2].splitlines()  # piped: TSV, header and 5 rows
+    assert hits[0].split("\t")[:2] == ["query", "rank"] and len(hits) == 6
+    assert all(line.startswith("ACGTAC\t") for line in hits[1:])
     csv = outputs[3].splitlines()
     assert csv[0].startswith('"query","rank"') and len(csv) == 6
     assert all(line.startswith('"X:100"') for line in csv[1:])

@@ -79,7 +79,7 @@ def test_embedded_models_are_listed_with_facts(capsys):
     assert rows["antiberty"]["parameters"] == 25_759_769
     assert main(["models", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(seqatlas.models()))
-    assert main(["models"]) == 0
+    assert main(["models", "--format", "table"]) == 0
     text = capsys.readouterr().out
     assert "dnabert6-tiny" in text and "Hugging Face" in text
 

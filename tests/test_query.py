@@ -389,7 +389,7 @@ def test_anomalies_cli_matches_api(atlas, capsys):
     cli = json.loads(capsys.readouterr().out)
     assert [(r["seq_id"], r["start"], r["end"], r["repeat_classes"]) for r in cli] == \
         [(r["seq_id"], r["start"], r["end"], r["repeat_classes"]) for r in api]
-    assert main(["query", "anomalies", "--atlas", str(atlas)]) == 0
+    assert main(["query", "anomalies", "--atlas", str(atlas), "--format", "table"]) == 0
     assert "anomalous regions" in capsys.readouterr().out
 
 

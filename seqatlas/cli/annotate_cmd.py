@@ -9,8 +9,10 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from seqatlas.cli.options import (ATLAS, Names, RepeatFinder, RepeatFormat, json_option,
+from seqatlas.cli.options import (ATLAS, NO_PROGRESS, PROGRESS_HELP, Names, Progress,
+                                  RepeatFinder, RepeatFormat, json_option,
                                   progress_option)
+from seqatlas.cli.options import OnMismatch
 
 
 def annotate(
@@ -21,6 +23,11 @@ def annotate(
     format: Optional[RepeatFormat] = typer.Option(None, "--format",
                                                   help="File format (detected when omitted)."),
     names: Names = typer.Option(Names.auto, help="auto: also match chrX <-> X and chrM <-> MT."),
+    on_mismatch: OnMismatch = typer.Option(
+        OnMismatch.error, "--on-mismatch", help="FILE records on sequences the atlas lacks or "
+        "running past a sequence's end (a genome-wide file against a partial atlas): error "
+        "refuses the file; skip leaves them out; clip leaves out the first and clips the "
+        "second to the sequence."),
     run: Optional[RepeatFinder] = typer.Option(
         None, "--run", help="Instead of a FILE: run tantan or trf on the atlas's own sequences "
         "and import the tandem repeats it finds."),
@@ -28,7 +35,8 @@ def annotate(
         None, "--run-args", help="With --run: the program's parameters, replacing the defaults "
         "(tantan: none, -p for proteins; trf: '2 7 7 80 10 50 500'). seqatlas adds the output "
         "options (tantan -f4, trf -h -ngs)."),
-    progress: bool = progress_option("With --run: show a progress bar."),
+    progress: Progress = progress_option(f"With --run: {PROGRESS_HELP}"),
+    no_progress: bool = NO_PROGRESS,
     detect: bool = typer.Option(False, "--detect", help="Instead of a FILE: import the "
                                 "in-context copies found at ingest (copy_offset, copy_strand) "
                                 "as repeats, source seqatlas-copies."),
@@ -40,7 +48,8 @@ def annotate(
 
     summary = seqatlas.annotate(file, atlas=atlas, format=format.value if format else None,
                                 names=names.value, run=run.value if run else None,
-                                run_args=run_args, progress=progress, detect=detect)
+                                run_args=run_args, progress=progress, detect=detect,
+                                on_mismatch=on_mismatch.value)
     console = Console()
     if as_json:
         console.print_json(json.dumps(summary))
@@ -57,3 +66,11 @@ def annotate(
     origin = summary["file"] or f"{summary['run']} {summary['version']} ({parameters})"
     console.print(f"{origin}: {summary['repeats']:,} {summary['format']} repeats "
                   f"{state}{renamed}.")
+    if summary.get("on_mismatch", "error") != "error":
+        left_out = summary["skipped_sequences"]
+        shown = f" ({', '.join(left_out[:5])}{' ...' if len(left_out) > 5 else ''})" \
+            if left_out else ""
+        console.print(f"--on-mismatch {summary['on_mismatch']}: skipped "
+                      f"{summary['skipped_unknown_sequence']:,} on sequences not in the atlas"
+                      f"{shown}, skipped {summary['skipped_past_end']:,} past the end, clipped "
+                      f"{summary['clipped']:,}.", highlight=False, markup=False)

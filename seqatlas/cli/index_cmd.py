@@ -6,10 +6,14 @@ import json
 from pathlib import Path
 from typing import Optional
 
+import pyarrow as pa
 import typer
 from rich.console import Console
 
-from seqatlas.cli.options import ATLAS, IndexType, Metric, address_option, json_option
+from seqatlas.cli.options import (ATLAS, NO_PROGRESS, PROGRESS, IndexType, Metric, Progress,
+                                  address_option, json_option)
+from seqatlas.cli.options import LIST_FORMAT, Format
+from seqatlas.cli.tables import FittedTable, chosen_format, note, print_table
 from seqatlas.util import format_size
 
 index_app = typer.Typer(help="Nearest-neighbour indexes (FAISS) over the token embeddings.",
@@ -19,7 +23,8 @@ index_app = typer.Typer(help="Nearest-neighbour indexes (FAISS) over the token e
 @index_app.command("build")
 def build(
     atlas: Path = ATLAS,
-    name: str = typer.Option("default", "--name", help="Index name (ATLAS/index/NAME/)."),
+    name: str = typer.Option("default", "--name", help="Index name: its files go in the "
+                             "atlas, under index/NAME."),
     type: IndexType = typer.Option(IndexType.auto, "--type", help="auto: Flat below 1M "
                                    "vectors, else IVF-PQ sized to the machine's memory."),
     metric: Metric = typer.Option(Metric.cosine, "--metric", help="cosine (inner product of "
@@ -42,6 +47,8 @@ def build(
                                          "many parallel Ray tasks, then merge."),
     address: Optional[str] = address_option("Ray cluster address for --shards (default: a "
                                             "local Ray)."),
+    progress: Progress = PROGRESS,
+    no_progress: bool = NO_PROGRESS,
     as_json: bool = json_option("Print the index meta as JSON."),
 ) -> None:
     """Build (or rebuild) an embedding index; token_ids are its vector ids."""
@@ -50,7 +57,8 @@ def build(
     meta = build_index(atlas, name=name, type=type.value, metric=metric.value, column=column,
                        nlist=nlist, m=m, nbits=nbits, efconstruction=efconstruction,
                        sample=sample, recall_target=recall_target, gpu=gpu, shards=shards,
-                       address=address, progress=not as_json)
+                       address=address,
+                       progress="none" if as_json else progress)
     if as_json:
         print(json.dumps(meta, indent=1, sort_keys=True))
         return
@@ -79,23 +87,37 @@ def print_build(meta: dict, console: Console | None = None) -> None:
 @index_app.command("list")
 def list_(
     atlas: Path = ATLAS,
-    as_json: bool = json_option("Print as JSON."),
+    format: Format = LIST_FORMAT,
+    as_json: bool = json_option("Same as --format json."),
 ) -> None:
-    """The atlas's embedding indexes: name, type, metric, column, vectors, size."""
+    """The atlas's embedding indexes: name, type, metric, column, dim, ntotal (vectors),
+    bytes, bytes_per_vector, built.
+
+    Example: seqatlas index list --atlas my_atlas --format json
+    """
     from seqatlas.index import list_indexes
 
     rows = list_indexes(atlas)
-    if as_json:
-        print(json.dumps(rows, indent=1))
-        return
     if not rows:
-        print(f"no indexes; build one with `seqatlas index build --atlas {atlas}`")
+        note(f"no indexes; build one with `seqatlas index build --atlas {atlas}`")
+    print_table(pa.Table.from_pylist(rows, schema=INDEX_LIST_SCHEMA),
+                chosen_format(format, as_json), render=_print_indexes)
+
+
+# the columns of `index list` (seqatlas.index.list_indexes), also when there is no index
+INDEX_LIST_SCHEMA = pa.schema([("name", pa.string()), ("type", pa.string()),
+                               ("metric", pa.string()), ("column", pa.string()),
+                               ("dim", pa.int64()), ("ntotal", pa.int64()),
+                               ("bytes", pa.int64()), ("bytes_per_vector", pa.float64()),
+                               ("built", pa.string())])
+
+
+def _print_indexes(table, console) -> None:
+    if not table.num_rows:
         return
-    header = ("name", "type", "metric", "column", "dim", "vectors", "size", "B/vector")
-    lines = [header] + [(r["name"], r["type"], r["metric"], r["column"], str(r["dim"]),
-                         f"{r['ntotal']:,}", format_size(r["bytes"]), f"{r['bytes_per_vector']:.1f}")
-                        for r in rows]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    for line in lines:
-        print("  ".join(cell.ljust(w) if i < 4 else cell.rjust(w)
-                        for i, (cell, w) in enumerate(zip(line, widths))).rstrip())
+    numbers = ("dim", "vectors", "size", "B/vector")
+    console.print(FittedTable(
+        ("name", "type", "metric", "column", *numbers),
+        ([r["name"], r["type"], r["metric"], r["column"], str(r["dim"]), f"{r['ntotal']:,}",
+          format_size(r["bytes"]), f"{r['bytes_per_vector']:.1f}"] for r in table.to_pylist()),
+        title="indexes", right=numbers, keys=("name", "column")))

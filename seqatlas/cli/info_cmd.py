@@ -10,17 +10,26 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-from seqatlas.cli.options import ATLAS, PROGRESS, json_option
+from seqatlas.cli.options import ATLAS, NO_PROGRESS, PROGRESS, Progress, json_option
+from seqatlas.cli.tables import FittedTable
 from seqatlas.util import format_size
 
 
 def info(
-    atlas: Path = typer.Argument(..., help="Atlas directory."),
+    atlas: Optional[Path] = typer.Argument(None, help="Atlas directory.", show_default=False),
+    atlas_flag: Optional[Path] = typer.Option(None, "--atlas", "-a", help="The atlas, as the "
+                                              "other commands take it (same as ATLAS)."),
     as_json: bool = json_option("Print the summary as JSON."),
 ) -> None:
     """Show an atlas: model, scoring settings, inputs, row counts and sizes on disk."""
     import seqatlas
+
+    if (atlas is None) == (atlas_flag is None):
+        raise typer.BadParameter("give the atlas directory once: `seqatlas info ATLAS` or "
+                                 "`seqatlas info --atlas ATLAS`")
+    atlas = atlas or atlas_flag
 
     summary = seqatlas.info(atlas)
     if as_json:
@@ -46,8 +55,10 @@ def print_info(summary: dict, console: Console | None = None) -> None:
     console = console or Console()
     model, scoring = summary["model"] or {}, summary["scoring"] or {}
     how = "detected" if summary.get("kind_detected") else "given"
+    # paths are printed whole on one line (soft_wrap: the terminal wraps them, rich never
+    # breaks or crops them), so they can be copied even from a narrow terminal
     console.print(f"[bold]atlas[/] {escape(summary['path'])}  (kind: {summary['kind']}, "
-                  f"{how}; updated {summary['updated']})", highlight=False)
+                  f"{how}; updated {summary['updated']})", highlight=False, soft_wrap=True)
     tokenizer = model.get("tokenizer") or {}
     console.print(f"[bold]model[/] {escape(str(model.get('name', '?')))} "
                   f"({model.get('model_type', '?')}, {_number(model.get('parameters'))} "
@@ -62,25 +73,26 @@ def print_info(summary: dict, console: Console | None = None) -> None:
                   f"{scoring.get('window', '?')} overlap {scoring.get('overlap', '?')}, "
                   f"embeddings {scoring.get('embedding_dtype') or 'none'}{layer}{strands}"
                   f"{copies}", highlight=False)
-    table = Table(title="tables")
-    for column in ("table", "parts", "rows", "on disk", "bytes/row"):
-        table.add_column(column, justify="right" if column != "table" else "left")
-    for name, t in summary["tables"].items():
-        per_row = f"{t['bytes'] / t['rows']:.1f}" if t["rows"] else "-"
-        table.add_row(name, str(t["parts"]), f"{t['rows']:,}", format_size(t["bytes"]), per_row)
-    console.print(table)
+    numbers = ("parts", "rows", "on disk", "bytes/row")
+    console.print(FittedTable(
+        ("table", *numbers),
+        ([name, str(t["parts"]), f"{t['rows']:,}", format_size(t["bytes"]),
+          f"{t['bytes'] / t['rows']:.1f}" if t["rows"] else "-"]
+         for name, t in summary["tables"].items()),
+        title="tables", right=numbers, keys=("table",)))
     if summary.get("positions_unscored"):
         console.print(f"{summary['positions_unscored']:,} positions lie in long N runs and "
                       "were not scored (null logp, null window bounds).")
-    inputs = Table(title="inputs")
-    for column in ("file", "records", "residues", "size", "sha256"):
-        inputs.add_column(column)
     for i in summary["inputs"]:
-        inputs.add_row(escape(i["path"]), _number(i["records"]), _number(i["residues"]),
-                       format_size(i["size"]), i["sha256"][:12] + "…")
-    console.print(inputs)
+        console.print(Text.assemble(
+            ("input", "bold"), f" {i['path']}: {_number(i['records'])} records, "
+            f"{_number(i['residues'])} residues, {format_size(i['size'])}, sha256 "
+            f"{i['sha256'][:12]}…"), highlight=False, soft_wrap=True)
     for damage in summary.get("damaged", []):
         console.print(f"damaged: {escape(damage)}", style="bold red", highlight=False)
+    for warning in summary.get("warnings") or []:
+        console.print(f"[bold yellow]warning:[/] {escape(str(warning.get('message', '?')))}",
+                      highlight=False)
 
 
 def print_demo(summary: dict) -> None:
@@ -152,7 +164,8 @@ def repair(
     atlas: Path = ATLAS,
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Scoring actors for "
                                           "re-scoring damaged units (0: in this process)."),
-    progress: bool = PROGRESS,
+    progress: Progress = PROGRESS,
+    no_progress: bool = NO_PROGRESS,
 ) -> None:
     """Rewrite damaged parts from the atlas's inputs: the sequences table, scored units (the
     atlas's own model and settings), imported or found repeats, detected copies.

@@ -10,12 +10,12 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from seqatlas.cli.options import (PROGRESS, Embeddings, Kind, Likelihood, Strands, Tokenizer,
-                                  address_option, atlas_option, json_option)
+from seqatlas.cli.options import (NO_PROGRESS, PROGRESS, Embeddings, Kind, Likelihood, Progress,
+                                  Strands, Tokenizer, address_option, atlas_option, json_option)
 
 
 LIKELIHOOD = typer.Option(
-    Likelihood.exact, help="exact: one masked pass per position (PLL term); fast: well-separated "
+    None, show_default=False, help="(Default: exact, or the atlas's when extending it.) exact: one masked pass per position (PLL term); fast: well-separated "
     "positions masked together, ~15% of tokens per pass (7 passes per window for one-token-per-"
     "residue models); unmasked: one pass, ref visible; none: embeddings only.")
 LAYER = typer.Option(
@@ -36,12 +36,15 @@ COPY_K = typer.Option(
 def ingest(
     fasta: list[Path] = typer.Argument(..., help="FASTA file(s): .fa/.fasta, gzip or bgzip."),
     atlas: Path = atlas_option("Atlas directory (created or extended)."),
-    model: str = typer.Option("antiberty", "--model", "-m",
-                              help="Embedded model name, checkpoint directory or hub id."),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", show_default=False,
+        help="Embedded model name, checkpoint directory or hub id (default: antiberty, or "
+        "the atlas's model when extending it; the settings below likewise: a file added to "
+        "an atlas is scored as the atlas was)."),
     kind: Optional[Kind] = typer.Option(None, help="Sequence kind; detected when omitted."),
-    likelihood: Likelihood = LIKELIHOOD,
-    embeddings: Embeddings = typer.Option(Embeddings.float16,
-                                          help="Store per-token embeddings, or not."),
+    likelihood: Optional[Likelihood] = LIKELIHOOD,
+    embeddings: Optional[Embeddings] = typer.Option(
+        None, show_default=False, help="Store per-token embeddings, or not (default: float16)."),
     layer: Optional[list[int]] = LAYER,
     window: Optional[int] = typer.Option(None, help="Residues per window (default: the model's "
                                          "context)."),
@@ -49,10 +52,12 @@ def ingest(
                                           "(default: window/4)."),
     batch_tokens: Optional[int] = BATCH_TOKENS,
     unit_tokens: Optional[int] = UNIT_TOKENS,
-    strands: Strands = typer.Option(Strands.forward, help="DNA/RNA: 'both' also scores the "
-                                    "reverse complement (logp_rc, logp_mean columns)."),
-    skip_n_runs: int = typer.Option(50, help="DNA/RNA: runs of at least this many N are not "
-                                    "sent to the model (null scores); 0 scores every N."),
+    strands: Optional[Strands] = typer.Option(
+        None, show_default=False, help="DNA/RNA: 'both' also scores the reverse complement "
+        "(logp_rc, logp_mean columns) (default: forward)."),
+    skip_n_runs: Optional[int] = typer.Option(
+        None, show_default=False, help="DNA/RNA: runs of at least this many N are not sent to "
+        "the model (null scores); 0 scores every N (default: 50)."),
     copy_k: Optional[int] = COPY_K,
     workers: Optional[int] = typer.Option(None, help="Scoring actors (default: one per GPU, "
                                           "else 1); 0 scores in this process without Ray."),
@@ -70,7 +75,8 @@ def ingest(
         "forever."),
     tokenizer: Optional[Tokenizer] = typer.Option(None, help="Override the detected "
                                                   "tokenizer family."),
-    progress: bool = PROGRESS,
+    progress: Progress = PROGRESS,
+    no_progress: bool = NO_PROGRESS,
     as_json: bool = json_option("Print the report as JSON."),
 ) -> None:
     """Score FASTA files into an atlas: per-position likelihoods and per-token embeddings.
@@ -79,15 +85,17 @@ def ingest(
     """
     import seqatlas
 
-    report = seqatlas.ingest(
-        fasta, atlas=atlas, model=model, kind=_value(kind), likelihood=likelihood.value,
-        embeddings=embeddings == Embeddings.float16,
+    settings = dict(  # None: not given, the atlas's own setting (or the default) applies
+        model=model, kind=_value(kind), likelihood=_value(likelihood),
+        embeddings=None if embeddings is None else embeddings == Embeddings.float16,
         layer=(layer[0] if len(layer) == 1 else list(layer)) if layer else None,
-        window=window, overlap=overlap, batch_tokens=batch_tokens, unit_tokens=unit_tokens,
-        workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
-        address=address, max_retries=max_retries, stall_timeout=stall_timeout,
-        tokenizer=_value(tokenizer),
-        strands=strands.value, skip_n_runs=skip_n_runs, copy_k=copy_k, progress=progress)
+        window=window, overlap=overlap, unit_tokens=unit_tokens, tokenizer=_value(tokenizer),
+        strands=_value(strands), skip_n_runs=skip_n_runs, copy_k=copy_k)
+    report = seqatlas.ingest(
+        fasta, atlas=atlas, batch_tokens=batch_tokens, workers=workers,
+        gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, address=address,
+        max_retries=max_retries, stall_timeout=stall_timeout, progress=progress,
+        **{k: v for k, v in settings.items() if v is not None})
     _print_report(report.as_dict(), as_json)
 
 
@@ -113,7 +121,8 @@ def demo(
     atlas: Optional[Path] = atlas_option("Directory for the two demo atlases (default: a "
                                          "temporary directory).", default=None),
     workers: Optional[int] = typer.Option(None, help="Scoring actors; 0 = in process."),
-    progress: bool = PROGRESS,
+    progress: Progress = PROGRESS,
+    no_progress: bool = NO_PROGRESS,
     as_json: bool = json_option("Print the summary as JSON."),
 ) -> None:
     """Run both embedded models on bundled real sequences and print a summary.

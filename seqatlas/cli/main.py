@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import inspect
 import math
+import os
+import select
 import sys
 import types
 import typing
@@ -13,6 +15,7 @@ import typer
 
 from seqatlas.cli import (annotate_cmd, index_cmd, info_cmd, ingest_cmd, models_cmd, probe_cmd,
                           query_cmd)
+from seqatlas.cli.help_examples import add_examples
 from seqatlas.errors import SeqAtlasError
 
 app = typer.Typer(
@@ -24,6 +27,23 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from seqatlas._version import __version__
+
+        typer.echo(f"seqatlas {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_print_version,
+                                       is_eager=True, help="Print the version and exit.")
+          ) -> None:
+    """Atlases of masked sequence language models."""
+
+
 app.command("ingest")(ingest_cmd.ingest)
 app.command("info")(info_cmd.info)
 app.command("verify")(info_cmd.verify)
@@ -77,6 +97,7 @@ def check_numbers(typer_app: typer.Typer) -> None:
 
 
 check_numbers(app)
+add_examples(app)
 
 
 def _print_error(message: str) -> None:
@@ -88,12 +109,52 @@ def _print_error(message: str) -> None:
         Text.assemble(("Error:", "bold red"), " ", message), highlight=False)
 
 
+def _stdout_identity() -> tuple[int, int] | None:
+    """(device, inode) of the file descriptor behind stdout, None when it has none."""
+    try:
+        status = os.fstat(sys.__stdout__.fileno())
+    except (AttributeError, OSError, ValueError):
+        return None
+    return status.st_dev, status.st_ino
+
+
+def _stdout_gone(before: tuple[int, int] | None) -> bool:
+    """Whether stdout's reader has gone (``seqatlas ... | head``): its descriptor, the one
+    ``before`` identifies, polls as broken, or rich's broken-pipe handler has already pointed
+    it at /dev/null. A broken pipe elsewhere (a child process's stdin) is not this."""
+    if before is None:
+        return False
+    if _stdout_identity() != before:
+        return True
+    if not hasattr(select, "poll"):
+        return True
+    poller = select.poll()
+    poller.register(sys.__stdout__.fileno(), select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
+def _closed_stdout(exc: BaseException, before: tuple[int, int] | None) -> bool:
+    """Whether ``exc`` (a BrokenPipeError, or the exit 1 that Typer and rich make of one)
+    comes from writing to a stdout whose reader has gone; then stdout is pointed at
+    /dev/null, so that the interpreter's last flush at exit is silent too."""
+    cause = exc if isinstance(exc, OSError) else exc.__context__
+    if not (isinstance(cause, OSError) and cause.errno == errno.EPIPE and _stdout_gone(before)):
+        return False
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.__stdout__.fileno())
+    os.close(devnull)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; a :class:`SeqAtlasError` prints ``Error: ...`` and exits 1."""
+    """Run the CLI; a :class:`SeqAtlasError` prints ``Error: ...`` and exits 1. Output cut
+    short by its reader (``| head``) ends quietly with 0."""
     from rich.console import Console
 
+    stdout = _stdout_identity()
     try:
         code = app(args=argv, prog_name="seqatlas", standalone_mode=False)
+        sys.stdout.flush()  # a closed pipe shows here, not in the flush at exit
         if code == 130:  # Typer turns a KeyboardInterrupt into exit code 130
             raise KeyboardInterrupt
         if isinstance(code, int) and not isinstance(code, bool) and code:
@@ -101,7 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     except SeqAtlasError as exc:
         _print_error(str(exc))
         return 1
+    except SystemExit as exc:  # how Typer and rich end a write to a closed pipe
+        if not _closed_stdout(exc, stdout):
+            raise
     except OSError as exc:  # storage the user must fix: a full disk, a read-only directory
+        if _closed_stdout(exc, stdout):
+            return 0
         if exc.errno not in _USER_ERRNOS:
             raise
         where = f"{exc.filename}: " if exc.filename else ""

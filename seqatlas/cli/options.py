@@ -21,11 +21,15 @@ from seqatlas.checkpoints.tokenizers import FAMILIES
 from seqatlas.fasta import KINDS
 from seqatlas.index.build import TYPES
 from seqatlas.index.search import METRICS
+from seqatlas.progress import MODES as PROGRESS_MODES
 from seqatlas.query.engine import OUTPUT_FORMATS
 from seqatlas.query.repeat_enrichment import GROUPINGS
+from seqatlas.query.tracks import SORT_ORDERS
 from seqatlas.query.views import TAILS
 from seqatlas.repeats.finders import FINDERS
 from seqatlas.repeats.formats import FORMATS
+from seqatlas.repeats.importer import ON_MISMATCH
+from seqatlas.util import CHROM_STYLES
 from seqatlas.schema import ABLATION_METHODS
 from seqatlas.scoring.ablation import RESCORE_LIKELIHOODS
 from seqatlas.scoring.scorer import LIKELIHOOD_MODES, STRANDS
@@ -59,11 +63,15 @@ IndexType = choices("IndexType", TYPES)  # index build --type
 Metric = choices("Metric", METRICS)  # index build --metric
 AblationMethod = choices("AblationMethod", ABLATION_METHODS)  # probe --method, query --ablation-method
 ProbeLikelihood = choices("ProbeLikelihood", RESCORE_LIKELIHOODS)  # probe --likelihood
+OnMismatch = choices("OnMismatch", ON_MISMATCH)  # annotate --on-mismatch
+SortOrder = choices("SortOrder", SORT_ORDERS)  # export --sort
+ChromNames = choices("ChromNames", CHROM_STYLES)  # export --chrom-names
 
 # --- choices of the CLI alone (the library takes a bool or checks the value itself) ----------
 
 Embeddings = choices("Embeddings", ("float16", "none"))  # ingest: embeddings=True/False
 Names = choices("Names", ("auto", "exact"))  # annotate --names
+Progress = choices("Progress", PROGRESS_MODES)  # --progress (the library takes it, or a bool)
 
 # --- options shared by several commands -----------------------------------------------------
 
@@ -76,8 +84,39 @@ def json_option(help: str = "Print as JSON.") -> Any:
     return typer.Option(False, "--json", help=help)
 
 
-def progress_option(help: str = "Show a progress bar.") -> Any:
-    return typer.Option(True, "--progress/--no-progress", help=help)
+# the interval's environment variable is in the README: a 26-letter word cannot wrap in the
+# help column at 80 characters
+PROGRESS_HELP = ("Progress on stderr: bar (redrawn in place), log (a plain line every 10 s) "
+                 "or none; auto: bar when stderr is a terminal, else log.")
+_NO_PROGRESS = "seqatlas.no_progress"  # ctx.meta key: --no-progress was given
+
+
+def _progress_mode(ctx: typer.Context, param: typer.CallbackParam, value):
+    """``--progress``'s value; ``none`` when ``--no-progress`` came first and ``--progress``
+    was not given (a later ``--progress`` wins)."""
+    source = ctx.get_parameter_source(param.name)
+    if ctx.meta.get(_NO_PROGRESS) and getattr(source, "name", None) != "COMMANDLINE":
+        return Progress.none
+    return value
+
+
+def _no_progress(ctx: typer.Context, value: bool) -> bool:
+    """``--no-progress``: ``--progress none`` (the last of the two given wins)."""
+    if value:
+        ctx.meta[_NO_PROGRESS] = True
+        if "progress" in ctx.params:
+            ctx.params["progress"] = Progress.none
+    return value
+
+
+def progress_option(help: str = PROGRESS_HELP) -> Any:
+    """``--progress auto|bar|log|none``; give each command :data:`NO_PROGRESS` too."""
+    return typer.Option(Progress.auto, "--progress", help=help, callback=_progress_mode)
+
+
+# --no-progress, the same as --progress none (a parameter the command never reads)
+NO_PROGRESS = typer.Option(False, "--no-progress", callback=_no_progress, expose_value=False,
+                           help="Same as --progress none.")
 
 
 def address_option(help: str) -> Any:
@@ -96,9 +135,17 @@ SMOOTH = typer.Option(1, "--smooth", help="Rolling mean of z over W positions (1
 MIN_LENGTH = typer.Option(3, "--min-length", help="Anomalous positions in a row to make a "
                           "region.")
 MAX_GAP = typer.Option(2, "--max-gap", help="Merge regions at most this many positions apart.")
-SCORE_COLUMN = typer.Option(None, "--score-column", help="Column z is computed from (default "
-                            "as in `query anomalies`).")
+SCORE_COLUMN = typer.Option(None, "--score-column", help="Column z is computed from (default: "
+                            "logp; logp_unmasked for unmasked atlases; the strand mean with "
+                            "--strands both).")
 
 # the result options of the query commands
-FORMAT = typer.Option(Format.table, "--format", "-f", help="Output format.")
+FORMAT = typer.Option(Format.auto, "--format", "-f", help="Output format. auto: a table on a "
+                      "terminal, else TSV (header and rows only; counts and notes go to "
+                      "stderr); with --output, the format its suffix names (.tsv, .csv, .json, "
+                      ".jsonl), else parquet. parquet to stdout needs a pipe or a file.")
+# the same choices for the listings (models, index list), which have no --output
+LIST_FORMAT = typer.Option(Format.auto, "--format", "-f", help="Output format. auto: a table "
+                           "on a terminal, else TSV (header and rows only). parquet to stdout "
+                           "needs a pipe or a file.")
 OUTPUT = typer.Option(None, "--output", "-o", help="Write to this file.")

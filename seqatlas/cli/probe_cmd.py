@@ -10,8 +10,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from seqatlas.cli.options import (ATLAS, FORMAT, PROGRESS, AblationMethod, Format, Kind,
-                                  ProbeLikelihood, Tokenizer, address_option, json_option)
+from seqatlas.cli.options import (ATLAS, FORMAT, NO_PROGRESS, PROGRESS, AblationMethod, Format,
+                                  Kind, ProbeLikelihood, Progress, Tokenizer, address_option,
+                                  json_option)
 
 probe_app = typer.Typer(help="Measure in-context look-up causally: corrupt a copy (and a "
                         "matched control region) and rescore.", no_args_is_help=True)
@@ -49,11 +50,16 @@ def icl(
     unit_tokens: int = typer.Option(65536, "--unit-tokens", help="Tokens computed per work "
                                     "unit (the resume granularity)."),
     workers: Optional[int] = WORKERS,
-    gpus_per_worker: Optional[float] = typer.Option(None, "--gpus-per-worker"),
-    cpus_per_worker: Optional[int] = typer.Option(None, "--cpus-per-worker"),
+    gpus_per_worker: Optional[float] = typer.Option(
+        None, "--gpus-per-worker", help="GPUs per scoring actor (default: 1 when Ray sees "
+        "GPUs, else 0)."),
+    cpus_per_worker: Optional[int] = typer.Option(
+        None, "--cpus-per-worker", help="CPUs per actor (default: all / workers); sets "
+        "torch's threads."),
     address: Optional[str] = address_option("Ray cluster address; default: a local Ray."),
     max_retries: int = typer.Option(2, "--max-retries", help="Retries of a failing unit."),
-    progress: bool = PROGRESS,
+    progress: Progress = PROGRESS,
+    no_progress: bool = NO_PROGRESS,
     as_json: bool = json_option("Print the report as JSON."),
 ) -> None:
     """Rescore each in-context copy with its partner, and a matched control, corrupted.
@@ -99,16 +105,20 @@ def doubling(
     seed: int = SEED,
     shuffle: bool = typer.Option(False, "--shuffle", help="Also probe a seeded shuffle of "
                                  "each sequence."),
-    likelihood: ProbeLikelihood = typer.Option(ProbeLikelihood.exact, "--likelihood"),
+    likelihood: ProbeLikelihood = typer.Option(
+        ProbeLikelihood.exact, "--likelihood", help="exact: each position of copy 1 masked "
+        "in turn (its PLL terms); fast: well-separated positions masked together."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the table to "
                                           "this file: parquet, or csv/tsv/json by --format or "
                                           "by its extension (.csv, .tsv, .json)."),
     format: Format = FORMAT,
-    tokenizer: Optional[Tokenizer] = typer.Option(None, "--tokenizer"),
+    tokenizer: Optional[Tokenizer] = typer.Option(None, "--tokenizer", help="Override the "
+                                                  "detected tokenizer family."),
     batch_tokens: Optional[int] = BATCH_TOKENS,
     workers: Optional[int] = typer.Option(0, "--workers", help="0 (default) scores in this "
                                           "process; N uses N Ray actors."),
-    progress: bool = PROGRESS,
+    progress: Progress = PROGRESS,
+    no_progress: bool = NO_PROGRESS,
 ) -> None:
     """The doubling construct: S alone, S+S, S+S with copy 2 corrupted, and a control.
 
@@ -118,14 +128,23 @@ def doubling(
     from seqatlas.probe import probe_doubling
     from seqatlas.probe.doubling import summary
 
-    suffixes = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".json": "json"}
-    file_format = format.value if format != Format.table else \
-        suffixes.get(output.suffix.lower(), "parquet") if output is not None else "parquet"
-    table = probe_doubling(fasta, output=output, format=file_format, model=model,
+    from seqatlas.cli.tables import note, print_table, stdout_format
+    from seqatlas.query.engine import file_format
+
+    table = probe_doubling(fasta, output=output, model=model,
+                           format=file_format(output, format.value) if output else "parquet",
                            kind=kind.value if kind else None, method=method.value, seed=seed,
                            shuffle=shuffle, likelihood=likelihood.value,
                            tokenizer=tokenizer.value if tokenizer else None,
                            batch_tokens=batch_tokens, workers=workers, progress=progress)
+    lines = [f"{variant}: " + "; ".join(
+        f"{gain} mean {_fmt(v['mean'])} [{_fmt(v['min'])}, {_fmt(v['max'])}]"
+        for gain, v in gains.items()) for variant, gains in summary(table).items()]
+    if output is None and stdout_format(format) != "table":  # piped: the rows, notes aside
+        print_table(table, format, what="rows")
+        for line in lines:
+            note(line)
+        return
     console = Console()
     shown = Table("seq_id", "variant", "length", "alone", "doubled", "partner",
                   "control_intact", "control", "icl_gain", "control_gain", "net_gain",
@@ -136,10 +155,8 @@ def doubling(
                                                "logp_control_intact", "logp_control",
                                                "icl_gain", "control_gain", "net_gain")))
     console.print(shown)
-    for variant, gains in summary(table).items():
-        console.print(f"{variant}: " + "; ".join(
-            f"{gain} mean {_fmt(v['mean'])} [{_fmt(v['min'])}, {_fmt(v['max'])}]"
-            for gain, v in gains.items()), highlight=False, markup=False)
+    for line in lines:
+        console.print(line, highlight=False, markup=False)
     if output is not None:
         console.print(f"{table.num_rows} row(s) written to {output}", highlight=False,
                       markup=False)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -12,6 +11,8 @@ import typer
 from seqatlas.cli.options import (ATLAS, COLUMN, FORMAT, MAX_GAP, MIN_LENGTH, OUTPUT,
                                   SCORE_COLUMN, SMOOTH, TAIL, Z, AblationMethod, By, Format,
                                   Tail)
+from seqatlas.cli.options import ChromNames, SortOrder
+from seqatlas.cli.tables import FittedTable, arrow_rich_table, note, print_table
 
 query_app = typer.Typer(help="Query an atlas with DuckDB: SQL, likelihood anomalies, "
                         "enrichment in repeats, nearest k-mers in embedding space.",
@@ -19,7 +20,6 @@ query_app = typer.Typer(help="Query an atlas with DuckDB: SQL, likelihood anomal
 export_app = typer.Typer(help="Export tracks for genome browsers (bedGraph, bigWig) and "
                          "anomalous regions (BED).", no_args_is_help=True)
 
-TABLE_ROWS_SHOWN = 10_000
 TIMEOUT = typer.Option(None, "--timeout", help="Cancel the query after this many seconds.")
 ABLATION_METHOD = typer.Option(None, "--ablation-method", help="Corruption method whose "
                                "`probe icl` values (net_gain, ...) to show (default: the only "
@@ -34,87 +34,45 @@ def _params(column, z, tail, smooth, min_length, max_gap, ablation_method=None):
                          ablation_method=ablation_method.value if ablation_method else None)
 
 
-def print_result(table, format: Format, title: str | None = None) -> None:
-    """An Arrow table to stdout: a rich table, CSV, TSV or JSON."""
-    from rich.console import Console
+# `query anomalies|enrichment` took the score column as --column, which `export bedgraph|bigwig`
+# use for the column they write: --score-column now, as in those, and --column a hidden alias
+DEPRECATED_COLUMN = typer.Option(None, "--column", hidden=True,
+                                 help="Deprecated name of --score-column.")
 
-    if format == Format.parquet:
+
+def _score_column(score: Optional[str], column: Optional[str]) -> Optional[str]:
+    """--score-column, or the deprecated --column given instead."""
+    if column is None:
+        return score
+    if score is not None and score != column:
         from seqatlas.errors import ConfigError
 
-        raise ConfigError("--format parquet needs --output FILE")
-    if format == Format.csv:
-        import pyarrow.csv as pacsv
-
-        from seqatlas.query.engine import csv_ready
-
-        sink = sys.stdout.buffer
-        pacsv.write_csv(csv_ready(table), sink)
-        sink.flush()
-        return
-    if format == Format.tsv:
-        from seqatlas.query.engine import write_tsv
-
-        write_tsv(table.to_reader(), sys.stdout.buffer)
-        sys.stdout.buffer.flush()
-        return
-    if format == Format.json:
-        from seqatlas.query.engine import json_record
-
-        rows = [json_record(r) for r in table.to_pylist()]
-        print("[" + ",\n".join(rows) + "]")
-        return
-    from rich.table import Table
-
-    console = Console()
-    shown = table.slice(0, TABLE_ROWS_SHOWN)
-    rich_table = Table(title=title)
-    for name in table.column_names:
-        rich_table.add_column(name, justify="left" if table.schema.field(name).type
-                              in (_string_types()) else "right")
-    for row in shown.to_pylist():
-        rich_table.add_row(*(_cell(v) for v in row.values()))
-    console.print(rich_table)
-    more = f" (first {TABLE_ROWS_SHOWN:,} shown; use --output)" \
-        if table.num_rows > TABLE_ROWS_SHOWN else ""
-    console.print(f"{table.num_rows:,} rows{more}")
+        raise ConfigError(f"--column {column} and --score-column {score} disagree; --column "
+                          "is the deprecated name of --score-column: give only that")
+    note("Note: --column is deprecated here; use --score-column (the same option).")
+    return column
 
 
-def _string_types():
-    import pyarrow as pa
-
-    return (pa.string(), pa.large_string())
-
-
-def _cell(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def _file_format(format: Format) -> str:
-    """The file format of --output: parquet unless --format says otherwise."""
-    return "parquet" if format == Format.table else format.value
-
-
-def _emit(table, format: Format, output: Optional[Path], what: str, title: str) -> None:
-    """A result to --output (parquet unless --format says otherwise) or to stdout."""
+def _emit(table, format: Format, output: Optional[Path], what: str, title: str = "",
+          render=None) -> None:
+    """A result to --output (in the format --format or the file's suffix names, see
+    :func:`seqatlas.query.engine.file_format`) or to stdout (:func:`print_table`)."""
     if output is not None:
-        from seqatlas.query.engine import write_result
+        from seqatlas.query.engine import file_format, write_result
 
-        fmt = _file_format(format)
-        rows = write_result(table, output, fmt)
-        typer.echo(f"{rows:,} {what} written to {output} ({fmt}).", err=True)
+        rows = write_result(table, output, format.value)
+        note(f"{rows:,} {what} written to {output} ({file_format(output, format.value)}).")
         return
-    print_result(table, format, title=title)
+    print_table(table, format, title=title, what=what, render=render)
 
 
 @query_app.command("sql")
 def sql(
     query: str = typer.Argument(..., help="One SELECT over the views sequences, positions, "
-                                "tokens, repeats, ablations, position_z, anomalies, "
-                                "anomaly_regions, icl_regions."),
+                                "tokens, repeats, ablations; repeats_global (repeats with "
+                                "genome-wide gstart/gend, for fast interval joins); "
+                                "robust_stats, position_z, anomalies, anomaly_regions, "
+                                "icl_regions (the anomaly model of `query anomalies`)."),
     atlas: Path = ATLAS,
     format: Format = FORMAT,
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the result to "
@@ -131,20 +89,22 @@ def sql(
 
     config = SqlConfig(timeout=timeout, memory_limit=memory_limit, threads=threads)
     params = AnomalyParams(ablation_method=ablation_method.value if ablation_method else None)
-    if output is not None:
-        file_format = _file_format(format)
-        rows = run_sql(atlas, query, output=output, format=file_format, params=params,
+    if output is not None:  # streamed from DuckDB into the file
+        from seqatlas.query.engine import file_format
+
+        rows = run_sql(atlas, query, output=output, format=format.value, params=params,
                        config=config)
-        typer.echo(f"{rows:,} rows written to {output} ({file_format}).", err=True)
+        note(f"{rows:,} rows written to {output} ({file_format(output, format.value)}).")
         return
-    print_result(run_sql(atlas, query, params=params, config=config), format)
+    print_table(run_sql(atlas, query, params=params, config=config), format, what="rows")
 
 
 @query_app.command("anomalies")
 def anomalies(
     atlas: Path = ATLAS,
     z: float = Z, tail: Tail = TAIL, min_length: int = MIN_LENGTH, max_gap: int = MAX_GAP,
-    smooth: int = SMOOTH, column: Optional[str] = COLUMN,
+    smooth: int = SMOOTH, score: Optional[str] = SCORE_COLUMN,
+    column: Optional[str] = DEPRECATED_COLUMN,
     with_repeats: bool = typer.Option(False, "--with-repeats", help="Add the repeat classes "
                                       "and names each region overlaps."),
     ablation_method: Optional[AblationMethod] = ABLATION_METHOD,
@@ -154,8 +114,9 @@ def anomalies(
     """Regions of anomalously likely or unlikely positions, and what may explain them."""
     from seqatlas.query import anomalies as find
 
-    table = find(atlas, params=_params(column, z, tail, smooth, min_length, max_gap,
-                                       ablation_method), with_repeats=with_repeats)
+    table = find(atlas, params=_params(_score_column(score, column), z, tail, smooth,
+                                       min_length, max_gap, ablation_method),
+                 with_repeats=with_repeats)
     _emit(table, format, output, "regions",
           f"anomalous regions (|z| >= {z:g}, tail {tail.value})")
 
@@ -165,7 +126,8 @@ def enrichment(
     atlas: Path = ATLAS,
     by: By = typer.Option(By.class_, "--by", help="Group repeats by class, family or name; or "
                           "compare positions with an in-context copy to those without."),
-    z: float = Z, tail: Tail = TAIL, smooth: int = SMOOTH, column: Optional[str] = COLUMN,
+    z: float = Z, tail: Tail = TAIL, smooth: int = SMOOTH,
+    score: Optional[str] = SCORE_COLUMN, column: Optional[str] = DEPRECATED_COLUMN,
     ablation_method: Optional[AblationMethod] = ABLATION_METHOD,
     format: Format = FORMAT,
     output: Optional[Path] = OUTPUT,
@@ -173,48 +135,70 @@ def enrichment(
     """Odds ratio, Fisher p and BH q of anomalies inside vs outside each repeat group."""
     from seqatlas.query import enrichment as run
 
-    table = run(atlas, by=by.value, params=_params(column, z, tail, smooth, 1, 0,
-                                                   ablation_method))
+    table = run(atlas, by=by.value, params=_params(_score_column(score, column), z, tail,
+                                                   smooth, 1, 0, ablation_method))
     if table.num_rows and not any(table.column("anomalous_inside").to_pylist()) \
             and not table.column("anomalous_outside")[0].as_py():
-        typer.echo(f"Note: no position has |z| >= {z:g} in the {tail.value} tail, so no odds "
-                   "ratio can be estimated; lower --z or use --tail both.", err=True)
+        note(f"Note: no position has |z| >= {z:g} in the {tail.value} tail, so no odds "
+             "ratio can be estimated; lower --z or use --tail both.")
     _emit(table, format, output, "groups",
           f"enrichment of anomalies (|z| >= {z:g}, tail {tail.value}) by {by.value}")
 
 
-def _export(format: str, atlas, output, column, params) -> None:
+def _export(format: str, atlas, output, column, params, sort, chrom_names) -> None:
     from seqatlas.query import export
 
-    result = export(atlas, format=format, output=output, column=column, params=params)
-    typer.echo(f"{result['intervals']:,} intervals written to {result['output']}.", err=True)
+    result = export(atlas, format=format, output=output, column=column, params=params,
+                    sort=sort.value, chrom_names=chrom_names.value)
+    typer.echo(f"{result['intervals']:,} intervals written to {result['output']} (sorted "
+               f"{result['sort']}, names {result['chrom_names']}).", err=True)
 
 
 EXPORT_OUTPUT = typer.Option(..., "--output", "-o", help="File to write.")
 TRACK_COLUMN = typer.Option("z", "--column", help="z, logp, logp_unmasked, logp_mean, "
                             "entropy, rank, ...")
+EXPORT_SORT = typer.Option(SortOrder.lexicographic, "--sort", help="lexicographic: byte "
+                           "order of the names, then start (LC_ALL=C sort -k1,1 -k2,2n, what "
+                           "bedGraphToBigWig needs); natural: chr1, chr2, ..., chr10, chrX, "
+                           "chrY, chrM, then the rest.")
+EXPORT_NAMES = typer.Option(ChromNames.as_is, "--chrom-names", help="ucsc: chrX, chrM (adds "
+                            "chr, MT -> chrM); ensembl: X, MT (strips chr, chrM -> MT); "
+                            "as-is: the atlas's ids. --sort orders the names as written.")
 
 
 @export_app.command("bedgraph")
 def bedgraph(atlas: Path = ATLAS, output: Path = EXPORT_OUTPUT, column: str = TRACK_COLUMN,
-             smooth: int = SMOOTH, score: Optional[str] = SCORE_COLUMN) -> None:
-    """A bedGraph of a per-position column (runs of equal values merged)."""
-    _export("bedgraph", atlas, output, column, _params(score, 3.0, Tail.both, smooth, 1, 0))
+             smooth: int = SMOOTH, score: Optional[str] = SCORE_COLUMN,
+             sort: SortOrder = EXPORT_SORT, chrom_names: ChromNames = EXPORT_NAMES) -> None:
+    """A bedGraph of a per-position column (runs of equal values merged).
+
+    Example: seqatlas export bedgraph --atlas my_atlas --column logp --chrom-names ucsc
+    -o logp.bedgraph"""
+    _export("bedgraph", atlas, output, column, _params(score, 3.0, Tail.both, smooth, 1, 0),
+            sort, chrom_names)
 
 
 @export_app.command("bigwig")
 def bigwig(atlas: Path = ATLAS, output: Path = EXPORT_OUTPUT, column: str = TRACK_COLUMN,
-           smooth: int = SMOOTH, score: Optional[str] = SCORE_COLUMN) -> None:
-    """A bigWig of a per-position column (needs pyBigWig)."""
-    _export("bigwig", atlas, output, column, _params(score, 3.0, Tail.both, smooth, 1, 0))
+           smooth: int = SMOOTH, score: Optional[str] = SCORE_COLUMN,
+           sort: SortOrder = EXPORT_SORT, chrom_names: ChromNames = EXPORT_NAMES) -> None:
+    """A bigWig of a per-position column (needs pyBigWig).
+
+    Example: seqatlas export bigwig --atlas my_atlas --column z --chrom-names ucsc -o z.bw"""
+    _export("bigwig", atlas, output, column, _params(score, 3.0, Tail.both, smooth, 1, 0),
+            sort, chrom_names)
 
 
 @export_app.command("bed")
 def bed(atlas: Path = ATLAS, output: Path = EXPORT_OUTPUT, z: float = Z, tail: Tail = TAIL,
         min_length: int = MIN_LENGTH, max_gap: int = MAX_GAP, smooth: int = SMOOTH,
-        column: Optional[str] = COLUMN) -> None:
-    """A BED6 of anomalous regions: name = tail, score = 100 x |peak z| (at most 1000)."""
-    _export("bed", atlas, output, "z", _params(column, z, tail, smooth, min_length, max_gap))
+        column: Optional[str] = COLUMN, sort: SortOrder = EXPORT_SORT,
+        chrom_names: ChromNames = EXPORT_NAMES) -> None:
+    """A BED6 of anomalous regions: name = tail, score = 100 x |peak z| (at most 1000).
+
+    Example: seqatlas export bed --atlas my_atlas --z 2.5 --chrom-names ucsc -o regions.bed"""
+    _export("bed", atlas, output, "z", _params(column, z, tail, smooth, min_length, max_gap),
+            sort, chrom_names)
 
 
 @query_app.command("knn")
@@ -253,30 +237,18 @@ def knn(
 
     table = run(atlas, kmer=kmer, at=at, sequence=sequence, k=k, nprobe=nprobe, where=where,
                 index=index, offset=offset, model=model)
-    if format != Format.table or output is not None:
-        _emit(table, format, output, "hits", "")
-        return
-    _print_knn(table)
+    _emit(table, format, output, "hits", render=_print_knn)
 
 
-def _print_knn(table) -> None:
+def _print_knn(table, console) -> None:
     """One rich table per query, without the columns its title already says."""
-    from rich.console import Console
-    from rich.table import Table
+    import pyarrow.compute as pc
 
-    console = Console()
-    shown = ("rank", "seq_id", "start", "end", "token", "distance", "logp", "repeat_class")
-    rows = table.to_pylist()
-    for query in dict.fromkeys(r["query"] for r in rows):
-        view = Table(title=f"nearest tokens of {query}")
-        for name in shown:
-            view.add_column(name, justify="left" if name in ("seq_id", "token", "repeat_class")
-                            else "right", no_wrap=name not in ("seq_id", "repeat_class"))
-        for row in rows:
-            if row["query"] == query:
-                view.add_row(*(_cell(row[name]) for name in shown))
-        console.print(view)
-    console.print(f"{len(rows):,} rows")
+    shown = ["rank", "seq_id", "start", "end", "token", "distance", "logp", "repeat_class"]
+    queries = table.column("query")
+    for query in dict.fromkeys(queries.to_pylist()):
+        hits = table.filter(pc.equal(queries, query)).select(shown)
+        console.print(arrow_rich_table(hits, f"nearest tokens of {query}"))
 
 
 @query_app.command("identity")
@@ -302,28 +274,20 @@ def identity(
 
     table = run(atlas, sample=sample, layers=list(layer) if layer else None, k=k, seed=seed,
                 index=index, nprobe=nprobe, metric=metric)
-    if format != Format.table or output is not None:
-        _emit(table, format, output, "layers", "")
-        return
-    _print_identity(table)
+    _emit(table, format, output, "layers", render=_print_identity)
 
 
-def _print_identity(table) -> None:
+def _print_identity(table, console) -> None:
     """Measured fractions beside their chance levels, one row per layer."""
-    from rich.console import Console
-    from rich.table import Table
-
     rows = table.to_pylist()
     first = rows[0] if rows else {"k": 0, "sample": 0}
-    view = Table(title=f"{first['k']} neighbours of {first['sample']:,} sampled tokens: "
-                 "measured (chance)")
-    for name in ("layer", "identity", "context", "next", "prev"):
-        view.add_column(name, justify="right", no_wrap=True)
-    for row in rows:
-        view.add_row(str(row["layer"]), *(f"{row[m]:.3f} ({row[m + '_chance']:.3f})"
-                                          for m in ("identity", "context", "next", "prev")))
-    console = Console()
-    console.print(view)
+    measures = ("identity", "context", "next", "prev")
+    console.print(FittedTable(
+        ("layer", *measures),
+        ([str(row["layer"]), *(f"{row[m]:.3f} ({row[m + '_chance']:.3f})" for m in measures)]
+         for row in rows),
+        title=f"{first['k']} neighbours of {first['sample']:,} sampled tokens: measured "
+        "(chance)", right=("layer", *measures)))
     for row in rows:
         console.print(f"layer {row['layer']}: column {row['column']}, neighbours from "
                       f"{row['neighbours']}", highlight=False)

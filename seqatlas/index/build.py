@@ -21,7 +21,7 @@ from seqatlas.store import AtlasReader, AtlasWriter
 from seqatlas.util import format_size, machine_memory_bytes, utc_now
 from seqatlas.errors import ConfigError
 from seqatlas.index import store
-from seqatlas.progress import progress_bar
+from seqatlas.progress import Meter
 from seqatlas.index.populate import add_batches, make_index, train, use_gpu
 from seqatlas.index.shards import add_sharded
 from seqatlas.index.search import METRICS, Calibration, calibrate
@@ -52,7 +52,7 @@ class IndexConfig:
     gpu: bool | None = None  # None: use GPUs when FAISS has any (the `gpu` extra)
     shards: int | None = None  # > 1: add parts in parallel on Ray, then merge
     address: str | None = None  # Ray cluster address for shards
-    progress: bool = False
+    progress: bool | str = False  # auto | bar | log | none
     batch_rows: int = 65536
 
     def __post_init__(self) -> None:
@@ -344,12 +344,12 @@ def _add(index, source: EmbeddingSource, config: IndexConfig, calibration: Calib
         index, shards = add_sharded(index, source, shards, config=config,
                                     calibration=calibration, gpu=gpu)
     else:
-        progress, task = progress_bar(label="adding", unit="vectors", total=source.total,
-                                      enabled=config.progress)
+        progress = Meter(label="adding", unit="vectors", total=source.total,
+                         progress=config.progress)
         with progress:
             add_batches(index, source, config.metric, calibration, gpu=gpu,
                         batch_rows=config.batch_rows,
-                        advance=lambda rows: progress.advance(task, rows))
+                        advance=progress.advance)
     if index.ntotal != source.total:
         raise ConfigError(f"the index holds {index.ntotal:,} vectors but the atlas has "
                           f"{source.total:,} token rows; the tokens parts disagree with "

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from seqatlas.errors import AtlasIndexError, ConfigError, SeqAtlasError
-from seqatlas.progress import progress_bar
+from seqatlas.progress import Meter
 from seqatlas.index.populate import add_batches, gpu_count
 from seqatlas.index.search import Calibration
 from seqatlas.index.vectors import EmbeddingSource
@@ -79,8 +79,8 @@ def add_sharded(index, source, shards: int, *, config, calibration, gpu: bool = 
                             [source.rows[i] for i in group], config.metric, queries,
                             calibration.k, config.batch_rows, threads, gpu)
                 for group in groups]
-        progress, bar = progress_bar(label="adding", unit="vectors", total=source.total,
-                                     enabled=config.progress)
+        progress = Meter(label="adding", unit="vectors", total=source.total,
+                         progress=config.progress)
         results: dict = {}
         with progress:
             pending = {ref: i for i, ref in enumerate(refs)}
@@ -96,7 +96,7 @@ def add_sharded(index, source, shards: int, *, config, calibration, gpu: bool = 
                     raise AtlasIndexError(f"index shard {shard} (parts "
                                           f"{groups[shard].start}-{groups[shard].stop - 1}) "
                                           f"failed: {cause}") from None
-                progress.advance(bar, sum(source.rows[i] for i in groups[shard]))
+                progress.advance(sum(source.rows[i] for i in groups[shard]))
         merged = None
         for shard in range(len(groups)):
             data, distances, ids = results.pop(shard)

@@ -33,7 +33,8 @@ from seqatlas import schema
 from seqatlas.errors import ConfigError, InputError
 from seqatlas.fasta import KINDS, detect_kind, read_fasta
 from seqatlas.checkpoints import resolve_model
-from seqatlas.progress import progress_bar
+from seqatlas.checkpoints.fit import check_model_fit, count_letters
+from seqatlas.progress import Meter
 from seqatlas.query.engine import write_result
 from seqatlas.scoring.workers import make_executor, run_units
 from seqatlas.scoring.ablation import (METHODS, RESCORE_LIKELIHOODS, RescoreTask, corrupt,
@@ -60,7 +61,7 @@ class DoublingConfig:
     gpus_per_worker: float | None = None
     cpus_per_worker: int | None = None
     address: str | None = None
-    progress: bool = True
+    progress: bool | str = True  # auto | bar | log | none
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -88,6 +89,8 @@ def probe_doubling(fasta: str | Path, *, output: str | Path | None = None,
     kind = config.kind or detect_kind(path)
     spec = resolve_model(config.model, kind=kind, tokenizer=config.tokenizer)
     tokenizer = spec.tokenizer()
+    check_model_fit(spec, lambda letters: count_letters(
+        (r.sequence for r in read_fasta(path, kind=kind)), letters), tokenizer=tokenizer)
     limit = tokenizer.residues_per_window(spec.context_tokens) // 2
     items = []
     for record in read_fasta(path, kind=kind):  # every record checked before any scoring
@@ -110,13 +113,13 @@ def probe_doubling(fasta: str | Path, *, output: str | Path | None = None,
                "layer": [spec.num_layers], "batch_tokens": config.batch_tokens,
                "strands": "forward", "copy_k": 0, "nucleic": kind != "protein"}
     rows: dict[tuple, dict] = {}
-    progress, bar = progress_bar(label="doubling", unit="sequences", rate_unit="seq",
-                                 total=len(items), enabled=config.progress)
+    progress = Meter(label="doubling", unit="sequences", rate_unit="seq", total=len(items),
+                     progress=config.progress)
 
     def commit(item, result) -> None:
         (seq_id, variant, length), _ = item
         rows[(seq_id, variant)] = _row(seq_id, variant, length, result[0], config)
-        progress.advance(bar, 1)
+        progress.advance(1)
 
     def failed(item, error) -> None:
         raise error

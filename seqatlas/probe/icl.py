@@ -23,7 +23,7 @@ import pyarrow as pa
 from seqatlas import schema
 from seqatlas.errors import AtlasMismatchError, ConfigError, IngestError
 from seqatlas.probe.targets import DEFINITION_VERSION, Target, choose_control, split_runs
-from seqatlas.progress import progress_bar
+from seqatlas.progress import Meter
 from seqatlas.query.engine import Sandbox
 from seqatlas.query.neighbours import atlas_model_spec
 from seqatlas.query.views import Engine
@@ -55,7 +55,7 @@ class IclConfig:
     cpus_per_worker: int | None = None
     address: str | None = None
     max_retries: int = 2
-    progress: bool = True
+    progress: bool | str = True  # auto | bar | log | none
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -409,8 +409,8 @@ def _run(config: IclConfig, spec, mode: str, writer: AtlasWriter, source, report
     scoring = {"likelihood": mode, "embeddings": False, "layer": [spec.num_layers],
                "batch_tokens": config.batch_tokens, "strands": "forward", "copy_k": 0,
                "nucleic": spec.kind != "protein"}
-    progress, task = progress_bar(label="probing", unit="positions", rate_unit="pos",
-                                  total=total, enabled=config.progress)
+    progress = Meter(label="probing", unit="positions", rate_unit="pos", total=total,
+                     progress=config.progress)
 
     def commit(item, result) -> None:
         (key, unit, sequences), _ = item
@@ -425,7 +425,7 @@ def _run(config: IclConfig, spec, mode: str, writer: AtlasWriter, source, report
         report.positions_probed += table.num_rows
         report.real_tokens += stats["real_tokens"]
         report.computed_tokens += stats["computed_tokens"]
-        progress.advance(task, table.num_rows)
+        progress.advance(table.num_rows)
 
     def failed(item, error) -> None:
         (key, unit, _), _ = item

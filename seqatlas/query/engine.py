@@ -45,7 +45,13 @@ from seqatlas.util import check_output, machine_memory_bytes, machine_threads, o
 TABLE_SCHEMAS = {"sequences": schema.SEQUENCES, "positions": schema.POSITIONS,
                  "repeats": schema.REPEATS, "ablations": schema.ABLATIONS}
 ALLOWED_STATEMENTS = ("SELECT", "EXPLAIN")
-OUTPUT_FORMATS = ("table", "csv", "tsv", "json", "parquet")
+# where a result goes: the files write_result writes, and for the CLI's stdout also a rich
+# table; auto is a table on a terminal, else TSV (on stdout), or the format the suffix of
+# --output names (else parquet)
+FILE_FORMATS = ("tsv", "csv", "json", "jsonl", "parquet")
+OUTPUT_FORMATS = ("auto", "table", *FILE_FORMATS)
+SUFFIX_FORMATS = {".tsv": "tsv", ".txt": "tsv", ".csv": "csv", ".json": "json",
+                  ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 # query nodes a statement may hold anywhere in its parse tree (not INSERT/UPDATE/DELETE/COPY)
 SELECT_NODES = frozenset({"SELECT_NODE", "SET_OPERATION_NODE", "RECURSIVE_CTE_NODE", "CTE_NODE"})
 # table functions a query may call: generators, unnesting, catalog introspection, parquet
@@ -641,13 +647,9 @@ def _until(reader: pa.RecordBatchReader, cancelled: threading.Event) -> pa.Recor
 
 
 def json_record(record: dict) -> str:
-    """One row as JSON; NaN becomes null (JSON has no NaN)."""
-    import json
-    import math
-
-    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v)
-             for k, v in record.items()}
-    return json.dumps(clean, default=str)
+    """One row as JSON, on one line: NaN and infinities become null at any depth (JSON has
+    neither), other values as :func:`_plain` makes them."""
+    return json.dumps(_plain(record))
 
 
 def _interval_text(value) -> str:
@@ -802,39 +804,62 @@ def write_tsv(reader: pa.RecordBatchReader, sink) -> int:
     return rows
 
 
-def write_result(batches: pa.RecordBatchReader | pa.Table, output: str | os.PathLike,
-                 format: str) -> int:
-    """Write a result to ``output`` through :func:`seqatlas.util.output_file` (``-``:
-    stdout; never inside an atlas; special files in place); returns the row count."""
+def file_format(output: str | os.PathLike, format: str) -> str:
+    """The format a result is written to ``output`` in: ``format`` itself, or for ``auto``
+    (and ``table``, which no file can hold) the one ``output``'s suffix names
+    (:data:`SUFFIX_FORMATS`: .tsv/.txt, .csv, .json, .jsonl/.ndjson), else parquet."""
+    if format in FILE_FORMATS:
+        return format
+    if format not in ("auto", "table"):
+        raise ConfigError(f"--format {format} cannot be written to a file; use one of "
+                          f"{', '.join(FILE_FORMATS)}")
+    return SUFFIX_FORMATS.get(Path(output).suffix.lower(), "parquet")
+
+
+def write_stream(batches: pa.RecordBatchReader | pa.Table, sink, format: str) -> int:
+    """Write a result to the binary file object ``sink`` (a file, ``sys.stdout.buffer``; only
+    written to, never sought) as ``format``, one of :data:`FILE_FORMATS`; returns the row
+    count. TSV as :func:`write_tsv`; CSV quoted, nested values as JSON (:func:`csv_ready`);
+    JSON one array of row objects, one row a line; JSONL one row object a line; Parquet
+    zstd-compressed."""
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    if format not in ("csv", "tsv", "json", "parquet"):
-        raise ConfigError(f"--format {format} cannot be written to a file; use csv, tsv, json "
-                          "or parquet with --output")
-    check_output(output)
+    if format not in FILE_FORMATS:
+        raise ConfigError(f"--format {format} is not one of {', '.join(FILE_FORMATS)}")
     reader = batches.to_reader() if isinstance(batches, pa.Table) else batches
+    if format == "tsv":
+        return write_tsv(reader, sink)
     rows = 0
-    with output_file(output) as tmp:
-        if format == "parquet":
-            with pq.ParquetWriter(tmp, reader.schema, compression="zstd") as writer:
-                for batch in reader:
-                    writer.write_batch(batch)
-                    rows += batch.num_rows
-        elif format == "tsv":
-            with open(tmp, "wb") as fh:
-                rows = write_tsv(reader, fh)
-        elif format == "csv":
-            with pacsv.CSVWriter(tmp, _csv_schema(reader.schema)) as writer:
-                for batch in reader:
-                    writer.write_batch(csv_ready(batch))
-                    rows += batch.num_rows
-        else:
-            with open(tmp, "w") as fh:
-                fh.write("[")
-                for batch in reader:
-                    for record in batch.to_pylist():
-                        fh.write(("\n" if rows == 0 else ",\n") + json_record(record))
-                        rows += 1
-                fh.write("\n]\n" if rows else "]\n")
+    if format == "parquet":
+        with pq.ParquetWriter(sink, reader.schema, compression="zstd") as writer:
+            for batch in reader:
+                writer.write_batch(batch)
+                rows += batch.num_rows
+    elif format == "csv":
+        with pacsv.CSVWriter(sink, _csv_schema(reader.schema)) as writer:
+            for batch in reader:
+                writer.write_batch(csv_ready(batch))
+                rows += batch.num_rows
+    else:  # (before the first row, between rows, after the last, without rows)
+        opening, separator, closing, empty = (("", "\n", "\n", "") if format == "jsonl"
+                                              else ("[\n", ",\n", "\n]\n", "[]\n"))
+        for batch in reader:
+            records = [json_record(record) for record in batch.to_pylist()]
+            if records:
+                sink.write(((opening if rows == 0 else separator)
+                            + separator.join(records)).encode())
+                rows += len(records)
+        sink.write((closing if rows else empty).encode())
     return rows
+
+
+def write_result(batches: pa.RecordBatchReader | pa.Table, output: str | os.PathLike,
+                 format: str) -> int:
+    """Write a result to ``output`` through :func:`seqatlas.util.output_file` (``-``:
+    stdout; never inside an atlas; special files in place) as :func:`write_stream` writes
+    ``format`` (resolved by :func:`file_format`); returns the row count."""
+    format = file_format(output, format)
+    check_output(output)
+    with output_file(output) as tmp, open(tmp, "wb") as fh:
+        return write_stream(batches, fh, format)

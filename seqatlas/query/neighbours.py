@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from seqatlas.store import AtlasReader
+from seqatlas.checkpoints.fit import check_model_fit
 from seqatlas.checkpoints.loading import LoadedModel, resolve_model
 from seqatlas.errors import AtlasIndexError, ConfigError, ModelError, QueryError
 from seqatlas.index.store import load_index
@@ -156,7 +157,17 @@ def atlas_model_spec(atlas: AtlasReader, model: str | None = None):
     if described != record.get("tokenizer", described):
         raise ModelError(f"the model at {spec.path} tokenizes differently from the one "
                          f"{atlas.path} was built with; pass the original checkpoint")
+    check_model_fit(spec, lambda letters: _ref_counts(atlas, letters))  # atlases before it
     return spec
+
+
+def _ref_counts(atlas: AtlasReader, letters: str) -> dict[str, int]:
+    """How many positions of the atlas hold each of ``letters``."""
+    import pyarrow.compute as pc
+
+    found = {row["values"]: row["counts"]
+             for row in pc.value_counts(atlas.positions(["ref"])["ref"]).to_pylist()}
+    return {c: int(found.get(c, 0)) for c in letters}
 
 
 def query_token(starts: np.ndarray, ends: np.ndarray, length: int,

@@ -2,13 +2,24 @@
 anomalous regions.
 
 Tracks hold one interval per run of consecutive positions with the same value (positions
-without a value, e.g. in long N runs, are left out), in the atlas's sequence order. Files
-are written under a temporary name and renamed when complete.
+without a value, e.g. in long N runs, are left out). Sequence names are written as the atlas
+has them or in UCSC/Ensembl style (:func:`seqatlas.repeats.importer.chrom_name`), and the
+intervals are sorted by the names as written, then by start:
+
+- ``lexicographic`` (default): the byte order of the names, what ``LC_ALL=C sort -k1,1
+  -k2,2n`` gives and what UCSC's ``bedGraphToBigWig`` and ``bedToBigBed`` require;
+- ``natural``: karyotype order: chr1, chr2, ..., chr10, ... (a number's unplaced pieces such
+  as chr1_KI270706v1_random right after it), chrX, chrY, chrM, then every other name in
+  natural order (runs of digits compared as numbers), a leading ``chr`` ignored.
+
+A bigWig's header lists the sequences in the same order as its data (pyBigWig requires it).
+Files are written under a temporary name and renamed when complete.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -16,9 +27,10 @@ import pyarrow as pa
 from seqatlas.errors import ConfigError
 from seqatlas.query.engine import arrow_reader
 from seqatlas.query.views import AnomalyParams, Engine, require_scores
-from seqatlas.util import check_output, output_file
+from seqatlas.util import CHROM_STYLES, check_output, chrom_name, output_file
 
 EXPORT_FORMATS = ("bedgraph", "bed", "bigwig")
+SORT_ORDERS = ("lexicographic", "natural")
 TRACK_COLUMNS = ("z", "logp", "logp_unmasked", "logp_rc", "logp_unmasked_rc", "logp_mean",
                  "logp_unmasked_mean", "entropy", "rank")
 
@@ -38,40 +50,92 @@ def _runs_query(column: str) -> str:
             SELECT *, sum(new_run) OVER (PARTITION BY seq_id ORDER BY pos
                                          ROWS UNBOUNDED PRECEDING) AS run
             FROM marked)
-        SELECT n.seq_id AS chrom, min(n.pos) AS start, max(n.pos) + 1 AS "end",
+        SELECT any_value(c.chrom) AS chrom, min(n.pos) AS start, max(n.pos) + 1 AS "end",
                any_value(n.value) AS value
-        FROM numbered n JOIN sequences s USING (seq_id)
-        GROUP BY n.seq_id, s.ordinal, n.run
-        ORDER BY s.ordinal, start"""
+        FROM numbered n JOIN export_chroms c USING (seq_id)
+        GROUP BY n.seq_id, c.rank, n.run
+        ORDER BY c.rank, start"""
 
 
 REGIONS_BED = """
-    SELECT r.seq_id AS chrom, r.start, r."end", r.tail AS name,
+    SELECT c.chrom, r.start, r."end", r.tail AS name,
            least(1000, round(abs(r.peak_z) * 100))::INTEGER AS score, '.' AS strand
-    FROM anomaly_regions r JOIN sequences s USING (seq_id)
-    ORDER BY s.ordinal, r.start, r.tail"""
+    FROM anomaly_regions r JOIN export_chroms c USING (seq_id)
+    ORDER BY c.rank, r.start, r.tail"""
+
+_DIGITS = re.compile(r"([0-9]+)")
+_KARYOTYPE = {"X": 1, "Y": 2, "M": 3, "MT": 3}
+
+
+def _natural(text: str) -> list:
+    """``text`` with its runs of digits as numbers: a10 after a9."""
+    return [int(piece) if i % 2 else piece for i, piece in enumerate(_DIGITS.split(text))]
+
+
+def natural_key(name: str) -> tuple:
+    """The ``natural`` sort key of a sequence name (see the module docstring)."""
+    body = name[3:] if name[:3].lower() == "chr" else name
+    main, _, rest = body.partition("_")
+    if main.isascii() and main.isdigit():
+        group = (0, int(main), _natural(rest))
+    elif main.upper() in _KARYOTYPE:
+        group = (_KARYOTYPE[main.upper()], 0, _natural(rest))
+    else:
+        group = (4, 0, _natural(body))
+    return (*group, name.encode())
+
+
+def _export_chroms(sizes: list[tuple[str, int]], sort: str, names: str) -> pa.Table:
+    """seq_id, chrom (the name as written), rank (its place in the output) and length of
+    every sequence, in output order; refuses two sequences written alike."""
+    written = {seq_id: chrom_name(seq_id, names) for seq_id, _ in sizes}
+    seen: dict[str, str] = {}
+    for seq_id, chrom in written.items():
+        if chrom in seen:
+            raise ConfigError(f"--chrom-names {names}: sequences {seen[chrom]!r} and {seq_id!r} "
+                              f"would both be written {chrom!r}; export them as-is")
+        seen[chrom] = seq_id
+    key = (lambda item: item[1].encode()) if sort == "lexicographic" else \
+        (lambda item: natural_key(item[1]))
+    order = sorted(((seq_id, written[seq_id], length) for seq_id, length in sizes), key=key)
+    return pa.table({"seq_id": pa.array([o[0] for o in order], pa.string()),
+                     "chrom": pa.array([o[1] for o in order], pa.string()),
+                     "rank": pa.array(range(len(order)), pa.int64()),
+                     "length": pa.array([o[2] for o in order], pa.int64())})
 
 
 def export(atlas, *, format: str, output: str | os.PathLike, column: str = "z",
-           params=None, config=None) -> dict:
+           params=None, config=None, sort: str = "lexicographic",
+           chrom_names: str = "as-is") -> dict:
     """Write a bedGraph/bigWig track of ``column`` or a BED of anomalous regions.
 
     ``params`` (:class:`~seqatlas.query.views.AnomalyParams`) defines z and the regions.
-    Returns ``{"output", "format", "column", "intervals"}``.
+    ``sort`` ("lexicographic" or "natural") orders the intervals by sequence name as
+    written, then start; ``chrom_names`` ("as-is", "ucsc" or "ensembl") writes the names
+    (see the module docstring). Returns ``{"output", "format", "column", "intervals",
+    "sort", "chrom_names"}``.
     """
 
     if format not in EXPORT_FORMATS:
         raise ConfigError(f"format must be one of {', '.join(EXPORT_FORMATS)}, not {format!r}")
     if format != "bed" and column not in TRACK_COLUMNS:
         raise ConfigError(f"--column must be one of {', '.join(TRACK_COLUMNS)}, not {column!r}")
+    if sort not in SORT_ORDERS:
+        raise ConfigError(f"--sort must be one of {', '.join(SORT_ORDERS)}, not {sort!r}")
+    if chrom_names not in CHROM_STYLES:
+        raise ConfigError(f"--chrom-names must be one of {', '.join(CHROM_STYLES)}, not "
+                          f"{chrom_names!r}")
     check_output(output)
     params = params or AnomalyParams()
     with Engine(atlas, config, anomaly_params=params, robust_pass=True) as engine:
         if column == "z" or format == "bed":
             require_scores(engine, "`export bed`" if format == "bed" else
                            f"`export {format} --column z`")
-        sizes = engine.execute_internal(
-            "SELECT seq_id, length FROM sequences ORDER BY ordinal").fetchall()
+        chroms = _export_chroms(engine.execute_internal(
+            "SELECT seq_id, length FROM sequences ORDER BY ordinal").fetchall(), sort,
+            chrom_names)
+        engine.con.register("export_chroms", chroms)
+        sizes = list(zip(chroms["chrom"].to_pylist(), chroms["length"].to_pylist()))
         query = REGIONS_BED if format == "bed" else _runs_query(column)
         reader = arrow_reader(engine.execute_internal(query), 262144)
         with output_file(output) as tmp:
@@ -80,7 +144,8 @@ def export(atlas, *, format: str, output: str | os.PathLike, column: str = "z",
             else:
                 intervals = _write_tsv(reader, tmp)
     return {"output": str(output), "format": format,
-            "column": None if format == "bed" else column, "intervals": intervals}
+            "column": None if format == "bed" else column, "intervals": intervals,
+            "sort": sort, "chrom_names": chrom_names}
 
 
 def _write_tsv(reader: pa.RecordBatchReader, path: Path) -> int:

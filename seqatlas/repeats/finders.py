@@ -30,7 +30,7 @@ import pyarrow as pa
 from seqatlas import schema
 from seqatlas.store import AtlasReader, parquet_format
 from seqatlas.errors import ConfigError, FastaError, InputError, ToolError
-from seqatlas.progress import progress_bar
+from seqatlas.progress import Meter
 from seqatlas.fasta import read_fasta
 from seqatlas.repeats.formats import parse_repeats
 from seqatlas.repeats.importer import check_within, commit_repeats
@@ -164,7 +164,7 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 def run_repeat_finder(atlas: str | Path, program: str, *, args: str | None = None,
-                      progress: bool = True) -> dict:
+                      progress: bool | str = True) -> dict:
     """Run ``program`` ("tantan" or "trf") on the atlas's sequences and import its repeats.
 
     ``args`` replaces the program's parameters (tantan: none, ``-p`` for proteins; trf:
@@ -257,17 +257,16 @@ def _write_fasta(residues: Iterator[tuple[str, bytes, str]], kind: str,
 
 
 def _run_with_progress(finder: Finder, program: str, argv: list[str], shown: str, cwd: Path,
-                       written: _Written, progress: bool) -> pa.Table:
+                       written: _Written, progress: bool | str) -> pa.Table:
     """Run ``argv`` in ``cwd`` and import its output as it streams, a progress bar following
     the sequence it reports on; a ToolError (with its stderr's end) when it fails."""
-    bar, task = progress_bar(label=program, unit="residues", total=written.residues,
-                             enabled=progress)
+    bar = Meter(label=program, unit="residues", total=written.residues, progress=progress)
 
     def watched(lines):
         for line in lines:
             name = finder.sequence_of(line)
             if name in written.starts:
-                bar.update(task, completed=written.starts[name])
+                bar.update(written.starts[name])
             yield line
 
     with open(cwd / "stderr.txt", "wb") as stderr, bar:
@@ -289,7 +288,7 @@ def _run_with_progress(finder: Finder, program: str, argv: list[str], shown: str
         if returncode not in finder.ok_returncodes:
             raise ToolError(f"`{shown}` failed with exit status {returncode}; nothing was "
                             "committed. Its stderr ends with:\n" + _tail(cwd / "stderr.txt"))
-        bar.update(task, completed=written.residues)
+        bar.update(written.residues)
     return table
 
 

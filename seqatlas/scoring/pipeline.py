@@ -21,12 +21,13 @@ from seqatlas.manifest import (DISTRIBUTIONS, KEY_SCHEME, FastRecord, Manifest, 
 from seqatlas.store import MANIFEST, AtlasReader, AtlasWriter
 from seqatlas.errors import (AtlasDamagedError, AtlasMismatchError, ConfigError, IngestError,
                              InputError)
-from seqatlas.progress import progress_bar
+from seqatlas.progress import Meter, check_progress
 from seqatlas.copy_detector import default_copy_k
 from seqatlas.fasta import KINDS, detect_kind
 from seqatlas.scoring.plan import InputPlan, UnitPlan, iter_unit_jobs, plan_units, scan_input
 from seqatlas.scoring.scorer import LIKELIHOOD_MODES, STRANDS
 from seqatlas.scoring.windows import Window, default_overlap
+from seqatlas.util import Spool, is_stream, spooled_inputs
 
 if TYPE_CHECKING:
     from seqatlas.checkpoints import ModelSpec
@@ -98,7 +99,7 @@ class IngestConfig:
     stall_timeout: float | None = 1800.0  # seconds with no unit finished before ingest
     # stops with an error saying what is stuck (committed work is kept); None or 0: wait on
     tokenizer: str | None = None  # override the detected tokenizer family
-    progress: bool = True
+    progress: bool | str = True  # auto | bar | log | none (True: auto, False: none)
 
     def validate(self) -> None:
         if self.likelihood not in LIKELIHOOD_MODES:
@@ -114,6 +115,7 @@ class IngestConfig:
             raise ConfigError(f"--strands must be one of {', '.join(STRANDS)}, not "
                               f"{self.strands!r}")
         _validate_numbers(self)
+        check_progress(self.progress)
         if self.copy_k is not None and (isinstance(self.copy_k, bool) or
                                         not isinstance(self.copy_k, int) or self.copy_k < 0):
             raise ConfigError(f"--copy-k must be a k-mer length of at least 1, or 0 to turn "
@@ -168,17 +170,26 @@ def ingest(fasta: str | Path | list, *, atlas: str | Path, **options) -> IngestR
 
     Re-running the same call skips committed work; a crashed run resumes where it stopped.
     """
-    config = _config(options)
+    config = _config(_with_recorded_settings(atlas, options))
     config.validate()
-    paths = _input_paths(fasta)
+    with spooled_inputs(_input_paths(fasta), what="FASTA") as spool:
+        return _ingest_inputs(config, spool, atlas=atlas)
+
+
+def _ingest_inputs(config: IngestConfig, spool: Spool, *, atlas: str | Path) -> IngestReport:
+    """:func:`ingest` of inputs that are regular files (streams spooled)."""
+    paths = spool.paths
     kind = config.kind or _detect_kind(paths)
     _check_kind_options(config, kind)
     inputs = _scan_inputs(config, paths, kind)  # validates before any write
+    for plan in inputs:
+        plan.source = spool.names.get(str(plan.path))
     if config.kind is not None:
         _warn_if_kind_contradicts(inputs, config.kind)
     existing = _existing_atlas(atlas)
     _refuse_known_ids(existing, inputs)  # before the model is resolved (it hashes weights)
     setup = _resolve_setup(config, kind=kind)
+    _check_model_fit(setup, paths)
     _refuse_pre_letter_map_atlas(existing, setup)
     scoring = _scoring_record(config, setup.tokenizer, window=setup.window,
                               overlap=setup.overlap, layers=setup.layers,
@@ -201,6 +212,8 @@ def ingest(fasta: str | Path | list, *, atlas: str | Path, **options) -> IngestR
             _run_units(_Run(config=config, setup=setup, inputs=inputs, per_input=per_input,
                             committed=committed, todo=todo, writer=writer, report=report,
                             key_record=key_record))
+        if report.units_scored:
+            _note_likelihood(writer)
     _raise_if_failed(report, max_retries=config.max_retries)
     return report
 
@@ -241,6 +254,41 @@ class _Run:
     key_record: dict  # what each scored unit's record says of its key
 
 
+def recorded_settings(manifest: Manifest) -> dict:
+    """The ingest options that reproduce an atlas's recorded settings (its kind included)."""
+    model, scoring = manifest.model, manifest.scoring
+    source = model.extra.get("source")
+    options = {"model": model.name if source == "embedded" or not model.extra.get("path")
+               else model.extra["path"],
+               "kind": manifest.kind, "likelihood": scoring.likelihood,
+               "embeddings": scoring.embeddings, "window": scoring.window,
+               "overlap": scoring.overlap, "unit_tokens": scoring.unit_tokens,
+               "strands": scoring.strands, "copy_k": scoring.copy_k,
+               "tokenizer": model.tokenizer.get("family")}
+    if scoring.embeddings:
+        options["layer"] = scoring.stored_layers()
+    if scoring.skip_n_runs is not None:
+        options["skip_n_runs"] = scoring.skip_n_runs
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def _with_recorded_settings(atlas: str | Path, options: dict) -> dict:
+    """``options`` completed, when ``atlas`` exists, by the settings it was built with: adding
+    a file needs none of them again (a setting given that differs is still refused). The
+    kind is left to detection, so a file of another kind is refused, not misread."""
+    existing = _existing_atlas(atlas)
+    if existing is None:
+        return options
+    recorded = recorded_settings(existing.manifest)
+    recorded.pop("kind")
+    if options.get("model") not in (None, recorded["model"]):
+        # another model: its own geometry, so the refusal names the model, not a window
+        for name in ("window", "overlap", "layer", "tokenizer"):
+            recorded.pop(name, None)
+    given = {k: v for k, v in options.items() if v is not None or k not in recorded}
+    return {**recorded, **given}
+
+
 def _config(options: dict) -> IngestConfig:
     known = IngestConfig.__dataclass_fields__
     unknown = sorted(set(options) - set(known))
@@ -255,8 +303,9 @@ def _input_paths(fasta: str | Path | list) -> list[Path]:
     if not paths:
         raise ConfigError("no FASTA file given")
     for path in paths:
-        if not path.is_file():
-            raise InputError(f"{path}: no such file")
+        if not (path.is_file() or is_stream(path)):
+            raise InputError(f"{path}: no such file" if not path.is_dir() else
+                             f"{path} is a directory; give the FASTA files in it")
     return paths
 
 
@@ -339,6 +388,28 @@ def _resolve_setup(config: IngestConfig, *, kind: str) -> _Setup:
         (65536 if config.likelihood in ("exact", "fast") else 262144)
     return _Setup(kind=kind, spec=spec, tokenizer=tokenizer, window=window, overlap=overlap,
                   layers=layers, copy_k=copy_k, unit_tokens=unit_tokens)
+
+
+def _check_model_fit(setup: _Setup, paths: list[Path]) -> None:
+    """The model must be for this kind and have a token for its core letters (before any
+    write); the inputs are read again only to count the letters a model lacks."""
+    from seqatlas.checkpoints.fit import check_model_fit, count_letters
+    from seqatlas.fasta import read_fasta
+
+    check_model_fit(setup.spec, lambda letters: count_letters(
+        (r.sequence for p in paths for r in read_fasta(p, kind=setup.kind)), letters),
+        tokenizer=setup.tokenizer)
+
+
+def _note_likelihood(writer: AtlasWriter) -> None:
+    """After new rows are committed: record (and warn) when the model's mean logp over the
+    committed rows is below the uniform baseline; drop that warning when it no longer is."""
+    from seqatlas.checkpoints.fit import LOW_LIKELIHOOD, likelihood_warning
+
+    warning = likelihood_warning(AtlasReader(writer.path))
+    writer.set_warning(LOW_LIKELIHOOD, warning)
+    if warning is not None:
+        warnings.warn(warning["message"], UserWarning, stacklevel=4)
 
 
 def _window_geometry(config: IngestConfig, tokenizer: TokenizerFamily, *,
@@ -524,13 +595,23 @@ def _run_units(run: _Run) -> None:
     executor = _executor(config, run.setup)
     source = (item for plan, units in zip(run.inputs, run.per_input)
               for item in iter_unit_jobs(plan, units, kind=run.setup.kind, skip=run.committed))
-    progress, task = progress_bar(label="scoring", unit="positions", rate_unit="pos",
-                                  total=sum(u.positions for u in run.todo),
-                                  enabled=config.progress)
+    # positions that will be scored: those in long N runs are neither counted nor timed
+    progress = Meter(label="scoring", unit="positions", rate_unit="pos",
+                     total=sum(u.positions - u.unscored for u in run.todo),
+                     progress=config.progress)
 
     def commit(item, result) -> None:
+        before = report.positions_scored
         _commit_unit(run, *item, result)
-        progress.advance(task, item[0].positions)
+        progress.settle(item[0].key, report.positions_scored - before)
+
+    def partial(item, tokens: int) -> None:
+        """A unit in flight: its scored positions in proportion to the tokens computed so
+        far (the unit's cost estimates them all), never all of them before it commits."""
+        unit = item[0]
+        scored = unit.positions - unit.unscored
+        share = min(scored * tokens // unit.cost, scored - 1) if unit.cost else 0
+        progress.partial(unit.key, max(share, 0))
 
     def failed(item, error) -> None:
         unit, jobs = item
@@ -540,7 +621,7 @@ def _run_units(run: _Run) -> None:
     report.seconds = run_units_timed(executor, source, method="score", commit=commit,
                                      max_retries=config.max_retries, failed=failed,
                                      progress=progress, stall_timeout=config.stall_timeout,
-                                     total=len(run.todo))
+                                     total=len(run.todo), partial=partial)
 
 
 def _executor(config: IngestConfig, setup: _Setup):

@@ -46,9 +46,11 @@ class InputPlan:
     sequences: list[SequenceInfo]
     registered: bool = False  # already recorded in the atlas manifest
     guess: KindGuess | None = None  # the kind the content looks like (seen by the scan)
+    source: str | None = None  # what the user gave when ``path`` is a copy of a stream
+
 
     def describe(self) -> dict:
-        return {"path": os.path.abspath(self.path), "size": self.size, "sha256": self.sha256,
+        return {"path": self.source or os.path.abspath(self.path), "size": self.size, "sha256": self.sha256,
                 "kind": self.kind, "records": len(self.sequences),
                 "residues": sum(s.length for s in self.sequences),
                 "first_ordinal": self.sequences[0].ordinal if self.sequences else None}

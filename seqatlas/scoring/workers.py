@@ -9,6 +9,13 @@ GPUs than any node has, or more than is left, waits for them forever. So the Ray
 checks the request against the cluster before it starts an actor (:func:`plan_actors`),
 hands units only to actors that have answered a ``ready()`` call, and waits in short slices
 so that the driver's watchdog and Ctrl-C always get control back.
+
+Progress within a unit: a worker counts the real tokens of the batches it has finished
+(:meth:`ScoringWorker.progress`). In this process that count is handed to the executor's
+watcher after each batch; a Ray actor answers ``progress()`` in a thread of its own (a
+concurrency group) while it scores, and the driver asks each busy actor between its waits.
+An answer is passed on only while its unit is still in flight and only if it is about that
+very call, so it never changes a result, a commit or a retry.
 """
 
 from __future__ import annotations
@@ -38,8 +45,37 @@ class ScoringWorker:
     def __init__(self, spec, scoring: dict, threads: int | None = None, *, load: bool = True):
         self.spec, self.scoring, self.threads = spec, scoring, threads
         self.scorer = None
+        self.on_batch: Callable[[int], None] | None = None  # in process: the count, per batch
+        self._progress = (0, 0)  # (calls begun, real tokens of the last one's finished batches)
         if load:
             self.load()
+
+    def progress(self) -> tuple[int, int]:
+        """``(calls, tokens)``: how many ``score``/``rescore`` calls this worker has begun, and
+        the real tokens of the batches the last one has finished (one tuple, read whole)."""
+        return self._progress
+
+    def _begin(self) -> None:
+        self._progress = (self._progress[0] + 1, 0)
+
+    def _count_batches(self) -> None:
+        """After each batch of the scorer, add its real tokens to :meth:`progress` (and tell
+        ``on_batch``). Only counts: the batch and what it computes are the scorer's."""
+        run_batch = self.scorer._run_batch
+
+        def counted(rows, views, results):
+            run_batch(rows, views, results)
+            calls, tokens = self._progress
+            tokens += sum(row.length for row in rows)
+            self._progress = (calls, tokens)
+            if self.on_batch is not None:
+                try:
+                    self.on_batch(tokens)
+                except Exception as exc:  # showing progress never fails (or retries) a unit
+                    self.on_batch = None
+                    warnings.warn(f"progress display stopped: {exc!r}", stacklevel=2)
+
+        self.scorer._run_batch = counted
 
     def ready(self) -> bool:
         """Answers once the actor has been given its resources and started."""
@@ -58,8 +94,10 @@ class ScoringWorker:
             torch.set_num_threads(self.threads)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.scorer = Scorer(LoadedModel(self.spec, device=device), **self.scoring)
+        self._count_batches()
 
     def score(self, jobs):
+        self._begin()
         self.load()
         before = (self.scorer.real_tokens, self.scorer.computed_tokens)
         positions, tokens = self.scorer.score(jobs)
@@ -69,6 +107,7 @@ class ScoringWorker:
 
     def rescore(self, tasks):
         """Masked logp of each task's bases (see :meth:`Scorer.rescore`), and the stats."""
+        self._begin()
         self.load()
         before = (self.scorer.real_tokens, self.scorer.computed_tokens)
         values = self.scorer.rescore(tasks)
@@ -84,12 +123,21 @@ class LocalExecutor:
         self.worker = ScoringWorker(spec, scoring)
         self.results: deque = deque()
         self.capacity = 1
+        self.watcher: Callable[[object, int], None] | None = None
+
+    def watch(self, watcher: Callable[[object, int], None] | None) -> None:
+        """Call ``watcher(token, tokens)`` after each batch of the unit in flight."""
+        self.watcher = watcher
 
     def submit(self, token, payload, method: str = "score") -> None:
+        watcher = self.watcher
+        self.worker.on_batch = None if watcher is None else (lambda done: watcher(token, done))
         try:
             self.results.append((token, getattr(self.worker, method)(payload), None))
         except Exception as exc:  # reported per unit by the driver loop
             self.results.append((token, None, exc))
+        finally:
+            self.worker.on_batch = None
 
     def next_result(self, timeout: float | None = None):
         return self.results.popleft()
@@ -227,6 +275,11 @@ class RayExecutor:
         self.starting: dict = {}  # ready() ref -> actor not yet started
         self.started_ray = False
         self.last_error: BaseException | None = None  # of the last actor that died
+        self.watcher: Callable[[object, int], None] | None = None
+        self.calls: dict = {}  # unit's result ref -> which call of its actor it is
+        self.submitted: dict[str, int] = {}  # actor id -> calls submitted to it
+        self.polls: dict = {}  # progress() ref -> (unit's result ref, its call number)
+        self.reports = False  # the actor class answers progress()
         self.ray, self.started_ray = start_ray(
             address, error=IngestError, fallback="use --workers 0 to score without Ray")
         try:
@@ -252,7 +305,10 @@ class RayExecutor:
                           "`ray status`); if nothing does, the stall watchdog stops the run "
                           "after --stall-timeout", stacklevel=2)
         self.workers, self.cpus, self.gpus = workers, cpus, gpus
-        self.actor_class = ray.remote(num_cpus=cpus, num_gpus=gpus)(actor_class)
+        # progress() runs in its own thread, so an actor answers it while it scores
+        self.reports = callable(getattr(actor_class, "progress", None))
+        groups = {"concurrency_groups": {"progress": 1}} if self.reports else {}
+        self.actor_class = ray.remote(num_cpus=cpus, num_gpus=gpus, **groups)(actor_class)
         self.args = (spec, scoring, int(cpus) or None)
         for _ in range(workers):
             self._launch()
@@ -296,10 +352,17 @@ class RayExecutor:
     def busy(self) -> int:
         return len(self.pending)
 
+    def watch(self, watcher: Callable[[object, int], None] | None) -> None:
+        """Call ``watcher(token, tokens)`` with what busy actors report of their unit (asked
+        between the waits of :meth:`next_result`)."""
+        self.watcher = watcher
+
     def submit(self, token, payload, method: str = "score") -> None:
         actor = self.idle.popleft()
         ref = getattr(actor, method).remote(payload)
         self.pending[ref] = (token, actor)
+        name = actor._actor_id.hex()
+        self.submitted[name] = self.calls[ref] = self.submitted.get(name, 0) + 1
 
     def next_result(self, timeout: float | None = None):
         """The next finished unit as ``(token, result, error)``; None when none finished
@@ -320,12 +383,36 @@ class RayExecutor:
                 return None
             if ready:
                 return self._result(ready[0])
+            self._poll()
             if deadline is not None and time.monotonic() >= deadline:
                 return None
+
+    def _poll(self) -> None:
+        """Pass on the answers of busy actors' ``progress()`` that are about their unit still
+        in flight, and ask again (one question in flight per unit; never waits)."""
+        if self.watcher is None or not self.reports:
+            return
+        ray = self.ray
+        if self.polls:
+            answered, _ = ray.wait(list(self.polls), num_returns=len(self.polls), timeout=0)
+            for poll in answered:
+                unit_ref, call = self.polls.pop(poll)
+                try:
+                    calls, tokens = ray.get(poll)
+                except Exception:  # the actor died: its unit's own result says so
+                    continue
+                if unit_ref in self.pending and calls == call:
+                    self.watcher(self.pending[unit_ref][0], tokens)
+        asked = {unit_ref for unit_ref, _ in self.polls.values()}
+        for unit_ref, (_, actor) in self.pending.items():
+            if unit_ref not in asked:
+                poll = actor.progress.options(concurrency_group="progress").remote()
+                self.polls[poll] = (unit_ref, self.calls[unit_ref])
 
     def _result(self, ref):
         ray = self.ray
         token, actor = self.pending.pop(ref)
+        self.calls.pop(ref, None)
         try:
             result = ray.get(ref)
         except ray.exceptions.RayActorError as exc:
@@ -399,6 +486,8 @@ class RayExecutor:
         self.idle.clear()
         self.pending.clear()
         self.starting.clear()
+        self.calls.clear()
+        self.polls.clear()
         for actor in actors:
             self._kill(actor)
         if self.started_ray:
@@ -409,10 +498,15 @@ class RayExecutor:
 def run_units(executor, items: Iterable[tuple], *, method: str,
               commit: Callable[[tuple, object], None], max_retries: int,
               failed: Callable[[tuple, BaseException], None],
-              stall_timeout: float | None = STALL_TIMEOUT, total: int | None = None) -> None:
+              stall_timeout: float | None = STALL_TIMEOUT, total: int | None = None,
+              partial: Callable[[tuple, int], None] | None = None) -> None:
     """Keep every worker busy with ``items`` (``(token, payload)`` pairs), calling ``commit``
     with each item and its result as it arrives; an item that fails is retried up to
     ``max_retries`` times, then reported to ``failed`` while the rest goes on.
+
+    ``partial(item, tokens)``, if given, hears the real tokens of the batches an item in
+    flight has finished, as the executor learns them, and ``partial(item, 0)`` when an
+    attempt fails (its retry starts again from 0); only ``commit`` says an item is done.
 
     The watchdog: when no unit finishes (committed or failed) for ``stall_timeout``
     seconds (None or 0: never), :class:`IngestError` says what is committed, what is
@@ -424,6 +518,9 @@ def run_units(executor, items: Iterable[tuple], *, method: str,
     exhausted = False
     done = gave_up = 0
     last = time.monotonic()
+    watch = getattr(executor, "watch", None)
+    if watch is not None:
+        watch(partial)
 
     def take():
         nonlocal exhausted
@@ -456,6 +553,8 @@ def run_units(executor, items: Iterable[tuple], *, method: str,
         last = time.monotonic()
         item, result, error = outcome
         if error is not None:
+            if partial is not None:
+                partial(item, 0)
             attempts[id(item)] = attempts.get(id(item), 0) + 1
             if attempts[id(item)] <= max_retries:
                 retry.append(item)
@@ -489,14 +588,16 @@ def run_units_timed(executor, items: Iterable[tuple], *, method: str,
                     commit: Callable[[tuple, object], None], max_retries: int,
                     failed: Callable[[tuple, BaseException], None], progress,
                     stall_timeout: float | None = STALL_TIMEOUT,
-                    total: int | None = None) -> float:
+                    total: int | None = None,
+                    partial: Callable[[tuple, int], None] | None = None) -> float:
     """:func:`run_units` inside the ``progress`` display, then close ``executor`` (also on
     an error or Ctrl-C); returns the seconds it took."""
     started = time.perf_counter()
     try:
         with progress:
             run_units(executor, items, method=method, commit=commit, max_retries=max_retries,
-                      failed=failed, stall_timeout=stall_timeout, total=total)
+                      failed=failed, stall_timeout=stall_timeout, total=total,
+                      partial=partial)
     finally:
         executor.close()
     return time.perf_counter() - started

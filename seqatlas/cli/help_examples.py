@@ -1,0 +1,58 @@
+"""One or two example command lines per command, shown at the end of its ``--help``
+(tests/test_cli_usage.py parses every one with the command's own options)."""
+
+from __future__ import annotations
+
+import typer
+
+EXAMPLES: dict[str, tuple[str, ...]] = {
+    "ingest": (
+        "seqatlas ingest proteins.fa --atlas prot_atlas",
+        "zcat chrX.fa.gz | seqatlas ingest - --atlas dna_atlas --model dnabert6-tiny "
+        "--likelihood fast --strands both",
+        "seqatlas ingest more.fa --atlas prot_atlas   # scored with the atlas's own settings",
+    ),
+    "info": ("seqatlas info prot_atlas", "seqatlas info prot_atlas --json"),
+    "verify": ("seqatlas verify --atlas prot_atlas",),
+    "repair": ("seqatlas repair --atlas prot_atlas --workers 2",),
+    "demo": ("seqatlas demo --atlas demo_atlases",),
+    "models": ("seqatlas models", "seqatlas models --format tsv"),
+    "annotate": (
+        "seqatlas annotate hg38.fa.out --atlas dna_atlas --on-mismatch skip",
+        "seqatlas annotate --run tantan --atlas prot_atlas",
+        "seqatlas annotate --detect --atlas dna_atlas",
+    ),
+    "query sql": (
+        "seqatlas query sql \"SELECT seq_id, avg(logp) AS mean_logp FROM positions GROUP BY "
+        "seq_id\" --atlas prot_atlas",
+        "seqatlas query sql \"SELECT * FROM anomalies LIMIT 20\" --atlas dna_atlas --format csv",
+    ),
+    "query anomalies": ("seqatlas query anomalies --atlas dna_atlas --z 4 --tail high",),
+    "query enrichment": ("seqatlas query enrichment --atlas dna_atlas --by class",),
+    "query knn": (
+        "seqatlas query knn --atlas dna_atlas --kmer ACGTAC -k 5",
+        "seqatlas query knn --atlas prot_atlas --at P12345:40 --where \"seq_id <> 'P12345'\"",
+    ),
+    "query identity": ("seqatlas query identity --atlas dna_atlas --sample 500",),
+    "export bedgraph": ("seqatlas export bedgraph --atlas dna_atlas -o logp.bedgraph "
+                        "--chrom-names ucsc",),
+    "export bigwig": ("seqatlas export bigwig --atlas dna_atlas -o logp.bw",),
+    "export bed": ("seqatlas export bed --atlas dna_atlas --z 4 -o anomalies.bed",),
+    "index build": ("seqatlas index build --atlas dna_atlas",
+                    "seqatlas index build --atlas dna_atlas --type ivf-pq --name pq"),
+    "index list": ("seqatlas index list --atlas dna_atlas",),
+    "probe icl": ("seqatlas probe icl --atlas dna_atlas --method shuffle",),
+    "probe doubling": ("seqatlas probe doubling proteins.fa --shuffle -o doubling.csv",),
+}
+
+
+def add_examples(typer_app: typer.Typer, prefix: str = "") -> None:
+    """Give each command registered under ``typer_app`` its :data:`EXAMPLES` as the epilog
+    of its help (a command without examples is an error: every command has one)."""
+    for info in typer_app.registered_commands:
+        name = (prefix + " " + (info.name or info.callback.__name__)).strip()
+        lines = EXAMPLES[name]
+        # rich help keeps blank-line-separated paragraphs: one per example
+        info.epilog = "Examples:\n\n" + "\n\n".join(f"  {line}" for line in lines)
+    for group in typer_app.registered_groups:
+        add_examples(group.typer_instance, (prefix + " " + group.name).strip())
