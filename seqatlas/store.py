@@ -363,7 +363,12 @@ class AtlasWriter:
         differences = []
         if old.kind != kind:
             differences.append(f"kind: atlas {old.kind!r}, now {kind!r}")
-        for key, was, now in (("name", old.model.name, model.name),
+        # the name is how the model was referred to (a relative path, a hub id): with the
+        # same weights it is the same model
+        same_weights = old.model.weights_sha256 is not None and \
+            old.model.weights_sha256 == model.weights_sha256
+        for key, was, now in (("name", old.model.name, old.model.name if same_weights
+                               else model.name),
                               ("weights_sha256", old.model.weights_sha256, model.weights_sha256),
                               ("tokenizer", old.model.tokenizer_settings(),
                                model.tokenizer_settings())):

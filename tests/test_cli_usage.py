@@ -324,3 +324,24 @@ def test_query_sql_help_lists_every_view(tmp_path, capsys, monkeypatch):
     text = " ".join(capsys.readouterr().out.split())
     for view in views:
         assert view in text, view
+
+
+def test_extending_an_atlas_built_from_a_relative_checkpoint_path(tmp_path, tiny_esm,
+                                                                  proteins, monkeypatch):
+    """The atlas records the checkpoint's absolute path; a file added later, from another
+    directory and without --model, is scored by the same weights (not refused by name)."""
+    import shutil
+
+    shutil.copytree(tiny_esm, tmp_path / "ckpt")
+    monkeypatch.chdir(tmp_path)
+    assert main(["ingest", str(proteins), "--atlas", "atlas", "--model", "ckpt", *FAST]) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    more = write_fasta(tmp_path / "more.fa", {"extra": random_protein(33, seed=12)})
+    assert main(["ingest", str(more), "--atlas", str(tmp_path / "atlas"), "--workers", "0",
+                 "--progress", "none"]) == 0
+    manifest = json.loads((tmp_path / "atlas" / "atlas.json").read_text())
+    assert manifest["model"]["name"] == "ckpt"
+    assert seqatlas.Atlas(tmp_path / "atlas").positions(["seq_id"]).column(0).to_pylist() \
+        .count("extra") == 33
