@@ -10,8 +10,9 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from seqatlas.cli.options import (NO_PROGRESS, PROGRESS, Embeddings, Kind, Likelihood, Progress,
-                                  Strands, Tokenizer, address_option, atlas_option, json_option)
+from seqatlas.cli.options import (CPUS_PER_WORKER, GPUS_PER_WORKER, NO_PROGRESS, PROGRESS,
+                                  Embeddings, Kind, Likelihood, Progress, Strands, Tokenizer,
+                                  address_option, atlas_option, json_option)
 
 
 LIKELIHOOD = typer.Option(
@@ -61,10 +62,8 @@ def ingest(
     copy_k: Optional[int] = COPY_K,
     workers: Optional[int] = typer.Option(None, help="Scoring actors (default: one per GPU, "
                                           "else 1); 0 scores in this process without Ray."),
-    gpus_per_worker: Optional[float] = typer.Option(
-        None, help="GPUs per scoring actor (default: 1 when Ray sees GPUs, else 0)."),
-    cpus_per_worker: Optional[int] = typer.Option(None, help="CPUs per actor (default: all / "
-                                                  "workers); sets torch's threads."),
+    gpus_per_worker: Optional[float] = GPUS_PER_WORKER,
+    cpus_per_worker: Optional[int] = CPUS_PER_WORKER,
     address: Optional[str] = address_option("Ray cluster address ('auto' or host:port); "
                                             "default: a local Ray, started quietly."),
     max_retries: int = typer.Option(2, help="Retries of a failing work unit."),

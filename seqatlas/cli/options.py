@@ -124,6 +124,12 @@ def address_option(help: str) -> Any:
 
 
 ATLAS = atlas_option()
+
+# the Ray actor resources of ingest and probe icl
+GPUS_PER_WORKER = typer.Option(None, "--gpus-per-worker", help="GPUs per scoring actor "
+                               "(default: 1 when Ray sees GPUs, else 0).")
+CPUS_PER_WORKER = typer.Option(None, "--cpus-per-worker", help="CPUs per actor (default: all "
+                               "/ workers); sets torch's threads.")
 PROGRESS = progress_option()
 
 # the anomaly parameters (seqatlas.query.AnomalyParams) of query anomalies|enrichment and export

@@ -10,8 +10,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from seqatlas.cli.options import (ATLAS, FORMAT, NO_PROGRESS, PROGRESS, AblationMethod, Format,
-                                  Kind, ProbeLikelihood, Progress, Tokenizer, address_option,
+from seqatlas.cli.options import (ATLAS, CPUS_PER_WORKER, FORMAT, GPUS_PER_WORKER,
+                                  NO_PROGRESS, PROGRESS, AblationMethod, Format, Kind,
+                                  ProbeLikelihood, Progress, Tokenizer, address_option,
                                   json_option)
 
 probe_app = typer.Typer(help="Measure in-context look-up causally: corrupt a copy (and a "
@@ -50,12 +51,8 @@ def icl(
     unit_tokens: int = typer.Option(65536, "--unit-tokens", help="Tokens computed per work "
                                     "unit (the resume granularity)."),
     workers: Optional[int] = WORKERS,
-    gpus_per_worker: Optional[float] = typer.Option(
-        None, "--gpus-per-worker", help="GPUs per scoring actor (default: 1 when Ray sees "
-        "GPUs, else 0)."),
-    cpus_per_worker: Optional[int] = typer.Option(
-        None, "--cpus-per-worker", help="CPUs per actor (default: all / workers); sets "
-        "torch's threads."),
+    gpus_per_worker: Optional[float] = GPUS_PER_WORKER,
+    cpus_per_worker: Optional[int] = CPUS_PER_WORKER,
     address: Optional[str] = address_option("Ray cluster address; default: a local Ray."),
     max_retries: int = typer.Option(2, "--max-retries", help="Retries of a failing unit."),
     progress: Progress = PROGRESS,
