@@ -409,3 +409,118 @@ def test_the_cache_directory_follows_the_environment(tmp_path, monkeypatch):
 
 def test_the_test_run_does_not_write_the_users_cache():
     assert Path(os.environ["SEQATLAS_CACHE_DIR"]).name.startswith("seqatlas_cache")
+
+
+# -- the config-facts cache: a re-run imports neither transformers nor torch ---------------
+
+def _spec_fields(spec) -> dict:
+    return {f: getattr(spec, f) for f in ("model_type", "hidden_size", "num_layers",
+                                           "context_tokens", "parameters", "family", "k",
+                                           "weights_sha256")}
+
+
+def test_config_facts_are_remembered_until_the_config_changes(tmp_path, monkeypatch):
+    from seqatlas.checkpoints import loading
+
+    monkeypatch.setenv("SEQATLAS_CACHE_DIR", str(tmp_path / "cache"))
+    model = _bert_with(tmp_path / "m", AMINO)
+    calls = []
+    real = loading._read_config_facts
+    monkeypatch.setattr(loading, "_read_config_facts",
+                        lambda *a: calls.append(a) or real(*a))
+    first = _spec_fields(resolve_model(str(model), kind="protein"))
+    assert first["hidden_size"] == 32 and first["num_layers"] == 1
+    assert first["context_tokens"] == 40
+    from transformers import BertForMaskedLM  # the parameter count is the model's own
+    truth = sum(p.numel() for p in BertForMaskedLM.from_pretrained(model).parameters())
+    assert first["parameters"] == truth
+    assert _spec_fields(resolve_model(str(model), kind="protein")) == first
+    assert len(calls) == 1 and (tmp_path / "cache" / digests.FACTS_CACHE_FILE).is_file()
+    config = json.loads((model / "config.json").read_text())
+    config["seqatlas_context_tokens"] = 24  # an edit, whatever its size or mtime
+    (model / "config.json").write_text(json.dumps(config))
+    edited = _spec_fields(resolve_model(str(model), kind="protein"))
+    assert len(calls) == 2 and edited == {**first, "context_tokens": 24}
+
+
+def test_a_damaged_facts_cache_is_read_again(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("SEQATLAS_CACHE_DIR", str(cache))
+    model = _bert_with(tmp_path / "m", AMINO)
+    truth = _spec_fields(resolve_model(str(model), kind="protein"))
+    stored = json.loads((cache / digests.FACTS_CACHE_FILE).read_text())
+    (key, facts), = stored["entries"].items()
+    broken = [{**facts, "hidden_size": None} | {"extra": 1}, {"hidden_size": 32}, "x", 7]
+    for value in broken:  # wrong fields, wrong type: recomputed, never trusted
+        (cache / digests.FACTS_CACHE_FILE).write_text(
+            json.dumps({"version": 1, "entries": {key: value}}))
+        assert _spec_fields(resolve_model(str(model), kind="protein")) == truth
+    for text in ("{not json", "\xff", json.dumps({"version": 99, "entries": {key: 1}})):
+        (cache / digests.FACTS_CACHE_FILE).write_text(text)
+        assert _spec_fields(resolve_model(str(model), kind="protein")) == truth
+    assert json.loads((cache / digests.FACTS_CACHE_FILE).read_text())["entries"] == \
+        {key: facts}
+
+
+def test_a_refused_config_is_not_remembered(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEQATLAS_CACHE_DIR", str(tmp_path / "cache"))
+    gpt2 = _gpt2(tmp_path / "gpt2")
+    for _ in range(2):
+        with pytest.raises(ModelError, match=r"gpt2 model \(causal LM\)"):
+            resolve_model(str(gpt2), kind="protein")
+    assert not (tmp_path / "cache" / digests.FACTS_CACHE_FILE).exists()
+
+
+def test_the_embedded_directory_is_found_without_importing_its_package():
+    from seqatlas.checkpoints.loading import EMBEDDED_MODELS, embedded_directory
+
+    code = ("import sys, json; from seqatlas.checkpoints.loading import EMBEDDED_MODELS, "
+            "embedded_directory; d = embedded_directory(EMBEDDED_MODELS['antiberty']); "
+            "print(json.dumps([str(d), 'antiberty' in sys.modules, 'torch' in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    directory, imported, torch_loaded = json.loads(out)
+    import antiberty
+    assert directory == str(Path(antiberty.__file__).parent /
+                            "trained_models/AntiBERTy_md_smooth")
+    assert Path(directory, "config.json").is_file() and not imported and not torch_loaded
+    assert embedded_directory(EMBEDDED_MODELS["antiberty"]) == Path(directory)
+
+
+_NOOP_RERUN = """
+import json, sys
+from seqatlas.cli.main import main
+code = main(sys.argv[1:])
+heavy = sorted(m for m in ("torch", "transformers", "ray", "antiberty", "faiss")
+               if m in sys.modules)
+print(json.dumps({"code": code, "heavy": heavy}))
+"""
+
+
+@pytest.mark.parametrize("which", ["directory", "antiberty"])
+def test_a_no_op_rerun_imports_neither_torch_nor_transformers_nor_ray(tmp_path, which):
+    model = str(_bert_with(tmp_path / "m", AMINO)) if which == "directory" else "antiberty"
+    fasta = write_fasta(tmp_path / "p.fa", {"p1": random_protein(30, 1),
+                                            "p2": random_protein(25, 2)})
+    atlas = tmp_path / "a"
+    env = {**os.environ, "SEQATLAS_CACHE_DIR": str(tmp_path / "cache")}
+    args = ["ingest", str(fasta), "--atlas", str(atlas), "--model", model,
+            "--workers", "0", "--no-progress"]
+
+    def run() -> tuple[dict, str]:
+        done = subprocess.run([sys.executable, "-c", _NOOP_RERUN, *args], env=env,
+                              capture_output=True, text=True, check=True)
+        *report, last = done.stdout.splitlines()
+        return json.loads(last), " ".join([*report, done.stderr])
+
+    first, _ = run()
+    assert first["code"] == 0 and "torch" in first["heavy"]  # it scored
+    parts = sorted((p.name, p.stat().st_mtime_ns) for p in atlas.rglob("*.parquet"))
+    again, err = run()
+    assert again == {"code": 0, "heavy": []}
+    assert "0 unit(s) scored" in " ".join(err.split())
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in atlas.rglob("*.parquet")) == parts
+    (tmp_path / "cache" / digests.FACTS_CACHE_FILE).unlink()  # a cold cache still works
+    cold, _ = run()
+    assert cold["code"] == 0 and "transformers" in cold["heavy"]

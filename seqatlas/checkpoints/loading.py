@@ -7,13 +7,14 @@ weights. :class:`LoadedModel` is what a scoring worker builds from the resulting
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from seqatlas.errors import ModelError
-from seqatlas.checkpoints.digests import weights_sha256
+from seqatlas.checkpoints.digests import remembered_facts, weights_sha256
 from seqatlas.checkpoints.tokenizers import (
     SpecialTokens,
     TokenizerFamily,
@@ -120,12 +121,11 @@ class ModelSpec:
 
 def embedded_directory(model: EmbeddedModel) -> Path:
     package, _, relative = model.directory.partition(":")
-    try:
-        module = __import__(package)
-    except ImportError as exc:  # pragma: no cover - declared dependencies
-        raise ModelError(f"the embedded model {model.name!r} needs the {package!r} package") \
-            from exc
-    return Path(module.__file__).parent / relative
+    # found, not imported: importing antiberty imports torch and transformers (seconds)
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:  # pragma: no cover - declared
+        raise ModelError(f"the embedded model {model.name!r} needs the {package!r} package")
+    return Path(list(spec.submodule_search_locations)[0]) / relative
 
 
 def _checkpoint_dir(name: str) -> tuple[Path, str]:
@@ -169,10 +169,36 @@ def _count_parameters(config) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def resolve_model(name: str, *, kind: str, tokenizer: str | None = None) -> ModelSpec:
-    """Find a model by embedded name, directory or hub id, without loading its weights."""
+# What resolve_model draws from a checkpoint's config (see _read_config_facts).
+_CONFIG_FACTS = frozenset({"model_type", "hidden_size", "num_layers", "positions",
+                           "declared_context", "declared_tokenizer", "kmer", "parameters"})
+
+
+def _read_config_facts(directory: Path, name: str) -> dict:
+    """The config's facts resolve_model needs, read through transformers (and refused when
+    the config is not a masked LM's). Remembered between runs (checkpoints.digests), so a
+    re-run imports neither transformers nor torch."""
     from transformers import AutoConfig
 
+    config = AutoConfig.from_pretrained(directory)
+    require_masked_lm(config, name)
+    kmer = getattr(config, "kmer", None)
+    declared_context = getattr(config, "seqatlas_context_tokens", None)
+    declared_tokenizer = getattr(config, "seqatlas_tokenizer", None)
+    return {
+        "model_type": getattr(config, "model_type", "bert"),
+        "hidden_size": int(config.hidden_size),
+        "num_layers": int(config.num_hidden_layers),
+        "positions": int(getattr(config, "max_position_embeddings", 512)),
+        "declared_context": int(declared_context) if declared_context else None,
+        "declared_tokenizer": str(declared_tokenizer) if declared_tokenizer else None,
+        "kmer": int(kmer) if kmer else None,
+        "parameters": _count_parameters(config),
+    }
+
+
+def resolve_model(name: str, *, kind: str, tokenizer: str | None = None) -> ModelSpec:
+    """Find a model by embedded name, directory or hub id, without loading its weights."""
     embedded = EMBEDDED_MODELS.get(name)
     if embedded is not None:
         if kind not in embedded.kinds:
@@ -181,27 +207,30 @@ def resolve_model(name: str, *, kind: str, tokenizer: str | None = None) -> Mode
         directory, source = embedded_directory(embedded), "embedded"
     else:
         directory, source = _checkpoint_dir(name)
-    try:
-        config, config_error = AutoConfig.from_pretrained(directory), None
+    try:  # before the vocabulary: a causal LM may have none seqatlas reads
+        facts = remembered_facts(directory / "config.json",
+                                 lambda: _read_config_facts(directory, name),
+                                 fields=_CONFIG_FACTS)
+        config_error = None
+    except ModelError:
+        raise
     except Exception as exc:
-        config, config_error = None, exc
-    if config is not None:  # before the vocabulary: a causal LM may have none seqatlas reads
-        require_masked_lm(config, name)
+        facts, config_error = None, exc
     vocab, is_bpe, tokenizer_json = _read_vocab(directory)
-    if config is None:
+    if facts is None:
         raise ModelError(f"model {name!r}: cannot read config.json in {directory} "
                          f"({config_error})") from None
     weights = _weights_files(directory)
     if not weights:
         raise ModelError(f"model {name!r}: no weight files (*.safetensors, *.bin) in {directory}")
-    declared = tokenizer or getattr(config, "seqatlas_tokenizer", None)
+    declared = tokenizer or facts["declared_tokenizer"]
     family, k = detect_family(vocab, declared=declared, bpe=is_bpe)
-    k = int(getattr(config, "kmer", k) or k) if family.endswith("kmer") else k
-    positions = int(getattr(config, "max_position_embeddings", 512))
-    model_type = getattr(config, "model_type", "bert")
+    k = int(facts["kmer"] or k) if family.endswith("kmer") else k
+    model_type = facts["model_type"]
+    positions = facts["positions"]
     context = positions - 2 if model_type in _OFFSET_POSITION_TYPES else positions
     # a checkpoint may declare the context it was trained on, shorter than its table
-    context = int(getattr(config, "seqatlas_context_tokens", None) or context)
+    context = facts["declared_context"] or context
     spec = ModelSpec(
         name=name,
         source=source,
@@ -211,10 +240,10 @@ def resolve_model(name: str, *, kind: str, tokenizer: str | None = None) -> Mode
         family=family,
         k=k,
         model_type=model_type,
-        hidden_size=int(config.hidden_size),
-        num_layers=int(config.num_hidden_layers),
+        hidden_size=facts["hidden_size"],
+        num_layers=facts["num_layers"],
         context_tokens=context,
-        parameters=_count_parameters(config),
+        parameters=facts["parameters"],
         weights_sha256=weights_sha256(weights),
         kind=kind,
         tokenizer_json=tokenizer_json if family == "bpe" else None,
