@@ -86,3 +86,18 @@ def add_ablations(path: Path, rows: list[dict]) -> Path:
     with AtlasWriter(path) as writer:
         writer.commit(key, {"ablations": _table(schema.ABLATIONS, columns)})
     return path
+
+
+def doubling_table() -> pa.Table:
+    """A ``probe doubling`` table (schema.DOUBLING): 3 sequences x (original, shuffled), the
+    gains derived from the logp columns as the probe derives them."""
+    rows = [{"seq_id": f"p{i}", "variant": v, "length": 50, "method": "mask", "seed": 0,
+             "logp_alone": -100.0, "logp_doubled": -80.0 - i - (v == "shuffled"),
+             "logp_partner": -90.0, "logp_control_intact": -95.0, "logp_control": -99.0 + i}
+            for i in range(3) for v in ("original", "shuffled")]
+    for row in rows:
+        row["icl_gain"] = row["logp_doubled"] - row["logp_partner"]
+        row["control_gain"] = row["logp_control_intact"] - row["logp_control"]
+        row["net_gain"] = row["icl_gain"] - row["control_gain"]
+        row["doubling_gain"] = row["logp_doubled"] - row["logp_alone"]
+    return pa.Table.from_pylist(rows, schema=schema.DOUBLING)

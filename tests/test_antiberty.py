@@ -59,24 +59,3 @@ def test_exact_logp_of_two_real_antibody_chains(tmp_path):
             assert row["logp"] == pytest.approx(want, abs=1e-4)
         # AntiBERTy knows antibodies: most residues are its top prediction
         assert sum(r["rank"] == 1 for r in rows) / len(rows) > 0.6
-
-
-def test_demo_summarises_real_sequences(tmp_path):
-    summary = seqatlas.demo(atlas=tmp_path / "demo", workers=0, progress=False)
-    proteins = summary["proteins"]
-    rows = {r["seq_id"]: r for r in proteins["sequences"]}
-    assert len(rows) == 10 and proteins["info"]["tables"]["positions"]["rows"] == 1237
-    antibodies = [r for k, r in rows.items() if k.endswith(("|H", "|L"))]
-    repeats = [r for k, r in rows.items() if not k.endswith(("|H", "|L"))]
-    assert len(antibodies) == 8 and len(repeats) == 2
-    # in-distribution antibody domains vs out-of-distribution repeat proteins
-    assert max(r["pseudo_perplexity"] for r in antibodies) < 4
-    assert min(r["pseudo_perplexity"] for r in repeats) > 8
-    for r in rows.values():
-        assert r["pll"] == pytest.approx(r["mean_logp"] * r["scored"], rel=1e-5)
-    (dna,) = summary["dna"]["sequences"]
-    assert dna["scored"] == 3_000 and summary["dna"]["info"]["scoring"]["strands"] == "both"
-    # the trained DNA model names the right base well above the 0.25 chance level on
-    # held-out human DNA, on both strands
-    assert dna["top1_accuracy"] > 0.3
-    assert -3 < dna["mean_logp_rc"] < 0 and -3 < dna["mean_logp"] < 0

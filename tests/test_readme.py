@@ -132,3 +132,22 @@ def _integrity_snippets_run(tmp_path):
     assert repaired.returncode == 0, repaired.stderr
     assert seqatlas.verify(atlas)["ok"]
     assert seqatlas.Atlas(atlas).positions().equals(before)
+    _plot_snippets_run(tmp_path)
+
+
+def _plot_snippets_run(tmp_path):
+    """The plots and the report, on the genome atlas (repeats, ablations) and the proteins."""
+    section = "## Plots and the HTML report"
+    _run_lines(section, tmp_path)
+    for name in ("track.png", "distribution.png", "icl.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert (tmp_path / "enrichment.svg").read_text().lstrip().startswith(("<?xml", "<svg"))
+    html = (tmp_path / "report.html").read_text()
+    for section_id in ("a0-summary", "a0-sequences", "a0-anomalies", "a0-enrichment",
+                       "a0-copies"):
+        assert f'id="{section_id}"' in html, section_id
+    script = "\n".join(_blocks(section, "python"))
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "robust z" in done.stdout and "'identity'" in done.stdout  # the proteins' embeddings

@@ -16,6 +16,9 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "verify": ("seqatlas verify --atlas prot_atlas",),
     "repair": ("seqatlas repair --atlas prot_atlas --workers 2",),
     "demo": ("seqatlas demo --atlas demo_atlases",),
+    "report": ("seqatlas report --atlas dna_atlas -o report.html",
+               "seqatlas report -a prot_atlas -a dna_atlas --doubling doubling.parquet "
+               "-o report.html"),
     "models": ("seqatlas models", "seqatlas models --format tsv"),
     "annotate": (
         "seqatlas annotate hg38.fa.out --atlas dna_atlas --on-mismatch skip",
@@ -36,6 +39,16 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "query identity": ("seqatlas query identity --atlas dna_atlas --sample 500",),
     "export bedgraph": ("seqatlas export bedgraph --atlas dna_atlas -o logp.bedgraph "
                         "--chrom-names ucsc",),
+    "plot track": ("seqatlas plot track --atlas dna_atlas --region chrX:0-100000 -o track.png",
+                   "seqatlas plot track --atlas dna_atlas --region chrX:0-5000000 --z 4 "
+                   "--tail high -o chrX.svg"),
+    "plot enrichment": ("seqatlas plot enrichment --atlas dna_atlas --by class "
+                        "-o enrichment.svg",),
+    "plot distribution": ("seqatlas plot distribution --atlas prot_atlas -o distribution.png",),
+    "plot identity": ("seqatlas plot identity --atlas dna_atlas --sample 500 -o identity.png",),
+    "plot icl": ("seqatlas plot icl --atlas dna_atlas --doubling doubling.csv -o icl.png",),
+    "plot calibration": ("seqatlas plot calibration --atlas dna_atlas --index default "
+                         "-o recall.png",),
     "export bigwig": ("seqatlas export bigwig --atlas dna_atlas -o logp.bw",),
     "export bed": ("seqatlas export bed --atlas dna_atlas --z 4 -o anomalies.bed",),
     "index build": ("seqatlas index build --atlas dna_atlas",

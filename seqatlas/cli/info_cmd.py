@@ -9,7 +9,6 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 from rich.text import Text
 
 from seqatlas.cli.options import ATLAS, NO_PROGRESS, PROGRESS, Progress, json_option
@@ -95,33 +94,149 @@ def print_info(summary: dict, console: Console | None = None) -> None:
                       highlight=False)
 
 
+def _gain(value) -> str:
+    return "-" if value is None else f"{value:+.3f}"
+
+
+def _table(title: str, columns: list[str], rows, *, text: tuple[str, ...] = ()
+           ) -> FittedTable:
+    """The first column a key (kept whole, like numbers) unless it is one of ``text``, the
+    columns folded when the table is too wide, left-aligned; the others right-aligned.
+    Nothing is cut."""
+    return FittedTable(columns, rows, title=title,
+                       right=[c for c in columns[1:] if c not in text],
+                       keys=[c for c in columns[:1] if c not in text])
+
+
 def print_demo(summary: dict) -> None:
+    """What :func:`seqatlas.demo` did: both atlases, each stage's results in brief, the
+    seconds per stage, and where the report is (the last line)."""
     console = Console()
-    titles = {"proteins": "AntiBERTy, exact pseudo-log-likelihood per protein",
-              "dna": "dnabert6-tiny, fast mode, both strands, per sequence"}
     for name in ("proteins", "dna"):
         part = summary[name]
         print_info(part["info"], console)
-        table = Table(title=titles[name])
+        scoring = part["info"]["scoring"] or {}
+        both = any(r["mean_logp_rc"] is not None for r in part["sequences"])
         columns = ["sequence", "scored", "PLL", "mean logp", "pseudo-perplexity", "top-1 acc"]
-        if name == "dna":
+        if both:
             columns.insert(4, "mean logp (rc)")
-        for column in columns:
-            table.add_column(column, justify="left" if column == "sequence" else "right")
+        rows = []
         for row in part["sequences"]:
             cells = [row["seq_id"], f"{row['scored']:,}", f"{row['pll']:.1f}",
                      f"{row['mean_logp']:.3f}", f"{row['pseudo_perplexity']:.2f}",
                      f"{row['top1_accuracy']:.2f}"]
-            if name == "dna":
+            if both:
                 cells.insert(4, f"{row['mean_logp_rc']:.3f}")
-            table.add_row(*cells)
-        console.print(table)
+            rows.append(cells)
+        model = (part["info"]["model"] or {}).get("name", "?")
+        console.print(_table(f"{model}, {scoring.get('likelihood', '?')} likelihood"
+                             f"{', both strands' if both else ''}, per sequence", columns, rows))
         report = part["report"]
         console.print(f"Scored {report['positions_scored']:,} positions in "
                       f"{report['seconds']:.1f} s.\n")
-    console.print(f"Explore: seqatlas info {summary['proteins']['atlas']}, or in Python "
-                  f"seqatlas.Atlas({summary['proteins']['atlas']!r}).positions(). For DNA the "
-                  "chance level of top-1 accuracy is 0.25 (mean logp -1.386).")
+    _print_stages(summary, console)
+    stages = summary["stages"]
+    console.print(_table("seconds per stage", ["stage", "seconds"],
+                         [[name, f"{s:.1f}"] for name, s in stages.items()]
+                         + [["all", f"{summary['seconds']:.1f}"]]))
+    console.print(f"Explore: seqatlas info {summary['dna']['atlas']}, or in Python "
+                  f"seqatlas.Atlas({summary['dna']['atlas']!r}).positions(). For DNA the "
+                  "chance level of top-1 accuracy is 0.25 (mean logp -1.386).",
+                  highlight=False, soft_wrap=True)
+    report = summary["report"]
+    console.print(f"[bold]Report:[/] {escape(report['output'])} "
+                  f"({format_size(report['bytes'])})", highlight=False, soft_wrap=True)
+
+
+def _print_stages(summary: dict, console: Console) -> None:
+    """The repeats, probes, queries and index of the demo, a few lines each."""
+    repeats = summary["repeats"]
+    tandem = repeats["tandem"]
+    where = (f"tantan {tandem.get('version', '?')}, run now (annotate --run tantan)"
+             if repeats["tandem_source"] == "tantan" else
+             f"the bundled tantan output {repeats['tandem_file']} (tantan is not installed)")
+    console.print(f"[bold]repeats[/] {repeats['copies']['repeats']:,} in-context copy "
+                  f"intervals (annotate --detect); {tandem['repeats']:,} tandem repeats from "
+                  f"{escape(where)}; {repeats['rows']:,} rows in all.", highlight=False,
+                  soft_wrap=True)
+
+    icl = summary["probe_icl"]
+    mean = icl["mean"]
+    uncontrolled = icl["controls"].get("none")
+    console.print(_table(
+        f"probe icl ({icl['method']}, {icl['likelihood']}) of every in-context copy: "
+        f"{icl['targets_total']:,} targets"
+        + (f" ({uncontrolled:,} without an admissible control)" if uncontrolled else "")
+        + "; mean gains in nats when the partner (icl) or a matched control region "
+        "(control) is masked, net = icl - control",
+        ["copy strand", "targets", "positions", "icl", "control", "net"],
+        [[g["copy_strand"], f"{g['targets']:,}", f"{g['positions']:,}", _gain(g["icl_gain"]),
+          _gain(g["control_gain"]), _gain(g["net_gain"])] for g in icl["gains"]]
+        + [["all", f"{mean['targets']:,}", f"{mean['positions']:,}",
+            _gain(mean["icl_gain"]), _gain(mean["control_gain"]), _gain(mean["net_gain"])]]))
+
+    anomalies = summary["anomalies"]
+    params = anomalies["params"]
+    tails = ", ".join(f"{n:,} {tail}" for tail, n in sorted(anomalies["by_tail"].items()))
+    top = anomalies["top"][:3]
+    one = len({r["seq_id"] for r in top}) == 1
+    console.print(_table(
+        f"anomalies: {anomalies['regions']:,} regions at |z| >= {params['z']} (min length "
+        f"{params['min_length']}){': ' + tails if tails else ''}; {anomalies['with_copy']:,} "
+        "mostly at in-context copies. The top by |peak z|"
+        + (f" (on {top[0]['seq_id']})" if one else "") + ":",
+        ["region", "tail", "peak z", "net gain", "repeat classes"],
+        [[("" if one else f"{r['seq_id']}:") + f"{r['start']}-{r['end']}", r["tail"],
+          f"{r['peak_z']:.2f}", _gain(r["net_gain"]), r["repeat_classes"] or "-"]
+         for r in top], text=("repeat classes",)))
+
+    enrichment = summary["enrichment"]
+    rows = []
+    for by in ("class", "copy"):
+        for r in enrichment[by][:3]:
+            rows.append([r["group"], f"{r['anomalous_inside']:,}/{r['n_inside']:,}",
+                         f"{r['odds_ratio']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]",
+                         f"{r['q_value']:.3g}", _gain(r["mean_net_gain"])])
+    console.print(_table("enrichment of anomalous positions by repeat class and by copy "
+                         "(the 3 lowest p of each)",
+                         ["group", "anomalous/inside", "odds ratio [95% CI]", "q", "net gain"],
+                         rows, text=("group",)))
+
+    index = summary["index"]
+    recall = index["recall_at_10"]
+    console.print(f"[bold]index[/] {index['name']}: {index['type']} ({index['factory']}), "
+                  f"{index['metric']}, {index['ntotal']:,} vectors x {index['dim']}, "
+                  f"{format_size(index['bytes'])} ({index['bytes_per_vector']:.0f} bytes/"
+                  f"vector), recall@10 {'?' if recall is None else f'{recall:.2f}'}",
+                  highlight=False)
+    knn = summary["knn"]
+    for query in knn["queries"]:
+        hits = [h for h in knn["hits"] if h["query"] == query][:3]
+        console.print(f"[bold]knn[/] {query}: " + ", ".join(
+            f"{h['token']} at {h['start']:,} ({h['distance']:.3f}, "
+            f"{h['repeat_class'] or 'no repeat'})" for h in hits), highlight=False)
+
+    identity = summary["identity"]
+    neighbours = "; ".join(dict.fromkeys(r["neighbours"] for r in identity["rows"]))
+    console.print(_table(
+        f"identity vs context: {identity['k']} neighbours of {identity['sample']:,} sampled "
+        f"tokens from {neighbours}; agreement (chance)",
+        ["layer", "identity", "context", "next", "prev"],
+        [[str(r["layer"]), *(f"{r[key]:.3f} ({r[key + '_chance']:.3f})"
+                             for key in ("identity", "context", "next", "prev"))]
+         for r in identity["rows"]]))
+
+    doubling = summary["doubling"]
+    settings = doubling["settings"]
+    console.print(_table(
+        f"probe doubling ({settings['model']}, {settings['method']}, "
+        f"{settings['likelihood']}): mean gains in nats",
+        ["variant", "sequences", "icl", "control", "net", "doubling"],
+        [[variant, str(m["sequences"]), _gain(m["icl_gain"]), _gain(m["control_gain"]),
+          _gain(m["net_gain"]), _gain(m["doubling_gain"])]
+         for variant, m in doubling["mean"].items()]))
+    console.print(f"Doubling table: {escape(doubling['output'])}", highlight=False,
+                  soft_wrap=True)
 
 
 def verify(

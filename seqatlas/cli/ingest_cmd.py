@@ -117,19 +117,31 @@ def _print_report(report: dict, as_json: bool) -> None:
 
 
 def demo(
-    atlas: Optional[Path] = atlas_option("Directory for the two demo atlases (default: a "
-                                         "temporary directory).", default=None),
-    workers: Optional[int] = typer.Option(None, help="Scoring actors; 0 = in process."),
+    atlas: Optional[Path] = atlas_option("Directory for the demo's atlases, doubling table "
+                                         "and report (default: a temporary directory).",
+                                         default=None),
+    workers: Optional[int] = typer.Option(0, help="Scoring actors (Ray); 0 scores in this "
+                                          "process, without Ray's start-up."),
     progress: Progress = PROGRESS,
     no_progress: bool = NO_PROGRESS,
     as_json: bool = json_option("Print the summary as JSON."),
 ) -> None:
-    """Run both embedded models on bundled real sequences and print a summary.
+    """Run the whole job on the embedded models and bundled real sequences, and print what
+    each stage found, its seconds, and where the HTML report is.
 
-    AntiBERTy scores eight therapeutic antibody domains (Jain et al. 2017) and two
-    ankyrin-repeat proteins (exact pseudo-log-likelihoods, float16 embeddings);
-    dnabert6-tiny scores 3 kb of human chrX held out from its training, on both strands
-    (fast mode). About two minutes on 2 CPU cores.
+    The stages, in this process (about a minute on 2 idle CPU cores):
+    1. ingest, fast mode, float16 embeddings: AntiBERTy on 8 therapeutic antibody
+       domains (Jain et al. 2017) and 2 ankyrin-repeat proteins; dnabert6-tiny on
+       3 kb of human chrX held out from its training (forward strand);
+    2. repeats of the DNA: its in-context copies (annotate --detect) and tandem
+       repeats (annotate --run tantan; the bundled tantan output without tantan);
+    3. probe icl on every copy: the gain when the copy's partner is masked,
+       beside a matched control region masked alike;
+    4. anomalous regions (|z| >= 2.5) and their enrichment in repeats and copies;
+    5. a Flat embedding index, a k-mer lookup in it (knn), identity vs context;
+    6. probe doubling (S+S against the same-composition S+C) on two antibodies'
+       VH and VL domains and their shuffles, with AntiBERTy: doubling.parquet;
+    7. report.html, one self-contained file of all of it.
     """
     import seqatlas
 

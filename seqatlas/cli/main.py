@@ -13,8 +13,8 @@ import typing
 
 import typer
 
-from seqatlas.cli import (annotate_cmd, index_cmd, info_cmd, ingest_cmd, models_cmd, probe_cmd,
-                          query_cmd)
+from seqatlas.cli import (annotate_cmd, index_cmd, info_cmd, ingest_cmd, models_cmd, plot_cmd,
+                          probe_cmd, query_cmd, report_cmd)
 from seqatlas.cli.help_examples import add_examples
 from seqatlas.errors import SeqAtlasError
 
@@ -51,10 +51,12 @@ app.command("repair")(info_cmd.repair)
 app.command("demo")(ingest_cmd.demo)
 app.command("models")(models_cmd.models)
 app.command("annotate")(annotate_cmd.annotate)
+app.command("report")(report_cmd.report)
 app.add_typer(query_cmd.query_app, name="query")
 app.add_typer(query_cmd.export_app, name="export")
 app.add_typer(index_cmd.index_app, name="index")
 app.add_typer(probe_cmd.probe_app, name="probe")
+app.add_typer(plot_cmd.plot_app, name="plot")
 
 # ClickException as the installed Typer raises it: click's own, or the copy that newer Typer
 # versions vendor (typer._click), which click.ClickException does not catch

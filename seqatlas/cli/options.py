@@ -155,3 +155,26 @@ LIST_FORMAT = typer.Option(Format.auto, "--format", "-f", help="Output format. a
                            "on a terminal, else TSV (header and rows only). parquet to stdout "
                            "needs a pipe or a file.")
 OUTPUT = typer.Option(None, "--output", "-o", help="Write to this file.")
+ABLATION_METHOD = typer.Option(None, "--ablation-method", help="Corruption method whose "
+                               "`probe icl` values (net_gain, ...) to show (default: the only "
+                               "one in the atlas; needed when it holds several).")
+
+
+# identity vs context: `query identity` and `plot identity`
+IDENTITY_SAMPLE = typer.Option(1000, "--sample", help="Tokens sampled.")
+IDENTITY_LAYER = typer.Option(None, "--layer", help="Stored layer to test (repeatable; default: "
+                              "every stored layer).")
+IDENTITY_K = typer.Option(10, "-k", "--k", help="Neighbours per sampled token.")
+IDENTITY_SEED = typer.Option(0, "--seed", help="Seed of the sample.")
+IDENTITY_INDEX = typer.Option(None, "--index", help="Index to search (default: a built index "
+                              "over the layer's column, else an exact in-memory search).")
+IDENTITY_NPROBE = typer.Option(None, "--nprobe", help="IVF lists searched.")
+
+
+def anomaly_params(column, z, tail, smooth, min_length, max_gap, ablation_method=None):
+    """The AnomalyParams the anomaly options (--score-column, --z, --tail, ...) give."""
+    from seqatlas.query import AnomalyParams
+
+    return AnomalyParams(column=column, z=z, tail=tail.value, smooth=smooth,
+                         min_length=min_length, max_gap=max_gap,
+                         ablation_method=ablation_method.value if ablation_method else None)

@@ -11,7 +11,9 @@ import typer
 from seqatlas.cli.options import (ATLAS, COLUMN, FORMAT, MAX_GAP, MIN_LENGTH, OUTPUT,
                                   SCORE_COLUMN, SMOOTH, TAIL, Z, AblationMethod, By, Format,
                                   Tail)
-from seqatlas.cli.options import ChromNames, SortOrder
+from seqatlas.cli.options import (ABLATION_METHOD, IDENTITY_INDEX, IDENTITY_K, IDENTITY_LAYER,
+                                  IDENTITY_NPROBE, IDENTITY_SAMPLE, IDENTITY_SEED, ChromNames,
+                                  SortOrder, anomaly_params)
 from seqatlas.cli.tables import FittedTable, arrow_rich_table, note, print_table
 
 query_app = typer.Typer(help="Query an atlas with DuckDB: SQL, likelihood anomalies, "
@@ -21,17 +23,8 @@ export_app = typer.Typer(help="Export tracks for genome browsers (bedGraph, bigW
                          "anomalous regions (BED).", no_args_is_help=True)
 
 TIMEOUT = typer.Option(None, "--timeout", help="Cancel the query after this many seconds.")
-ABLATION_METHOD = typer.Option(None, "--ablation-method", help="Corruption method whose "
-                               "`probe icl` values (net_gain, ...) to show (default: the only "
-                               "one in the atlas; needed when it holds several).")
 
 
-def _params(column, z, tail, smooth, min_length, max_gap, ablation_method=None):
-    from seqatlas.query import AnomalyParams
-
-    return AnomalyParams(column=column, z=z, tail=tail.value, smooth=smooth,
-                         min_length=min_length, max_gap=max_gap,
-                         ablation_method=ablation_method.value if ablation_method else None)
 
 
 # `query anomalies|enrichment` took the score column as --column, which `export bedgraph|bigwig`
@@ -114,8 +107,8 @@ def anomalies(
     """Regions of anomalously likely or unlikely positions, and what may explain them."""
     from seqatlas.query import anomalies as find
 
-    table = find(atlas, params=_params(_score_column(score, column), z, tail, smooth,
-                                       min_length, max_gap, ablation_method),
+    table = find(atlas, params=anomaly_params(_score_column(score, column), z, tail, smooth,
+                                              min_length, max_gap, ablation_method),
                  with_repeats=with_repeats)
     _emit(table, format, output, "regions",
           f"anomalous regions (|z| >= {z:g}, tail {tail.value})")
@@ -135,8 +128,8 @@ def enrichment(
     """Odds ratio, Fisher p and BH q of anomalies inside vs outside each repeat group."""
     from seqatlas.query import enrichment as run
 
-    table = run(atlas, by=by.value, params=_params(_score_column(score, column), z, tail,
-                                                   smooth, 1, 0, ablation_method))
+    table = run(atlas, by=by.value, params=anomaly_params(
+        _score_column(score, column), z, tail, smooth, 1, 0, ablation_method))
     if table.num_rows and not any(table.column("anomalous_inside").to_pylist()) \
             and not table.column("anomalous_outside")[0].as_py():
         note(f"Note: no position has |z| >= {z:g} in the {tail.value} tail, so no odds "
@@ -174,8 +167,8 @@ def bedgraph(atlas: Path = ATLAS, output: Path = EXPORT_OUTPUT, column: str = TR
 
     Example: seqatlas export bedgraph --atlas my_atlas --column logp --chrom-names ucsc
     -o logp.bedgraph"""
-    _export("bedgraph", atlas, output, column, _params(score, 3.0, Tail.both, smooth, 1, 0),
-            sort, chrom_names)
+    _export("bedgraph", atlas, output, column,
+            anomaly_params(score, 3.0, Tail.both, smooth, 1, 0), sort, chrom_names)
 
 
 @export_app.command("bigwig")
@@ -185,8 +178,8 @@ def bigwig(atlas: Path = ATLAS, output: Path = EXPORT_OUTPUT, column: str = TRAC
     """A bigWig of a per-position column (needs pyBigWig).
 
     Example: seqatlas export bigwig --atlas my_atlas --column z --chrom-names ucsc -o z.bw"""
-    _export("bigwig", atlas, output, column, _params(score, 3.0, Tail.both, smooth, 1, 0),
-            sort, chrom_names)
+    _export("bigwig", atlas, output, column,
+            anomaly_params(score, 3.0, Tail.both, smooth, 1, 0), sort, chrom_names)
 
 
 @export_app.command("bed")
@@ -197,8 +190,8 @@ def bed(atlas: Path = ATLAS, output: Path = EXPORT_OUTPUT, z: float = Z, tail: T
     """A BED6 of anomalous regions: name = tail, score = 100 x |peak z| (at most 1000).
 
     Example: seqatlas export bed --atlas my_atlas --z 2.5 --chrom-names ucsc -o regions.bed"""
-    _export("bed", atlas, output, "z", _params(column, z, tail, smooth, min_length, max_gap),
-            sort, chrom_names)
+    _export("bed", atlas, output, "z",
+            anomaly_params(column, z, tail, smooth, min_length, max_gap), sort, chrom_names)
 
 
 @query_app.command("knn")
@@ -254,15 +247,9 @@ def _print_knn(table, console) -> None:
 @query_app.command("identity")
 def identity(
     atlas: Path = ATLAS,
-    sample: int = typer.Option(1000, "--sample", help="Tokens sampled."),
-    layer: Optional[list[int]] = typer.Option(None, "--layer", help="Stored layer to test "
-                                              "(repeatable; default: every stored layer)."),
-    k: int = typer.Option(10, "-k", "--k", help="Neighbours per sampled token."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the sample."),
-    index: Optional[str] = typer.Option(None, "--index", help="Index to search (default: a "
-                                        "built index over the layer's column, else an exact "
-                                        "in-memory search)."),
-    nprobe: Optional[int] = typer.Option(None, "--nprobe", help="IVF lists searched."),
+    sample: int = IDENTITY_SAMPLE, layer: Optional[list[int]] = IDENTITY_LAYER,
+    k: int = IDENTITY_K, seed: int = IDENTITY_SEED, index: Optional[str] = IDENTITY_INDEX,
+    nprobe: Optional[int] = IDENTITY_NPROBE,
     metric: str = typer.Option("cosine", "--metric", help="cosine, ip or l2, for the exact "
                                "in-memory search (a built index keeps its own)."),
     format: Format = FORMAT,

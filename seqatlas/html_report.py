@@ -1,0 +1,326 @@
+"""``report``: one self-contained HTML file that ties an atlas's tables and plots together.
+
+Everything is inlined (PNG images as data URIs, a short stylesheet, no script, no font or
+link that leaves the file), so the report opens offline and can be mailed or archived as one
+file. Sections appear only for what an atlas holds:
+
+- ``summary``: model, weights hash, scoring settings, inputs, table sizes, warnings;
+- ``sequences``: per sequence length, PLL, mean logp, pseudo-perplexity, top-1 accuracy;
+- ``distribution``: score and robust-z histograms per reference letter with the robust fit;
+- ``anomalies``: the top anomalous regions (by peak |z|) with a track of each;
+- ``enrichment``: anomaly odds ratios per repeat class, the table and a forest plot;
+- ``copies``: ``probe icl`` gains (look-up vs matched control) per copy strand, and the
+  doubling probe's results when a ``probe doubling`` output is given;
+- ``identity``: identity vs context agreement of embedding neighbours per layer;
+- ``indexes``: each embedding index with its recall calibration curve.
+
+Images are PNG at a fixed pixel size and tables are capped (the cap is stated where it
+applies), so the file stays small (a few MB) for a chromosome-scale atlas.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from seqatlas import plot
+from seqatlas.atlas import Atlas
+from seqatlas.errors import ConfigError
+from seqatlas.index.store import list_indexes, read_meta
+from seqatlas.index.vectors import stored_layers
+from seqatlas.query import AnomalyParams, enrichment, identity
+from seqatlas.query.per_sequence import sequence_summary
+from seqatlas.query.regions import anomalies
+from seqatlas.plot.output import render
+from seqatlas.plot.tables import doubling_rows
+from seqatlas.util import format_size, output_file
+
+# Beyond this many tokens identity vs context is drawn only from a built index.
+EXACT_IDENTITY_TOKENS = 2_000_000
+SECTIONS = ("summary", "sequences", "distribution", "anomalies", "enrichment", "copies",
+            "identity", "indexes")
+
+
+@dataclass
+class ReportConfig:
+    """What goes into the report and how large it may grow."""
+
+    top_regions: int = 5  # anomalous regions shown with a track each
+    max_sequences: int = 500  # rows of the per-sequence table
+    flank: int = 50  # positions drawn on each side of an anomalous region
+    identity_sample: int = 500  # tokens sampled by the identity diagnostic
+    image_size: tuple[int, int] = (1000, 560)  # pixels of each plot
+
+    def validate(self) -> None:
+        if self.top_regions < 0 or self.max_sequences < 1 or self.flank < 0:
+            raise ConfigError("--top-regions and --flank must be 0 or more, --max-sequences 1 "
+                              "or more")
+        if self.identity_sample < 1:
+            raise ConfigError("--identity-sample must be 1 or more")
+        width, height = self.image_size
+        if not (100 <= width <= 4000 and 100 <= height <= 4000):
+            raise ConfigError("image sizes must be 100 to 4000 pixels on each side")
+
+
+def _png(figure) -> str:
+    data = base64.b64encode(render(figure, "png")).decode("ascii")
+    return f'<img alt="" src="data:image/png;base64,{data}">'
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return f"{value:.4g}" if abs(value) < 1e6 else f"{value:.4e}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return html.escape(str(value))
+
+
+def _table(rows: list[dict], columns: list[str] | None = None) -> str:
+    if not rows:
+        return "<p>(none)</p>"
+    columns = columns or list(rows[0])
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(row.get(c))}</td>" for c in columns) +
+                   "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _pairs(items: dict) -> str:
+    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{_cell(v)}</td></tr>"
+                   for k, v in items.items() if v is not None)
+    return f'<table class="pairs">{rows}</table>'
+
+
+class _AtlasReport:
+    """The sections of one atlas, each rendered only when the atlas holds its data."""
+
+    def __init__(self, atlas: Atlas, config: ReportConfig, params: AnomalyParams,
+                 doubling, number: int):
+        self.atlas = atlas
+        self.config = config
+        self.params = params
+        self.doubling = doubling
+        self.prefix = f"a{number}-"
+        summary = atlas.summary()
+        self.info = summary
+        self.rows = {t: v["rows"] for t, v in summary["tables"].items()}
+        self.scored = atlas.manifest.scoring is not None and \
+            atlas.manifest.scoring.likelihood in ("exact", "fast", "unmasked")
+        self.seconds: dict[str, float] = {}
+
+    def _size(self) -> dict:
+        width, height = self.config.image_size
+        return {"size": (width, height)}
+
+    def summary(self) -> str:
+        info = self.info
+        model = info["model"] or {}
+        facts = {"atlas": info["path"], "kind": info["kind"], "model": model.get("name"),
+                 "model source": model.get("source"),
+                 "model type": model.get("model_type"),
+                 "parameters": model.get("parameters"),
+                 "weights sha256": model.get("weights_sha256"),
+                 "tokenizer": (model.get("tokenizer") or {}).get("family"),
+                 "created": info["created"], "updated": info["updated"]}
+        scoring = {k: v if not isinstance(v, (list, dict)) else str(v)
+                   for k, v in (info["scoring"] or {}).items()}
+        inputs = [{"path": i.get("path"), "kind": i.get("kind"),
+                   "sequences": i.get("records"), "residues": i.get("residues"),
+                   "sha256": i.get("sha256")}
+                  for i in info["inputs"]]
+        tables = [{"table": t, "rows": v["rows"], "parts": v["parts"],
+                   "bytes": format_size(v["bytes"])} for t, v in info["tables"].items()
+                  if v["parts"]]
+        parts = [_pairs(facts), "<h3>Scoring settings</h3>", _pairs(scoring),
+                 "<h3>Inputs</h3>", _table(inputs), "<h3>Tables</h3>", _table(tables)]
+        if info["warnings"]:
+            parts += ["<h3>Warnings</h3>", "<ul>" + "".join(
+                f"<li>{html.escape(str(w.get('message', w)))}</li>"
+                for w in info["warnings"]) + "</ul>"]
+        return "".join(parts)
+
+    def sequences(self) -> str | None:
+        if not self.scored or not self.rows["positions"]:
+            return None
+        total = self.rows["sequences"]
+        rows = sequence_summary(self.atlas, limit=self.config.max_sequences)
+        columns = ["seq_id", "length", "scored", "pll", "mean_logp", "pseudo_perplexity",
+                   "top1_accuracy"]
+        if any(r["mean_logp_rc"] is not None for r in rows):
+            columns.insert(5, "mean_logp_rc")
+        note = (f"<p>The first {len(rows):,} of {total:,} sequences, in atlas order.</p>"
+                if total > len(rows) else "")
+        return note + _table(rows, columns)
+
+    def distribution(self) -> str | None:
+        if not self.scored or not self.rows["positions"]:
+            return None
+        return _png(plot.distribution(self.atlas, params=self.params, **self._size()))
+
+    def anomalies(self) -> str | None:
+        if not self.scored or not self.rows["positions"]:
+            return None
+        regions = anomalies(self.atlas, params=self.params).to_pylist()
+        if not regions:
+            return f"<p>No anomalous regions at |z| &ge; {self.params.z}.</p>"
+        top = sorted(regions, key=lambda r: (-abs(r["peak_z"] or 0), r["seq_id"], r["start"]))
+        top = top[: self.config.top_regions]
+        columns = [c for c in ("seq_id", "start", "end", "tail", "n_anomalous", "mean_z",
+                               "peak_z", "copy_fraction", "n_probed", "net_gain",
+                               "explained_fraction") if c in regions[0]]
+        parts = [f"<p>{len(regions):,} anomalous regions at |z| &ge; {self.params.z}; the "
+                 f"top {len(top)} by peak |z|, each drawn with {self.config.flank} positions "
+                 "on each side.</p>", _table(top, columns)]
+        lengths = {r["seq_id"]: r["length"] for r in self.atlas.sequences(
+            columns=["seq_id", "length"]).to_pylist()}
+        for region in top:
+            start = max(0, region["start"] - self.config.flank)
+            end = min(lengths[region["seq_id"]], region["end"] + self.config.flank)
+            label = f"{region['seq_id']}:{start}-{end}"
+            figure = plot.track(self.atlas, region=label, params=self.params, **self._size())
+            parts.append(f"<h3>{html.escape(label)}</h3>{_png(figure)}")
+        return "".join(parts)
+
+    def enrichment(self) -> str | None:
+        if not self.scored or not self.rows["repeats"] or not self.rows["positions"]:
+            return None
+        table = enrichment(self.atlas, by="class", params=self.params)
+        columns = [c for c in ("group", "n_inside", "anomalous_inside", "rate_inside",
+                               "rate_outside", "odds_ratio", "ci_low", "ci_high", "p_value",
+                               "q_value", "mean_net_gain", "explained_fraction")
+                   if c in table.column_names]
+        figure = plot.enrichment(self.atlas, table=table, **self._size())
+        return _table(table.to_pylist(), columns) + _png(figure)
+
+    def copies(self) -> str | None:
+        if not self.rows["ablations"] and self.doubling is None:
+            return None
+        parts = []
+        if self.rows["ablations"]:
+            rows = self.atlas.sql(
+                """SELECT method, seed, copy_strand, count(*) AS positions,
+                          count(DISTINCT (target_start, target_end)) AS targets,
+                          avg(icl_gain) AS mean_icl_gain,
+                          avg(control_gain) AS mean_control_gain,
+                          avg(net_gain) AS mean_net_gain
+                   FROM ablations GROUP BY ALL ORDER BY ALL""").to_pylist()
+            parts += ["<p>Per probed position: icl_gain is the drop in logp when the copy's "
+                      "partner is corrupted, control_gain the drop when a matched control "
+                      "region is corrupted the same way; net_gain = icl_gain - control_gain "
+                      "is the look-up effect beyond the corruption itself.</p>", _table(rows)]
+        if self.doubling is not None:
+            rows = self.doubling.group_by(["variant", "method"], use_threads=False).aggregate(
+                [("seq_id", "count"), ("icl_gain", "mean"), ("control_gain", "mean"),
+                 ("net_gain", "mean"), ("doubling_gain", "mean")]).to_pylist()
+            parts += ["<h3>Doubling probe (S+S vs S+C)</h3>", _table(rows)]
+        parts.append(_png(plot.icl(self.atlas, doubling=self.doubling, **self._size())))
+        return "".join(parts)
+
+    def identity(self) -> str | None:
+        layers = stored_layers(self.atlas)
+        if not layers or not self.rows["tokens"]:
+            return None
+        indexed = {entry["column"] for entry in list_indexes(self.atlas)}
+        if self.rows["tokens"] > EXACT_IDENTITY_TOKENS and not set(layers.values()) & indexed:
+            return (f"<p>Not computed: {self.rows['tokens']:,} tokens are too many for an exact "
+                    "neighbour search here. Build an index (<code>seqatlas index build --atlas "
+                    f"{html.escape(str(self.atlas.path))}</code>) and run the report again.</p>")
+        table = identity(self.atlas, sample=self.config.identity_sample)
+        figure = plot.identity(self.atlas, table=table, **self._size())
+        return _table(table.to_pylist()) + _png(figure)
+
+    def indexes(self) -> str | None:
+        built = list_indexes(self.atlas)
+        if not built:
+            return None
+        rows, parts = [], []
+        for entry in built:
+            search = read_meta(self.atlas, entry["name"]).get("search") or {}
+            rows.append({**{k: entry[k] for k in ("name", "type", "metric", "column", "ntotal",
+                                                   "bytes_per_vector")},
+                         "recall_at_10": search.get("recall_at_10"),
+                         "setting": (f"{search['parameter']}={search[search['parameter']]}"
+                                     if search.get("parameter") else "exact")})
+            if search.get("curve"):
+                figure = plot.calibration(self.atlas, index=entry["name"], **self._size())
+                parts.append(f"<h3>{html.escape(entry['name'])}</h3>{_png(figure)}")
+        return _table(rows) + "".join(parts)
+
+    def render(self) -> tuple[str, list[str]]:
+        titles = {"summary": "Summary", "sequences": "Sequences",
+                  "distribution": "Score distributions", "anomalies": "Top anomalous regions",
+                  "enrichment": "Enrichment in repeats", "copies": "In-context copies: look-up "
+                  "vs control", "identity": "Identity vs context", "indexes": "Embedding indexes"}
+        shown, body = [], []
+        for name in SECTIONS:
+            start = time.perf_counter()
+            content = getattr(self, name)()
+            self.seconds[name] = round(time.perf_counter() - start, 3)
+            if content is None:
+                continue
+            shown.append(name)
+            body.append(f'<section id="{self.prefix}{name}" data-section="{name}">'
+                        f"<h2>{titles[name]}</h2>{content}</section>")
+        return "".join(body), shown
+
+
+_STYLE = """
+body { font-family: sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+h1 { border-bottom: 2px solid #444; } h2 { margin-top: 2em; border-bottom: 1px solid #bbb; }
+table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.85em; }
+th, td { border: 1px solid #ccc; padding: 2px 6px; text-align: right; }
+th { background: #eee; } td:first-child, th:first-child { text-align: left; }
+table.pairs th { text-align: left; } table.pairs td { text-align: left; word-break: break-all; }
+img { max-width: 100%; } nav { background: #f6f6f6; padding: 0.5em 1em; }
+"""
+
+
+def report(atlases, *, output: str | os.PathLike, doubling=None,
+           params: AnomalyParams | None = None, config: ReportConfig | None = None,
+           **options) -> dict:
+    """Write one self-contained HTML report of ``atlases`` (a path or a list of paths) to
+    ``output``. ``doubling`` is a ``probe doubling`` output (path or table) shown with the
+    first atlas; ``params`` shapes z and the anomalous regions; ``options`` are
+    :class:`ReportConfig` fields. Returns output, bytes, seconds and the sections shown."""
+    config = config or ReportConfig(**options)
+    config.validate()
+    params = params or AnomalyParams()
+    params.validate()
+    paths = [atlases] if isinstance(atlases, (str, os.PathLike)) else list(atlases)
+    if not paths:
+        raise ConfigError("give at least one atlas to report on")
+    doubling_table = pa.Table.from_pylist(doubling_rows(doubling)) \
+        if doubling is not None else None
+    start = time.perf_counter()
+    opened = [Atlas(p) for p in paths]  # every atlas checked before anything is drawn
+    bodies, nav, shown = [], [], {}
+    for number, atlas in enumerate(opened):
+        part = _AtlasReport(atlas, config, params, doubling_table if number == 0 else None,
+                            number)
+        body, sections = part.render()
+        name = html.escape(str(atlas.path))
+        bodies.append(f'<article id="a{number}"><h1>{name}</h1>{body}</article>')
+        nav.append(f'<li><a href="#a{number}">{name}</a>: ' + ", ".join(
+            f'<a href="#a{number}-{s}">{s}</a>' for s in sections) + "</li>")
+        shown[str(atlas.path)] = {"sections": sections, "seconds": part.seconds}
+    document = ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+                f"<title>seqatlas report</title><style>{_STYLE}</style></head><body>"
+                f"<nav><strong>seqatlas report</strong><ul>{''.join(nav)}</ul></nav>"
+                f"{''.join(bodies)}</body></html>")
+    data = document.encode("utf-8")
+    with output_file(output) as tmp:
+        tmp.write_bytes(data)
+    return {"output": str(output), "bytes": len(data),
+            "seconds": round(time.perf_counter() - start, 3), "atlases": shown}
