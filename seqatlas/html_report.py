@@ -36,6 +36,7 @@ from seqatlas.index.store import list_indexes, read_meta
 from seqatlas.index.vectors import stored_layers
 from seqatlas.query import AnomalyParams, enrichment, identity
 from seqatlas.query.per_sequence import sequence_summary
+from seqatlas.query.views import default_column
 from seqatlas.query.regions import anomalies
 from seqatlas.plot.output import render
 from seqatlas.plot.tables import doubling_rows
@@ -116,8 +117,10 @@ class _AtlasReport:
         summary = atlas.summary()
         self.info = summary
         self.rows = {t: v["rows"] for t, v in summary["tables"].items()}
-        self.scored = atlas.manifest.scoring is not None and \
-            atlas.manifest.scoring.likelihood in ("exact", "fast", "unmasked")
+        column = params.column or default_column(atlas.manifest.scoring)
+        # positions with a score: none for an embeddings-only atlas, or one of long N runs
+        self.scored = int(atlas.sql(f'SELECT count("{column}") AS n FROM positions')
+                          .column("n")[0].as_py()) if column and self.rows["positions"] else 0
         self.seconds: dict[str, float] = {}
 
     def _size(self) -> dict:
@@ -152,7 +155,7 @@ class _AtlasReport:
         return "".join(parts)
 
     def sequences(self) -> str | None:
-        if not self.scored or not self.rows["positions"]:
+        if not self.rows["positions"] or default_column(self.atlas.manifest.scoring) is None:
             return None
         total = self.rows["sequences"]
         rows = sequence_summary(self.atlas, limit=self.config.max_sequences)
@@ -165,12 +168,12 @@ class _AtlasReport:
         return note + _table(rows, columns)
 
     def distribution(self) -> str | None:
-        if not self.scored or not self.rows["positions"]:
+        if not self.scored:
             return None
         return _png(plot.distribution(self.atlas, params=self.params, **self._size()))
 
     def anomalies(self) -> str | None:
-        if not self.scored or not self.rows["positions"]:
+        if not self.scored:
             return None
         regions = anomalies(self.atlas, params=self.params).to_pylist()
         if not regions:
@@ -194,7 +197,7 @@ class _AtlasReport:
         return "".join(parts)
 
     def enrichment(self) -> str | None:
-        if not self.scored or not self.rows["repeats"] or not self.rows["positions"]:
+        if not self.scored or not self.rows["repeats"]:
             return None
         table = enrichment(self.atlas, by="class", params=self.params)
         columns = [c for c in ("group", "n_inside", "anomalous_inside", "rate_inside",

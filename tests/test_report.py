@@ -266,3 +266,27 @@ def test_the_report_renders_in_headless_chromium(written, tmp_path):
     assert set(document.sections) == expected
     assert len(document.images) == output.read_text().count("<img")
     assert not NETWORK.search(dom)
+
+
+def test_an_atlas_without_scores_shows_no_score_sections(tmp_path):
+    atlas = make_atlas(tmp_path / "unscored", {"s": "ACGT" * 10},
+                       {"s": np.full(40, np.nan, dtype=np.float32)})
+    result = report(atlas, output=tmp_path / "r.html")
+    assert result["atlases"][str(atlas)]["sections"] == ["summary", "sequences"]
+    header, row = _rows(_parse((tmp_path / "r.html").read_text()), "a0-sequences")
+    assert dict(zip(header, row))["scored"] == "0"
+
+
+def test_sequence_names_are_escaped_not_markup(tmp_path):
+    name = "<script>alert(1)</script>&x"
+    rng = np.random.default_rng(0)
+    values = rng.normal(-1.4, 0.05, 200).astype(np.float32)
+    values[10:15] = -8.0
+    atlas = make_atlas(tmp_path / "odd", {name: random_dna(200, 3)}, {name: values})
+    output = tmp_path / "r.html"
+    report(atlas, output=output)
+    text = output.read_text()
+    assert "<script" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;&amp;x" in text
+    document = _parse(text)
+    assert _rows(document, "a0-sequences")[1][0] == name
+    assert _rows(document, "a0-anomalies")[1][0] == name
