@@ -21,6 +21,7 @@ applies), so the file stays small (a few MB) for a chromosome-scale atlas.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import math
 import os
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from seqatlas import plot
+from seqatlas import plot, schema
 from seqatlas.atlas import Atlas
 from seqatlas.errors import ConfigError
 from seqatlas.index.store import list_indexes, read_meta
@@ -117,6 +118,17 @@ class _AtlasReport:
         summary = atlas.summary()
         self.info = summary
         self.rows = {t: v["rows"] for t, v in summary["tables"].items()}
+        self.method_note = ""
+        if self.rows["ablations"] and params.ablation_method is None:
+            methods = {r["method"] for r in atlas.sql(
+                "SELECT DISTINCT method FROM ablations").to_pylist()}
+            if len(methods) > 1:  # the views need one: the first in the schema's order
+                chosen = next(m for m in schema.ABLATION_METHODS if m in methods)
+                self.params = dataclasses.replace(params, ablation_method=chosen)
+                self.method_note = (f"<p>The atlas holds probe icl runs of several methods "
+                                    f"({', '.join(sorted(methods))}); anomalies and "
+                                    f"enrichment carry those of <code>{chosen}</code> "
+                                    "(--ablation-method chooses another).</p>")
         column = params.column or default_column(atlas.manifest.scoring)
         # positions with a score: none for an embeddings-only atlas, or one of long N runs
         self.scored = int(atlas.sql(f'SELECT count("{column}") AS n FROM positions')
@@ -183,7 +195,7 @@ class _AtlasReport:
         columns = [c for c in ("seq_id", "start", "end", "tail", "n_anomalous", "mean_z",
                                "peak_z", "copy_fraction", "n_probed", "net_gain",
                                "explained_fraction") if c in regions[0]]
-        parts = [f"<p>{len(regions):,} anomalous regions at |z| &ge; {self.params.z}; the "
+        parts = [self.method_note, f"<p>{len(regions):,} anomalous regions at |z| &ge; {self.params.z}; the "
                  f"top {len(top)} by peak |z|, each drawn with {self.config.flank} positions "
                  "on each side.</p>", _table(top, columns)]
         lengths = {r["seq_id"]: r["length"] for r in self.atlas.sequences(
@@ -205,7 +217,7 @@ class _AtlasReport:
                                "q_value", "mean_net_gain", "explained_fraction")
                    if c in table.column_names]
         figure = plot.enrichment(self.atlas, table=table, **self._size())
-        return _table(table.to_pylist(), columns) + _png(figure)
+        return self.method_note + _table(table.to_pylist(), columns) + _png(figure)
 
     def copies(self) -> str | None:
         if not self.rows["ablations"] and self.doubling is None:

@@ -290,3 +290,26 @@ def test_sequence_names_are_escaped_not_markup(tmp_path):
     document = _parse(text)
     assert _rows(document, "a0-sequences")[1][0] == name
     assert _rows(document, "a0-anomalies")[1][0] == name
+
+
+def test_an_atlas_with_several_probe_methods_reports_the_first_and_says_so(scored_atlas,
+                                                                           tmp_path):
+    import shutil
+
+    atlas = tmp_path / "two_methods"
+    shutil.copytree(scored_atlas, atlas)
+    add_ablations(atlas, [{"seq_id": "chrA", "pos": 100, "target_start": 100,
+                           "target_end": 110, "partner_start": 300, "partner_end": 310,
+                           "control_start": 320, "control_end": 330,
+                           "control_rule": "nearest", "copy_strand": "+", "window_start": 0,
+                           "window_end": 600, "method": "shuffle", "seed": 0,
+                           "logp_intact": -6.0, "logp_partner": -7.0, "logp_control": -6.2}])
+    output = tmp_path / "r.html"
+    result = report(atlas, output=output)
+    assert "anomalies" in result["atlases"][str(atlas)]["sections"]
+    text = output.read_text()
+    assert "several methods (mask, shuffle)" in text and "<code>mask</code>" in text
+    chosen = tmp_path / "shuffle.html"
+    assert main(["report", "--atlas", str(atlas), "-o", str(chosen), "--ablation-method",
+                 "shuffle"]) == 0
+    assert "several methods" not in chosen.read_text()

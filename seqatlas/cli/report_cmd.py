@@ -7,8 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from seqatlas.cli.options import (MAX_GAP, MIN_LENGTH, SCORE_COLUMN, SMOOTH, TAIL, Z, Tail,
-                                  anomaly_params)
+from seqatlas.cli.options import (ABLATION_METHOD, MAX_GAP, MIN_LENGTH, SCORE_COLUMN, SMOOTH,
+                                  TAIL, Z, AblationMethod, Tail, anomaly_params)
 from seqatlas.cli.tables import note
 
 
@@ -29,6 +29,7 @@ def report(
                                         "identity vs context diagnostic."),
     z: float = Z, tail: Tail = TAIL, min_length: int = MIN_LENGTH, max_gap: int = MAX_GAP,
     smooth: int = SMOOTH, score: Optional[str] = SCORE_COLUMN,
+    ablation_method: Optional[AblationMethod] = ABLATION_METHOD,
 ) -> None:
     """Write one self-contained HTML file (images inlined, no network) with what each atlas
     holds: manifest summary, per-sequence likelihoods, distributions, the top anomalous
@@ -38,7 +39,7 @@ def report(
     Example: seqatlas report --atlas dna_atlas -o report.html"""
     from seqatlas.html_report import report as write
 
-    params = anomaly_params(score, z, tail, smooth, min_length, max_gap)
+    params = anomaly_params(score, z, tail, smooth, min_length, max_gap, ablation_method)
     result = write(atlas, output=output, doubling=doubling, params=params,
                    top_regions=top_regions, flank=flank, max_sequences=max_sequences,
                    identity_sample=identity_sample)
