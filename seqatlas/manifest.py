@@ -266,7 +266,8 @@ _SHAPE = {
     "": {"schema_version": _INT, "seqatlas_version": _STR, "created": _STR, "updated": _STR,
          "kind": _OPT_STR, "kind_detected": _BOOL, "model": (dict, type(None)),
          "scoring": (dict, type(None)), "inputs": (list,), "parts": _DICT, "units": _DICT,
-         "cache": (dict, type(None)), "indexes": (dict, type(None)), "warnings": (list,)},
+         "cache": (dict, type(None)), "indexes": (dict, type(None)), "warnings": (list,),
+         "runs": (list,)},
     "model": {"name": _STR, "weights_sha256": _STR, "tokenizer": _DICT,
               "hidden_size": _OPT_INT, "num_layers": _OPT_INT, "context_tokens": _OPT_INT},
     "scoring": {"likelihood": _STR, "embeddings": _BOOL, "window": _OPT_INT,
@@ -325,6 +326,9 @@ def validate_manifest(data) -> None:
         for key in ("code", "message"):
             if key not in warning:
                 raise KeyError(f"warnings[{i}].{key}")
+    for i, run in enumerate(data.get("runs", [])):
+        if not isinstance(run, dict):
+            raise TypeError(f"runs[{i}]")
     for table, parts in data["parts"].items():
         if not isinstance(parts, dict) or not all(isinstance(m, dict) for m in parts.values()):
             raise TypeError(f"parts.{table}")
@@ -346,7 +350,10 @@ class Manifest:
     and ``indexes`` (index name -> meta) are open records and stay plain dicts. ``warnings``
     (absent in older atlases): what seqatlas found doubtful about the atlas's values, each
     ``{"code", "message", ...}``; so far a model whose mean logp is below the uniform
-    baseline (code ``low_likelihood``, :mod:`seqatlas.checkpoints.fit`)."""
+    baseline (code ``low_likelihood``, :mod:`seqatlas.checkpoints.fit`). ``runs`` (absent
+    until an ingest scored something): one open record per scoring run, the most recent
+    last: when, how many units and positions, on which nodes, and the bytes that crossed
+    the driver (``driver_bytes``)."""
 
     schema_version: int
     seqatlas_version: str
@@ -362,6 +369,7 @@ class Manifest:
     cache: dict | None = None
     indexes: dict[str, dict] | None = None
     warnings: list[dict] | None = None
+    runs: list[dict] | None = None
 
     @classmethod
     def from_json(cls, data: dict) -> Manifest:
@@ -377,7 +385,8 @@ class Manifest:
             parts={table: {name: PartRecord.from_json(meta) for name, meta in parts.items()}
                    for table, parts in data["parts"].items()},
             units=dict(data["units"]), cache=data.get("cache"), indexes=data.get("indexes"),
-            warnings=[dict(w) for w in data["warnings"]] if "warnings" in data else None)
+            warnings=[dict(w) for w in data["warnings"]] if "warnings" in data else None,
+            runs=[dict(r) for r in data["runs"]] if "runs" in data else None)
 
     def to_json(self) -> dict:
         """The one writer: the keys seqatlas has always written."""
@@ -398,6 +407,8 @@ class Manifest:
             data["indexes"] = self.indexes
         if self.warnings is not None:
             data["warnings"] = self.warnings
+        if self.runs is not None:
+            data["runs"] = self.runs
         return data
 
     def legacy_keys(self) -> bool:

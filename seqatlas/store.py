@@ -3,7 +3,11 @@ and reading committed parts.
 
 Commit protocol: a part is written under a temporary name, fsynced, renamed, and only then
 recorded in ``atlas.json``, which is itself replaced atomically. Readers see only parts the
-manifest lists, so a crash at any point leaves a consistent atlas.
+manifest lists, so a crash at any point leaves a consistent atlas. On a cluster the scoring
+workers write their units' parts under temporary names themselves (:func:`stage_parts`) and
+send the driver only names, sizes, row counts and digests; the driver checks each staged
+file, renames it and records it (:meth:`AtlasWriter.commit_staged`). A temporary or an
+unrecorded part left by a crash is removed when a writer next opens the atlas.
 
 Integrity: each part's size and SHA-256 are recorded at commit, and Parquet page checksums
 are written and verified on read. Every read of a table first checks its parts: a missing
@@ -20,7 +24,9 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import stat
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,15 +36,85 @@ import pyarrow.parquet as pq
 from seqatlas import schema
 from seqatlas.errors import AtlasDamagedError, AtlasError, AtlasMismatchError
 from seqatlas.manifest import InputRecord, Manifest, ModelRecord, PartRecord, ScoringRecord
-from seqatlas.util import (ATLAS_MARKER, TEMP_MARK, atomic_write, file_sha256, replacing,
-                           utc_now)
+from seqatlas.util import (ATLAS_MARKER, TEMP_MARK, atomic_write, file_sha256, fsync_dir,
+                           replacing, utc_now)
 
 MANIFEST = ATLAS_MARKER
 LOCK = ".lock"
 VERIFIED_LOG = ".verified"
+STAGING = ".staging"  # one directory per run: what its workers wrote, not yet committed
 # Rows per Parquet row group: ~1 MB of positions columns, ~16 MB of fp16 embeddings.
 ROW_GROUP_ROWS = {"sequences": 65536, "positions": 131072, "tokens": 16384, "ablations": 131072,
                   "repeats": 131072}
+
+
+RUNS_KEPT = 100  # run records kept in the manifest (the most recent)
+
+
+def part_name(key: str) -> str:
+    """The file name of a unit's part in each of its tables (from its content key)."""
+    return f"part-{key[:24]}.parquet"
+
+
+def write_parquet(path: Path, table: str, data: pa.Table) -> tuple[int, str]:
+    """Write ``data`` as a part of ``table`` at ``path`` (a temporary name) with the atlas's
+    Parquet settings, fsynced; returns ``(bytes, sha256)``. Every part is written here, by
+    the driver or a worker, so both give the same bytes."""
+    pq.write_table(data, path, compression="zstd", row_group_size=ROW_GROUP_ROWS[table],
+                   write_statistics=True, write_page_checksum=True)
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+    return os.stat(path).st_size, file_sha256(path)
+
+
+@dataclass(frozen=True)
+class StagedPart:
+    """A part written under a temporary name (``staged``) in its table's directory, not yet
+    committed: what a worker tells the driver instead of sending the rows."""
+
+    table: str
+    name: str
+    staged: str
+    rows: int
+    bytes: int
+    sha256: str
+
+
+def stage_parts(staging: str | os.PathLike, key: str,
+                tables: dict[str, pa.Table | None]) -> dict[str, StagedPart]:
+    """Write unit ``key``'s parts into a run's staging directory (on a scoring worker; see
+    :meth:`AtlasWriter.staging_area`); the driver commits them with
+    :meth:`AtlasWriter.commit_staged`. Nothing is left behind when this fails."""
+    directory = Path(staging)
+    if not directory.is_dir():
+        raise AtlasError(
+            f"this worker cannot see the atlas's staging directory {directory}: either the run "
+            "that made it has ended, or this Ray node does not see the atlas. The workers write "
+            "their parts into the atlas, so it must be on storage every node reaches (a shared "
+            "file system); use such a path, or --write-parts driver to send every result to the "
+            "driver instead.")
+    name, tag = part_name(key), f"-{uuid.uuid4().hex[:12]}"
+    written: list[Path] = []
+    staged = {}
+    try:
+        for table, data in tables.items():
+            if data is None:
+                continue
+            tmp = directory / f"{table}.{name}{TEMP_MARK}{os.getpid()}{tag}"
+            written.append(tmp)
+            size, digest = write_parquet(tmp, table, data)
+            staged[table] = StagedPart(table=table, name=name, staged=tmp.name,
+                                       rows=data.num_rows, bytes=size, sha256=digest)
+    except BaseException as exc:
+        for tmp in written:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+        if isinstance(exc, OSError):
+            raise storage_error(exc, directory, "write a part") from None
+        raise
+    return staged
 
 
 def parquet_format():
@@ -289,6 +365,7 @@ class AtlasWriter:
                  seqatlas_version: str = "", kind_detected: bool = False):
         """Without ``model`` the atlas must exist already (adding annotations to it)."""
         self.path = Path(path)
+        self._staging: Path | None = None
         if isinstance(model, dict):
             model = ModelRecord.from_json(model)
         if isinstance(scoring, dict):
@@ -321,10 +398,10 @@ class AtlasWriter:
 
     def _open(self, manifest_path: Path, kind, model, scoring, seqatlas_version,
               kind_detected) -> None:
-        self._remove_stale_temporaries()
-        self._verified = _VerifiedLog(self.path)
         if manifest_path.exists():
             self.manifest = AtlasReader(self.path).manifest
+            self._remove_stale_files()
+            self._verified = _VerifiedLog(self.path)
             for table in schema.TABLES:
                 self.manifest.parts.setdefault(table, {})
             if model is not None:
@@ -336,6 +413,8 @@ class AtlasWriter:
                         "can still be queried and annotated.")
                 self._check_compatible(kind, model, scoring)
         else:
+            self._remove_stale_files()
+            self._verified = _VerifiedLog(self.path)
             now = utc_now()
             self.manifest = Manifest(
                 schema_version=schema.SCHEMA_VERSION, seqatlas_version=seqatlas_version,
@@ -345,16 +424,40 @@ class AtlasWriter:
         self._verified.compact({f"{table}/{name}" for table, parts in self.manifest.parts.items()
                                 for name in parts})
 
-    def _remove_stale_temporaries(self) -> None:
-        """Temporary files of a writer that died; safe to delete while we hold the lock."""
-        stale = [p for table in schema.TABLES if (self.path / table).is_dir()
-                 for p in (self.path / table).glob(f".*{TEMP_MARK}*")]
+    def _remove_stale_files(self) -> None:
+        """Temporary files of a writer or worker that died, and parts renamed but never
+        recorded (a crash between the two); safe to delete while we hold the lock."""
+        committed = getattr(self, "manifest", None)
+        stale = []
+        for table in schema.TABLES:
+            directory = self.path / table
+            if not directory.is_dir():
+                continue
+            stale += directory.glob(f".*{TEMP_MARK}*")
+            if committed is not None:
+                parts = committed.table_parts(table)
+                stale += [p for p in directory.glob("part-*.parquet") if p.name not in parts]
         stale += self.path.glob(f".{MANIFEST}{TEMP_MARK}*")
         for path in stale:
             try:
                 path.unlink()
             except OSError:
                 pass  # a read-only atlas: readers never look at temporaries
+        # what the workers of dead runs staged; a worker still running for such a run (its
+        # driver killed) finds its directory gone and fails instead of writing
+        shutil.rmtree(self.path / STAGING, ignore_errors=True)
+
+    def staging_area(self) -> Path:
+        """This writer's staging directory, where workers write parts before the driver
+        commits them (created on first use, removed with everything left in it on close)."""
+        if self._staging is None:
+            path = self.path / STAGING / uuid.uuid4().hex[:16]
+            try:
+                path.mkdir(parents=True)
+            except OSError as exc:
+                raise storage_error(exc, self.path, "create a staging directory") from None
+            self._staging = path
+        return self._staging
 
     def _check_compatible(self, kind: str, model: ModelRecord, scoring: ScoringRecord) -> None:
         """Refuse other settings, listing every difference (compared by stable identifiers,
@@ -385,6 +488,13 @@ class AtlasWriter:
             )
 
     def close(self) -> None:
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            try:
+                self._staging.parent.rmdir()
+            except OSError:
+                pass  # not empty: another run's leftovers, removed by the next writer
+            self._staging = None
         if not self._lock.closed:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()
@@ -423,11 +533,9 @@ class AtlasWriter:
         final = directory / name
         try:
             directory.mkdir(exist_ok=True)
-            with replacing(final) as tmp:
-                pq.write_table(data, tmp, compression="zstd",
-                               row_group_size=ROW_GROUP_ROWS[table], write_statistics=True,
-                               write_page_checksum=True)
-                digest = file_sha256(tmp)
+            with replacing(final, durable=False) as tmp:
+                _, digest = write_parquet(tmp, table, data)
+            fsync_dir(directory)
             info = os.stat(final)
         except OSError as exc:
             raise storage_error(exc, self.path, f"write a {table} part") from None
@@ -501,12 +609,86 @@ class AtlasWriter:
     def commit(self, key: str, tables: dict[str, pa.Table | None], *,
                unit: dict | None = None, inputs: list[dict] | None = None) -> None:
         """Write the parts named by content ``key``, then record them in one manifest update."""
-        name = f"part-{key[:24]}.parquet"
+        name = part_name(key)
         written = {}
         for table, data in tables.items():
             if data is not None:
                 written[table] = self._write_part(table, name, data)
+        self._record_unit(key, name, written, unit=unit, inputs=inputs)
 
+    def commit_staged(self, key: str, staged: dict[str, StagedPart], *,
+                      unit: dict | None = None) -> None:
+        """Commit the parts a worker staged for unit ``key`` (:func:`stage_parts`): each
+        staged file must be there with the size and row count the worker reported; it is
+        renamed to its part name and all are recorded in one manifest update. A staged
+        file that does not check out is removed and the unit left uncommitted."""
+        name = part_name(key)
+        checked = []
+        staging = self.staging_area()
+        try:
+            for table, part in staged.items():
+                if table not in schema.TABLES or part.name != name or "/" in part.staged or \
+                        not part.staged.startswith(f"{table}.{name}{TEMP_MARK}"):
+                    raise AtlasError(f"unit {key[:16]}: a worker reported a {table} part "
+                                     f"{part.staged!r} that is not one of its parts")
+                checked.append((staging / part.staged, self.path / table / name, part))
+                self._check_staged(staging / part.staged, part, key)
+            for _, final, _ in checked:
+                final.parent.mkdir(exist_ok=True)
+            for tmp, final, _ in checked:
+                os.replace(tmp, final)
+            for directory in {final.parent for _, final, _ in checked}:
+                fsync_dir(directory)
+            written = {}
+            for _, final, part in checked:
+                info = os.stat(final)
+                self._verified.record(f"{part.table}/{name}", _identity(info), part.sha256)
+                written[part.table] = {"rows": part.rows, "bytes": part.bytes,
+                                       "sha256": part.sha256}
+        except OSError as exc:
+            raise storage_error(exc, self.path, "commit a worker's part") from None
+        finally:
+            for tmp, _, _ in checked:
+                try:
+                    tmp.unlink()
+                except OSError:
+                    pass  # renamed (committed), or already gone
+        self._record_unit(key, name, written, unit=unit)
+
+    def _check_staged(self, path: Path, part: StagedPart, key: str) -> None:
+        try:
+            size = os.stat(path).st_size
+        except FileNotFoundError:
+            raise AtlasError(
+                f"the {part.table} part a worker wrote for unit {key[:16]} is not in "
+                f"{path.parent} ({path.name}): the worker's node does not see this atlas. Put "
+                "the atlas on storage every Ray node reaches (a shared file system), or use "
+                "--write-parts driver. Committed work is kept.") from None
+        problem = None
+        if size != part.bytes:
+            problem = f"{size:,} bytes, the worker wrote {part.bytes:,}"
+        else:
+            try:
+                rows = pq.ParquetFile(path).metadata.num_rows
+            except (OSError, pa.ArrowException) as exc:
+                rows, problem = None, f"its Parquet footer cannot be read ({exc})"
+            if rows is not None and rows != part.rows:
+                problem = f"{rows:,} rows, the worker wrote {part.rows:,}"
+        if problem:
+            raise AtlasDamagedError(f"the {part.table} part a worker staged for unit "
+                                    f"{key[:16]} ({path}) is not as written: {problem}. "
+                                    "Nothing of it was committed; re-run to score it again.")
+
+    def record_run(self, record: dict) -> None:
+        """Append a run record (what an ingest did, where, and what crossed the driver) to
+        the manifest's ``runs``, keeping the most recent :data:`RUNS_KEPT`."""
+        def change(manifest: Manifest) -> None:
+            manifest.runs = ((manifest.runs or []) + [record])[-RUNS_KEPT:]
+
+        self._update_manifest(change)
+
+    def _record_unit(self, key: str, name: str, written: dict[str, dict], *,
+                     unit: dict | None, inputs: list[dict] | None = None) -> None:
         def change(manifest: Manifest) -> None:
             for table, meta in written.items():
                 manifest.parts.setdefault(table, {})[name] = PartRecord(**meta, unit=key)

@@ -36,6 +36,7 @@ from seqatlas.schema import ABLATION_METHODS
 from seqatlas.progress import MODES as PROGRESS_MODES
 from seqatlas.scoring.ablation import RESCORE_LIKELIHOODS
 from seqatlas.scoring.scorer import LIKELIHOOD_MODES, STRANDS
+from seqatlas.scoring.workers import WRITE_PARTS
 from tests.query_data import make_atlas
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +46,7 @@ FROM_LIBRARY = {
     options.Kind: KINDS,
     options.Likelihood: LIKELIHOOD_MODES,
     options.Strands: STRANDS,
+    options.WriteParts: WRITE_PARTS,
     options.Tokenizer: FAMILIES,
     options.RepeatFormat: FORMATS,
     options.RepeatFinder: tuple(FINDERS),
@@ -115,6 +117,7 @@ def test_export_commands_are_the_library_formats():
 # where each choice enum's tuple lives, for patching before the CLI is imported
 SOURCES = {"Kind": "seqatlas.fasta:KINDS", "Likelihood": "seqatlas.scoring.scorer:LIKELIHOOD_MODES",
            "Strands": "seqatlas.scoring.scorer:STRANDS",
+           "WriteParts": "seqatlas.scoring.workers:WRITE_PARTS",
            "Tokenizer": "seqatlas.checkpoints.tokenizers:FAMILIES",
            "RepeatFormat": "seqatlas.repeats.formats:FORMATS",
            "RepeatFinder": "seqatlas.repeats.finders:FINDERS",

@@ -279,8 +279,9 @@ def test_actors_that_cannot_start_fail_fast(ray_session):
 
 @pytest.mark.ray
 def test_stall_on_ray_names_committed_and_pending(ray_session):
+    # one unit per actor: none waits behind the stuck one
     executor = RayExecutor(None, {}, workers=2, cpus_per_worker=1, gpus_per_worker=0,
-                           address=None, actor_class=_dummy_worker())
+                           address=None, actor_class=_dummy_worker(), in_flight=1)
     assert executor.capacity == 2 and not executor.starting
     items = [(0, "a"), (1, "stuck"), (2, "b"), (3, "c")]
     committed = []
@@ -292,7 +293,7 @@ def test_stall_on_ray_names_committed_and_pending(ray_session):
     assert "3 of 4 unit(s) committed" in message and "1 pending (1 in flight)" in message
     assert "1 alive" in message and "re-run" in message
     assert committed == [(0, "a"), (2, "b"), (3, "c")]
-    assert not executor.pending and not executor.idle  # closed: the actors are killed
+    assert not executor.pending and not executor.started  # closed: the actors are killed
     _wait_cpus_free(ray_session)
 
 
@@ -303,8 +304,8 @@ def test_ingest_stall_keeps_committed_units_and_resumes(tmp_path, tiny_esm, ray_
 
     sleepy = _sleepy_scoring_worker()
 
-    def make_executor(spec, scoring, **options):
-        return RayExecutor(spec, scoring, actor_class=sleepy, **options)
+    def make_executor(spec, scoring, **options):  # one unit per actor: none waits behind
+        return RayExecutor(spec, scoring, actor_class=sleepy, in_flight=1, **options)
 
     monkeypatch.setattr(workers, "make_executor", make_executor)
     fasta = _fasta(tmp_path, names=("a", "stuck", "b", "c"))
@@ -356,4 +357,32 @@ def test_a_dead_actor_is_replaced_and_its_unit_retried(ray_session):
     # the first try and the retry each killed an actor; each was replaced
     assert [(i, isinstance(e, ray_session.exceptions.RayActorError)) for i, e in failed] == \
         [(1, True)]
+    _wait_cpus_free(ray_session)
+
+
+@pytest.mark.ray
+def test_each_actor_holds_two_units_and_a_death_spends_one_attempt(ray_session):
+    executor = RayExecutor(None, {}, workers=2, cpus_per_worker=1, gpus_per_worker=0,
+                           address=None, actor_class=_dummy_worker())
+    assert executor.capacity == 4
+    for item in [(0, "a"), (1, "b"), (2, "c"), (3, "d")]:
+        executor.submit(item, item[1], "score")
+    assert sorted(len(q) for q in executor.queues.values()) == [2, 2]
+    assert executor.bytes_sent > 0
+    results = [executor.next_result(30) for _ in range(4)]
+    assert sorted((r[0][0], r[1]) for r in results) == [(0, "a"), (1, "b"), (2, "c"), (3, "d")]
+    assert executor.bytes_received > 0
+    executor.close()
+    _wait_cpus_free(ray_session)
+
+    # one actor, two units on it: the first kills it; the second, queued behind, never ran,
+    # so it is sent again without spending an attempt (max_retries=0)
+    executor = RayExecutor(None, {}, workers=1, cpus_per_worker=1, gpus_per_worker=0,
+                           address=None, actor_class=_dummy_worker())
+    committed, failed = [], []
+    run_units_timed(executor, [(0, "die"), (1, "a")], method="score", max_retries=0,
+                    failed=lambda item, error: failed.append(item[0]),
+                    commit=lambda item, result: committed.append(item[0]),
+                    progress=nullcontext(), stall_timeout=60, total=2)
+    assert committed == [1] and failed == [0]
     _wait_cpus_free(ray_session)

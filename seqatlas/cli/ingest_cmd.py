@@ -12,6 +12,7 @@ from rich.console import Console
 
 from seqatlas.cli.options import (CPUS_PER_WORKER, GPUS_PER_WORKER, NO_PROGRESS, PROGRESS,
                                   Embeddings, Kind, Likelihood, Progress, Strands, Tokenizer,
+                                  WriteParts,
                                   address_option, atlas_option, json_option)
 
 
@@ -74,6 +75,12 @@ def ingest(
         "forever."),
     tokenizer: Optional[Tokenizer] = typer.Option(None, help="Override the detected "
                                                   "tokenizer family."),
+    write_parts: WriteParts = typer.Option(
+        WriteParts.workers, "--write-parts",
+        help="Who writes the Parquet parts: 'workers' write their units' parts into the atlas "
+        "and send the driver only names, sizes and checksums (the atlas must be on storage "
+        "every Ray node reaches: one machine, or a shared file system); 'driver' sends every "
+        "result to the driver, which writes it. The atlas is byte for byte the same."),
     progress: Progress = PROGRESS,
     no_progress: bool = NO_PROGRESS,
     as_json: bool = json_option("Print the report as JSON."),
@@ -94,7 +101,7 @@ def ingest(
         fasta, atlas=atlas, batch_tokens=batch_tokens, workers=workers,
         gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, address=address,
         max_retries=max_retries, stall_timeout=stall_timeout, progress=progress,
-        **{k: v for k, v in settings.items() if v is not None})
+        write_parts=write_parts.value, **{k: v for k, v in settings.items() if v is not None})
     _print_report(report.as_dict(), as_json)
 
 

@@ -33,6 +33,7 @@ from seqatlas.util import CHROM_STYLES
 from seqatlas.schema import ABLATION_METHODS
 from seqatlas.scoring.ablation import RESCORE_LIKELIHOODS
 from seqatlas.scoring.scorer import LIKELIHOOD_MODES, STRANDS
+from seqatlas.scoring.workers import WRITE_PARTS
 
 
 def member_name(value: str) -> str:
@@ -53,6 +54,7 @@ def choices(name: str, values: Iterable[str]) -> type[enum.Enum]:
 Kind = choices("Kind", KINDS)  # ingest --kind
 Likelihood = choices("Likelihood", LIKELIHOOD_MODES)  # ingest --likelihood
 Strands = choices("Strands", STRANDS)  # ingest --strands
+WriteParts = choices("WriteParts", WRITE_PARTS)  # ingest --write-parts
 Tokenizer = choices("Tokenizer", FAMILIES)  # ingest --tokenizer
 RepeatFormat = choices("RepeatFormat", FORMATS)  # annotate --format
 RepeatFinder = choices("RepeatFinder", FINDERS)  # annotate --run

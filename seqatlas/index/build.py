@@ -269,12 +269,12 @@ def build_index(atlas: str | os.PathLike | AtlasReader, **options) -> dict:
         index, calibration, variance = _trained_index(config, plan, source, gpu)
         train_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
-        index, shards = _add(index, source, config, calibration, gpu)
+        index, shards, nodes = _add(index, source, config, calibration, gpu)
         add_seconds = time.perf_counter() - t0
         search = calibrate(index, plan, calibration.queries, calibration.truth(),
                            config.recall_target)
         meta = _meta(config, plan, snapshot, source, index, search=search, gpu=gpu,
-                     device=device, shards=shards, train_seconds=train_seconds,
+                     device=device, shards=shards, nodes=nodes, train_seconds=train_seconds,
                      add_seconds=add_seconds, variance=variance)
         meta["build_seconds"] = round(time.perf_counter() - started, 3)
         meta = store.write_index(path, config.name, index, meta)
@@ -336,12 +336,13 @@ def _trained_index(config: IndexConfig, plan: Plan, source: EmbeddingSource, gpu
 
 
 def _add(index, source: EmbeddingSource, config: IndexConfig, calibration: Calibration,
-         gpu: bool) -> tuple[object, int]:
+         gpu: bool) -> tuple[object, int, int]:
     """Add every vector (in Ray shards, or here with a progress bar; both through
-    :func:`add_batches`) and accumulate the calibration's exact top-k; (index, shards)."""
-    shards = min(config.shards or 1, len(source.parts))
+    :func:`add_batches`) and accumulate the calibration's exact top-k; (index, shards, Ray
+    nodes that added them)."""
+    shards, nodes = min(config.shards or 1, len(source.parts)), 1
     if shards > 1:
-        index, shards = add_sharded(index, source, shards, config=config,
+        index, shards, nodes = add_sharded(index, source, shards, config=config,
                                     calibration=calibration, gpu=gpu)
     else:
         progress = Meter(label="adding", unit="vectors", total=source.total,
@@ -354,11 +355,12 @@ def _add(index, source: EmbeddingSource, config: IndexConfig, calibration: Calib
         raise ConfigError(f"the index holds {index.ntotal:,} vectors but the atlas has "
                           f"{source.total:,} token rows; the tokens parts disagree with "
                           "atlas.json")
-    return index, shards
+    return index, shards, nodes
 
 
 def _meta(config: IndexConfig, plan: Plan, snapshot: AtlasReader, source: EmbeddingSource,
-          index, *, search: dict, gpu: bool, device: str, shards: int, train_seconds: float,
+          index, *, search: dict, gpu: bool, device: str, shards: int, nodes: int,
+          train_seconds: float,
           add_seconds: float, variance: float | None) -> dict:
     """The index meta (``meta.json`` less what :func:`store.write_index` adds)."""
     import faiss
@@ -370,6 +372,7 @@ def _meta(config: IndexConfig, plan: Plan, snapshot: AtlasReader, source: Embedd
         "dim": source.dim, "ntotal": int(index.ntotal), "column": config.column,
         "layer": column_layer(snapshot, config.column), "params": plan.params,
         "search": search, "gpu": gpu, "device": device, "shards": shards,
+        "shard_nodes": nodes,
         "model": {"name": model.name if model else None,
                   "weights_sha256": model.weights_sha256 if model else None},
         "atlas": {"updated": snapshot.manifest.updated, "tokens_rows": source.total,

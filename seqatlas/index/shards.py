@@ -53,12 +53,14 @@ def add_shard(index_bytes: np.ndarray, atlas_path: str, column: str, dim: int,
                 batch_rows=batch_rows)
     heap = calibration.heap
     heap.finalize()
-    return faiss.serialize_index(index), heap.D, heap.I
+    import ray
+
+    return faiss.serialize_index(index), heap.D, heap.I, ray.get_runtime_context().get_node_id()
 
 
 def add_sharded(index, source, shards: int, *, config, calibration, gpu: bool = False):
     """Add ``source``'s parts to the trained ``index`` in ``shards`` Ray tasks and merge;
-    returns (index, number of shards). With ``gpu``, tasks take a share of the cluster's
+    returns (index, number of shards, number of Ray nodes that added them). With ``gpu``, tasks take a share of the cluster's
     GPUs and assign vectors to lists there."""
     import faiss
 
@@ -97,16 +99,17 @@ def add_sharded(index, source, shards: int, *, config, calibration, gpu: bool = 
                                           f"{groups[shard].start}-{groups[shard].stop - 1}) "
                                           f"failed: {cause}") from None
                 progress.advance(sum(source.rows[i] for i in groups[shard]))
-        merged = None
+        merged, nodes = None, set()
         for shard in range(len(groups)):
-            data, distances, ids = results.pop(shard)
+            data, distances, ids, node = results.pop(shard)
+            nodes.add(node)
             part = faiss.deserialize_index(data)
             if merged is None:
                 merged = part
             else:
                 merged.merge_from(part, 0)
             calibration.add_result(distances, ids)
-        return merged, len(groups)
+        return merged, len(groups), len(nodes)
     finally:
         if started:
             ray.shutdown()

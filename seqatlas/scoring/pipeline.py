@@ -27,7 +27,8 @@ from seqatlas.fasta import KINDS, detect_kind
 from seqatlas.scoring.plan import InputPlan, UnitPlan, iter_unit_jobs, plan_units, scan_input
 from seqatlas.scoring.scorer import LIKELIHOOD_MODES, STRANDS
 from seqatlas.scoring.windows import Window, default_overlap
-from seqatlas.util import Spool, is_stream, spooled_inputs
+from seqatlas.scoring.workers import WRITE_PARTS
+from seqatlas.util import Spool, is_stream, spooled_inputs, utc_now
 
 if TYPE_CHECKING:
     from seqatlas.checkpoints import ModelSpec
@@ -100,6 +101,9 @@ class IngestConfig:
     # stops with an error saying what is stuck (committed work is kept); None or 0: wait on
     tokenizer: str | None = None  # override the detected tokenizer family
     progress: bool | str = True  # auto | bar | log | none (True: auto, False: none)
+    write_parts: str = "workers"  # workers: each worker writes its units' parts into the
+    # atlas (it must see the atlas's storage); driver: results travel to the driver, which
+    # writes every part (the same bytes either way)
 
     def validate(self) -> None:
         if self.likelihood not in LIKELIHOOD_MODES:
@@ -116,6 +120,9 @@ class IngestConfig:
                               f"{self.strands!r}")
         _validate_numbers(self)
         check_progress(self.progress)
+        if self.write_parts not in WRITE_PARTS:
+            raise ConfigError(f"--write-parts must be one of {', '.join(WRITE_PARTS)}, not "
+                              f"{self.write_parts!r}")
         if self.copy_k is not None and (isinstance(self.copy_k, bool) or
                                         not isinstance(self.copy_k, int) or self.copy_k < 0):
             raise ConfigError(f"--copy-k must be a k-mer length of at least 1, or 0 to turn "
@@ -589,20 +596,27 @@ def _register_inputs(writer: AtlasWriter, inputs: list[InputPlan], kind: str) ->
 
 
 def _run_units(run: _Run) -> None:
-    from seqatlas.scoring.workers import run_units_timed
+    from seqatlas.scoring.workers import UnitRequest, run_units_timed
 
     config, report = run.config, run.report
     executor = _executor(config, run.setup)
-    source = (item for plan, units in zip(run.inputs, run.per_input)
-              for item in iter_unit_jobs(plan, units, kind=run.setup.kind, skip=run.committed))
+    staging = str(run.writer.staging_area().absolute()) if config.write_parts == "workers" \
+        else None
+    source = ((unit, UnitRequest(key=unit.key, jobs=jobs, staging=staging))
+              for plan, units in zip(run.inputs, run.per_input)
+              for unit, jobs in iter_unit_jobs(plan, units, kind=run.setup.kind,
+                                               skip=run.committed))
     # positions that will be scored: those in long N runs are neither counted nor timed
     progress = Meter(label="scoring", unit="positions", rate_unit="pos",
                      total=sum(u.positions - u.unscored for u in run.todo),
                      progress=config.progress)
+    nodes: dict[str, int] = {}
+    started = utc_now()
 
     def commit(item, result) -> None:
         before = report.positions_scored
-        _commit_unit(run, *item, result)
+        _commit_unit(run, item[0], item[1].jobs, result)
+        nodes[result.node] = nodes.get(result.node, 0) + 1
         progress.settle(item[0].key, report.positions_scored - before)
 
     def partial(item, tokens: int) -> None:
@@ -614,14 +628,36 @@ def _run_units(run: _Run) -> None:
         progress.partial(unit.key, max(share, 0))
 
     def failed(item, error) -> None:
-        unit, jobs = item
+        unit, request = item
         report.failed.append({"unit": unit.key, "error": describe_error(error),
-                              "seq_ids": sorted({j.seq_id for j in jobs})})
+                              "seq_ids": sorted({j.seq_id for j in request.jobs})})
 
-    report.seconds = run_units_timed(executor, source, method="score", commit=commit,
+    report.seconds = run_units_timed(executor, source, method="score_unit", commit=commit,
                                      max_retries=config.max_retries, failed=failed,
                                      progress=progress, stall_timeout=config.stall_timeout,
                                      total=len(run.todo), partial=partial)
+    if report.units_scored:
+        run.writer.record_run(_run_record(run, executor, nodes=nodes, started=started))
+
+
+def _run_record(run: _Run, executor, *, nodes: dict[str, int], started: str) -> dict:
+    """The manifest's record of this run: what was scored, where, and what crossed the
+    driver (payloads out, results in) per scored position."""
+    report = run.report
+    sent, received = executor.bytes_sent, executor.bytes_received
+    positions = report.positions_scored
+    return {
+        "command": "ingest", "seqatlas_version": __version__, "started": started,
+        "finished": utc_now(), "seconds": round(report.seconds, 3),
+        "units": report.units_scored, "units_failed": len(report.failed),
+        "positions_scored": positions, "positions_unscored": report.positions_unscored,
+        "executor": "in-process" if getattr(executor, "ray", None) is None else "ray",
+        "workers": getattr(executor, "workers", 1), "nodes": dict(sorted(nodes.items())),
+        "write_parts": run.config.write_parts,
+        "driver_bytes": {"sent": sent, "received": received,
+                         "per_position": round((sent + received) / positions, 3)
+                         if positions else None},
+    }
 
 
 def _executor(config: IngestConfig, setup: _Setup):
@@ -634,14 +670,16 @@ def _executor(config: IngestConfig, setup: _Setup):
 
 
 def _commit_unit(run: _Run, unit: UnitPlan, jobs, result) -> None:
-    positions, tokens, stats = result
-    report = run.report
-    run.writer.commit(unit.key, {"positions": positions, "tokens": tokens},
-                  unit={**run.key_record,
-                        "seq_ids": sorted({j.seq_id for j in jobs}),
-                        "positions": positions.num_rows, "unscored": unit.unscored, **stats})
+    """Commit one scored unit: the parts its worker staged, or the rows it sent back."""
+    stats, report = result.stats, run.report
+    record = {**run.key_record, "seq_ids": sorted({j.seq_id for j in jobs}),
+              "positions": result.positions, "unscored": unit.unscored, **stats}
+    if result.staged is not None:
+        run.writer.commit_staged(unit.key, result.staged, unit=record)
+    else:
+        run.writer.commit(unit.key, result.tables, unit=record)
     report.units_scored += 1
-    report.positions_scored += positions.num_rows - unit.unscored
+    report.positions_scored += result.positions - unit.unscored
     report.positions_unscored += unit.unscored
     report.real_tokens += stats["real_tokens"]
     report.computed_tokens += stats["computed_tokens"]

@@ -16,23 +16,92 @@ watcher after each batch; a Ray actor answers ``progress()`` in a thread of its 
 concurrency group) while it scores, and the driver asks each busy actor between its waits.
 An answer is passed on only while its unit is still in flight and only if it is about that
 very call, so it never changes a result, a commit or a retry.
+
+Each Ray actor holds up to :data:`IN_FLIGHT_PER_ACTOR` units (Ray runs an actor's calls in
+the order they were sent), so it starts its next unit while the driver commits its last.
+When an actor dies, the unit it was running counts as a failed attempt; the units queued
+behind it never started and go back to the queue without one (:class:`Displaced`).
+
+Driver load: both executors count the bytes of what they send and receive
+(:func:`wire_bytes`), so an ingest can record what crossed the driver per position.
 """
 
 from __future__ import annotations
 
 import math
+import pickle
 import time
 import warnings
 from collections import deque
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable
 
-from seqatlas.errors import ConfigError, IngestError
+from seqatlas.errors import AtlasError, ConfigError, IngestError
 from seqatlas.util import start_ray
 
 STALL_TIMEOUT = 1800.0  # seconds without a finished unit before the driver gives up
 START_TIMEOUT = 60.0  # seconds for the actors to be placed and answer ready()
 WAIT_SLICE = 0.5  # longest single ray.wait, so Ctrl-C and the watchdog act promptly
+WRITE_PARTS = ("workers", "driver")  # who writes the parts of scored units
+IN_FLIGHT_PER_ACTOR = 2  # units sent to an actor before its first one has come back
 _EPS = 1e-9
+
+
+class Displaced(Exception):
+    """A unit that never started: the actor it was queued on died running another one."""
+
+
+@dataclass(frozen=True)
+class UnitRequest:
+    """One work unit for :meth:`ScoringWorker.score_unit`: its jobs, and the run's staging
+    directory, where the worker writes its parts (``staging`` None: the rows travel back to
+    the driver, which writes them)."""
+
+    key: str
+    jobs: list
+    staging: str | None = None
+
+
+@dataclass(frozen=True)
+class UnitResult:
+    """What a worker returns for a unit: its staged parts (``staged``, table -> StagedPart)
+    or, written by the driver, its tables (``tables``); the positions it holds, the token
+    counts of its batches and the Ray node it ran on."""
+
+    positions: int
+    stats: dict
+    node: str
+    staged: dict | None = None
+    tables: dict | None = None
+
+
+def wire_bytes(value) -> int:
+    """The bytes ``value`` takes on the way between the driver and a worker: Arrow data by
+    its buffers, anything else pickled (as Ray does, near enough)."""
+    import pyarrow as pa
+
+    if isinstance(value, (pa.Table, pa.RecordBatch)):
+        return value.get_total_buffer_size()
+    if value is None:
+        return 0
+    if isinstance(value, UnitResult) and value.tables:
+        return wire_bytes(replace(value, tables=None)) + \
+            sum(wire_bytes(t) for t in value.tables.values())
+    if isinstance(value, tuple) and any(isinstance(v, pa.Table) for v in value):
+        return sum(wire_bytes(v) for v in value)
+    return len(pickle.dumps(value, protocol=5))
+
+
+def _node_id() -> str:
+    """The Ray node this process runs on ("local" outside Ray)."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.get_runtime_context().get_node_id()
+    except Exception:  # only a label
+        pass
+    return "local"
 
 
 class ScoringWorker:
@@ -105,6 +174,18 @@ class ScoringWorker:
                  "computed_tokens": self.scorer.computed_tokens - before[1]}
         return positions, tokens, stats
 
+    def score_unit(self, request: UnitRequest) -> UnitResult:
+        """Score one unit; with ``request.staging``, write its parts there and return only
+        what the driver needs to commit them."""
+        from seqatlas.store import stage_parts
+
+        positions, tokens, stats = self.score(request.jobs)
+        tables = {"positions": positions, "tokens": tokens}
+        common = {"positions": positions.num_rows, "stats": stats, "node": _node_id()}
+        if request.staging is None:
+            return UnitResult(**common, tables=tables)
+        return UnitResult(**common, staged=stage_parts(request.staging, request.key, tables))
+
     def rescore(self, tasks):
         """Masked logp of each task's bases (see :meth:`Scorer.rescore`), and the stats."""
         self._begin()
@@ -124,6 +205,7 @@ class LocalExecutor:
         self.results: deque = deque()
         self.capacity = 1
         self.watcher: Callable[[object, int], None] | None = None
+        self.bytes_sent = self.bytes_received = 0  # as if they crossed to a worker
 
     def watch(self, watcher: Callable[[object, int], None] | None) -> None:
         """Call ``watcher(token, tokens)`` after each batch of the unit in flight."""
@@ -132,8 +214,11 @@ class LocalExecutor:
     def submit(self, token, payload, method: str = "score") -> None:
         watcher = self.watcher
         self.worker.on_batch = None if watcher is None else (lambda done: watcher(token, done))
+        self.bytes_sent += wire_bytes(payload)
         try:
-            self.results.append((token, getattr(self.worker, method)(payload), None))
+            result = getattr(self.worker, method)(payload)
+            self.bytes_received += wire_bytes(result)
+            self.results.append((token, result, None))
         except Exception as exc:  # reported per unit by the driver loop
             self.results.append((token, None, exc))
         finally:
@@ -269,8 +354,13 @@ class RayExecutor:
     def __init__(self, spec, scoring: dict, *, workers: int | None,
                  gpus_per_worker: float | None,
                  cpus_per_worker: int | None, address: str | None,
-                 start_timeout: float = START_TIMEOUT, actor_class: type | None = None):
-        self.idle: deque = deque()  # started actors without a unit
+                 start_timeout: float = START_TIMEOUT, actor_class: type | None = None,
+                 in_flight: int = IN_FLIGHT_PER_ACTOR):
+        self.started: dict = {}  # actor id -> started actor (alive as far as we know)
+        self.queues: dict[str, deque] = {}  # actor id -> its units' result refs, oldest first
+        self.in_flight = in_flight
+        self.displaced: set = set()  # result refs queued behind a unit that killed its actor
+        self.bytes_sent = self.bytes_received = 0  # payloads out, results in (wire_bytes)
         self.pending: dict = {}  # unit's result ref -> (token, actor)
         self.starting: dict = {}  # ready() ref -> actor not yet started
         self.started_ray = False
@@ -319,13 +409,13 @@ class RayExecutor:
                                 timeout=slice_)
             for ref in ready:
                 self._started(ref)
-        if self.starting and not self.idle and fixed:
+        if self.starting and not self.started and fixed:
             raise IngestError(
                 f"{self._not_started()} within {start_timeout:g} s: Ray is waiting for "
                 f"resources ({self._free()}; see `ray status`): another job may hold them. "
                 "Lower --workers, --cpus-per-worker or --gpus-per-worker, or use --workers 0 "
                 "to score in this process")
-        if not (self.starting or self.idle):
+        if not (self.starting or self.started):
             raise IngestError(f"no scoring actor could start ({self.last_error}); check the "
                               "Ray workers' logs, or use --workers 0 to score in this process")
 
@@ -341,12 +431,14 @@ class RayExecutor:
             self.last_error = exc
             self._kill(actor)
             return
-        self.idle.append(actor)
+        name = actor._actor_id.hex()
+        self.started[name] = actor
+        self.queues[name] = deque()
 
     @property
     def capacity(self) -> int:
-        """Units that can be in flight now: one per started actor."""
-        return len(self.idle) + len(self.pending)
+        """Units that can be in flight now: ``in_flight`` per started actor."""
+        return len(self.started) * self.in_flight
 
     @property
     def busy(self) -> int:
@@ -358,10 +450,13 @@ class RayExecutor:
         self.watcher = watcher
 
     def submit(self, token, payload, method: str = "score") -> None:
-        actor = self.idle.popleft()
+        """Send a unit to the started actor with the fewest in flight."""
+        name = min(self.started, key=lambda n: len(self.queues[n]))
+        actor = self.started[name]
         ref = getattr(actor, method).remote(payload)
+        self.bytes_sent += wire_bytes(payload)
         self.pending[ref] = (token, actor)
-        name = actor._actor_id.hex()
+        self.queues[name].append(ref)
         self.submitted[name] = self.calls[ref] = self.submitted.get(name, 0) + 1
 
     def next_result(self, timeout: float | None = None):
@@ -413,18 +508,43 @@ class RayExecutor:
         ray = self.ray
         token, actor = self.pending.pop(ref)
         self.calls.pop(ref, None)
+        name = actor._actor_id.hex()
         try:
             result = ray.get(ref)
         except ray.exceptions.RayActorError as exc:
-            self.last_error = exc
-            self._kill(actor)
-            self._launch()
+            self._died(name, actor, exc)
+            if ref in self.displaced:
+                self.displaced.discard(ref)
+                return token, None, Displaced(f"queued on an actor that died: {exc}")
             return token, None, exc
         except ray.exceptions.RayTaskError as exc:
-            self.idle.append(actor)
+            self._done(name, ref)
             return token, None, exc.cause if exc.cause is not None else exc
-        self.idle.append(actor)
+        except ray.exceptions.RayError as exc:  # its result was lost with the node
+            self._done(name, ref)
+            return token, None, exc
+        self._done(name, ref)
+        self.bytes_received += wire_bytes(result)
         return token, result, None
+
+    def _done(self, name: str, ref) -> None:
+        queue = self.queues.get(name)
+        if queue is not None and ref in queue:
+            queue.remove(ref)
+
+    def _died(self, name: str, actor, error: BaseException) -> None:
+        """The first news of an actor's death: replace it; of its units, the oldest was
+        running (a failed attempt), the others are displaced."""
+        if name not in self.started:
+            return
+        self.last_error = error
+        del self.started[name]
+        queue = self.queues.pop(name, deque())
+        if queue:
+            queue.popleft()
+        self.displaced.update(queue)
+        self._kill(actor)
+        self._launch()
 
     def _not_started(self) -> str:
         return (f"{len(self.starting)} of {self.workers} scoring actor(s) "
@@ -481,9 +601,11 @@ class RayExecutor:
 
     def close(self) -> None:
         """Kill every actor (started, busy or still waiting to start), without waiting."""
-        actors = list(self.idle) + [a for _, a in self.pending.values()] + \
+        actors = list(self.started.values()) + [a for _, a in self.pending.values()] + \
             list(self.starting.values())
-        self.idle.clear()
+        self.started.clear()
+        self.queues.clear()
+        self.displaced.clear()
         self.pending.clear()
         self.starting.clear()
         self.calls.clear()
@@ -502,7 +624,8 @@ def run_units(executor, items: Iterable[tuple], *, method: str,
               partial: Callable[[tuple, int], None] | None = None) -> None:
     """Keep every worker busy with ``items`` (``(token, payload)`` pairs), calling ``commit``
     with each item and its result as it arrives; an item that fails is retried up to
-    ``max_retries`` times, then reported to ``failed`` while the rest goes on.
+    ``max_retries`` times, then reported to ``failed`` while the rest goes on. A worker's
+    :class:`AtlasError` (it cannot write its parts) stops the loop at once.
 
     ``partial(item, tokens)``, if given, hears the real tokens of the batches an item in
     flight has finished, as the executor learns them, and ``partial(item, 0)`` when an
@@ -555,6 +678,11 @@ def run_units(executor, items: Iterable[tuple], *, method: str,
         if error is not None:
             if partial is not None:
                 partial(item, 0)
+            if isinstance(error, Displaced):  # it never ran: no attempt spent
+                retry.appendleft(item)
+                continue
+            if isinstance(error, AtlasError):  # a worker cannot write the atlas (a full
+                raise error  # disk, no access): every other unit would fail the same way
             attempts[id(item)] = attempts.get(id(item), 0) + 1
             if attempts[id(item)] <= max_retries:
                 retry.append(item)
