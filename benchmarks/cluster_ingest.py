@@ -23,11 +23,14 @@ import gzip
 import json
 import logging
 import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parent.parent / "shared" / "data"
+sys.path.insert(0, str(HERE.parent))  # tests.s3_endpoint, and seqatlas when not installed
 
 
 def chrx_slice(target: Path, start: int, length: int) -> int:
@@ -125,6 +128,8 @@ def main() -> None:
                   "byte-identical")
             s3 = s3_run(fasta, cluster.address)
             if s3 is not None:
+                assert s3.pop("parts") == parts_of(str(work / "workers")), \
+                    "the s3:// atlas differs from the local one"
                 results["s3"] = s3
                 show("s3://, workers-written", s3)
                 print(f"s3:// on the local endpoint vs a local directory: wall "
@@ -137,16 +142,18 @@ def main() -> None:
 
 
 def s3_run(fasta: Path, address: str) -> dict | None:
-    """The worker-written ingest into a bucket of a local S3 endpoint (None when moto is
-    missing or the atlas cannot live on S3)."""
+    """The worker-written ingest into a bucket of an S3 endpoint on 127.0.0.1 (moto's server,
+    the test extra); None when moto is missing."""
     try:
-        from seqatlas.storage import local_s3_endpoint
+        from tests.s3_endpoint import local_s3_endpoint
     except ImportError as exc:
         print(f"s3:// skipped: {exc}")
         return None
     with local_s3_endpoint() as endpoint:
-        return timed_ingest(fasta, "s3://bench/atlas", address=address,
-                            storage_options=endpoint.storage_options)
+        atlas = endpoint.bucket("bench") + "/atlas"
+        row = timed_ingest(fasta, atlas, address=address, write_parts="workers")
+        row["parts"] = parts_of(atlas)
+        return row
 
 
 if __name__ == "__main__":

@@ -22,7 +22,11 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
+import socket
+import threading
+import time
 import os
 import shutil
 import stat
@@ -35,14 +39,18 @@ import pyarrow.parquet as pq
 
 from seqatlas import schema
 from seqatlas.errors import AtlasDamagedError, AtlasError, AtlasMismatchError
+from seqatlas.locations import RemoteLocation, remote_location
 from seqatlas.manifest import InputRecord, Manifest, ModelRecord, PartRecord, ScoringRecord
-from seqatlas.util import (ATLAS_MARKER, TEMP_MARK, atomic_write, file_sha256, fsync_dir,
-                           replacing, utc_now)
+from seqatlas.util import (ATLAS_MARKER, TEMP_MARK, atomic_write, cache_dir, file_sha256,
+                           fsync_dir, replacing, utc_now)
 
 MANIFEST = ATLAS_MARKER
 LOCK = ".lock"
 VERIFIED_LOG = ".verified"
 STAGING = ".staging"  # one directory per run: what its workers wrote, not yet committed
+STAGING_OPEN = ".open"  # in a remote run's staging area while the run goes on
+LOCK_STALE_SECONDS = 300.0  # a remote lock object not refreshed for this long is abandoned
+LOCK_REFRESH_SECONDS = 30.0  # how often a remote writer refreshes its lock object
 # Rows per Parquet row group: ~1 MB of positions columns, ~16 MB of fp16 embeddings.
 ROW_GROUP_ROWS = {"sequences": 65536, "positions": 131072, "tokens": 16384, "ablations": 131072,
                   "repeats": 131072}
@@ -56,15 +64,33 @@ def part_name(key: str) -> str:
     return f"part-{key[:24]}.parquet"
 
 
+def _write_table(data: pa.Table, where, table: str) -> None:
+    """The one Parquet writer of parts (driver or worker, local or remote: the same bytes)."""
+    pq.write_table(data, where, compression="zstd", row_group_size=ROW_GROUP_ROWS[table],
+                   write_statistics=True, write_page_checksum=True)
+
+
 def write_parquet(path: Path, table: str, data: pa.Table) -> tuple[int, str]:
     """Write ``data`` as a part of ``table`` at ``path`` (a temporary name) with the atlas's
-    Parquet settings, fsynced; returns ``(bytes, sha256)``. Every part is written here, by
-    the driver or a worker, so both give the same bytes."""
-    pq.write_table(data, path, compression="zstd", row_group_size=ROW_GROUP_ROWS[table],
-                   write_statistics=True, write_page_checksum=True)
+    Parquet settings, fsynced; returns ``(bytes, sha256)``."""
+    _write_table(data, path, table)
     with open(path, "rb+") as fh:
         os.fsync(fh.fileno())
     return os.stat(path).st_size, file_sha256(path)
+
+
+def parquet_bytes(table: str, data: pa.Table) -> bytes:
+    """A part's bytes in memory (uploaded in one piece to a remote atlas)."""
+    sink = pa.BufferOutputStream()
+    _write_table(data, sink, table)
+    return sink.getvalue().to_pybytes()
+
+
+def _write_remote(location: RemoteLocation, name: str, table: str, data: pa.Table
+                  ) -> tuple[int, str]:
+    payload = parquet_bytes(table, data)
+    location.write_bytes(payload, name)
+    return len(payload), hashlib.sha256(payload).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -85,6 +111,8 @@ def stage_parts(staging: str | os.PathLike, key: str,
     """Write unit ``key``'s parts into a run's staging directory (on a scoring worker; see
     :meth:`AtlasWriter.staging_area`); the driver commits them with
     :meth:`AtlasWriter.commit_staged`. Nothing is left behind when this fails."""
+    if isinstance(staging, RemoteLocation):
+        return _stage_remote(staging, key, tables)
     directory = Path(staging)
     if not directory.is_dir():
         raise AtlasError(
@@ -113,6 +141,35 @@ def stage_parts(staging: str | os.PathLike, key: str,
                 pass
         if isinstance(exc, OSError):
             raise storage_error(exc, directory, "write a part") from None
+        raise
+    return staged
+
+
+def _stage_remote(staging: RemoteLocation, key: str,
+                  tables: dict[str, pa.Table | None]) -> dict[str, StagedPart]:
+    if staging.info(STAGING_OPEN) is None:
+        raise AtlasError(f"this worker cannot see the staging area {staging}: either the run "
+                         "that made it has ended, or this node has no access to the atlas "
+                         "(credentials, endpoint); or use --write-parts driver")
+    name, tag = part_name(key), f"-{uuid.uuid4().hex[:12]}"
+    staged, written = {}, []
+    try:
+        for table, data in tables.items():
+            if data is None:
+                continue
+            tmp = f"{table}.{name}{TEMP_MARK}{os.getpid()}{tag}"
+            written.append(tmp)
+            size, digest = _write_remote(staging, tmp, table, data)
+            staged[table] = StagedPart(table=table, name=name, staged=tmp, rows=data.num_rows,
+                                       bytes=size, sha256=digest)
+    except BaseException as exc:
+        for tmp in written:
+            try:
+                staging.delete(tmp)
+            except OSError:
+                pass
+        if isinstance(exc, OSError):
+            raise storage_error(exc, staging, "write a part") from None
         raise
     return staged
 
@@ -156,8 +213,8 @@ def _identity(info: os.stat_result) -> list[int]:
 class _VerifiedLog:
     """Parts hashed since they last changed: ``table/name`` -> (file identity, SHA-256)."""
 
-    def __init__(self, root: Path):
-        self.path = root / VERIFIED_LOG
+    def __init__(self, root: Path | RemoteLocation):
+        self.path = _verified_path(root)
         self.entries: dict[str, tuple[list[int], str]] = {}
         self.lines = 0
         try:
@@ -197,6 +254,19 @@ class _VerifiedLog:
             pass
 
 
+def _verified_path(root: Path | RemoteLocation) -> Path:
+    """Where the ``.verified`` log of an atlas lives: in it, or for a remote atlas in this
+    machine's cache (what one machine hashed says nothing of another's reads)."""
+    if isinstance(root, RemoteLocation):
+        directory = cache_dir() / "remote-atlases"
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass  # the log is then not kept: parts are hashed on every read
+        return directory / f"{root.key()}{VERIFIED_LOG}"
+    return root / VERIFIED_LOG
+
+
 def _damage_message(path: Path, damage: list[PartDamage]) -> str:
     shown = "; ".join(map(str, damage[:5])) + (f"; and {len(damage) - 5} more"
                                                 if len(damage) > 5 else "")
@@ -217,8 +287,10 @@ def check_parts(root: Path, manifest: Manifest, verified: _VerifiedLog,
     return damage
 
 
-def _part_problem(root: Path, verified: _VerifiedLog, table: str, name: str,
+def _part_problem(root: Path | RemoteLocation, verified: _VerifiedLog, table: str, name: str,
                   record: PartRecord, *, full: bool) -> str | None:
+    if isinstance(root, RemoteLocation):
+        return _remote_part_problem(root, verified, table, name, record, full=full)
     path = root / table / name
     try:
         info = os.stat(path)
@@ -246,19 +318,95 @@ def _part_problem(root: Path, verified: _VerifiedLog, table: str, name: str,
     return None
 
 
+def _remote_part_problem(root: RemoteLocation, verified: _VerifiedLog, table: str, name: str,
+                         record: PartRecord, *, full: bool) -> str | None:
+    try:
+        info = root.info(table, name)
+    except OSError as exc:
+        return f"unreadable ({exc})"
+    if info is None:
+        return "missing"
+    if info[0] != record.bytes:
+        return (f"{info[0]:,} bytes in the store, {record.bytes:,} when committed "
+                "(truncated or rewritten)")
+    if record.sha256 is None:
+        return None
+    key, identity = f"{table}/{name}", list(info)
+    if not full and verified.trusted(key, identity, record.sha256):
+        return None
+    try:
+        digest = root.sha256(table, name)
+    except OSError as exc:
+        return f"unreadable ({exc})"
+    if digest != record.sha256:
+        return "its bytes changed since it was committed (SHA-256 differs)"
+    verified.record(key, identity, digest)
+    return None
+
+
+def _load_manifest(root: Path | RemoteLocation) -> tuple[dict, bytes]:
+    """The manifest of the atlas at ``root`` as JSON, and its bytes."""
+    if isinstance(root, RemoteLocation):
+        try:
+            raw = root.read_bytes(MANIFEST)
+        except OSError as exc:
+            raise AtlasError(f"cannot read {root}/{MANIFEST} ({exc}); check the credentials "
+                             "and the endpoint") from None
+        if raw is None:
+            raise AtlasError(f"{root} is not an atlas (no {MANIFEST}); create one with "
+                             f"`seqatlas ingest FASTA --atlas {root}`")
+    else:
+        manifest = root / MANIFEST
+        if not manifest.exists():
+            raise AtlasError(f"{root} is not an atlas (no {MANIFEST}); "
+                             "create one with `seqatlas ingest FASTA --atlas DIR`")
+        raw = manifest.read_bytes()
+    try:
+        return json.loads(raw), raw
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AtlasError(f"{root}/{MANIFEST} is corrupt ({exc}); restore it or re-ingest") \
+            from None
+
+
+def _lock_record(raw: bytes | None) -> dict | None:
+    try:
+        record = json.loads(raw) if raw else None
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _dead_here(held: dict) -> bool:
+    """Whether a lock record names a process of this machine that no longer runs."""
+    if held.get("host") != socket.gethostname() or not isinstance(held.get("pid"), int):
+        return False
+    try:
+        os.kill(held["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def atlas_exists(atlas) -> bool:
+    """Whether ``atlas`` (a directory or a URI) holds an atlas manifest."""
+    remote = remote_location(atlas)
+    if remote is not None:
+        return remote.info(MANIFEST) is not None
+    return (Path(atlas) / MANIFEST).is_file()
+
+
 class AtlasReader:
     """An atlas directory, readable as Arrow tables (only committed parts)."""
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        manifest = self.path / MANIFEST
-        if not manifest.exists():
-            raise AtlasError(f"{self.path} is not an atlas (no {MANIFEST}); "
-                             "create one with `seqatlas ingest FASTA --atlas DIR`")
-        try:
-            data = json.loads(manifest.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise AtlasError(f"{manifest} is corrupt ({exc}); restore it or re-ingest") from None
+    def __init__(self, path: str | os.PathLike | RemoteLocation):
+        """``path``: an atlas directory, or the URI of a remote one (``s3://bucket/prefix``,
+        see :mod:`seqatlas.locations`)."""
+        remote = remote_location(path)
+        self.path = remote if remote is not None else Path(path)
+        self.filesystem = remote.filesystem if remote is not None else None  # None: local
+        data, self._manifest_bytes = _load_manifest(self.path)
         version = data.get("schema_version") if isinstance(data, dict) else None
         if version not in schema.READABLE_VERSIONS:
             raise AtlasError(f"{self.path} has schema version {version}; this seqatlas reads "
@@ -268,7 +416,7 @@ class AtlasReader:
         try:
             self.manifest = Manifest.from_json(data)
         except (KeyError, TypeError, AttributeError) as exc:
-            raise AtlasError(f"{manifest} is corrupt (it lacks or misshapes {exc}); restore it "
+            raise AtlasError(f"{self.path}/{MANIFEST} is corrupt (it lacks or misshapes {exc}); restore it "
                              "or re-ingest") from None
         self.schema_version = version
         self._verified = _VerifiedLog(self.path)
@@ -286,6 +434,9 @@ class AtlasReader:
             if damage:
                 raise AtlasDamagedError(_damage_message(self.path, damage))
             self._sound.add(table)
+        if isinstance(self.path, RemoteLocation):
+            return [self.path.part(table, name)
+                    for name in sorted(self.manifest.table_parts(table))]
         return [self.path / table / name for name in sorted(self.manifest.table_parts(table))]
 
     def check_parts(self, tables: list[str] | None = None, *,
@@ -306,7 +457,7 @@ class AtlasReader:
 
         try:
             data = ds.dataset([str(p) for p in paths], format=parquet_format(),
-                              schema=arrow_schema)
+                              schema=arrow_schema, filesystem=self.filesystem)
             return data.to_table(columns=columns)
         except (OSError, ValueError, pa.ArrowException) as exc:  # UnicodeDecodeError included
             raise AtlasDamagedError(
@@ -359,17 +510,24 @@ class AtlasReader:
 class AtlasWriter:
     """Creates or extends an atlas; the only code that writes parts and the manifest."""
 
-    def __init__(self, path: str | os.PathLike, *, kind: str | None = None,
+    def __init__(self, path: str | os.PathLike | RemoteLocation, *, kind: str | None = None,
                  model: ModelRecord | dict | None = None,
                  scoring: ScoringRecord | dict | None = None,
                  seqatlas_version: str = "", kind_detected: bool = False):
-        """Without ``model`` the atlas must exist already (adding annotations to it)."""
-        self.path = Path(path)
-        self._staging: Path | None = None
+        """Without ``model`` the atlas must exist already (adding annotations to it).
+        ``path``: a directory, or the URI of a remote atlas (:mod:`seqatlas.locations`)."""
+        remote = remote_location(path)
+        self.path = remote if remote is not None else Path(path)
+        self._staging: Path | RemoteLocation | None = None
+        self._manifest_bytes: bytes | None = None
         if isinstance(model, dict):
             model = ModelRecord.from_json(model)
         if isinstance(scoring, dict):
             scoring = ScoringRecord.from_json(scoring)
+        if remote is not None:
+            self._lock = None
+            self._open_remote(kind, model, scoring, seqatlas_version, kind_detected)
+            return
         if model is None and not (self.path / MANIFEST).exists():
             raise AtlasError(f"{self.path} is not an atlas (no {MANIFEST}); "
                              "create one with `seqatlas ingest FASTA --atlas DIR` first")
@@ -396,10 +554,88 @@ class AtlasWriter:
             self.close()
             raise
 
-    def _open(self, manifest_path: Path, kind, model, scoring, seqatlas_version,
+    def _open_remote(self, kind, model, scoring, seqatlas_version, kind_detected) -> None:
+        """A remote atlas: a lock object instead of a file lock (see :meth:`_take_lock`)."""
+        location = self.path
+        try:
+            exists = location.info(MANIFEST) is not None
+            if model is None and not exists:
+                raise AtlasError(f"{location} is not an atlas (no {MANIFEST}); create one with "
+                                 f"`seqatlas ingest FASTA --atlas {location}` first")
+            if not exists and location.any_file():
+                raise AtlasError(f"{location} holds files but no {MANIFEST}: it is not an "
+                                 "atlas; choose a new --atlas prefix")
+            self._take_lock()
+        except OSError as exc:
+            raise storage_error(exc, location, "open the atlas") from None
+        try:
+            self._open(location / MANIFEST, kind, model, scoring, seqatlas_version,
+                       kind_detected)
+        except BaseException:
+            self.close()
+            raise
+
+    def _take_lock(self) -> None:
+        """Take the remote atlas's lock object: refused while another writer's lock is
+        fresher than :data:`LOCK_STALE_SECONDS`; two writers that both found none each read
+        the object back after writing it, and the one whose write was overwritten backs off."""
+        location, now = self.path, time.time()
+        held = _lock_record(location.read_bytes(LOCK))
+        if held and now - held.get("refreshed", 0) < LOCK_STALE_SECONDS and \
+                not _dead_here(held):
+            raise AtlasError(
+                f"{location} is being written by another seqatlas process (host "
+                f"{held.get('host')}, pid {held.get('pid')}, lock refreshed "
+                f"{now - held.get('refreshed', 0):.0f} s ago); wait for it to finish. If no "
+                f"such process runs any more, delete {location}/{LOCK}.")
+        self._owner = {"owner": uuid.uuid4().hex, "host": socket.gethostname(),
+                       "pid": os.getpid(), "refreshed": now}
+        location.write_bytes(json.dumps(self._owner).encode(), LOCK)
+        time.sleep(0.2)  # let a racing writer's PUT land before we read back
+        back = _lock_record(location.read_bytes(LOCK))
+        if not back or back.get("owner") != self._owner["owner"]:
+            self._owner = None
+            raise AtlasError(f"{location} is being written by another seqatlas process "
+                             "(it took the lock as this one did); wait for it to finish")
+        self._lock = True
+        self._heartbeat = threading.Event()
+        threading.Thread(target=self._keep_lock, args=(self._heartbeat,), daemon=True,
+                         name="seqatlas-lock").start()
+
+    def _keep_lock(self, stop: threading.Event) -> None:
+        """Refresh the lock object while this writer is open (a thread of its own: a unit
+        can take longer than the lock's staleness)."""
+        while not stop.wait(LOCK_REFRESH_SECONDS):
+            self._refresh_lock()
+
+    def _refresh_lock(self) -> None:
+        owner = getattr(self, "_owner", None)
+        if owner:
+            try:
+                self.path.write_bytes(json.dumps({**owner, "refreshed": time.time()}).encode(),
+                                      LOCK)
+            except OSError:
+                pass  # tried again at the next beat
+
+    def _release_lock(self) -> None:
+        owner = getattr(self, "_owner", None)
+        if getattr(self, "_heartbeat", None) is not None:
+            self._heartbeat.set()
+        self._owner, self._lock = None, None
+        if not owner:
+            return
+        try:
+            held = _lock_record(self.path.read_bytes(LOCK))
+            if held and held.get("owner") == owner["owner"]:
+                self.path.delete(LOCK)
+        except OSError:
+            pass  # the lock goes stale on its own
+
+    def _open(self, manifest_path, kind, model, scoring, seqatlas_version,
               kind_detected) -> None:
         if manifest_path.exists():
-            self.manifest = AtlasReader(self.path).manifest
+            reader = AtlasReader(self.path)
+            self.manifest, self._manifest_bytes = reader.manifest, reader._manifest_bytes
             self._remove_stale_files()
             self._verified = _VerifiedLog(self.path)
             for table in schema.TABLES:
@@ -428,6 +664,9 @@ class AtlasWriter:
         """Temporary files of a writer or worker that died, and parts renamed but never
         recorded (a crash between the two); safe to delete while we hold the lock."""
         committed = getattr(self, "manifest", None)
+        if isinstance(self.path, RemoteLocation):
+            self._remove_stale_remote(committed)
+            return
         stale = []
         for table in schema.TABLES:
             directory = self.path / table
@@ -447,9 +686,25 @@ class AtlasWriter:
         # driver killed) finds its directory gone and fails instead of writing
         shutil.rmtree(self.path / STAGING, ignore_errors=True)
 
-    def staging_area(self) -> Path:
+    def _remove_stale_remote(self, committed: Manifest | None) -> None:
+        location = self.path
+        for table in schema.TABLES:
+            parts = committed.table_parts(table) if committed is not None else {}
+            for name in location.listdir(table):
+                if TEMP_MARK in name or (name.startswith("part-") and name not in parts):
+                    location.delete(table, name)
+        location.delete_tree(STAGING)
+
+    def staging_area(self) -> Path | RemoteLocation:
         """This writer's staging directory, where workers write parts before the driver
         commits them (created on first use, removed with everything left in it on close)."""
+        if self._staging is None and isinstance(self.path, RemoteLocation):
+            staging = self.path / STAGING / uuid.uuid4().hex[:16]
+            try:
+                staging.write_bytes(b"", STAGING_OPEN)
+            except OSError as exc:
+                raise storage_error(exc, self.path, "create a staging area") from None
+            self._staging = staging
         if self._staging is None:
             path = self.path / STAGING / uuid.uuid4().hex[:16]
             try:
@@ -488,6 +743,15 @@ class AtlasWriter:
             )
 
     def close(self) -> None:
+        if isinstance(self.path, RemoteLocation):
+            if self._staging is not None:
+                try:
+                    self.path.delete_tree(STAGING, self._staging.name)
+                except OSError:
+                    pass  # removed by the next writer
+                self._staging = None
+            self._release_lock()
+            return
         if self._staging is not None:
             shutil.rmtree(self._staging, ignore_errors=True)
             try:
@@ -513,10 +777,28 @@ class AtlasWriter:
         """Replace ``atlas.json`` with the manifest in memory; on failure the file on disk
         is unchanged and the caller must restore the in-memory manifest."""
         self.manifest.updated = utc_now()
+        if isinstance(self.path, RemoteLocation):
+            self._put_manifest()
+            return
         try:
             atomic_write(self.path / MANIFEST, self.manifest.dumps())
         except OSError as exc:
             raise storage_error(exc, self.path, f"write {MANIFEST}") from None
+
+    def _put_manifest(self) -> None:
+        """Replace a remote atlas's manifest (one PUT: readers get the old or the new one),
+        after checking that it is still the one this writer read or wrote last."""
+        data = self.manifest.dumps()
+        try:
+            current = self.path.read_bytes(MANIFEST)
+            if current is not None and current != self._manifest_bytes:
+                raise AtlasError(f"{self.path}/{MANIFEST} was changed by another process "
+                                 "while this one held the lock (a stale lock taken over?); "
+                                 "nothing of this change was written. Re-run to resume.")
+            self.path.write_bytes(data, MANIFEST)
+        except OSError as exc:
+            raise storage_error(exc, self.path, f"write {MANIFEST}") from None
+        self._manifest_bytes = data
 
     def _update_manifest(self, change) -> None:
         """Apply ``change`` to the manifest and write it: both or neither."""
@@ -529,6 +811,15 @@ class AtlasWriter:
             raise
 
     def _write_part(self, table: str, name: str, data: pa.Table) -> dict:
+        if isinstance(self.path, RemoteLocation):
+            # straight to its name: one PUT, invisible until the manifest lists it
+            try:
+                size, digest = _write_remote(self.path, f"{table}/{name}", table, data)
+                identity = list(self.path.info(table, name) or (size, 0))
+            except OSError as exc:
+                raise storage_error(exc, self.path, f"write a {table} part") from None
+            self._verified.record(f"{table}/{name}", identity, digest)
+            return {"rows": data.num_rows, "bytes": size, "sha256": digest}
         directory = self.path / table
         final = directory / name
         try:
@@ -563,6 +854,9 @@ class AtlasWriter:
 
         self._update_manifest(change)
         for table, name in doomed:
+            if isinstance(self.path, RemoteLocation):
+                self.path.delete(table, name)
+                continue
             try:
                 (self.path / table / name).unlink()
             except FileNotFoundError:
@@ -625,12 +919,16 @@ class AtlasWriter:
         name = part_name(key)
         checked = []
         staging = self.staging_area()
+        for table, part in staged.items():
+            if table not in schema.TABLES or part.name != name or "/" in part.staged or \
+                    not part.staged.startswith(f"{table}.{name}{TEMP_MARK}"):
+                raise AtlasError(f"unit {key[:16]}: a worker reported a {table} part "
+                                 f"{part.staged!r} that is not one of its parts")
+        if isinstance(staging, RemoteLocation):
+            self._commit_staged_remote(key, staged, staging, unit=unit)
+            return
         try:
             for table, part in staged.items():
-                if table not in schema.TABLES or part.name != name or "/" in part.staged or \
-                        not part.staged.startswith(f"{table}.{name}{TEMP_MARK}"):
-                    raise AtlasError(f"unit {key[:16]}: a worker reported a {table} part "
-                                     f"{part.staged!r} that is not one of its parts")
                 checked.append((staging / part.staged, self.path / table / name, part))
                 self._check_staged(staging / part.staged, part, key)
             for _, final, _ in checked:
@@ -653,6 +951,40 @@ class AtlasWriter:
                     tmp.unlink()
                 except OSError:
                     pass  # renamed (committed), or already gone
+        self._record_unit(key, name, written, unit=unit)
+
+    def _commit_staged_remote(self, key: str, staged: dict[str, StagedPart],
+                              staging: RemoteLocation, *, unit: dict | None) -> None:
+        name, written = part_name(key), {}
+        try:
+            for part in staged.values():
+                info = staging.info(part.staged)
+                if info is None:
+                    raise AtlasError(
+                        f"the {part.table} part a worker wrote for unit {key[:16]} is not in "
+                        f"{staging} ({part.staged}): the worker could not reach this atlas's "
+                        "store, or wrote elsewhere. Committed work is kept.")
+                rows = None
+                if info[0] == part.bytes:
+                    with staging.open_input(part.staged) as fh:
+                        rows = pq.ParquetFile(fh).metadata.num_rows
+                if info[0] != part.bytes or rows != part.rows:
+                    staging.delete(part.staged)
+                    found = f"{info[0]:,} bytes" if info[0] != part.bytes else f"{rows:,} rows"
+                    raise AtlasDamagedError(
+                        f"the {part.table} part a worker staged for unit {key[:16]} is not as "
+                        f"written: {found}, the worker reported {part.bytes:,} bytes and "
+                        f"{part.rows:,} rows. Nothing of it was committed; re-run.")
+            for part in staged.values():
+                target = f"{part.table}/{name}"
+                self.path.move(f"{STAGING}/{staging.name}/{part.staged}", target)
+                identity = list(self.path.info(part.table, name) or (part.bytes, 0))
+                self._verified.record(target, identity, part.sha256)
+                written[part.table] = {"rows": part.rows, "bytes": part.bytes,
+                                       "sha256": part.sha256}
+        except (OSError, pa.ArrowException) as exc:
+            raise storage_error(exc if isinstance(exc, OSError) else OSError(str(exc)),
+                                self.path, "commit a worker's part") from None
         self._record_unit(key, name, written, unit=unit)
 
     def _check_staged(self, path: Path, part: StagedPart, key: str) -> None:

@@ -26,6 +26,16 @@ STDOUT = "-"
 _HANDLE_DIRS = ("/dev/", "/proc/")
 
 
+def cache_dir() -> Path:
+    """Where seqatlas keeps its per-user cache."""
+    override = os.environ.get("SEQATLAS_CACHE_DIR")
+    if override:
+        return Path(override).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "seqatlas"
+
+
 def utc_now() -> str:
     """The current UTC time, ISO 8601 to the second."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

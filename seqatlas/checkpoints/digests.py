@@ -23,22 +23,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
-from seqatlas.util import replacing
+from seqatlas.util import cache_dir, replacing
 
 CACHE_FILE = "weights_sha256.json"
 FACTS_CACHE_FILE = "checkpoint_facts.json"
 CACHE_VERSION = 1
 MAX_ENTRIES = 256  # the most recently stored are kept
-
-
-def cache_dir() -> Path:
-    """Where seqatlas keeps its per-user cache."""
-    override = os.environ.get("SEQATLAS_CACHE_DIR")
-    if override:
-        return Path(override).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "seqatlas"
 
 
 def hash_files(paths: list[Path]) -> str:

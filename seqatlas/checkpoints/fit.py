@@ -159,7 +159,7 @@ def mean_likelihood(reader: AtlasReader) -> tuple[str, float, int] | None:
     if not paths:
         return None
     total, n = 0.0, 0
-    data = ds.dataset([str(p) for p in paths], format=parquet_format())
+    data = ds.dataset([str(p) for p in paths], format=parquet_format(), filesystem=reader.filesystem)
     for batch in data.to_batches(columns=[column]):
         values = batch.column(0)
         finite = pc.filter(values, pc.is_finite(values))

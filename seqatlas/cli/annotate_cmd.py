@@ -19,7 +19,7 @@ def annotate(
     file: Optional[Path] = typer.Argument(
         None, help="Repeat annotations: RepeatMasker .out, UCSC rmsk or simpleRepeat, TRF .dat "
         "or -ngs, tantan -f4 or -f3, BED, GFF3 (gzip ok). Omit it with --run or --detect."),
-    atlas: Path = ATLAS,
+    atlas: str = ATLAS,
     format: Optional[RepeatFormat] = typer.Option(None, "--format",
                                                   help="File format (detected when omitted)."),
     names: Names = typer.Option(Names.auto, help="auto: also match chrX <-> X and chrM <-> MT."),

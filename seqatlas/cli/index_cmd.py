@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Optional
 
 import pyarrow as pa
@@ -22,7 +21,7 @@ index_app = typer.Typer(help="Nearest-neighbour indexes (FAISS) over the token e
 
 @index_app.command("build")
 def build(
-    atlas: Path = ATLAS,
+    atlas: str = ATLAS,
     name: str = typer.Option("default", "--name", help="Index name: its files go in the "
                              "atlas, under index/NAME."),
     type: IndexType = typer.Option(IndexType.auto, "--type", help="auto: Flat below 1M "
@@ -86,7 +85,7 @@ def print_build(meta: dict, console: Console | None = None) -> None:
 
 @index_app.command("list")
 def list_(
-    atlas: Path = ATLAS,
+    atlas: str = ATLAS,
     format: Format = LIST_FORMAT,
     as_json: bool = json_option("Same as --format json."),
 ) -> None:

@@ -37,7 +37,7 @@ COPY_K = typer.Option(
 
 def ingest(
     fasta: list[Path] = typer.Argument(..., help="FASTA file(s): .fa/.fasta, gzip or bgzip."),
-    atlas: Path = atlas_option("Atlas directory (created or extended)."),
+    atlas: str = atlas_option("Atlas: a directory, or a URI such as s3://bucket/prefix (created or extended)."),
     model: Optional[str] = typer.Option(
         None, "--model", "-m", show_default=False,
         help="Embedded model name, checkpoint directory or hub id (default: antiberty, or "

@@ -66,7 +66,7 @@ def sql(
                                 "genome-wide gstart/gend, for fast interval joins); "
                                 "robust_stats, position_z, anomalies, anomaly_regions, "
                                 "icl_regions (the anomaly model of `query anomalies`)."),
-    atlas: Path = ATLAS,
+    atlas: str = ATLAS,
     format: Format = FORMAT,
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the result to "
                                           "this file (the only file a query may write)."),
@@ -94,7 +94,7 @@ def sql(
 
 @query_app.command("anomalies")
 def anomalies(
-    atlas: Path = ATLAS,
+    atlas: str = ATLAS,
     z: float = Z, tail: Tail = TAIL, min_length: int = MIN_LENGTH, max_gap: int = MAX_GAP,
     smooth: int = SMOOTH, score: Optional[str] = SCORE_COLUMN,
     column: Optional[str] = DEPRECATED_COLUMN,
@@ -116,7 +116,7 @@ def anomalies(
 
 @query_app.command("enrichment")
 def enrichment(
-    atlas: Path = ATLAS,
+    atlas: str = ATLAS,
     by: By = typer.Option(By.class_, "--by", help="Group repeats by class, family or name; or "
                           "compare positions with an in-context copy to those without."),
     z: float = Z, tail: Tail = TAIL, smooth: int = SMOOTH,
@@ -160,7 +160,7 @@ EXPORT_NAMES = typer.Option(ChromNames.as_is, "--chrom-names", help="ucsc: chrX,
 
 
 @export_app.command("bedgraph")
-def bedgraph(atlas: Path = ATLAS, output: Path = EXPORT_OUTPUT, column: str = TRACK_COLUMN,
+def bedgraph(atlas: str = ATLAS, output: Path = EXPORT_OUTPUT, column: str = TRACK_COLUMN,
              smooth: int = SMOOTH, score: Optional[str] = SCORE_COLUMN,
              sort: SortOrder = EXPORT_SORT, chrom_names: ChromNames = EXPORT_NAMES) -> None:
     """A bedGraph of a per-position column (runs of equal values merged).
@@ -172,7 +172,7 @@ def bedgraph(atlas: Path = ATLAS, output: Path = EXPORT_OUTPUT, column: str = TR
 
 
 @export_app.command("bigwig")
-def bigwig(atlas: Path = ATLAS, output: Path = EXPORT_OUTPUT, column: str = TRACK_COLUMN,
+def bigwig(atlas: str = ATLAS, output: Path = EXPORT_OUTPUT, column: str = TRACK_COLUMN,
            smooth: int = SMOOTH, score: Optional[str] = SCORE_COLUMN,
            sort: SortOrder = EXPORT_SORT, chrom_names: ChromNames = EXPORT_NAMES) -> None:
     """A bigWig of a per-position column (needs pyBigWig).
@@ -183,7 +183,7 @@ def bigwig(atlas: Path = ATLAS, output: Path = EXPORT_OUTPUT, column: str = TRAC
 
 
 @export_app.command("bed")
-def bed(atlas: Path = ATLAS, output: Path = EXPORT_OUTPUT, z: float = Z, tail: Tail = TAIL,
+def bed(atlas: str = ATLAS, output: Path = EXPORT_OUTPUT, z: float = Z, tail: Tail = TAIL,
         min_length: int = MIN_LENGTH, max_gap: int = MAX_GAP, smooth: int = SMOOTH,
         column: Optional[str] = COLUMN, sort: SortOrder = EXPORT_SORT,
         chrom_names: ChromNames = EXPORT_NAMES) -> None:
@@ -196,7 +196,7 @@ def bed(atlas: Path = ATLAS, output: Path = EXPORT_OUTPUT, z: float = Z, tail: T
 
 @query_app.command("knn")
 def knn(
-    atlas: Path = ATLAS,
+    atlas: str = ATLAS,
     kmer: Optional[list[str]] = typer.Option(
         None, "--kmer", help="A k-mer, embedded alone between the model's special tokens "
         "(neutral context); the query is the token nearest its centre. Repeatable."),
@@ -246,7 +246,7 @@ def _print_knn(table, console) -> None:
 
 @query_app.command("identity")
 def identity(
-    atlas: Path = ATLAS,
+    atlas: str = ATLAS,
     sample: int = IDENTITY_SAMPLE, layer: Optional[list[int]] = IDENTITY_LAYER,
     k: int = IDENTITY_K, seed: int = IDENTITY_SEED, index: Optional[str] = IDENTITY_INDEX,
     nprobe: Optional[int] = IDENTITY_NPROBE,

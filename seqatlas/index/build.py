@@ -13,7 +13,6 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -259,9 +258,10 @@ def build_index(atlas: str | os.PathLike | AtlasReader, **options) -> dict:
     config = IndexConfig(**options)
     import faiss  # noqa: F401 -- a missing FAISS fails before the atlas is locked
 
-    path = atlas.path if isinstance(atlas, AtlasReader) else Path(atlas)
+    path = atlas.path if isinstance(atlas, AtlasReader) else atlas
     started = time.perf_counter()
     with AtlasWriter(path) as writer:  # holds the atlas lock: no ingest during the build
+        path = writer.path  # a directory, or a remote location
         store.remove_stale(path)
         snapshot = AtlasReader(path)
         source, plan, (gpu, device) = _open(snapshot, config)

@@ -6,7 +6,6 @@ Imported only by a build with ``shards > 1``; ray is imported here, lazily.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 
@@ -38,8 +37,8 @@ def split_parts(rows: list[int], shards: int) -> list[range]:
     return bounds
 
 
-def add_shard(index_bytes: np.ndarray, atlas_path: str, column: str, dim: int,
-              parts: list[str], rows: list[int], metric: str, queries: np.ndarray, k: int,
+def add_shard(index_bytes: np.ndarray, atlas_path, column: str, dim: int,
+              parts: list, rows: list[int], metric: str, queries: np.ndarray, k: int,
               batch_rows: int, threads: int, gpu: bool):
     """Ray task: add ``parts`` to a copy of the trained index; return it serialised with the
     exact top-k of the calibration queries among these parts."""
@@ -47,7 +46,7 @@ def add_shard(index_bytes: np.ndarray, atlas_path: str, column: str, dim: int,
 
     faiss.omp_set_num_threads(max(1, threads))
     index = faiss.deserialize_index(index_bytes)
-    source = EmbeddingSource(AtlasReader(atlas_path), column, dim, [Path(p) for p in parts], rows)
+    source = EmbeddingSource(AtlasReader(atlas_path), column, dim, list(parts), rows)
     calibration = Calibration(queries, metric, k)
     add_batches(index, source, metric, calibration, gpu=gpu and gpu_count() > 0,
                 batch_rows=batch_rows)
@@ -76,8 +75,10 @@ def add_sharded(index, source, shards: int, *, config, calibration, gpu: bool = 
         payload = ray.put(faiss.serialize_index(index))
         queries = ray.put(calibration.queries)
         groups = split_parts(source.rows, shards)
-        refs = [task.remote(payload, str(source.atlas.path), source.column, source.dim,
-                            [str(source.parts[i]) for i in group],
+        atlas = source.atlas.path if source.atlas.filesystem is not None else \
+            str(source.atlas.path)  # a remote location travels with its filesystem
+        refs = [task.remote(payload, atlas, source.column, source.dim,
+                            [source.parts[i] for i in group],
                             [source.rows[i] for i in group], config.metric, queries,
                             calibration.k, config.batch_rows, threads, gpu)
                 for group in groups]

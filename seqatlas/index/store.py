@@ -14,13 +14,16 @@ import errno
 import json
 import os
 import shutil
+import tempfile
 import threading
 from pathlib import Path
 
 import numpy as np
 
+from seqatlas.locations import RemoteLocation
 from seqatlas.store import AtlasReader
-from seqatlas.util import TEMP_MARK, file_sha256, fsync_dir, temporary_name
+from seqatlas.util import (TEMP_MARK, atomic_write, cache_dir, file_sha256, fsync_dir,
+                           temporary_name)
 from seqatlas.errors import AtlasIndexError, ConfigError
 from seqatlas.index.search import set_search_params, to_similarity
 from seqatlas.index.vectors import prepare, tokens_fingerprint
@@ -59,18 +62,36 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(code, os.strerror(code), str(b))
 
 
-def remove_stale(atlas_path: Path) -> None:
+def remove_stale(atlas_path: Path | RemoteLocation) -> None:
     """Temporary directories of builds that died (call while holding the atlas lock)."""
+    if isinstance(atlas_path, RemoteLocation):
+        return  # a remote index is uploaded whole, file by file, from a local build
     root = atlas_path / INDEX_DIR
     if root.is_dir():
         for stale in root.glob(f".*{TEMP_MARK}*"):
             shutil.rmtree(stale, ignore_errors=True)
 
 
-def write_index(atlas_path: Path, name: str, index, meta: dict) -> dict:
-    """Write ``index`` and its meta (sha256, bytes added) atomically; return the meta."""
+def write_index(atlas_path: Path | RemoteLocation, name: str, index, meta: dict) -> dict:
+    """Write ``index`` and its meta (sha256, bytes added) atomically; return the meta.
+
+    A remote atlas gets the index file, then its meta (uploaded from a local build); the
+    manifest's ``indexes`` entry, written after, is what makes it the atlas's index."""
     import faiss
 
+    if isinstance(atlas_path, RemoteLocation):
+        with tempfile.TemporaryDirectory(prefix="seqatlas-index-") as tmp:
+            meta = write_index(Path(tmp), name, index, meta)
+            built = Path(tmp) / INDEX_DIR / name
+            try:
+                with open(built / INDEX_FILE, "rb") as fh:
+                    atlas_path.write_bytes(fh.read(), INDEX_DIR, name, INDEX_FILE)
+                atlas_path.write_bytes((built / META_FILE).read_bytes(), INDEX_DIR, name,
+                                       META_FILE)
+            except OSError as exc:
+                raise AtlasIndexError(f"cannot upload index {name!r} to {atlas_path} "
+                                      f"({exc}); nothing was recorded, build it again") from None
+        return meta
     root = atlas_path / INDEX_DIR
     root.mkdir(exist_ok=True)
     final = root / name
@@ -104,14 +125,19 @@ def write_index(atlas_path: Path, name: str, index, meta: dict) -> dict:
 def read_meta(atlas: AtlasReader, name: str) -> dict:
     directory = index_dir(atlas, name)
     path = directory / META_FILE
-    if not path.exists():
+    if isinstance(path, RemoteLocation):
+        raw = path.read_bytes()
+        text = raw.decode("utf-8", "replace") if raw is not None else None
+    else:
+        text = path.read_text() if path.exists() else None
+    if text is None:
         known = ", ".join(sorted(atlas.manifest.indexes or {})) or "none"
         raise AtlasIndexError(
             f"{atlas.path} has no index named {name!r} (indexes: {known}); build one with "
             f"`seqatlas index build --atlas {atlas.path}" +
             ("" if name == "default" else f" --name {name}") + "`")
     try:
-        return json.loads(path.read_text())
+        return json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise AtlasIndexError(f"{path} is corrupt ({exc}); rebuild it with "
                               f"`seqatlas index build --atlas {atlas.path} --name {name}`") \
@@ -217,6 +243,8 @@ def load_index(atlas: str | os.PathLike | AtlasReader, name: str = "default", *,
             f"index {name!r} holds {ntotal:,} vectors from other tokens parts than the atlas "
             f"now has ({rows:,} token rows; the atlas changed since the build, or the index "
             f"was copied from another atlas); {rebuild}")
+    if isinstance(file, RemoteLocation):
+        file = _downloaded(file, meta, rebuild)
     if not file.exists():
         raise AtlasIndexError(f"{file} is missing; {rebuild}")
     size = file.stat().st_size
@@ -234,6 +262,24 @@ def load_index(atlas: str | os.PathLike | AtlasReader, name: str = "default", *,
         raise AtlasIndexError(f"{file} holds {index.ntotal:,} vectors, its meta.json says "
                               f"{ntotal:,}; {rebuild}")
     return LoadedIndex(index, meta, directory, mapped)
+
+
+def _downloaded(file: RemoteLocation, meta: dict, rebuild: str) -> Path:
+    """A remote index file, copied once into this machine's cache (by its SHA-256) so that
+    FAISS can map it; the copy is checked like a local index file."""
+    digest = str(meta.get("sha256", "unknown"))
+    local = cache_dir() / "remote-indexes" / f"{digest}.faiss"
+    if local.exists() and local.stat().st_size == meta.get("bytes"):
+        return local
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        raise AtlasIndexError(f"cannot read {file} ({exc}); {rebuild}") from None
+    if data is None:
+        raise AtlasIndexError(f"{file} is missing; {rebuild}")
+    local.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(local, data)
+    return local
 
 
 def _read(file: Path, kind: str, mmap: bool, rebuild: str):
@@ -263,7 +309,7 @@ def _column_dim(atlas: AtlasReader, column: str) -> int | None:
     parts = atlas.part_paths("tokens")
     if not parts:
         return None
-    arrow_schema = pq.read_schema(parts[0])
+    arrow_schema = pq.read_schema(str(parts[0]), filesystem=atlas.filesystem)
     if column not in arrow_schema.names:
         raise AtlasIndexError(f"the atlas's tokens have no column {column!r} (the index was "
                               "built from another atlas)")

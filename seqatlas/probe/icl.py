@@ -132,7 +132,7 @@ def _probe_locked(reader: AtlasReader, writer: AtlasWriter, config: IclConfig) -
     _check_settings(reader, mode)
     spec = atlas_model_spec(reader, config.model)  # before any work: the weights must match
     names = seq_order(reader)
-    copies = read_copies(reader.part_paths("positions"))
+    copies = read_copies(reader.part_paths("positions"), reader.filesystem)
     targets = _select(reader, split_runs(copy_runs(copies, names)), names, config)
     done = _probed(reader, names, config)
     todo = [t for t in targets if (t.seq, t.start, t.end) not in done]
@@ -259,7 +259,8 @@ def _probed(reader: AtlasReader, names: list[str], config: IclConfig) -> set[tup
         return set()
     import pyarrow.dataset as ds
 
-    data = ds.dataset([str(p) for p in paths], format=parquet_format(), schema=schema.ABLATIONS)
+    data = ds.dataset([str(p) for p in paths], format=parquet_format(), schema=schema.ABLATIONS,
+                      filesystem=reader.filesystem)
     table = data.to_table(columns=["seq_id", "target_start", "target_end"],
                           filter=(ds.field("method") == config.method)
                           & (ds.field("seed") == config.seed))
@@ -327,7 +328,7 @@ def _read_sequences(reader: AtlasReader, seq_ids: list[str], letters: str
     import pyarrow.dataset as ds
 
     data = ds.dataset([str(p) for p in reader.part_paths("positions")], format=parquet_format(),
-                      schema=schema.POSITIONS)
+                      schema=schema.POSITIONS, filesystem=reader.filesystem)
     table = data.to_table(columns=["seq_id", "pos", "ref", "soft_masked", "logp",
                                    "window_start"],
                           filter=ds.field("seq_id").isin(seq_ids))

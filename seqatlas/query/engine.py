@@ -280,7 +280,10 @@ class Sandbox:
         self.atlas = atlas if isinstance(atlas, AtlasReader) else AtlasReader(atlas)
         self.config = config or SqlConfig()
         self.config.validate()
-        self.root = Path(os.path.realpath(self.atlas.path))
+        # a local atlas: DuckDB reads its part files, and only those (allowed_paths); a remote
+        # one: pyarrow datasets of its parts, registered here, and no file access at all
+        self.remote = self.atlas.filesystem is not None
+        self.root = None if self.remote else Path(os.path.realpath(self.atlas.path))
         self._spill = tempfile.mkdtemp(prefix="seqatlas-duckdb-")
         memory = self.config.memory_limit.strip() if self.config.memory_limit else \
             f"{int(machine_memory_bytes() * 0.75) >> 20}MB"
@@ -322,13 +325,37 @@ class Sandbox:
                              "(or not a file); refusing to read it. Remove the link.")
         return str(resolved)
 
+    def _register_dataset(self, table: str, parts: list[str], arrow_schema: pa.Schema) -> str:
+        """A remote table: a pyarrow dataset of its committed parts (read through the atlas's
+        filesystem, page checksums verified), registered as ``_table_parts``; returns the
+        view's body. Columns an older part lacks read as null (the dataset's schema)."""
+        import pyarrow.dataset as ds
+
+        from seqatlas.store import parquet_format
+
+        # DuckDB scans no Arrow float16: fp16 embeddings read as FLOAT[], as from Parquet
+        readable = pa.schema([pa.field(f.name, pa.list_(pa.float32()), f.nullable)
+                              if pa.types.is_fixed_size_list(f.type) and
+                              pa.types.is_float16(f.type.value_type) else f
+                              for f in arrow_schema])
+        data = ds.dataset(parts, format=parquet_format(), schema=readable,
+                          filesystem=self.atlas.filesystem)
+        self.con.register(f"_{table}_parts", data)
+        columns = ", ".join(f'"{f.name}"' for f in arrow_schema)
+        return f'SELECT {columns} FROM "_{table}_parts"'
+
     def _create_views(self) -> list[str]:
         allowed = []
         schemas = {**TABLE_SCHEMAS, "tokens": self.atlas.manifest.tokens_schema()}
         for table in schema.TABLES:
-            parts = [self._safe_part(p) for p in self.atlas.part_paths(table)]
-            allowed += parts
-            if parts:
+            if self.remote:
+                parts = [str(p) for p in self.atlas.part_paths(table)]
+            else:
+                parts = [self._safe_part(p) for p in self.atlas.part_paths(table)]
+                allowed += parts
+            if parts and self.remote:
+                body = self._register_dataset(table, parts, schemas[table])
+            elif parts:
                 files = ", ".join(map(sql_string, parts))
                 body = f"SELECT {_select_list(schemas[table], parts[0])} " \
                        f"FROM read_parquet([{files}])"

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from seqatlas.store import AtlasReader
 from seqatlas.errors import ConfigError
@@ -78,7 +77,7 @@ def sample_rows(source: EmbeddingSource, n: int, seed: int) -> tuple[np.ndarray,
         base += rows
         if not len(mine):
             continue
-        handle = pq.ParquetFile(path)
+        handle = source.open_part(path)
         group_start = 0
         for g in range(handle.num_row_groups):
             size = handle.metadata.row_group(g).num_rows

@@ -105,14 +105,16 @@ def _intervals(table: pa.Table, seq_order: list[str]) -> pa.Table:
     }, schema=schema.REPEATS)
 
 
-def read_copies(paths: list) -> pa.Table:
-    """The positions rows that have an in-context copy, from positions part files."""
+def read_copies(paths: list, filesystem=None) -> pa.Table:
+    """The positions rows that have an in-context copy, from positions part files (on
+    ``filesystem``, a remote atlas's; None: local)."""
     import pyarrow.dataset as ds
 
     columns = ["seq_id", "pos", "window_start", "window_end", "copy_offset", "copy_strand"]
     if not paths:
         return schema.POSITIONS.empty_table().select(columns)
-    data = ds.dataset([str(p) for p in paths], format=parquet_format(), schema=schema.POSITIONS)
+    data = ds.dataset([str(p) for p in paths], format=parquet_format(), schema=schema.POSITIONS,
+                      filesystem=filesystem)
     return data.to_table(columns=columns, filter=ds.field("copy_offset").is_valid())
 
 
@@ -139,7 +141,8 @@ def copy_repeats(atlas) -> pa.Table:
     """
     atlas = AtlasReader(atlas)
     check_detected(atlas.manifest, atlas.path)
-    return _intervals(read_copies(atlas.part_paths("positions")), seq_order(atlas))
+    return _intervals(read_copies(atlas.part_paths("positions"), atlas.filesystem),
+                      seq_order(atlas))
 
 
 def annotate_copies(atlas) -> dict:
@@ -158,8 +161,9 @@ def annotate_copies(atlas) -> dict:
                    "positions_parts": len(todo), "repeats": 0, "already_imported": not todo}
         if not todo:
             return summary
-        table = _intervals(read_copies([writer.path / "positions" / p for p in todo]),
-                           seq_order(AtlasReader(writer.path)))
+        reader = AtlasReader(writer.path)
+        paths = [p for p in reader.part_paths("positions") if p.name in set(todo)]
+        table = _intervals(read_copies(paths, reader.filesystem), seq_order(reader))
         units = sorted(parts[name].unit for name in todo)
         key = "copies-" + hashlib.sha256(json.dumps([DEFINITION_VERSION, k, units])
                                          .encode()).hexdigest()

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from seqatlas._version import __version__
 from seqatlas.manifest import (DISTRIBUTIONS, KEY_SCHEME, FastRecord, Manifest, ScoringRecord,
                                fast_method_text)
-from seqatlas.store import MANIFEST, AtlasReader, AtlasWriter
+from seqatlas.store import AtlasReader, AtlasWriter, atlas_exists
 from seqatlas.errors import (AtlasDamagedError, AtlasMismatchError, ConfigError, IngestError,
                              InputError)
 from seqatlas.progress import Meter, check_progress
@@ -335,7 +335,7 @@ def _warn_if_kind_contradicts(inputs: list[InputPlan], kind: str) -> None:
 
 def _existing_atlas(atlas: str | Path) -> AtlasReader | None:
     """The atlas being extended, read without its lock (None for a new one)."""
-    return AtlasReader(atlas) if (Path(atlas) / MANIFEST).is_file() else None
+    return AtlasReader(atlas) if atlas_exists(atlas) else None
 
 
 def _refuse_known_ids(existing: AtlasReader | None, inputs: list[InputPlan]) -> None:
@@ -600,8 +600,10 @@ def _run_units(run: _Run) -> None:
 
     config, report = run.config, run.report
     executor = _executor(config, run.setup)
-    staging = str(run.writer.staging_area().absolute()) if config.write_parts == "workers" \
-        else None
+    staging = None
+    if config.write_parts == "workers":  # a directory's absolute path, or a remote location
+        area = run.writer.staging_area()
+        staging = str(area.absolute()) if isinstance(area, Path) else area
     source = ((unit, UnitRequest(key=unit.key, jobs=jobs, staging=staging))
               for plan, units in zip(run.inputs, run.per_input)
               for unit, jobs in iter_unit_jobs(plan, units, kind=run.setup.kind,

@@ -114,6 +114,7 @@ class ScoringWorker:
     def __init__(self, spec, scoring: dict, threads: int | None = None, *, load: bool = True):
         self.spec, self.scoring, self.threads = spec, scoring, threads
         self.scorer = None
+        self.node: str | None = None  # a fixed label in process; the Ray node's id otherwise
         self.on_batch: Callable[[int], None] | None = None  # in process: the count, per batch
         self._progress = (0, 0)  # (calls begun, real tokens of the last one's finished batches)
         if load:
@@ -181,7 +182,7 @@ class ScoringWorker:
 
         positions, tokens, stats = self.score(request.jobs)
         tables = {"positions": positions, "tokens": tokens}
-        common = {"positions": positions.num_rows, "stats": stats, "node": _node_id()}
+        common = {"positions": positions.num_rows, "stats": stats, "node": self.node or _node_id()}
         if request.staging is None:
             return UnitResult(**common, tables=tables)
         return UnitResult(**common, staged=stage_parts(request.staging, request.key, tables))
@@ -202,6 +203,7 @@ class LocalExecutor:
 
     def __init__(self, spec, scoring: dict):
         self.worker = ScoringWorker(spec, scoring)
+        self.worker.node = "local"  # even when this driver has a Ray session open
         self.results: deque = deque()
         self.capacity = 1
         self.watcher: Callable[[object, int], None] | None = None
