@@ -66,11 +66,18 @@ def timed_ingest(fasta: Path, atlas: str, *, address: str, **options) -> dict:
                              workers=2, cpus_per_worker=1, address=address, progress=False,
                              **options)
     wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
-    run = AtlasReader(atlas).manifest.runs[-1]
+    manifest = AtlasReader(atlas).manifest
+    run = manifest.runs[-1]
+    parts = [p for table in manifest.parts.values() for p in table.values()]
+    stored = {table: sum(p.bytes for p in table_parts.values())
+              for table, table_parts in manifest.parts.items() if table_parts}
     return {"wall_s": wall, "driver_cpu_s": cpu, "scoring_s": report.seconds,
             "positions": report.positions_scored, "units": report.units_scored,
             "nodes": len(run["nodes"]), "bytes_per_position": run["driver_bytes"]["per_position"],
-            "bytes": run["driver_bytes"]}
+            "bytes": run["driver_bytes"], "parts": len(parts),
+            "manifest_bytes": len(manifest.dumps()),
+            "stored_bytes_per_position": {table: round(size / report.positions_scored, 2)
+                                          for table, size in stored.items()}}
 
 
 def parts_of(atlas: str) -> dict:
@@ -84,7 +91,8 @@ def parts_of(atlas: str) -> dict:
 def show(name: str, row: dict) -> None:
     print(f"{name:<28} {row['wall_s']:8.1f} s wall  {row['driver_cpu_s']:7.2f} s driver CPU  "
           f"{row['bytes_per_position']:10.2f} B/position through the driver  "
-          f"({row['units']} units on {row['nodes']} nodes)")
+          f"({row['units']} units on {row['nodes']} nodes; {row['parts']} parts, manifest "
+          f"{row['manifest_bytes']:,} B; stored B/position {row['stored_bytes_per_position']})")
 
 
 def main() -> None:
@@ -128,7 +136,7 @@ def main() -> None:
                   "byte-identical")
             s3 = s3_run(fasta, cluster.address)
             if s3 is not None:
-                assert s3.pop("parts") == parts_of(str(work / "workers")), \
+                assert s3.pop("committed") == parts_of(str(work / "workers")), \
                     "the s3:// atlas differs from the local one"
                 results["s3"] = s3
                 show("s3://, workers-written", s3)
@@ -152,7 +160,7 @@ def s3_run(fasta: Path, address: str) -> dict | None:
     with local_s3_endpoint() as endpoint:
         atlas = endpoint.bucket("bench") + "/atlas"
         row = timed_ingest(fasta, atlas, address=address, write_parts="workers")
-        row["parts"] = parts_of(atlas)
+        row["committed"] = parts_of(atlas)
         return row
 
 

@@ -106,6 +106,16 @@ class StagedPart:
     sha256: str
 
 
+def staging_visible(staging: str | os.PathLike | RemoteLocation) -> bool:
+    """Whether this process (a scoring worker, on its node) sees a run's staging area."""
+    try:
+        if isinstance(staging, RemoteLocation):
+            return staging.info(STAGING_OPEN) is not None
+        return Path(staging).is_dir()
+    except OSError:  # no access from here (credentials, endpoint, a mount that is gone)
+        return False
+
+
 def stage_parts(staging: str | os.PathLike, key: str,
                 tables: dict[str, pa.Table | None]) -> dict[str, StagedPart]:
     """Write unit ``key``'s parts into a run's staging directory (on a scoring worker; see

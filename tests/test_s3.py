@@ -209,3 +209,79 @@ def test_an_ingest_killed_mid_run_resumes_against_the_same_bucket(tmp_path, s3):
     positions = seqatlas.Atlas(uri).positions(["seq_id", "pos"])
     assert positions.num_rows == len(set(zip(positions["seq_id"].to_pylist(),
                                              positions["pos"].to_pylist())))
+
+
+@pytest.mark.slow
+def test_the_readme_clusters_commands_run_against_a_local_endpoint(tmp_path, s3):
+    """The Clusters section's commands, as written, on a bucket of the local endpoint (the
+    environment points at it): every stage reads and writes s3:// and no local atlas."""
+    import gzip
+
+    from seqatlas.examples import demo_dna
+    from seqatlas.fasta import read_fasta
+    from tests.test_readme import _blocks
+
+    (chrx,) = read_fasta(demo_dna(), kind="dna")
+    with gzip.open(tmp_path / "genome.fa.gz", "wt") as fh:
+        fh.write(f">X\n{chrx.sequence[:3000].decode()}\n")
+    s3.bucket("atlases")
+    (block,) = _blocks("## Clusters", "bash")
+    outputs = []
+    for line in block.strip().splitlines():
+        assert "s3://atlases/genome" in line and "--address" not in line
+        done = subprocess.run(line, shell=True, cwd=tmp_path, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr}"
+        outputs.append(done.stdout)
+    manifest = AtlasReader("s3://atlases/genome").manifest
+    assert sum(p.rows for p in manifest.parts["positions"].values()) == 3000
+    assert manifest.runs[-1]["write_parts"] == "workers"
+    assert manifest.runs[-1]["executor"] == "ray" and manifest.runs[-1]["units_sent_back"] == {}
+    assert "seq_id" in outputs[2]  # the anomalies table's header
+    bed = (tmp_path / "anomalies.bed").read_text().splitlines()
+    assert bed and all(row.split("\t")[0] == "X" for row in bed)
+    hits = [row for row in outputs[5].splitlines() if "X" in row]
+    assert len(hits) == 5
+    keys = s3.keys("atlases")
+    assert "genome/index/default/index.faiss" in keys and "genome/atlas.json" in keys
+    assert "<html" in (tmp_path / "report.html").read_text()[:200].lower()
+    assert not [p for p in tmp_path.iterdir()
+                if p.name not in ("genome.fa.gz", "anomalies.bed", "report.html")]
+
+
+@pytest.mark.slow
+def test_every_command_that_reads_an_atlas_takes_an_s3_uri(tmp_path, s3, capsys):
+    """info, verify, repair, probe, plot and report on a bucket's atlas, through the CLI, with
+    the same results as on a local copy of the same ingest."""
+    from seqatlas.examples import demo_dna
+    from seqatlas.fasta import read_fasta
+
+    (chrx,) = read_fasta(demo_dna(), kind="dna")
+    fasta = write_fasta(tmp_path / "g.fa", {"X": chrx.sequence[:2000].decode()})
+    uri, local = s3.bucket("commands") + "/atlas", str(tmp_path / "local")
+    for atlas in (uri, local):
+        seqatlas.ingest(fasta, atlas=atlas, model="dnabert6-tiny", likelihood="unmasked",
+                        workers=0, progress=False)
+        seqatlas.annotate(atlas=atlas, detect=True, progress=False)
+    results = {}
+    for atlas in (uri, local):
+        out = tmp_path / ("out-remote" if atlas == uri else "out-local")
+        out.mkdir()
+        for argv in (["info", atlas, "--json"], ["verify", "--atlas", atlas, "--json"],
+                     ["repair", "--atlas", atlas, "--no-progress"],
+                     ["plot", "track", "--atlas", atlas, "--region", "X:100-900",
+                      "-o", str(out / "track.png")],
+                     ["probe", "icl", "--atlas", atlas, "--method", "mask", "--workers", "0",
+                      "--no-progress"],
+                     ["report", "--atlas", atlas, "-o", str(out / "report.html")]):
+            assert main(argv) == 0, argv
+        captured = capsys.readouterr().out
+        results[atlas] = captured
+        assert (out / "track.png").stat().st_size > 1000
+        assert "look-up" in (out / "report.html").read_text().lower()
+    info = json.loads(results[uri][:results[uri].index("\n}\n") + 2])
+    assert info["path"] == uri and info["kind"] == "dna"
+    icl = "SELECT count(*) AS n, round(sum(net_gain), 6) AS s FROM ablations"
+    assert seqatlas.query.sql(uri, icl).to_pylist() == seqatlas.query.sql(local, icl).to_pylist()
+    assert seqatlas.query.sql(uri, icl).to_pylist()[0]["n"] > 0
+    assert not [k for k in s3.keys("commands") if ".tmp-" in k or k.endswith(".lock")]

@@ -74,6 +74,27 @@ def test_in_process_worker_written_atlas_is_byte_identical(tmp_path, tiny_esm):
     assert workers["driver_bytes"]["received"] < 4096 * workers["units"]  # whatever the rows
 
 
+def test_a_node_that_cannot_see_the_staging_area_sends_its_rows_to_the_driver(
+        tmp_path, tiny_esm, monkeypatch):
+    """As on a cluster whose atlas is on the driver's own disk: the workers find no staging
+    directory, so their rows come back and the driver writes them (one warning per node);
+    the atlas is the same as a driver-written one and the run record counts those units."""
+    fasta = _fasta(tmp_path)
+    seqatlas.ingest(fasta, atlas=tmp_path / "driver", model=str(tiny_esm), workers=0,
+                    write_parts="driver", **OPTIONS)
+    elsewhere = tmp_path / "another-node" / "staging"  # never made: not on this "node"
+    monkeypatch.setattr(AtlasWriter, "staging_area", lambda self: elsewhere)
+    with pytest.warns(UserWarning, match="does not see the atlas's staging area") as caught:
+        report = seqatlas.ingest(fasta, atlas=tmp_path / "workers", model=str(tiny_esm),
+                                 workers=0, write_parts="workers", **OPTIONS)
+    assert sum("staging area" in str(w.message) for w in caught) == 1
+    assert not elsewhere.exists()
+    _check_same_atlas(tmp_path / "driver", tmp_path / "workers")
+    (run,) = json.loads((tmp_path / "workers" / "atlas.json").read_text())["runs"]
+    assert run["units_sent_back"] == {"local": report.units_scored} == run["nodes"]
+    assert run["driver_bytes"]["received"] > 64 * 400  # the rows crossed the driver
+
+
 @pytest.mark.ray
 def test_ray_worker_written_atlas_is_byte_identical_and_the_cli_chooses(tmp_path, tiny_esm,
                                                                        ray_session, capsys):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Optional
 
 import typer
@@ -17,8 +16,9 @@ from seqatlas.util import format_size
 
 
 def info(
-    atlas: Optional[Path] = typer.Argument(None, help="Atlas directory.", show_default=False),
-    atlas_flag: Optional[Path] = typer.Option(None, "--atlas", "-a", help="The atlas, as the "
+    atlas: Optional[str] = typer.Argument(None, help="Atlas directory, or a URI.",
+                                          show_default=False),
+    atlas_flag: Optional[str] = typer.Option(None, "--atlas", "-a", help="The atlas, as the "
                                               "other commands take it (same as ATLAS)."),
     as_json: bool = json_option("Print the summary as JSON."),
 ) -> None:
@@ -240,7 +240,7 @@ def _print_stages(summary: dict, console: Console) -> None:
 
 
 def verify(
-    atlas: Path = ATLAS,
+    atlas: str = ATLAS,
     as_json: bool = json_option("Print the report as JSON."),
 ) -> None:
     """Re-hash every committed part against the size and SHA-256 recorded when it was
@@ -276,7 +276,7 @@ def verify(
 
 
 def repair(
-    atlas: Path = ATLAS,
+    atlas: str = ATLAS,
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Scoring actors for "
                                           "re-scoring damaged units (0: in this process)."),
     progress: Progress = PROGRESS,

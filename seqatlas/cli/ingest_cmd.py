@@ -78,9 +78,10 @@ def ingest(
     write_parts: WriteParts = typer.Option(
         WriteParts.workers, "--write-parts",
         help="Who writes the Parquet parts: 'workers' write their units' parts into the atlas "
-        "and send the driver only names, sizes and checksums (the atlas must be on storage "
-        "every Ray node reaches: one machine, or a shared file system); 'driver' sends every "
-        "result to the driver, which writes it. The atlas is byte for byte the same."),
+        "and send the driver only names, sizes and checksums (when the atlas is on storage "
+        "every Ray node reaches: one machine, a shared file system, s3://; a node that does not "
+        "see it sends its rows to the driver, with a warning); 'driver' sends every result to "
+        "the driver, which writes it. The atlas is byte for byte the same."),
     progress: Progress = PROGRESS,
     no_progress: bool = NO_PROGRESS,
     as_json: bool = json_option("Print the report as JSON."),

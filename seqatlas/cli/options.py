@@ -78,7 +78,8 @@ Progress = choices("Progress", PROGRESS_MODES)  # --progress (the library takes 
 # --- options shared by several commands -----------------------------------------------------
 
 
-def atlas_option(help: str = "Atlas directory.", default: Any = ...) -> Any:
+def atlas_option(help: str = "Atlas: a directory, or a URI (s3:// and others).",
+                 default: Any = ...) -> Any:
     return typer.Option(default, "--atlas", "-a", help=help)
 
 

@@ -30,7 +30,7 @@ IMAGE_FORMAT = typer.Option(None, "--format", "-f", help="png or svg (default: t
                             "suffix).")
 
 
-def _draw(name: str, atlas: Path, output: Path, width: int, height: int,
+def _draw(name: str, atlas: str, output: Path, width: int, height: int,
           format: Optional[str], **options) -> None:
     """Call ``seqatlas.plot.<name>`` and say what was written."""
     from seqatlas import plot
@@ -42,7 +42,7 @@ def _draw(name: str, atlas: Path, output: Path, width: int, height: int,
 
 @plot_app.command("track")
 def track(
-    atlas: Path = ATLAS,
+    atlas: str = ATLAS,
     region: str = typer.Option(..., "--region", "-r", help="SEQ:START-END, 0-based and "
                                "half-open as stored (e.g. chr1:1000000-2000000); SEQ alone: "
                                "the whole sequence."),
@@ -68,7 +68,7 @@ def track(
 
 @plot_app.command("enrichment")
 def enrichment(
-    atlas: Path = ATLAS,
+    atlas: str = ATLAS,
     output: Path = OUTPUT,
     by: By = typer.Option(By.class_, "--by", help="Group repeats by class, family or name; or "
                           "compare positions with an in-context copy to those without."),
@@ -89,7 +89,7 @@ def enrichment(
 
 @plot_app.command("distribution")
 def distribution(
-    atlas: Path = ATLAS,
+    atlas: str = ATLAS,
     output: Path = OUTPUT,
     score: Optional[str] = SCORE_COLUMN,
     z: float = Z, smooth: int = SMOOTH,
@@ -106,7 +106,7 @@ def distribution(
 
 @plot_app.command("identity")
 def identity(
-    atlas: Path = ATLAS,
+    atlas: str = ATLAS,
     output: Path = OUTPUT,
     sample: int = IDENTITY_SAMPLE, layer: Optional[list[int]] = IDENTITY_LAYER,
     k: int = IDENTITY_K, seed: int = IDENTITY_SEED, index: Optional[str] = IDENTITY_INDEX,
@@ -127,7 +127,7 @@ def identity(
 
 @plot_app.command("icl")
 def icl(
-    atlas: Path = ATLAS,
+    atlas: str = ATLAS,
     output: Path = OUTPUT,
     doubling: Optional[Path] = typer.Option(None, "--doubling", help="A `seqatlas probe "
                                             "doubling -o` output (Parquet, CSV, TSV or JSON) "
@@ -143,7 +143,7 @@ def icl(
 
 @plot_app.command("calibration")
 def calibration(
-    atlas: Path = ATLAS,
+    atlas: str = ATLAS,
     output: Path = OUTPUT,
     index: str = typer.Option("default", "--index", help="Index name (see `seqatlas index "
                               "list`)."),

@@ -34,7 +34,7 @@ def _fmt(value) -> str:
 
 @probe_app.command("icl")
 def icl(
-    atlas: Path = ATLAS,
+    atlas: str = ATLAS,
     method: AblationMethod = METHOD,
     seed: int = SEED,
     likelihood: Optional[ProbeLikelihood] = typer.Option(

@@ -13,7 +13,7 @@ from seqatlas.cli.tables import note
 
 
 def report(
-    atlas: List[Path] = typer.Option(..., "--atlas", "-a", help="Atlas directory; repeat "
+    atlas: List[str] = typer.Option(..., "--atlas", "-a", help="Atlas directory or URI; repeat "
                                      "--atlas for several atlases in one report."),
     output: Path = typer.Option(..., "--output", "-o", help="The HTML file to write (- for "
                                 "stdout); never inside an atlas."),

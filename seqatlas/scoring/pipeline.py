@@ -613,11 +613,19 @@ def _run_units(run: _Run) -> None:
                      total=sum(u.positions - u.unscored for u in run.todo),
                      progress=config.progress)
     nodes: dict[str, int] = {}
+    unstaged: dict[str, int] = {}  # node: units whose rows came back (no staging area seen)
     started = utc_now()
 
     def commit(item, result) -> None:
         before = report.positions_scored
         _commit_unit(run, item[0], item[1].jobs, result)
+        if staging is not None and result.staged is None:
+            if result.node not in unstaged:
+                warnings.warn(f"Ray node {result.node} does not see the atlas's staging area "
+                              f"{staging}: its units' rows travel to the driver, which writes "
+                              "them. Put the atlas on storage every node reaches (a shared file "
+                              "system, s3://) to keep them off the driver.", stacklevel=2)
+            unstaged[result.node] = unstaged.get(result.node, 0) + 1
         nodes[result.node] = nodes.get(result.node, 0) + 1
         progress.settle(item[0].key, report.positions_scored - before)
 
@@ -639,12 +647,15 @@ def _run_units(run: _Run) -> None:
                                      progress=progress, stall_timeout=config.stall_timeout,
                                      total=len(run.todo), partial=partial)
     if report.units_scored:
-        run.writer.record_run(_run_record(run, executor, nodes=nodes, started=started))
+        run.writer.record_run(_run_record(run, executor, nodes=nodes, started=started,
+                                           unstaged=unstaged))
 
 
-def _run_record(run: _Run, executor, *, nodes: dict[str, int], started: str) -> dict:
+def _run_record(run: _Run, executor, *, nodes: dict[str, int], started: str,
+                unstaged: dict[str, int]) -> dict:
     """The manifest's record of this run: what was scored, where, and what crossed the
-    driver (payloads out, results in) per scored position."""
+    driver (payloads out, results in) per scored position; ``units_sent_back``: per node, the
+    units whose rows came to the driver although workers were to write them."""
     report = run.report
     sent, received = executor.bytes_sent, executor.bytes_received
     positions = report.positions_scored
@@ -656,6 +667,7 @@ def _run_record(run: _Run, executor, *, nodes: dict[str, int], started: str) -> 
         "executor": "in-process" if getattr(executor, "ray", None) is None else "ray",
         "workers": getattr(executor, "workers", 1), "nodes": dict(sorted(nodes.items())),
         "write_parts": run.config.write_parts,
+        "units_sent_back": dict(sorted(unstaged.items())),
         "driver_bytes": {"sent": sent, "received": received,
                          "per_position": round((sent + received) / positions, 3)
                          if positions else None},

@@ -176,14 +176,15 @@ class ScoringWorker:
         return positions, tokens, stats
 
     def score_unit(self, request: UnitRequest) -> UnitResult:
-        """Score one unit; with ``request.staging``, write its parts there and return only
-        what the driver needs to commit them."""
-        from seqatlas.store import stage_parts
+        """Score one unit; with ``request.staging`` (when this node sees it), write its parts
+        there and return only what the driver needs to commit them; else return the rows."""
+        from seqatlas.store import stage_parts, staging_visible
 
         positions, tokens, stats = self.score(request.jobs)
         tables = {"positions": positions, "tokens": tokens}
         common = {"positions": positions.num_rows, "stats": stats, "node": self.node or _node_id()}
-        if request.staging is None:
+        if request.staging is None or not staging_visible(request.staging):
+            # a node that does not see the atlas sends its rows to the driver (which warns)
             return UnitResult(**common, tables=tables)
         return UnitResult(**common, staged=stage_parts(request.staging, request.key, tables))
 
