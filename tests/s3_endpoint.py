@@ -4,6 +4,7 @@ subprocesses this process starts and pyarrow all find it)."""
 
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ def local_s3_endpoint():
     """Start the server, point the AWS environment at it; restore both on exit."""
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # not a line per request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
