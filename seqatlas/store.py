@@ -31,6 +31,7 @@ import os
 import shutil
 import stat
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,51 +117,31 @@ def staging_visible(staging: str | os.PathLike | RemoteLocation) -> bool:
         return False
 
 
-def stage_parts(staging: str | os.PathLike, key: str,
+def stage_parts(staging: str | os.PathLike | RemoteLocation, key: str,
                 tables: dict[str, pa.Table | None]) -> dict[str, StagedPart]:
-    """Write unit ``key``'s parts into a run's staging directory (on a scoring worker; see
+    """Write unit ``key``'s parts into a run's staging area (on a scoring worker; see
     :meth:`AtlasWriter.staging_area`); the driver commits them with
     :meth:`AtlasWriter.commit_staged`. Nothing is left behind when this fails."""
-    if isinstance(staging, RemoteLocation):
-        return _stage_remote(staging, key, tables)
-    directory = Path(staging)
-    if not directory.is_dir():
+    if not staging_visible(staging):
         raise AtlasError(
-            f"this worker cannot see the atlas's staging directory {directory}: either the run "
-            "that made it has ended, or this Ray node does not see the atlas. The workers write "
+            f"this worker cannot see the atlas's staging area {staging}: either the run that "
+            "made it has ended, or this Ray node does not reach the atlas (a directory on "
+            "another machine; for s3://, the credentials or the endpoint). The workers write "
             "their parts into the atlas, so it must be on storage every node reaches (a shared "
-            "file system); use such a path, or --write-parts driver to send every result to the "
-            "driver instead.")
-    name, tag = part_name(key), f"-{uuid.uuid4().hex[:12]}"
-    written: list[Path] = []
-    staged = {}
-    try:
-        for table, data in tables.items():
-            if data is None:
-                continue
-            tmp = directory / f"{table}.{name}{TEMP_MARK}{os.getpid()}{tag}"
-            written.append(tmp)
-            size, digest = write_parquet(tmp, table, data)
-            staged[table] = StagedPart(table=table, name=name, staged=tmp.name,
-                                       rows=data.num_rows, bytes=size, sha256=digest)
-    except BaseException as exc:
-        for tmp in written:
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
-        if isinstance(exc, OSError):
-            raise storage_error(exc, directory, "write a part") from None
-        raise
-    return staged
+            "file system, s3://); use such a location, or --write-parts driver to send every "
+            "result to the driver instead.")
+    if isinstance(staging, RemoteLocation):
+        def write(tmp, table, data):
+            return _write_remote(staging, tmp, table, data)
+        delete = staging.delete
+    else:
+        directory = Path(staging)
 
+        def write(tmp, table, data):
+            return write_parquet(directory / tmp, table, data)
 
-def _stage_remote(staging: RemoteLocation, key: str,
-                  tables: dict[str, pa.Table | None]) -> dict[str, StagedPart]:
-    if staging.info(STAGING_OPEN) is None:
-        raise AtlasError(f"this worker cannot see the staging area {staging}: either the run "
-                         "that made it has ended, or this node has no access to the atlas "
-                         "(credentials, endpoint); or use --write-parts driver")
+        def delete(tmp):
+            (directory / tmp).unlink()
     name, tag = part_name(key), f"-{uuid.uuid4().hex[:12]}"
     staged, written = {}, []
     try:
@@ -169,15 +150,15 @@ def _stage_remote(staging: RemoteLocation, key: str,
                 continue
             tmp = f"{table}.{name}{TEMP_MARK}{os.getpid()}{tag}"
             written.append(tmp)
-            size, digest = _write_remote(staging, tmp, table, data)
+            size, digest = write(tmp, table, data)
             staged[table] = StagedPart(table=table, name=name, staged=tmp, rows=data.num_rows,
                                        bytes=size, sha256=digest)
     except BaseException as exc:
         for tmp in written:
             try:
-                staging.delete(tmp)
+                delete(tmp)
             except OSError:
-                pass
+                pass  # never written, or already gone
         if isinstance(exc, OSError):
             raise storage_error(exc, staging, "write a part") from None
         raise
@@ -313,19 +294,8 @@ def _part_problem(root: Path | RemoteLocation, verified: _VerifiedLog, table: st
     if info.st_size != record.bytes:
         return (f"{info.st_size:,} bytes on disk, {record.bytes:,} when committed "
                 "(truncated or rewritten)")
-    if record.sha256 is None:
-        return None  # committed before checksums: its size is all there is to check
-    key, identity = f"{table}/{name}", _identity(info)
-    if not full and verified.trusted(key, identity, record.sha256):
-        return None
-    try:
-        digest = file_sha256(path)
-    except OSError as exc:
-        return f"unreadable ({exc.strerror})"
-    if digest != record.sha256:
-        return "its bytes changed since it was committed (SHA-256 differs)"
-    verified.record(key, identity, digest)
-    return None
+    return _digest_problem(verified, f"{table}/{name}", _identity(info), record, full=full,
+                           digest=lambda: file_sha256(path))
 
 
 def _remote_part_problem(root: RemoteLocation, verified: _VerifiedLog, table: str, name: str,
@@ -339,18 +309,24 @@ def _remote_part_problem(root: RemoteLocation, verified: _VerifiedLog, table: st
     if info[0] != record.bytes:
         return (f"{info[0]:,} bytes in the store, {record.bytes:,} when committed "
                 "(truncated or rewritten)")
+    return _digest_problem(verified, f"{table}/{name}", list(info), record, full=full,
+                           digest=lambda: root.sha256(table, name))
+
+
+def _digest_problem(verified: _VerifiedLog, key: str, identity, record: PartRecord, *,
+                    full: bool, digest: Callable[[], str]) -> str | None:
+    """The part's SHA-256 against its record, unless ``verified`` trusts its identity."""
     if record.sha256 is None:
-        return None
-    key, identity = f"{table}/{name}", list(info)
+        return None  # committed before checksums: its size is all there is to check
     if not full and verified.trusted(key, identity, record.sha256):
         return None
     try:
-        digest = root.sha256(table, name)
+        value = digest()
     except OSError as exc:
-        return f"unreadable ({exc})"
-    if digest != record.sha256:
+        return f"unreadable ({exc.strerror or exc})"
+    if value != record.sha256:
         return "its bytes changed since it was committed (SHA-256 differs)"
-    verified.record(key, identity, digest)
+    verified.record(key, identity, value)
     return None
 
 

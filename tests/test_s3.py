@@ -285,3 +285,24 @@ def test_every_command_that_reads_an_atlas_takes_an_s3_uri(tmp_path, s3, capsys)
     assert seqatlas.query.sql(uri, icl).to_pylist() == seqatlas.query.sql(local, icl).to_pylist()
     assert seqatlas.query.sql(uri, icl).to_pylist()[0]["n"] > 0
     assert not [k for k in s3.keys("commands") if ".tmp-" in k or k.endswith(".lock")]
+
+
+def test_a_damaged_part_in_the_bucket_is_refused_by_name_and_repaired(tmp_path, tiny_esm, s3):
+    fasta = _fasta(tmp_path, n=3)
+    uri = s3.bucket("damage") + "/atlas"
+    seqatlas.ingest(fasta, atlas=uri, model=str(tiny_esm), workers=0, **OPTIONS)
+    before = _parts(uri)
+    location = remote_location(uri)
+    name = sorted(before["positions"])[0]
+    data = location.read_bytes("positions", name)
+    for damaged, problem in ((data[:100] + bytes(len(data) - 100), "SHA-256 differs"),
+                             (data[:-10], "bytes in the store")):
+        location.write_bytes(damaged, "positions", name)
+        report = seqatlas.verify(uri, inputs=False)
+        assert not report["ok"] and [d["part"] for d in report["damaged"]] == [name]
+        assert problem in report["damaged"][0]["problem"]
+        with pytest.raises(seqatlas.SeqAtlasError, match=name):
+            seqatlas.query.sql(uri, "SELECT count(*) FROM positions")
+        assert seqatlas.repair(uri, workers=0, progress=False)["rescored_units"] == 1
+        assert _parts(uri) == before and seqatlas.verify(uri)["ok"]
+        assert location.read_bytes("positions", name) == data
