@@ -107,7 +107,11 @@ class StagedPart:
     sha256: str
 
 
-def staging_visible(staging: str | os.PathLike | RemoteLocation) -> bool:
+class StagingUnreachable(AtlasError):
+    """This worker does not see the run's staging area (see :func:`stage_parts`)."""
+
+
+def _staging_visible(staging: str | os.PathLike | RemoteLocation) -> bool:
     """Whether this process (a scoring worker, on its node) sees a run's staging area."""
     try:
         if isinstance(staging, RemoteLocation):
@@ -122,8 +126,8 @@ def stage_parts(staging: str | os.PathLike | RemoteLocation, key: str,
     """Write unit ``key``'s parts into a run's staging area (on a scoring worker; see
     :meth:`AtlasWriter.staging_area`); the driver commits them with
     :meth:`AtlasWriter.commit_staged`. Nothing is left behind when this fails."""
-    if not staging_visible(staging):
-        raise AtlasError(
+    if not _staging_visible(staging):
+        raise StagingUnreachable(
             f"this worker cannot see the atlas's staging area {staging}: either the run that "
             "made it has ended, or this Ray node does not reach the atlas (a directory on "
             "another machine; for s3://, the credentials or the endpoint). The workers write "
@@ -383,6 +387,31 @@ def atlas_exists(atlas) -> bool:
     return (Path(atlas) / MANIFEST).is_file()
 
 
+def _footer_rows(handle) -> int:
+    """The row count in the Parquet footer of the open file ``handle`` (then closed)."""
+    with handle:
+        return pq.ParquetFile(handle).metadata.num_rows
+
+
+def _verify_staged(where, size: int, part: StagedPart, key: str, *,
+                  rows: Callable[[], int]) -> None:
+    """A staged part must have the size and (from its footer) the rows its worker reported."""
+    problem = None
+    if size != part.bytes:
+        problem = f"{size:,} bytes, the worker wrote {part.bytes:,}"
+    else:
+        try:
+            found = rows()
+        except (OSError, pa.ArrowException) as exc:
+            found, problem = None, f"its Parquet footer cannot be read ({exc})"
+        if found is not None and found != part.rows:
+            problem = f"{found:,} rows, the worker wrote {part.rows:,}"
+    if problem:
+        raise AtlasDamagedError(f"the {part.table} part a worker staged for unit {key[:16]} "
+                                f"({where}) is not as written: {problem}. Nothing of it was "
+                                "committed; re-run to score it again.")
+
+
 class AtlasReader:
     """An atlas directory, readable as Arrow tables (only committed parts)."""
 
@@ -434,17 +463,26 @@ class AtlasReader:
     def count(self, table: str) -> int:
         return sum(p.rows for p in self.manifest.table_parts(table).values())
 
+    def dataset(self, paths: list, arrow_schema: pa.Schema | None = None):
+        """A pyarrow dataset of committed parts (from :meth:`part_paths`), read where the
+        atlas lives, page checksums verified."""
+        import pyarrow.dataset as ds
+
+        return ds.dataset([str(p) for p in paths], format=parquet_format(),
+                          schema=arrow_schema, filesystem=self.filesystem)
+
+    def open_part(self, path) -> pq.ParquetFile:
+        """One committed part (from :meth:`part_paths`), opened where the atlas lives."""
+        return pq.ParquetFile(path if self.filesystem is None else
+                              self.filesystem.open_input_file(str(path)))
+
     def _read(self, table: str, columns, arrow_schema: pa.Schema) -> pa.Table:
         paths = self.part_paths(table)
         if not paths:
             return arrow_schema.empty_table() if columns is None else \
                 arrow_schema.empty_table().select(columns)
-        import pyarrow.dataset as ds
-
         try:
-            data = ds.dataset([str(p) for p in paths], format=parquet_format(),
-                              schema=arrow_schema, filesystem=self.filesystem)
-            return data.to_table(columns=columns)
+            return self.dataset(paths, arrow_schema).to_table(columns=columns)
         except (OSError, ValueError, pa.ArrowException) as exc:  # UnicodeDecodeError included
             raise AtlasDamagedError(
                 f"{self.path}: a {table} part cannot be read ({type(exc).__name__}: "
@@ -950,17 +988,12 @@ class AtlasWriter:
                         f"the {part.table} part a worker wrote for unit {key[:16]} is not in "
                         f"{staging} ({part.staged}): the worker could not reach this atlas's "
                         "store, or wrote elsewhere. Committed work is kept.")
-                rows = None
-                if info[0] == part.bytes:
-                    with staging.open_input(part.staged) as fh:
-                        rows = pq.ParquetFile(fh).metadata.num_rows
-                if info[0] != part.bytes or rows != part.rows:
+                try:
+                    _verify_staged(f"{staging}/{part.staged}", info[0], part, key,
+                                   rows=lambda: _footer_rows(staging.open_input(part.staged)))
+                except AtlasDamagedError:
                     staging.delete(part.staged)
-                    found = f"{info[0]:,} bytes" if info[0] != part.bytes else f"{rows:,} rows"
-                    raise AtlasDamagedError(
-                        f"the {part.table} part a worker staged for unit {key[:16]} is not as "
-                        f"written: {found}, the worker reported {part.bytes:,} bytes and "
-                        f"{part.rows:,} rows. Nothing of it was committed; re-run.")
+                    raise
             for part in staged.values():
                 target = f"{part.table}/{name}"
                 self.path.move(f"{STAGING}/{staging.name}/{part.staged}", target)
@@ -982,20 +1015,7 @@ class AtlasWriter:
                 f"{path.parent} ({path.name}): the worker's node does not see this atlas. Put "
                 "the atlas on storage every Ray node reaches (a shared file system), or use "
                 "--write-parts driver. Committed work is kept.") from None
-        problem = None
-        if size != part.bytes:
-            problem = f"{size:,} bytes, the worker wrote {part.bytes:,}"
-        else:
-            try:
-                rows = pq.ParquetFile(path).metadata.num_rows
-            except (OSError, pa.ArrowException) as exc:
-                rows, problem = None, f"its Parquet footer cannot be read ({exc})"
-            if rows is not None and rows != part.rows:
-                problem = f"{rows:,} rows, the worker wrote {part.rows:,}"
-        if problem:
-            raise AtlasDamagedError(f"the {part.table} part a worker staged for unit "
-                                    f"{key[:16]} ({path}) is not as written: {problem}. "
-                                    "Nothing of it was committed; re-run to score it again.")
+        _verify_staged(path, size, part, key, rows=lambda: _footer_rows(open(path, "rb")))
 
     def record_run(self, record: dict) -> None:
         """Append a run record (what an ingest did, where, and what crossed the driver) to

@@ -364,7 +364,7 @@ def test_copy_runs_of_an_atlas_agree_with_its_detected_repeats(tmp_path, dna_mod
     from seqatlas.repeats.copies import read_copies
 
     reader = seqatlas.Atlas(atlas)
-    runs = copy_runs(read_copies(reader.part_paths("positions")), ["s0"])
+    runs = copy_runs(read_copies(reader), ["s0"])
     repeats = seqatlas.repeats.copy_repeats(atlas)
     assert repeats["start"].to_pylist() == runs.start.tolist()
     assert [f"s0:{a}-{b}" for a, b in zip(runs.partner_start, runs.partner_end)] \

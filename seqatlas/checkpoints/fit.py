@@ -33,11 +33,10 @@ from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
 import numpy as np
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 
 from seqatlas.checkpoints.loading import EMBEDDED_MODELS, SCORED_LETTERS
 from seqatlas.errors import ModelError
-from seqatlas.store import AtlasReader, parquet_format
+from seqatlas.store import AtlasReader
 
 if TYPE_CHECKING:
     from seqatlas.checkpoints.loading import ModelSpec
@@ -159,8 +158,7 @@ def mean_likelihood(reader: AtlasReader) -> tuple[str, float, int] | None:
     if not paths:
         return None
     total, n = 0.0, 0
-    data = ds.dataset([str(p) for p in paths], format=parquet_format(), filesystem=reader.filesystem)
-    for batch in data.to_batches(columns=[column]):
+    for batch in reader.dataset(paths).to_batches(columns=[column]):
         values = batch.column(0)
         finite = pc.filter(values, pc.is_finite(values))
         n += len(finite)

@@ -304,12 +304,11 @@ def _read(file: Path, kind: str, mmap: bool, rebuild: str):
 
 def _column_dim(atlas: AtlasReader, column: str) -> int | None:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     parts = atlas.part_paths("tokens")
     if not parts:
         return None
-    arrow_schema = pq.read_schema(str(parts[0]), filesystem=atlas.filesystem)
+    arrow_schema = atlas.open_part(parts[0]).schema_arrow
     if column not in arrow_schema.names:
         raise AtlasIndexError(f"the atlas's tokens have no column {column!r} (the index was "
                               "built from another atlas)")

@@ -12,7 +12,6 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from seqatlas.store import AtlasReader
 from seqatlas.errors import AtlasIndexError, ConfigError
@@ -75,7 +74,7 @@ class EmbeddingSource:
         parts = atlas.part_paths("tokens")
         if not parts:
             raise AtlasIndexError(f"{atlas.path} has no tokens yet; run `seqatlas ingest` first")
-        arrow_schema = pq.read_schema(str(parts[0]), filesystem=atlas.filesystem)
+        arrow_schema = atlas.open_part(parts[0]).schema_arrow
         names = [f.name for f in arrow_schema if pa.types.is_fixed_size_list(f.type)]
         if column not in names:
             raise AtlasIndexError(f"tokens has no embedding column {column!r}; "
@@ -88,17 +87,11 @@ class EmbeddingSource:
     def total(self) -> int:
         return sum(self.rows)
 
-    def open_part(self, path) -> pq.ParquetFile:
-        """A tokens part, opened where the atlas lives (a local file or a remote object)."""
-        filesystem = self.atlas.filesystem
-        return pq.ParquetFile(path if filesystem is None else
-                              filesystem.open_input_file(str(path)))
-
     def batches(self, parts: list[Path] | None = None, batch_rows: int = BATCH_ROWS
                 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(token_ids int64, vectors float32 (n, dim)) per batch, parts in order."""
         for path in self.parts if parts is None else parts:
-            handle = self.open_part(path)
+            handle = self.atlas.open_part(path)
             field = handle.schema_arrow.field(self.column) \
                 if self.column in handle.schema_arrow.names else None
             if field is None or getattr(field.type, "list_size", None) != self.dim:

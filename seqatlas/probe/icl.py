@@ -33,7 +33,7 @@ from seqatlas.scoring.ablation import (METHODS, RESCORE_LIKELIHOODS, RescoreTask
                                        region_rng, standard_letters)
 from seqatlas.scoring.pipeline import describe_error
 from seqatlas.scoring.workers import make_executor, run_units_timed
-from seqatlas.store import AtlasReader, AtlasWriter, parquet_format
+from seqatlas.store import AtlasReader, AtlasWriter
 
 PROBE = "icl"
 
@@ -132,7 +132,7 @@ def _probe_locked(reader: AtlasReader, writer: AtlasWriter, config: IclConfig) -
     _check_settings(reader, mode)
     spec = atlas_model_spec(reader, config.model)  # before any work: the weights must match
     names = seq_order(reader)
-    copies = read_copies(reader.part_paths("positions"), reader.filesystem)
+    copies = read_copies(reader)
     targets = _select(reader, split_runs(copy_runs(copies, names)), names, config)
     done = _probed(reader, names, config)
     todo = [t for t in targets if (t.seq, t.start, t.end) not in done]
@@ -259,8 +259,7 @@ def _probed(reader: AtlasReader, names: list[str], config: IclConfig) -> set[tup
         return set()
     import pyarrow.dataset as ds
 
-    data = ds.dataset([str(p) for p in paths], format=parquet_format(), schema=schema.ABLATIONS,
-                      filesystem=reader.filesystem)
+    data = reader.dataset(paths, schema.ABLATIONS)
     table = data.to_table(columns=["seq_id", "target_start", "target_end"],
                           filter=(ds.field("method") == config.method)
                           & (ds.field("seed") == config.seed))
@@ -327,8 +326,7 @@ def _read_sequences(reader: AtlasReader, seq_ids: list[str], letters: str
     ``seq_ids``, rebuilt from the atlas itself (the FASTA may have moved)."""
     import pyarrow.dataset as ds
 
-    data = ds.dataset([str(p) for p in reader.part_paths("positions")], format=parquet_format(),
-                      schema=schema.POSITIONS, filesystem=reader.filesystem)
+    data = reader.dataset(reader.part_paths("positions"), schema.POSITIONS)
     table = data.to_table(columns=["seq_id", "pos", "ref", "soft_masked", "logp",
                                    "window_start"],
                           filter=ds.field("seq_id").isin(seq_ids))

@@ -325,22 +325,16 @@ class Sandbox:
                              "(or not a file); refusing to read it. Remove the link.")
         return str(resolved)
 
-    def _register_dataset(self, table: str, parts: list[str], arrow_schema: pa.Schema) -> str:
+    def _register_dataset(self, table: str, parts: list, arrow_schema: pa.Schema) -> str:
         """A remote table: a pyarrow dataset of its committed parts (read through the atlas's
         filesystem, page checksums verified), registered as ``_table_parts``; returns the
         view's body. Columns an older part lacks read as null (the dataset's schema)."""
-        import pyarrow.dataset as ds
-
-        from seqatlas.store import parquet_format
-
         # DuckDB scans no Arrow float16: fp16 embeddings read as FLOAT[], as from Parquet
         readable = pa.schema([pa.field(f.name, pa.list_(pa.float32()), f.nullable)
                               if pa.types.is_fixed_size_list(f.type) and
                               pa.types.is_float16(f.type.value_type) else f
                               for f in arrow_schema])
-        data = ds.dataset(parts, format=parquet_format(), schema=readable,
-                          filesystem=self.atlas.filesystem)
-        self.con.register(f"_{table}_parts", data)
+        self.con.register(f"_{table}_parts", self.atlas.dataset(parts, readable))
         columns = ", ".join(f'"{f.name}"' for f in arrow_schema)
         return f'SELECT {columns} FROM "_{table}_parts"'
 
@@ -348,19 +342,17 @@ class Sandbox:
         allowed = []
         schemas = {**TABLE_SCHEMAS, "tokens": self.atlas.manifest.tokens_schema()}
         for table in schema.TABLES:
-            if self.remote:
-                parts = [str(p) for p in self.atlas.part_paths(table)]
+            paths = self.atlas.part_paths(table)
+            if not paths:
+                body = _empty_select(schemas[table])
+            elif self.remote:
+                body = self._register_dataset(table, paths, schemas[table])
             else:
-                parts = [self._safe_part(p) for p in self.atlas.part_paths(table)]
+                parts = [self._safe_part(p) for p in paths]
                 allowed += parts
-            if parts and self.remote:
-                body = self._register_dataset(table, parts, schemas[table])
-            elif parts:
                 files = ", ".join(map(sql_string, parts))
                 body = f"SELECT {_select_list(schemas[table], parts[0])} " \
                        f"FROM read_parquet([{files}])"
-            else:
-                body = _empty_select(schemas[table])
             self.con.execute(f'CREATE VIEW "{table}" AS {body}')
         # Global coordinates (sequence offset + position) keep interval joins pure
         # inequalities, which DuckDB runs as a range join instead of a per-sequence hash join.

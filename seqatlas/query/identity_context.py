@@ -77,7 +77,7 @@ def sample_rows(source: EmbeddingSource, n: int, seed: int) -> tuple[np.ndarray,
         base += rows
         if not len(mine):
             continue
-        handle = source.open_part(path)
+        handle = source.atlas.open_part(path)
         group_start = 0
         for g in range(handle.num_row_groups):
             size = handle.metadata.row_group(g).num_rows

@@ -16,7 +16,7 @@ import pyarrow as pa
 from seqatlas import schema
 from seqatlas.copy_detector import DEFINITION_VERSION
 from seqatlas.errors import ConfigError
-from seqatlas.store import AtlasReader, AtlasWriter, parquet_format
+from seqatlas.store import AtlasReader, AtlasWriter
 
 SOURCE = schema.COPY_REPEAT_SOURCE
 REPEAT_CLASS = schema.COPY_REPEAT_CLASS
@@ -105,17 +105,17 @@ def _intervals(table: pa.Table, seq_order: list[str]) -> pa.Table:
     }, schema=schema.REPEATS)
 
 
-def read_copies(paths: list, filesystem=None) -> pa.Table:
-    """The positions rows that have an in-context copy, from positions part files (on
-    ``filesystem``, a remote atlas's; None: local)."""
+def read_copies(atlas: AtlasReader, paths: list | None = None) -> pa.Table:
+    """The positions rows that have an in-context copy, from the atlas's positions parts
+    (``paths``: some of them; default all)."""
     import pyarrow.dataset as ds
 
     columns = ["seq_id", "pos", "window_start", "window_end", "copy_offset", "copy_strand"]
+    paths = atlas.part_paths("positions") if paths is None else paths
     if not paths:
         return schema.POSITIONS.empty_table().select(columns)
-    data = ds.dataset([str(p) for p in paths], format=parquet_format(), schema=schema.POSITIONS,
-                      filesystem=filesystem)
-    return data.to_table(columns=columns, filter=ds.field("copy_offset").is_valid())
+    return atlas.dataset(paths, schema.POSITIONS).to_table(
+        columns=columns, filter=ds.field("copy_offset").is_valid())
 
 
 def seq_order(atlas) -> list[str]:
@@ -141,7 +141,7 @@ def copy_repeats(atlas) -> pa.Table:
     """
     atlas = AtlasReader(atlas)
     check_detected(atlas.manifest, atlas.path)
-    return _intervals(read_copies(atlas.part_paths("positions"), atlas.filesystem),
+    return _intervals(read_copies(atlas),
                       seq_order(atlas))
 
 
@@ -163,7 +163,7 @@ def annotate_copies(atlas) -> dict:
             return summary
         reader = AtlasReader(writer.path)
         paths = [p for p in reader.part_paths("positions") if p.name in set(todo)]
-        table = _intervals(read_copies(paths, reader.filesystem), seq_order(reader))
+        table = _intervals(read_copies(reader, paths), seq_order(reader))
         units = sorted(parts[name].unit for name in todo)
         key = "copies-" + hashlib.sha256(json.dumps([DEFINITION_VERSION, k, units])
                                          .encode()).hexdigest()

@@ -28,7 +28,7 @@ from typing import Callable, Iterator
 import pyarrow as pa
 
 from seqatlas import schema
-from seqatlas.store import AtlasReader, parquet_format
+from seqatlas.store import AtlasReader
 from seqatlas.errors import ConfigError, FastaError, InputError, ToolError
 from seqatlas.progress import Meter
 from seqatlas.fasta import read_fasta
@@ -115,8 +115,8 @@ def _from_positions(atlas: AtlasReader, row: dict) -> bytes | None:
     paths = atlas.part_paths("positions")
     if not paths:
         return None
-    table = ds.dataset([str(p) for p in paths], format=parquet_format(), schema=schema.POSITIONS,
-                       filesystem=atlas.filesystem).to_table(columns=["pos", "ref"], filter=ds.field("seq_id") == row["seq_id"])
+    table = atlas.dataset(paths, schema.POSITIONS).to_table(
+        columns=["pos", "ref"], filter=ds.field("seq_id") == row["seq_id"])
     if table.num_rows != row["length"]:
         return None
     refs = table.sort_by("pos")["ref"].combine_chunks()

@@ -178,15 +178,18 @@ class ScoringWorker:
     def score_unit(self, request: UnitRequest) -> UnitResult:
         """Score one unit; with ``request.staging`` (when this node sees it), write its parts
         there and return only what the driver needs to commit them; else return the rows."""
-        from seqatlas.store import stage_parts, staging_visible
+        from seqatlas.store import StagingUnreachable, stage_parts
 
         positions, tokens, stats = self.score(request.jobs)
         tables = {"positions": positions, "tokens": tokens}
         common = {"positions": positions.num_rows, "stats": stats, "node": self.node or _node_id()}
-        if request.staging is None or not staging_visible(request.staging):
-            # a node that does not see the atlas sends its rows to the driver (which warns)
-            return UnitResult(**common, tables=tables)
-        return UnitResult(**common, staged=stage_parts(request.staging, request.key, tables))
+        if request.staging is not None:
+            try:
+                return UnitResult(**common,
+                                  staged=stage_parts(request.staging, request.key, tables))
+            except StagingUnreachable:
+                pass  # a node that does not see the atlas sends its rows (the driver warns)
+        return UnitResult(**common, tables=tables)
 
     def rescore(self, tasks):
         """Masked logp of each task's bases (see :meth:`Scorer.rescore`), and the stats."""
