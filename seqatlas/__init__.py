@@ -24,6 +24,7 @@ __all__ = [
     "probe_doubling",
     "probe_icl",
     "repair",
+    "score_variants",
     "verify",
 ]
 
@@ -42,6 +43,7 @@ _LAZY = {
     "export": ("seqatlas.query.tracks", "export"),
     "probe_icl": ("seqatlas.probe.icl", "probe_icl"),
     "probe_doubling": ("seqatlas.probe.doubling", "probe_doubling"),
+    "score_variants": ("seqatlas.variants.score", "score_variants"),
 }
 
 

@@ -16,6 +16,7 @@ from seqatlas.manifest import InputRecord
 from seqatlas.scoring.pipeline import recorded_settings
 from seqatlas.store import AtlasReader, AtlasWriter, PartDamage
 from seqatlas.util import STDIN, file_sha256, is_stream, stream_name
+from seqatlas.variants.score import score_variants as _score_variants
 
 __all__ = ["Atlas", "AtlasWriter", "info", "repair", "verify"]
 
@@ -53,6 +54,15 @@ class Atlas(AtlasReader):
         report = _probe.probe_icl(self.path, **options)
         self.manifest = AtlasReader(self.path).manifest  # the new parts are visible here
         return report
+
+    def score_variants(self, variants, **options):
+        """The LLR of each variant (a file's path, or mutant strings); ``options`` are
+        :class:`seqatlas.variants.score.VariantConfig` fields. Returns the
+        :class:`~seqatlas.variants.score.VariantScores`."""
+        result = _score_variants(variants, atlas=self.path, **options)
+        if result.stored_set is not None:
+            self.manifest = AtlasReader(self.path).manifest
+        return result
 
     def identity(self, **options) -> pa.Table:
         """Identity vs context agreement of embedding neighbours per stored layer;
@@ -132,8 +142,9 @@ def repair(atlas: str | os.PathLike, *, workers: int | None = None,
     """Rewrite an atlas's damaged parts from its inputs: the sequences table from the input
     FASTA files, scored units by re-ingesting them with the atlas's own model and settings,
     imported or found repeats by importing or running the finder again, in-context copies
-    by detecting them again. Ablations cannot be recomputed without the probe's selection:
-    their damaged units are dropped and the report says what to re-run. Returns a report;
+    by detecting them again. Ablations cannot be recomputed without the probe's selection,
+    nor a stored variant set without its file: their damaged units are dropped and the
+    report says what to re-run. Returns a report;
     raises when something could not be restored."""
     from seqatlas import repeats
     from seqatlas.scoring.pipeline import ingest
@@ -176,6 +187,12 @@ def repair(atlas: str | os.PathLike, *, workers: int | None = None,
                              run_args=shlex.join(record["args"]), progress=progress)
         elif record.get("detector"):
             repeats.annotate(atlas=atlas, detect=True)
+        elif unit.startswith("variants-"):
+            report["rerun"].append(
+                f"seqatlas variants score FILE --atlas {atlas} --store "
+                f"{record.get('variant_set')} with the variant file the set was stored from "
+                "(its damaged part was dropped)")
+            continue
         elif unit.startswith("ablations-"):
             report["rerun"].append(
                 f"seqatlas probe icl --atlas {atlas} --method {record.get('method', 'mask')} "

@@ -12,7 +12,12 @@ file. Sections appear only for what an atlas holds:
 - ``copies``: ``probe icl`` gains (look-up vs matched control) per copy strand, and the
   doubling probe's results when a ``probe doubling`` output is given;
 - ``identity``: identity vs context agreement of embedding neighbours per layer;
-- ``indexes``: each embedding index with its recall calibration curve.
+- ``indexes``: each embedding index with its recall calibration curve;
+- ``variants`` (an atlas that stores per-position distributions, ingest's
+  ``--distributions``): the LLR of every substitution at the atlas's first positions
+  (:func:`seqatlas.variants.scan.scan_first`, at most ``variant_positions``) inside vs
+  outside in-context copies and inside vs outside repeats: histograms and a table of counts,
+  means and medians.
 
 Images are PNG at a fixed pixel size and tables are capped (the cap is stated where it
 applies), so the file stays small (a few MB) for a chromosome-scale atlas.
@@ -28,7 +33,10 @@ import os
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
 
 from seqatlas import plot, schema
 from seqatlas.atlas import Atlas
@@ -39,14 +47,33 @@ from seqatlas.query import AnomalyParams, enrichment, identity
 from seqatlas.query.per_sequence import sequence_summary
 from seqatlas.query.views import default_column
 from seqatlas.query.regions import anomalies
-from seqatlas.plot.output import render
+from seqatlas.plot.output import new_figure, render
 from seqatlas.plot.tables import doubling_rows
 from seqatlas.util import format_size, output_file
+from seqatlas.variants.scan import scan_first
 
 # Beyond this many tokens identity vs context is drawn only from a built index.
 EXACT_IDENTITY_TOKENS = 2_000_000
 SECTIONS = ("summary", "sequences", "distribution", "anomalies", "enrichment", "copies",
             "identity", "indexes")
+# sections of an atlas that stores per-position distributions (ingest --distributions),
+# after those of SECTIONS
+DISTRIBUTION_SECTIONS = ("variants",)
+# the stored variant sets' look-up rows by kind of copy (the variants section)
+LOOKUP_SHIFT_SQL = """
+    SELECT v.variant_set, v.lookup_method AS method,
+           CASE WHEN p.copy_strand = '-' THEN 'reverse-complement copy'
+                WHEN EXISTS (SELECT 1 FROM repeats r WHERE r.seq_id = v.seq_id
+                             AND r.start <= v.pos AND r."end" > v.pos
+                             AND r.source <> 'seqatlas-copies') THEN 'direct copy in a repeat'
+                ELSE 'interspersed direct copy' END AS copy_kind,
+           count(*) AS sites, count(v.lookup_shift) AS with_control,
+           avg(v.llr_intact - v.llr_partner) AS icl_shift,
+           avg(v.llr_intact - v.llr_control) AS control_shift,
+           avg(v.lookup_shift) AS lookup_shift, avg(abs(v.lookup_shift)) AS mean_abs_lookup_shift
+    FROM variants v LEFT JOIN positions p ON p.seq_id = v.seq_id AND p.pos = v.pos
+    WHERE v.lookup_method IS NOT NULL
+    GROUP BY ALL ORDER BY ALL"""
 
 
 @dataclass
@@ -58,6 +85,7 @@ class ReportConfig:
     flank: int = 50  # positions drawn on each side of an anomalous region
     identity_sample: int = 500  # tokens sampled by the identity diagnostic
     image_size: tuple[int, int] = (1000, 560)  # pixels of each plot
+    variant_positions: int = 200_000  # positions whose substitutions the variants section scans
 
     def validate(self) -> None:
         if self.top_regions < 0 or self.max_sequences < 1 or self.flank < 0:
@@ -65,6 +93,10 @@ class ReportConfig:
                               "or more")
         if self.identity_sample < 1:
             raise ConfigError("--identity-sample must be 1 or more")
+        if isinstance(self.variant_positions, bool) or \
+                not isinstance(self.variant_positions, int) or self.variant_positions < 1:
+            raise ConfigError(f"variant_positions must be a whole number, 1 or more, not "
+                              f"{self.variant_positions!r}")
         width, height = self.image_size
         if not (100 <= width <= 4000 and 100 <= height <= 4000):
             raise ConfigError("image sizes must be 100 to 4000 pixels on each side")
@@ -273,13 +305,67 @@ class _AtlasReport:
                 parts.append(f"<h3>{html.escape(entry['name'])}</h3>{_png(figure)}")
         return _table(rows) + "".join(parts)
 
+    def variants(self) -> str | None:
+        scoring = self.atlas.manifest.scoring
+        if scoring is None or not scoring.stores_distributions() or not self.rows["positions"]:
+            return None
+        cap = self.config.variant_positions
+        scan, covered = scan_first(self.atlas, max_positions=cap)
+        total = sum(length for length in self.atlas.sequences(
+            columns=["length"])["length"].to_pylist())
+        llr = scan["llr"].to_numpy(zero_copy_only=False).astype(float)
+        in_copy = np.asarray(pc.is_valid(scan["copy_offset"]).to_numpy(
+            zero_copy_only=False), dtype=bool)
+        inside = _in_repeats(self.atlas, scan)
+        groups = [("in an in-context copy", in_copy), ("no in-context copy", ~in_copy)]
+        if inside is not None:
+            groups += [("in a repeat", inside), ("outside repeats", ~inside)]
+        rows = [_llr_row("all", llr, scan)] + [_llr_row(name, llr, scan, mask)
+                                                for name, mask in groups]
+        letters = scoring.distribution_letters
+        strands = (" (with both strands scored, the mean of the two strands' LLRs)"
+                   if scoring.strands == "both" else "")
+        scope = (f"the first {covered:,} of {total:,} positions (in atlas order; at most "
+                 f"{cap:,} are scanned)" if covered < total else f"all {total:,} positions")
+        repeats = ("" if inside is not None else " The scanned sequences carry no repeat "
+                   "annotations (other than in-context copies), so repeats are not compared.")
+        text = (f"<p>The LLR, log p(alt) - log p(ref){strands}, of every substitution among "
+                f"the letters {html.escape(letters)} at {scope}, read from the stored "
+                f"distributions: {scan.num_rows:,} substitutions (positions without a "
+                "distribution, or whose reference letter is not one of these, have none). "
+                "In an in-context copy: the position's k-mer occurs again in its window "
+                "(copy_offset set); repeats: the repeats table, without the in-context "
+                f"copies <code>annotate --detect</code> adds.{repeats} Negative: the model "
+                "finds the substitution less likely than the reference.</p>")
+        lookup = self._lookup_shifts()
+        if not scan.num_rows:
+            return text + lookup
+        figure = _llr_figure(llr, groups, self.config.image_size)
+        return text + _table(rows) + _png(figure) + lookup
+
+    def _lookup_shifts(self) -> str:
+        """The look-up shift of the stored variant sets scored with ``--lookup``, by kind
+        of copy, with its control ("" when no set has look-up rows)."""
+        if not self.rows.get("variants"):
+            return ""
+        rows = self.atlas.sql(LOOKUP_SHIFT_SQL).to_pylist()
+        if not rows:
+            return ""
+        return ("<h3>Look-up shift of the stored variant sets</h3><p>Sites of the variant "
+                "sets stored with <code>variants score --lookup --store</code>, in nats: "
+                "icl_shift = llr_intact - llr_partner (the copy partner corrupted), "
+                "control_shift = llr_intact - llr_control (a matched control region corrupted "
+                "the same way), lookup_shift = icl_shift - control_shift, the part attributed "
+                "to look-up.</p>" + _table(rows))
+
     def render(self) -> tuple[str, list[str]]:
         titles = {"summary": "Summary", "sequences": "Sequences",
                   "distribution": "Score distributions", "anomalies": "Top anomalous regions",
                   "enrichment": "Enrichment in repeats", "copies": "In-context copies: look-up "
-                  "vs control", "identity": "Identity vs context", "indexes": "Embedding indexes"}
+                  "vs control", "identity": "Identity vs context", "indexes": "Embedding indexes",
+                  "variants": "Substitutions: LLR in copies and repeats"}
         shown, body = [], []
-        for name in SECTIONS:
+        for name in SECTIONS + DISTRIBUTION_SECTIONS:
             start = time.perf_counter()
             content = getattr(self, name)()
             self.seconds[name] = round(time.perf_counter() - start, 3)
@@ -289,6 +375,76 @@ class _AtlasReport:
             body.append(f'<section id="{self.prefix}{name}" data-section="{name}">'
                         f"<h2>{titles[name]}</h2>{content}</section>")
         return "".join(body), shown
+
+
+def _in_repeats(atlas: Atlas, scan: pa.Table) -> np.ndarray | None:
+    """Per row of ``scan``, whether its position lies in a repeat (not an ``annotate
+    --detect`` copy); None when the scanned sequences have no such repeat."""
+    paths = atlas.part_paths("repeats")
+    if not paths or not scan.num_rows:
+        return None
+    spans = scan.group_by("seq_id", use_threads=False).aggregate([("pos", "max")])
+    ids = spans["seq_id"].to_pylist()
+    repeats = atlas.dataset(paths, schema.REPEATS).to_table(
+        columns=["seq_id", "start", "end"],
+        filter=ds.field("seq_id").isin(ids) & (ds.field("source") != schema.COPY_REPEAT_SOURCE))
+    if not repeats.num_rows:
+        return None
+    # each scanned sequence's positions [0, extent) at its offset in one flat array
+    extent = dict(zip(ids, (p + 1 for p in spans["pos_max"].to_pylist())))
+    offset, size = {}, 0
+    for seq_id in ids:
+        offset[seq_id], size = size, size + extent[seq_id]
+    depth = np.zeros(size + 1, dtype=np.int64)
+    for seq_id, lo, hi in zip(*(repeats[c].to_pylist() for c in ("seq_id", "start", "end"))):
+        lo, hi = max(0, lo), min(hi, extent[seq_id])
+        if lo < hi:
+            depth[offset[seq_id] + lo] += 1
+            depth[offset[seq_id] + hi] -= 1
+    covered = np.cumsum(depth)[:-1] > 0
+    base = np.array([offset[s] for s in scan["seq_id"].to_pylist()], dtype=np.int64)
+    return covered[base + scan["pos"].to_numpy()]
+
+
+def _llr_row(group: str, llr: np.ndarray, scan: pa.Table, mask=None) -> dict:
+    """Positions, substitutions, mean and median LLR of the rows of ``scan`` in ``mask``."""
+    chosen = llr if mask is None else llr[mask]
+    values = chosen[np.isfinite(chosen)]
+    keys = scan.select(["seq_id", "pos"]) if mask is None else \
+        scan.select(["seq_id", "pos"]).filter(pa.array(mask))
+    positions = keys.group_by(["seq_id", "pos"]).aggregate([]).num_rows
+    return {"group": group, "positions": positions, "substitutions": int(len(chosen)),
+            "mean_llr": float(values.mean()) if len(values) else None,
+            "median_llr": float(np.median(values)) if len(values) else None,
+            "fraction_llr_below_-1": float((values < -1).mean()) if len(values) else None}
+
+
+def _llr_figure(llr: np.ndarray, groups: list, size: tuple[int, int]):
+    """Density histograms of the LLRs inside vs outside each pair of ``groups``, one panel
+    per pair, on shared bins (the 0.1 to 99.9 percentiles), medians dashed."""
+    figure = new_figure(size)
+    finite = np.isfinite(llr)
+    low, high = np.percentile(llr[finite], [0.1, 99.9]) if finite.any() else (-1.0, 1.0)
+    if not high > low:
+        low, high = low - 0.5, high + 0.5
+    edges = np.linspace(low, high, 61)
+    pairs = [groups[i:i + 2] for i in range(0, len(groups), 2)]
+    axes = figure.subplots(1, len(pairs), squeeze=False, sharey=False)[0]
+    for ax, pair in zip(axes, pairs):
+        for (name, mask), colour in zip(pair, ("tab:red", "tab:blue")):
+            values = llr[mask & finite]
+            if not len(values):
+                continue
+            ax.hist(np.clip(values, low, high), bins=edges, density=True, histtype="step",
+                    linewidth=1.2, color=colour, label=f"{name} ({len(values):,})", gid=name)
+            ax.axvline(float(np.median(values)), color=colour, linestyle="--", linewidth=0.8)
+        ax.axvline(0.0, color="gray", linewidth=0.6)
+        ax.set_xlabel("LLR of a substitution, nats (clipped to the 0.1-99.9 percentiles)")
+        ax.set_ylabel("density")
+        ax.legend(loc="upper left", fontsize="small", frameon=False)
+    figure.suptitle("substitutions inside vs outside in-context copies and repeats "
+                    "(dashed: medians)")
+    return figure
 
 
 _STYLE = """

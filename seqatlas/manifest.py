@@ -97,10 +97,15 @@ class ScoringRecord:
     distribution: str = "standard-letters"  # stable id
     distribution_text: str = DISTRIBUTIONS["standard-letters"]
     fast: FastRecord | None = None
+    # per-position distributions (schema.LETTER_COLUMNS): their dtype (None: not stored) and
+    # letters, in the order of each list
+    letter_dtype: str | None = None
+    distribution_letters: str | None = None
     absent: tuple[str, ...] = ()  # keys an older atlas does not record (kept absent)
 
-    _OPTIONAL = ("likelihood", "embeddings", "window", "overlap", "unit_tokens", "strands", "embedding_dtype",
-                 "layer", "layers", "skip_n_runs", "copy_k", "distribution")
+    _OPTIONAL = ("likelihood", "embeddings", "window", "overlap", "unit_tokens", "strands",
+                 "embedding_dtype", "layer", "layers", "skip_n_runs", "copy_k", "distribution",
+                 "letter_dtype", "distribution_letters")
 
     @classmethod
     def from_json(cls, data: dict) -> ScoringRecord:
@@ -114,6 +119,8 @@ class ScoringRecord:
             skip_n_runs=data.get("skip_n_runs"), copy_k=data.get("copy_k"),
             distribution=_DISTRIBUTION_WORDINGS.get(text, text), distribution_text=text,
             fast=FastRecord.from_json(data["fast"]) if "fast" in data else None,
+            letter_dtype=data.get("letter_dtype"),
+            distribution_letters=data.get("distribution_letters"),
             absent=tuple(k for k in cls._OPTIONAL if k not in data))
 
     def to_json(self) -> dict:
@@ -122,7 +129,8 @@ class ScoringRecord:
                 "layers": self.layers, "window": self.window, "overlap": self.overlap,
                 "unit_tokens": self.unit_tokens, "strands": self.strands,
                 "skip_n_runs": self.skip_n_runs, "copy_k": self.copy_k,
-                "distribution": self.distribution_text}
+                "distribution": self.distribution_text, "letter_dtype": self.letter_dtype,
+                "distribution_letters": self.distribution_letters}
         for key in self.absent:
             data.pop(key)
         if self.fast is not None:
@@ -161,6 +169,17 @@ class ScoringRecord:
         if column is None:
             return None
         return column + ("_mean" if self.strands == "both" else "")
+
+    def stores_distributions(self) -> bool:
+        """Whether positions hold ``letter_logp`` (and ``letter_logp_rc``)."""
+        return bool(self.letter_dtype and self.distribution_letters)
+
+    def distribution_column(self, strand: str = "+") -> str | None:
+        """The positions column whose distribution gives this atlas's main likelihood on
+        ``strand`` ("+" forward, "-" reverse); None when distributions are not stored."""
+        if not self.stores_distributions():
+            return None
+        return schema.LETTER_COLUMNS[0 if strand == "+" else 1]
 
     def stored_layers(self) -> list[int]:
         """The hidden layers stored, the ``embedding`` column's first; [] if none (atlases
@@ -441,6 +460,13 @@ class Manifest:
                 return None
             node = node[name]
         return node
+
+    def positions_schema(self):
+        """The positions schema of this atlas (with its distribution columns, if stored)."""
+        scoring = self.scoring
+        if scoring is None or not scoring.stores_distributions():
+            return schema.POSITIONS
+        return schema.positions_schema(len(scoring.distribution_letters), scoring.letter_dtype)
 
     def tokens_schema(self):
         """The tokens schema of this atlas (model width and stored layers)."""

@@ -54,7 +54,7 @@ LOCK_STALE_SECONDS = 300.0  # a remote lock object not refreshed for this long i
 LOCK_REFRESH_SECONDS = 30.0  # how often a remote writer refreshes its lock object
 # Rows per Parquet row group: ~1 MB of positions columns, ~16 MB of fp16 embeddings.
 ROW_GROUP_ROWS = {"sequences": 65536, "positions": 131072, "tokens": 16384, "ablations": 131072,
-                  "repeats": 131072}
+                  "repeats": 131072, "variants": 131072}
 
 
 RUNS_KEPT = 100  # run records kept in the manifest (the most recent)
@@ -494,8 +494,9 @@ class AtlasReader:
         return table if columns is None else table.select(columns)
 
     def positions(self, columns: list[str] | None = None) -> pa.Table:
-        """One row per residue or base; see :data:`seqatlas.schema.POSITIONS`."""
-        return self._read("positions", columns, schema.POSITIONS)
+        """One row per residue or base; see :data:`seqatlas.schema.POSITIONS` (plus the
+        distribution columns where the atlas stores them)."""
+        return self._read("positions", columns, self.manifest.positions_schema())
 
     def repeats(self, columns: list[str] | None = None) -> pa.Table:
         """Imported repeat annotations, 0-based half-open; see :data:`schema.REPEATS`."""

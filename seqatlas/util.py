@@ -8,6 +8,7 @@ import datetime as _dt
 import hashlib
 import logging
 import os
+import re
 import shutil
 import stat
 import sys
@@ -16,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from seqatlas.errors import ConfigError, SeqAtlasError
+from seqatlas.errors import ConfigError, InputError, SeqAtlasError
 
 TEMP_MARK = ".tmp-"  # temporary files are ".<final name>.tmp-<pid>[-tag]"
 ATLAS_MARKER = "atlas.json"  # the file that makes a directory an atlas (its manifest)
@@ -359,3 +360,48 @@ def chrom_name(name: str, style: str) -> str:
     if style == "ucsc":
         return name if name.startswith("chr") else "chr" + name
     return name.removeprefix("chr")
+
+
+_COORDINATES = re.compile(r"([0-9][0-9,_]*)-([0-9][0-9,_]*)")
+_REGION_EXAMPLE = "e.g. chr1:1000-2000, 0-based and half-open"
+
+
+def parse_region(text: str, known: set[str] = frozenset()) -> tuple[str, int | None, int | None]:
+    """``(seq_id, start, end)`` of ``SEQ:START-END`` (commas and underscores in numbers are
+    ignored); ``(seq_id, None, None)`` when ``text`` is one of the ``known`` sequence ids.
+    The last colon separates the coordinates, so sequence ids may hold colons."""
+    if not isinstance(text, str) or not text:
+        raise InputError(f"region {text!r} is not SEQ:START-END ({_REGION_EXAMPLE})")
+    if text in known:
+        return text, None, None
+    seq_id, colon, span = text.rpartition(":")
+    match = _COORDINATES.fullmatch(span.strip()) if colon else None
+    if not seq_id or match is None:
+        raise InputError(f"region {text!r} is not SEQ:START-END ({_REGION_EXAMPLE}); give the "
+                         "start and end as whole numbers after the last colon")
+    start, end = (int(g.replace(",", "").replace("_", "")) for g in match.groups())
+    return seq_id, start, end
+
+
+def region_span(text: str, lengths: dict[str, int], *, atlas="the atlas"
+                ) -> tuple[str, int, int]:
+    """``(seq_id, start, end)`` (0-based, half-open) of the region ``text`` names, checked
+    against the sequences' ``lengths`` (a whole sequence when ``text`` is its id): an
+    InputError names the region and the valid range when the sequence is unknown, the
+    region empty or out of range."""
+    seq_id, start, end = parse_region(text, set(lengths))
+    if seq_id not in lengths:
+        shown = ", ".join(f"{s}:0-{n}" for s, n in list(lengths.items())[:5])
+        more = f" and {len(lengths) - 5} more" if len(lengths) > 5 else ""
+        holds = f"its sequences are {shown}{more}" if lengths else "it holds no sequences"
+        raise InputError(f"region {text!r}: {atlas} has no sequence {seq_id!r}; {holds}")
+    length = lengths[seq_id]
+    valid = f"the valid range is {seq_id}:0-{length} (0-based, half-open)"
+    if start is None:
+        start, end = 0, length
+    if start >= end:
+        raise InputError(f"region {text!r} is empty: START must be below END; {valid}")
+    if end > length:
+        raise InputError(f"region {text!r} ends past the end of {seq_id} ({length:,} "
+                         f"positions): {valid}")
+    return seq_id, start, end

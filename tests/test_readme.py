@@ -151,3 +151,31 @@ def _plot_snippets_run(tmp_path):
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "robust z" in done.stdout and "'identity'" in done.stdout  # the proteins' embeddings
+    _variant_snippets_run(tmp_path)
+
+
+def _variant_snippets_run(tmp_path):
+    """Variant scores on the genome atlas (a stored set, look-up rows) and the proteins."""
+    import pyarrow.csv as pacsv
+
+    section = "## Variant effects"
+    outputs = _run_lines(section, tmp_path)
+    rows = pacsv.read_csv(tmp_path / "variant_scores.tsv",
+                          parse_options=pacsv.ParseOptions(delimiter="\t"),
+                          convert_options=pacsv.ConvertOptions(strings_can_be_null=True)
+                          ).to_pylist()
+    assert [r["variant_id"] for r in rows] == ["chrX:852:A>C", "chrX:852:A>G", "rs1",
+                                               "X:1500:AC>A"]
+    scored, mismatch, indel = rows[0], rows[2], rows[3]
+    assert scored["problem"] is None and scored["pos"] == 851 and scored["seq_id"] == "X"
+    assert scored["lookup_shift"] == pytest.approx(scored["llr_control"] -
+                                                   scored["llr_partner"], abs=1e-6)
+    assert "standard letters" in mismatch["problem"] and indel["problem"].startswith("indel")
+    assert "chrX:852:A>C" in outputs[2] and "chrX:852:A>G" in outputs[2]
+    scan = (tmp_path / "scan.tsv").read_text().splitlines()
+    assert len(scan) == 1 + 3 * 11
+    script = "\n".join(_blocks(section, "python"))
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "llr_joint" in done.stdout

@@ -42,6 +42,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "plot track": ("seqatlas plot track --atlas dna_atlas --region chrX:0-100000 -o track.png",
                    "seqatlas plot track --atlas dna_atlas --region chrX:0-5000000 --z 4 "
                    "--tail high -o chrX.svg"),
+    "plot mutagenesis": ("seqatlas plot mutagenesis --atlas prot_atlas --seq-id P12345 "
+                         "-o scan.png",
+                         "seqatlas plot mutagenesis --atlas dna_atlas --region chrX:1000-1300 "
+                         "-o scan.svg"),
     "plot enrichment": ("seqatlas plot enrichment --atlas dna_atlas --by class "
                         "-o enrichment.svg",),
     "plot distribution": ("seqatlas plot distribution --atlas prot_atlas -o distribution.png",),
@@ -56,6 +60,14 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "index list": ("seqatlas index list --atlas dna_atlas",),
     "probe icl": ("seqatlas probe icl --atlas dna_atlas --method shuffle",),
     "probe doubling": ("seqatlas probe doubling proteins.fa --shuffle -o doubling.csv",),
+    "variants score": (
+        "seqatlas variants score BLAT_ECOLX.csv --atlas prot_atlas --seq-id BLAT_ECOLX "
+        "--score-column DMS_score --bin-column DMS_score_bin -o scores.tsv",
+        "seqatlas variants score clinvar.vcf.gz --atlas dna_atlas --lookup --store clinvar",
+        "seqatlas variants score A23G A23G:K40R --atlas prot_atlas --seq-id P1 --joint",
+    ),
+    "variants scan": ("seqatlas variants scan --atlas dna_atlas --region X:1000-1300 "
+                      "-o scan.parquet",),
 }
 
 

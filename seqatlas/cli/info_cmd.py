@@ -68,10 +68,13 @@ def print_info(summary: dict, console: Console | None = None) -> None:
              if scoring.get("embeddings") else "")
     strands = f", strands {scoring.get('strands', '?')}" if summary["kind"] != "protein" else ""
     copies = f", copy k-mer {scoring['copy_k']}" if scoring.get("copy_k") else ", copies off"
+    letters = scoring.get("distribution_letters")
+    distributions = (f", distributions {scoring.get('letter_dtype')} over {letters}"
+                     if scoring.get("letter_dtype") and letters else ", distributions none")
     console.print(f"[bold]scoring[/] likelihood {scoring.get('likelihood', '?')}, window "
                   f"{scoring.get('window', '?')} overlap {scoring.get('overlap', '?')}, "
                   f"embeddings {scoring.get('embedding_dtype') or 'none'}{layer}{strands}"
-                  f"{copies}", highlight=False)
+                  f"{copies}{distributions}", highlight=False)
     numbers = ("parts", "rows", "on disk", "bytes/row")
     console.print(FittedTable(
         ("table", *numbers),

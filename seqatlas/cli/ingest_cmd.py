@@ -11,7 +11,8 @@ import typer
 from rich.console import Console
 
 from seqatlas.cli.options import (CPUS_PER_WORKER, GPUS_PER_WORKER, NO_PROGRESS, PROGRESS,
-                                  Embeddings, Kind, Likelihood, Progress, Strands, Tokenizer,
+                                  Distributions, Embeddings, Kind, Likelihood, Progress,
+                                  Strands, Tokenizer,
                                   WriteParts,
                                   address_option, atlas_option, json_option)
 
@@ -61,6 +62,11 @@ def ingest(
         None, show_default=False, help="DNA/RNA: runs of at least this many N are not sent to "
         "the model (null scores); 0 scores every N (default: 50)."),
     copy_k: Optional[int] = COPY_K,
+    distributions: Optional[Distributions] = typer.Option(
+        None, show_default=False, help="Store each position's predicted distribution over the "
+        "kind's standard letters (positions.letter_logp, letter_logp_rc), which `seqatlas "
+        "variants` scores substitutions from: float32 (default; 80 B per residue, 16 B per "
+        "base and strand, before compression), float16 (half), or none."),
     workers: Optional[int] = typer.Option(None, help="Scoring actors (default: one per GPU, "
                                           "else 1); 0 scores in this process without Ray."),
     gpus_per_worker: Optional[float] = GPUS_PER_WORKER,
@@ -97,7 +103,8 @@ def ingest(
         embeddings=None if embeddings is None else embeddings == Embeddings.float16,
         layer=(layer[0] if len(layer) == 1 else list(layer)) if layer else None,
         window=window, overlap=overlap, unit_tokens=unit_tokens, tokenizer=_value(tokenizer),
-        strands=_value(strands), skip_n_runs=skip_n_runs, copy_k=copy_k)
+        strands=_value(strands), skip_n_runs=skip_n_runs, copy_k=copy_k,
+        distributions=_value(distributions))
     report = seqatlas.ingest(
         fasta, atlas=atlas, batch_tokens=batch_tokens, workers=workers,
         gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, address=address,

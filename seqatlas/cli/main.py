@@ -14,7 +14,7 @@ import typing
 import typer
 
 from seqatlas.cli import (annotate_cmd, index_cmd, info_cmd, ingest_cmd, models_cmd, plot_cmd,
-                          probe_cmd, query_cmd, report_cmd)
+                          probe_cmd, query_cmd, report_cmd, variants_cmd)
 from seqatlas.cli.help_examples import add_examples
 from seqatlas.errors import SeqAtlasError
 
@@ -57,6 +57,7 @@ app.add_typer(query_cmd.export_app, name="export")
 app.add_typer(index_cmd.index_app, name="index")
 app.add_typer(probe_cmd.probe_app, name="probe")
 app.add_typer(plot_cmd.plot_app, name="plot")
+app.add_typer(variants_cmd.variants_app, name="variants")
 
 # ClickException as the installed Typer raises it: click's own, or the copy that newer Typer
 # versions vendor (typer._click), which click.ClickException does not catch

@@ -29,6 +29,7 @@ from seqatlas.query.views import TAILS
 from seqatlas.repeats.finders import FINDERS
 from seqatlas.repeats.formats import FORMATS
 from seqatlas.repeats.importer import ON_MISMATCH
+from seqatlas.schema import DISTRIBUTION_CHOICES
 from seqatlas.util import CHROM_STYLES
 from seqatlas.schema import ABLATION_METHODS
 from seqatlas.scoring.ablation import RESCORE_LIKELIHOODS
@@ -55,6 +56,7 @@ Kind = choices("Kind", KINDS)  # ingest --kind
 Likelihood = choices("Likelihood", LIKELIHOOD_MODES)  # ingest --likelihood
 Strands = choices("Strands", STRANDS)  # ingest --strands
 WriteParts = choices("WriteParts", WRITE_PARTS)  # ingest --write-parts
+Distributions = choices("Distributions", DISTRIBUTION_CHOICES)  # ingest --distributions
 Tokenizer = choices("Tokenizer", FAMILIES)  # ingest --tokenizer
 RepeatFormat = choices("RepeatFormat", FORMATS)  # annotate --format
 RepeatFinder = choices("RepeatFinder", FINDERS)  # annotate --run

@@ -1,5 +1,5 @@
-"""``seqatlas plot track|enrichment|distribution|identity|icl|calibration``: figures as PNG
-or SVG."""
+"""``seqatlas plot track|enrichment|distribution|identity|icl|calibration|mutagenesis``:
+figures as PNG or SVG."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from seqatlas.cli.tables import note
 from seqatlas.plot.output import DEFAULT_SIZE
 
 plot_app = typer.Typer(help="Draw an atlas as PNG or SVG figures: a track of one region, "
-                       "enrichment in repeats, score distributions, identity vs context, "
-                       "look-up vs control gains, an index's recall calibration.",
+                       "the in-silico mutagenesis heatmap of one region, enrichment in "
+                       "repeats, score distributions, identity vs context, look-up vs "
+                       "control gains, an index's recall calibration.",
                        no_args_is_help=True)
 
 OUTPUT = typer.Option(..., "--output", "-o", help="Image to write: PNG or SVG by its suffix "
@@ -155,3 +156,27 @@ def calibration(
 
     Example: seqatlas plot calibration --atlas dna_atlas --index default -o recall.png"""
     _draw("calibration", atlas, output, width, height, format, index=index)
+
+
+@plot_app.command("mutagenesis")
+def mutagenesis(
+    atlas: str = ATLAS,
+    region: Optional[str] = typer.Option(None, "--region", "-r", help="SEQ:START-END, 0-based "
+                                         "and half-open as stored (e.g. P12345:0-120); SEQ "
+                                         "alone: the whole sequence. Or --seq-id."),
+    seq_id: Optional[str] = typer.Option(None, "--seq-id", help="A whole sequence (instead "
+                                         "of --region)."),
+    output: Path = OUTPUT,
+    max_positions: int = typer.Option(1000, "--max-positions", help="Bin a longer region: "
+                                      "per bin and letter the mean LLR."),
+    max_arcs: int = typer.Option(1000, "--max-arcs", help="Draw at most this many in-context "
+                                 "copy arcs (every n-th copy beyond)."),
+    width: int = WIDTH, height: int = HEIGHT,
+    format: Optional[str] = IMAGE_FORMAT,
+) -> None:
+    """Heatmap of the LLR of every substitution (letter x position) from the stored
+    distributions, ref cells marked, with in-context copy arcs and repeats under it.
+
+    Example: seqatlas plot mutagenesis --atlas prot_atlas --seq-id P12345 -o scan.png"""
+    _draw("mutagenesis", atlas, output, width, height, format, region=region, seq_id=seq_id,
+          max_positions=max_positions, max_arcs=max_arcs)

@@ -62,10 +62,12 @@ def _emit(table, format: Format, output: Optional[Path], what: str, title: str =
 @query_app.command("sql")
 def sql(
     query: str = typer.Argument(..., help="One SELECT over the views sequences, positions, "
-                                "tokens, repeats, ablations; repeats_global (repeats with "
-                                "genome-wide gstart/gend, for fast interval joins); "
-                                "robust_stats, position_z, anomalies, anomaly_regions, "
-                                "icl_regions (the anomaly model of `query anomalies`)."),
+                                "tokens, repeats, ablations, variants; repeats_global "
+                                "(repeats with genome-wide gstart/gend, for fast interval "
+                                "joins); robust_stats, position_z, anomalies, "
+                                "anomaly_regions, icl_regions (the anomaly model of `query "
+                                "anomalies`); variant_scores (stored variant sets with their "
+                                "LLRs, where the atlas stores distributions)."),
     atlas: str = ATLAS,
     format: Format = FORMAT,
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the result to "
@@ -149,7 +151,9 @@ def _export(format: str, atlas, output, column, params, sort, chrom_names) -> No
 
 EXPORT_OUTPUT = typer.Option(..., "--output", "-o", help="File to write.")
 TRACK_COLUMN = typer.Option("z", "--column", help="z, logp, logp_unmasked, logp_mean, "
-                            "entropy, rank, ...")
+                            "entropy, rank, ...; or, for an atlas that stores distributions "
+                            "(ingest --distributions), mean_llr or min_llr: the mean or the "
+                            "lowest LLR of the position's substitutions (a constraint track).")
 EXPORT_SORT = typer.Option(SortOrder.lexicographic, "--sort", help="lexicographic: byte "
                            "order of the names, then start (LC_ALL=C sort -k1,1 -k2,2n, what "
                            "bedGraphToBigWig needs); natural: chr1, chr2, ..., chr10, chrX, "
@@ -175,9 +179,12 @@ def bedgraph(atlas: str = ATLAS, output: Path = EXPORT_OUTPUT, column: str = TRA
 def bigwig(atlas: str = ATLAS, output: Path = EXPORT_OUTPUT, column: str = TRACK_COLUMN,
            smooth: int = SMOOTH, score: Optional[str] = SCORE_COLUMN,
            sort: SortOrder = EXPORT_SORT, chrom_names: ChromNames = EXPORT_NAMES) -> None:
-    """A bigWig of a per-position column (needs pyBigWig).
+    """A bigWig of a per-position column (needs pyBigWig); --column mean_llr or min_llr
+    writes a constraint track from the stored distributions.
 
-    Example: seqatlas export bigwig --atlas my_atlas --column z --chrom-names ucsc -o z.bw"""
+    Example: seqatlas export bigwig --atlas my_atlas --column z --chrom-names ucsc -o z.bw
+
+    Example: seqatlas export bigwig --atlas my_atlas --column mean_llr -o constraint.bw"""
     _export("bigwig", atlas, output, column,
             anomaly_params(score, 3.0, Tail.both, smooth, 1, 0), sort, chrom_names)
 

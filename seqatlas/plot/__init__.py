@@ -1,7 +1,7 @@
 """Figures of an atlas, drawn with matplotlib (headless: an Agg canvas per figure, pyplot
-never touched): a track of one region, the enrichment forest plot, score and robust-z
-distributions, identity vs context per layer, look-up vs control gains, and an index's
-recall calibration.
+never touched): a track of one region, the in-silico mutagenesis heatmap of one region, the
+enrichment forest plot, score and robust-z distributions, identity vs context per layer,
+look-up vs control gains, and an index's recall calibration.
 
 Every function takes the atlas (a path or an :class:`~seqatlas.atlas.Atlas`), returns the
 :class:`matplotlib.figure.Figure` and, given ``output``, writes it there as PNG or SVG (the
@@ -24,12 +24,14 @@ from seqatlas.plot.charts import (draw_calibration, draw_distribution, draw_enri
                                   draw_icl, draw_identity)
 from seqatlas.plot.data import track_data
 from seqatlas.plot.drawing import draw_track
+from seqatlas.plot.heatmap import draw_mutagenesis, mutagenesis_data
 from seqatlas.plot.output import DEFAULT_SIZE, new_figure, prepare, save
 from seqatlas.plot.tables import (calibration_curve, doubling_rows, enrichment_rows,
                                   histograms, icl_targets, identity_rows, reader_of)
 from seqatlas.query.views import AnomalyParams
 
-__all__ = ["calibration", "distribution", "enrichment", "icl", "identity", "track"]
+__all__ = ["calibration", "distribution", "enrichment", "icl", "identity", "mutagenesis",
+           "track"]
 
 def _params(params: AnomalyParams | None, column: str | None) -> AnomalyParams:
     params = dataclasses.replace(params) if params is not None else AnomalyParams()
@@ -61,6 +63,26 @@ def track(atlas, *, region: str, output: str | os.PathLike | None = None,
                       max_positions=max_positions, max_arcs=max_arcs)
     figure = new_figure(size)
     draw_track(figure, data)
+    return _finish(figure, output, fmt)
+
+
+def mutagenesis(atlas, *, region: str | None = None, seq_id: str | None = None,
+                output: str | os.PathLike | None = None, max_positions: int = 1000,
+                max_arcs: int = 1000, size: tuple[int, int] = DEFAULT_SIZE,
+                format: str | None = None):
+    """Heatmap of the LLR of every substitution (letters x positions) in ``region``
+    (``SEQ:START-END``, 0-based and half-open; ``SEQ`` alone: the whole sequence) or the
+    whole sequence ``seq_id`` (give one), from the atlas's stored distributions, on a
+    diverging colour map centred at 0 with the ref cells marked; under it the in-context
+    copies as arcs and the repeats by class, as :func:`track` draws them. A region longer
+    than ``max_positions`` is binned (per bin and letter the mean LLR; the title says how
+    many positions per bin), and at most ``max_arcs`` copies are drawn. See
+    :mod:`seqatlas.plot.heatmap`."""
+    fmt, size = prepare(output, format, size)
+    data = mutagenesis_data(atlas, region=region, seq_id=seq_id, max_positions=max_positions,
+                            max_arcs=max_arcs)
+    figure = new_figure(size)
+    draw_mutagenesis(figure, data)
     return _finish(figure, output, fmt)
 
 

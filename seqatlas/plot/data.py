@@ -12,16 +12,14 @@ minimum and maximum, placed at the mean of the bin's positions. In-context copie
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 import numpy as np
 
-from seqatlas.errors import ConfigError, InputError
+from seqatlas.errors import ConfigError
+from seqatlas.util import region_span
 from seqatlas.query.views import AnomalyParams, Engine, require_ablation_method, require_scores
 
-_COORDINATES = re.compile(r"([0-9][0-9,_]*)-([0-9][0-9,_]*)")
-_EXAMPLE = "e.g. chr1:1000-2000, 0-based and half-open"
 # the likelihood columns drawn together: a column's strand variants and strand mean
 _FAMILIES = (("logp", "logp_rc", "logp_mean"),
              ("logp_unmasked", "logp_unmasked_rc", "logp_unmasked_mean"))
@@ -45,46 +43,14 @@ class Region:
         return self.end - self.start
 
 
-def parse_region(text: str, known: set[str] = frozenset()) -> tuple[str, int | None, int | None]:
-    """``(seq_id, start, end)`` of ``SEQ:START-END`` (commas and underscores in numbers are
-    ignored); ``(seq_id, None, None)`` when ``text`` is one of the ``known`` sequence ids.
-    The last colon separates the coordinates, so sequence ids may hold colons."""
-    if not isinstance(text, str) or not text:
-        raise InputError(f"region {text!r} is not SEQ:START-END ({_EXAMPLE})")
-    if text in known:
-        return text, None, None
-    seq_id, colon, span = text.rpartition(":")
-    match = _COORDINATES.fullmatch(span.strip()) if colon else None
-    if not seq_id or match is None:
-        raise InputError(f"region {text!r} is not SEQ:START-END ({_EXAMPLE}); give the start "
-                         "and end as whole numbers after the last colon")
-    start, end = (int(g.replace(",", "").replace("_", "")) for g in match.groups())
-    return seq_id, start, end
-
-
 def resolve_region(engine, text: str) -> Region:
     """The region ``text`` names, checked against the atlas's sequences: an InputError names
     the region and the valid range when the sequence is unknown, the region empty or out of
     range."""
     rows = engine.fetch_internal("SELECT seq_id, length FROM sequences ORDER BY ordinal")
     lengths = dict(zip(rows["seq_id"].to_pylist(), rows["length"].to_pylist()))
-    seq_id, start, end = parse_region(text, set(lengths))
-    if seq_id not in lengths:
-        shown = ", ".join(f"{s}:0-{n}" for s, n in list(lengths.items())[:5])
-        more = f" and {len(lengths) - 5} more" if len(lengths) > 5 else ""
-        holds = f"its sequences are {shown}{more}" if lengths else "it holds no sequences"
-        raise InputError(f"region {text!r}: {engine.atlas.path} has no sequence {seq_id!r}; "
-                         f"{holds}")
-    length = lengths[seq_id]
-    valid = f"the valid range is {seq_id}:0-{length} (0-based, half-open)"
-    if start is None:
-        start, end = 0, length
-    if start >= end:
-        raise InputError(f"region {text!r} is empty: START must be below END; {valid}")
-    if end > length:
-        raise InputError(f"region {text!r} ends past the end of {seq_id} ({length:,} "
-                         f"positions): {valid}")
-    return Region(seq_id, start, end, length)
+    seq_id, start, end = region_span(text, lengths, atlas=engine.atlas.path)
+    return Region(seq_id, start, end, lengths[seq_id])
 
 
 def likelihood_columns(column: str) -> list[str]:
@@ -144,7 +110,7 @@ def _series(engine, region: Region, columns: list[str], per_bin: int) -> tuple:
     return _bin_centres(region, per_bin, n_bins), _binned(rows, "bin", n_bins, list(values))
 
 
-def _repeats(engine, region: Region, per_bin: int) -> list[dict]:
+def repeat_rows(engine, region: Region, per_bin: int) -> list[dict]:
     """Repeats overlapping the region, by class; binned, the repeats of one class less than a
     bin apart are merged into one box (a gap narrower than a bin cannot be seen)."""
     params = [region.seq_id, region.start, region.end]
@@ -166,7 +132,7 @@ def _repeats(engine, region: Region, per_bin: int) -> list[dict]:
     return rows.to_pylist()
 
 
-def _copies(engine, region: Region, total: int, max_arcs: int) -> dict:
+def copy_arcs(engine, region: Region, total: int, max_arcs: int) -> dict:
     """Positions with an in-context copy (every ``stride``-th beyond ``max_arcs``)."""
     stride = max(1, math.ceil(total / max_arcs)) if total else 1
     rows = engine.fetch_internal(f"""
@@ -250,8 +216,8 @@ def track_data(atlas, *, region: str, params: AnomalyParams, max_positions: int,
             and column != "entropy" else None,
             "threshold": params.z, "tail": params.tail,
             "anomaly_regions": anomaly_regions,
-            "repeats": _repeats(engine, place, per_bin) if has_repeats else None,
-            "copies": _copies(engine, place, counts["copies"], max_arcs),
+            "repeats": repeat_rows(engine, place, per_bin) if has_repeats else None,
+            "copies": copy_arcs(engine, place, counts["copies"], max_arcs),
             "ablations": _ablations(engine, place, per_bin, params.ablation_method)
             if has_ablations else None,
             "atlas": str(engine.atlas.path),

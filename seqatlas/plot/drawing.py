@@ -118,9 +118,9 @@ def draw_track(figure, data: dict) -> None:
                                  frameon=False)
 
     if "repeats" in by_name:
-        _draw_repeats(by_name["repeats"], data["repeats"], binned)
+        draw_repeats(by_name["repeats"], data["repeats"], binned)
     if "copies" in by_name:
-        _draw_copies(by_name["copies"], data["copies"])
+        draw_copies(by_name["copies"], data["copies"])
     if "net_gain" in by_name:
         _draw_net_gain(by_name["net_gain"], data["ablations"], binned)
 
@@ -135,7 +135,7 @@ def draw_track(figure, data: dict) -> None:
     figure.suptitle(title)
 
 
-def _draw_repeats(ax, repeats: list[dict], binned: bool) -> None:
+def draw_repeats(ax, repeats: list[dict], binned: bool) -> None:
     from matplotlib import colormaps
     from matplotlib.collections import PolyCollection
 
@@ -162,7 +162,7 @@ def _draw_repeats(ax, repeats: list[dict], binned: bool) -> None:
                 gid="note")
 
 
-def _draw_copies(ax, copies: dict) -> None:
+def draw_copies(ax, copies: dict) -> None:
     from matplotlib.collections import LineCollection
 
     shown = len(copies["pos"])

@@ -142,7 +142,7 @@ def _probe_locked(reader: AtlasReader, writer: AtlasWriter, config: IclConfig) -
                        intact_recomputed=scoring.likelihood != mode)
     if not todo:
         return report
-    todo = _with_controls(todo, copies, names)
+    todo = with_controls(todo, copies, names)
     for t in todo:
         report.controls[t.control_rule] = report.controls.get(t.control_rule, 0) + 1
     tokenizer = spec.tokenizer()
@@ -269,7 +269,7 @@ def _probed(reader: AtlasReader, names: list[str], config: IclConfig) -> set[tup
                                                  table["target_end"].to_pylist())}
 
 
-def _with_controls(targets: list[Target], copies: pa.Table, names: list[str]) -> list[Target]:
+def with_controls(targets: list[Target], copies: pa.Table, names: list[str]) -> list[Target]:
     """Each target with its control region (windows' copy positions from ``copies``)."""
     seq = _seq_index(names, copies["seq_id"].to_pylist())
     pos = copies["pos"].to_numpy()
@@ -313,15 +313,15 @@ def _plan_units(targets: list[Target], *, mode: str, stride: int, budget: int,
 
 
 @dataclass
-class _Sequence:
+class SequenceData:
     residues: bytes  # original case
     logp: np.ndarray
     window_start: np.ndarray  # per position: the window that scored it
     composition: bytes  # standard letters, for substitution
 
 
-def _read_sequences(reader: AtlasReader, seq_ids: list[str], letters: str
-                    ) -> dict[str, _Sequence]:
+def read_sequences(reader: AtlasReader, seq_ids: list[str], letters: str
+                    ) -> dict[str, SequenceData]:
     """The residues (from ``ref`` and ``soft_masked``), logp and window of every position of
     ``seq_ids``, rebuilt from the atlas itself (the FASTA may have moved)."""
     import pyarrow.dataset as ds
@@ -349,14 +349,14 @@ def _read_sequences(reader: AtlasReader, seq_ids: list[str], letters: str
         window = np.full(length, -1, dtype=np.int64)
         window[pos] = rows["window_start"].fill_null(-1).to_numpy()
         residues = codes.tobytes()
-        out[seq_id] = _Sequence(residues, logp, window, standard_letters(residues, letters))
+        out[seq_id] = SequenceData(residues, logp, window, standard_letters(residues, letters))
     return out
 
 
 def _unit_items(reader, units, names, *, config, settings, fingerprint, letters, recompute):
     """``((key, targets, sequences), tasks)`` per unit whose rows are not committed yet."""
     committed = set(reader.manifest.units)
-    cache: dict[str, _Sequence] = {}
+    cache: dict[str, SequenceData] = {}
     for unit in units:
         key = _unit_key(fingerprint, settings, unit, names)
         if key in committed:
@@ -364,7 +364,7 @@ def _unit_items(reader, units, names, *, config, settings, fingerprint, letters,
         needed = sorted({names[t.seq] for t in unit} - set(cache))
         if needed:
             cache = {s: v for s, v in cache.items() if s in {names[t.seq] for t in unit}}
-            cache.update(_read_sequences(reader, needed, letters))
+            cache.update(read_sequences(reader, needed, letters))
         sequences = {names[t.seq]: cache[names[t.seq]] for t in unit}
         tasks = [task for t in unit for task in _target_tasks(
             t, sequences[names[t.seq]], names[t.seq], config, recompute)]
@@ -378,7 +378,7 @@ def _unit_key(fingerprint: str, settings: dict, unit: list[Target], names: list[
     return "ablations-" + hashlib.sha256(json.dumps(content).encode()).hexdigest()
 
 
-def _target_tasks(t: Target, seq: _Sequence, seq_id: str, config: IclConfig,
+def _target_tasks(t: Target, seq: SequenceData, seq_id: str, config: IclConfig,
                   recompute: bool) -> list[RescoreTask]:
     """The target's rescoring tasks: partner corrupted, control corrupted (when it has one)
     and intact (when the atlas's own value is in another likelihood mode)."""

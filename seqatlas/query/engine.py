@@ -43,7 +43,8 @@ from seqatlas.errors import AtlasError, ConfigError, QueryError
 from seqatlas.util import check_output, machine_memory_bytes, machine_threads, output_file
 
 TABLE_SCHEMAS = {"sequences": schema.SEQUENCES, "positions": schema.POSITIONS,
-                 "repeats": schema.REPEATS, "ablations": schema.ABLATIONS}
+                 "repeats": schema.REPEATS, "ablations": schema.ABLATIONS,
+                 "variants": schema.VARIANTS}
 ALLOWED_STATEMENTS = ("SELECT", "EXPLAIN")
 # where a result goes: the files write_result writes, and for the CLI's stdout also a rich
 # table; auto is a table on a terminal, else TSV (on stdout), or the format the suffix of
@@ -340,7 +341,8 @@ class Sandbox:
 
     def _create_views(self) -> list[str]:
         allowed = []
-        schemas = {**TABLE_SCHEMAS, "tokens": self.atlas.manifest.tokens_schema()}
+        schemas = {**TABLE_SCHEMAS, "tokens": self.atlas.manifest.tokens_schema(),
+                   "positions": self.atlas.manifest.positions_schema()}
         for table in schema.TABLES:
             paths = self.atlas.part_paths(table)
             if not paths:
@@ -363,7 +365,7 @@ class Sandbox:
 
     @property
     def position_columns(self) -> list[str]:
-        return [f.name for f in schema.POSITIONS]
+        return [f.name for f in self.atlas.manifest.positions_schema()]
 
     def execute_internal(self, sql: str, params=None):
         """Run seqatlas's own (trusted) SQL as a relation; user SQL goes through :meth:`run`.

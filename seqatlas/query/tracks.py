@@ -1,6 +1,15 @@
 """Genome-browser exports: bedGraph and bigWig tracks of a per-position column, BED of
 anomalous regions.
 
+Besides the positions columns and robust ``z``, a track may hold a per-position constraint
+summary computed from the stored distributions (``letter_logp``, ingest's
+``--distributions``): ``mean_llr``, the mean LLR of the position's substitutions (the
+kind's other standard letters), and ``min_llr``, the most damaging one, where the LLR of
+ref -> alt is ``letter_logp[alt] - letter_logp[ref]`` (with ``--strands both`` the mean of
+that and the same on ``letter_logp_rc``, null where the reverse strand has none). Positions
+without a distribution, or whose ref is not one of the letters, have no value. These are the
+numbers :func:`seqatlas.variants.scan.constraint_track` gives.
+
 Tracks hold one interval per run of consecutive positions with the same value (positions
 without a value, e.g. in long N runs, are left out). Sequence names are written as the atlas
 has them or in UCSC/Ensembl style (:func:`seqatlas.repeats.importer.chrom_name`), and the
@@ -25,21 +34,68 @@ from pathlib import Path
 import pyarrow as pa
 
 from seqatlas.errors import ConfigError
-from seqatlas.query.engine import arrow_reader
+from seqatlas.query.engine import arrow_reader, sql_string
 from seqatlas.query.views import AnomalyParams, Engine, require_scores
 from seqatlas.util import CHROM_STYLES, check_output, chrom_name, output_file
 
 EXPORT_FORMATS = ("bedgraph", "bed", "bigwig")
 SORT_ORDERS = ("lexicographic", "natural")
+# per-position summaries of the substitutions' LLRs, from the stored distributions
+LLR_COLUMNS = ("mean_llr", "min_llr")
 TRACK_COLUMNS = ("z", "logp", "logp_unmasked", "logp_rc", "logp_unmasked_rc", "logp_mean",
-                 "logp_unmasked_mean", "entropy", "rank")
+                 "logp_unmasked_mean", "entropy", "rank") + LLR_COLUMNS
 
 
-def _runs_query(column: str) -> str:
-    source = ("SELECT seq_id, pos, z AS value FROM position_z WHERE z IS NOT NULL"
-              if column == "z" else
-              f'SELECT seq_id, pos, "{column}"::DOUBLE AS value FROM positions '
-              f'WHERE "{column}" IS NOT NULL')
+def require_distributions(atlas, what: str) -> str:
+    """The letters of ``atlas``'s stored distributions (an AtlasReader), in ``letter_logp``
+    order; a ConfigError saying that ``what`` needs them when the atlas stores none."""
+    scoring = atlas.manifest.scoring
+    if scoring is None or not scoring.stores_distributions():
+        raise ConfigError(f"{atlas.path} stores no per-position distributions (letter_logp), "
+                          f"which {what} needs: re-ingest with --distributions float32 into a "
+                          "new --atlas, or use `seqatlas variants score`, which rescores "
+                          "sites on demand")
+    return scoring.distribution_letters
+
+
+def substitution_rows_sql(letters: str, where: str = "") -> str:
+    """The positions rows with a distribution whose ref is one of ``letters``: seq_id, pos,
+    ref, copy_offset, copy_strand, ``ref_index`` (1-based, into ``letters``), ``f``
+    (letter_logp) and ``r`` (letter_logp_rc); ``where`` adds a condition."""
+    lit = sql_string(letters)
+    extra = f" AND ({where})" if where else ""
+    return f"""
+        SELECT seq_id, pos, ref, copy_offset, copy_strand, instr({lit}, ref) AS ref_index,
+               letter_logp AS f, letter_logp_rc AS r
+        FROM positions
+        WHERE letter_logp IS NOT NULL AND length(ref) = 1 AND instr({lit}, ref) > 0{extra}"""
+
+
+def substitution_llr_sql(k: int, both: bool) -> str:
+    """The LLR of the substitution to letter ``k`` (1-based) of a row of
+    :func:`substitution_rows_sql`: null at the ref; with ``both`` strands the strand mean
+    (null where the reverse strand has no distribution)."""
+    fwd = f"(f[{k}]::DOUBLE - f[ref_index]::DOUBLE)"
+    llr = f"({fwd} + (r[{k}]::DOUBLE - r[ref_index]::DOUBLE)) / 2" if both else fwd
+    return f"CASE WHEN ref_index = {k} THEN NULL ELSE {llr} END"
+
+
+def constraint_sql(letters: str, both: bool) -> dict[str, str]:
+    """``mean_llr`` and ``min_llr`` as SQL over rows of :func:`substitution_rows_sql` (see
+    the module docstring)."""
+    each = [substitution_llr_sql(k, both) for k in range(1, len(letters) + 1)]
+    return {"mean_llr": f"list_avg([{', '.join(each)}])", "min_llr": f"least({', '.join(each)})"}
+
+
+def _runs_query(column: str, letters: str | None = None, both: bool = False) -> str:
+    if column == "z":
+        source = "SELECT seq_id, pos, z AS value FROM position_z WHERE z IS NOT NULL"
+    elif column in LLR_COLUMNS:
+        source = (f"SELECT * FROM (SELECT seq_id, pos, {constraint_sql(letters, both)[column]}"
+                  f" AS value FROM ({substitution_rows_sql(letters)})) WHERE value IS NOT NULL")
+    else:
+        source = (f'SELECT seq_id, pos, "{column}"::DOUBLE AS value FROM positions '
+                  f'WHERE "{column}" IS NOT NULL')
     return f"""
         WITH v AS ({source}),
         marked AS (
@@ -109,7 +165,9 @@ def export(atlas, *, format: str, output: str | os.PathLike, column: str = "z",
            chrom_names: str = "as-is") -> dict:
     """Write a bedGraph/bigWig track of ``column`` or a BED of anomalous regions.
 
-    ``params`` (:class:`~seqatlas.query.views.AnomalyParams`) defines z and the regions.
+    ``column`` is a positions column, ``z``, or ``mean_llr``/``min_llr`` (from the stored
+    distributions; see the module docstring). ``params``
+    (:class:`~seqatlas.query.views.AnomalyParams`) defines z and the regions.
     ``sort`` ("lexicographic" or "natural") orders the intervals by sequence name as
     written, then start; ``chrom_names`` ("as-is", "ucsc" or "ensembl") writes the names
     (see the module docstring). Returns ``{"output", "format", "column", "intervals",
@@ -131,12 +189,16 @@ def export(atlas, *, format: str, output: str | os.PathLike, column: str = "z",
         if column == "z" or format == "bed":
             require_scores(engine, "`export bed`" if format == "bed" else
                            f"`export {format} --column z`")
+        letters = require_distributions(engine.atlas, f"`export {format} --column {column}`") \
+            if format != "bed" and column in LLR_COLUMNS else None
+        both = engine.atlas.manifest.scoring is not None and \
+            engine.atlas.manifest.scoring.strands == "both"
         chroms = _export_chroms(engine.execute_internal(
             "SELECT seq_id, length FROM sequences ORDER BY ordinal").fetchall(), sort,
             chrom_names)
         engine.con.register("export_chroms", chroms)
         sizes = list(zip(chroms["chrom"].to_pylist(), chroms["length"].to_pylist()))
-        query = REGIONS_BED if format == "bed" else _runs_query(column)
+        query = REGIONS_BED if format == "bed" else _runs_query(column, letters, both)
         reader = arrow_reader(engine.execute_internal(query), 262144)
         with output_file(output) as tmp:
             if format == "bigwig":

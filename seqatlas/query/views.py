@@ -305,6 +305,20 @@ def create_anomaly_views(engine, params: AnomalyParams, *, compute: bool = True)
     con.execute(f"CREATE OR REPLACE VIEW anomaly_regions AS {_regions_sql(params)}")
 
 
+def variant_scores_sql(letters: str, strands: str) -> str:
+    """The body of the ``variant_scores`` view: each scorable site of the stored variant
+    sets with its LLR from the stored distributions, per strand and mean, and the site's
+    entropy and in-context copy."""
+    lit = sql_string(letters)
+    fwd = (f"p.letter_logp[instr({lit}, v.alt)] - p.letter_logp[instr({lit}, v.ref)]")
+    rc = (f"p.letter_logp_rc[instr({lit}, v.alt)] - p.letter_logp_rc[instr({lit}, v.ref)]")
+    llr = f"({fwd} + {rc}) / 2" if strands == "both" else fwd
+    return f"""SELECT v.* EXCLUDE (llr), {llr} AS llr, {fwd} AS llr_fwd, {rc} AS llr_rc, p.entropy,
+                      p.copy_offset, p.copy_strand
+               FROM variants v LEFT JOIN positions p ON p.seq_id = v.seq_id AND p.pos = v.pos
+               WHERE v.problem IS NULL"""
+
+
 def _icl_regions_sql() -> str:
     """One row per probed target (see the module doc); the overlap is a range join."""
     key = "seq_id, target_start, target_end, method, seed"
@@ -381,6 +395,11 @@ class Engine(Sandbox):
         self.ablation_method: str | None = None  # whose values position_z carries
         try:
             self.con.execute(f"CREATE OR REPLACE VIEW icl_regions AS {_icl_regions_sql()}")
+            scoring = self.atlas.manifest.scoring
+            if scoring is not None and scoring.stores_distributions():
+                self.con.execute("CREATE OR REPLACE VIEW variant_scores AS " +
+                                 variant_scores_sql(scoring.distribution_letters,
+                                                    scoring.strands))
             if anomaly_views:
                 create_anomaly_views(self, self.anomaly_params, compute=robust_pass)
         except BaseException:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from seqatlas._version import __version__
+from seqatlas.schema import DISTRIBUTION_CHOICES
 from seqatlas.manifest import (DISTRIBUTIONS, KEY_SCHEME, FastRecord, Manifest, ScoringRecord,
                                fast_method_text)
 from seqatlas.store import AtlasReader, AtlasWriter, atlas_exists
@@ -101,6 +102,9 @@ class IngestConfig:
     # stops with an error saying what is stuck (committed work is kept); None or 0: wait on
     tokenizer: str | None = None  # override the detected tokenizer family
     progress: bool | str = True  # auto | bar | log | none (True: auto, False: none)
+    distributions: str | None = None  # float32 | float16 | none: each position's predicted
+    # distribution over the kind's standard letters (positions.letter_logp); None: the
+    # atlas's own setting when extending one, else float32
     write_parts: str = "workers"  # workers: each worker writes its units' parts into the
     # atlas (it must see the atlas's storage); driver: results travel to the driver, which
     # writes every part (the same bytes either way)
@@ -120,6 +124,13 @@ class IngestConfig:
                               f"{self.strands!r}")
         _validate_numbers(self)
         check_progress(self.progress)
+        if self.distributions is not None and self.distributions not in DISTRIBUTION_CHOICES:
+            raise ConfigError(f"--distributions must be one of "
+                              f"{', '.join(DISTRIBUTION_CHOICES)}, not {self.distributions!r}")
+        if self.likelihood == "none" and self.distributions not in (None, "none"):
+            raise ConfigError("--distributions stores the likelihood's distributions, and "
+                              "--likelihood none computes none: drop --distributions or choose "
+                              "a likelihood")
         if self.write_parts not in WRITE_PARTS:
             raise ConfigError(f"--write-parts must be one of {', '.join(WRITE_PARTS)}, not "
                               f"{self.write_parts!r}")
@@ -243,7 +254,8 @@ class _Setup:
         return {"likelihood": config.likelihood, "embeddings": config.embeddings,
                 "layer": self.layers, "batch_tokens": config.batch_tokens,
                 "strands": config.strands, "copy_k": self.copy_k,
-                "nucleic": self.kind != "protein"}
+                "nucleic": self.kind != "protein",
+                "distributions": letter_dtype(config)}
 
 
 @dataclass
@@ -276,7 +288,16 @@ def recorded_settings(manifest: Manifest) -> dict:
         options["layer"] = scoring.stored_layers()
     if scoring.skip_n_runs is not None:
         options["skip_n_runs"] = scoring.skip_n_runs
+    if scoring.likelihood != "none":
+        options["distributions"] = scoring.letter_dtype or "none"
     return {k: v for k, v in options.items() if v is not None}
+
+
+def letter_dtype(config: IngestConfig) -> str | None:
+    """The dtype the distributions are stored in (None: not stored)."""
+    if config.likelihood == "none" or config.distributions == "none":
+        return None
+    return config.distributions or "float32"
 
 
 def _with_recorded_settings(atlas: str | Path, options: dict) -> dict:
@@ -517,7 +538,8 @@ def _scoring_record(config: IngestConfig, tokenizer, *, window: int, overlap: in
         skip_n_runs=config.skip_n_runs if kind != "protein" else None,
         copy_k=copy_k,  # in-context copy detector (seqatlas.copy_detector); 0 = off
         distribution="standard-letters", distribution_text=DISTRIBUTIONS["standard-letters"],
-        fast=fast)
+        fast=fast, letter_dtype=letter_dtype(config),
+        distribution_letters=tokenizer.letters if letter_dtype(config) else None)
 
 
 

@@ -215,6 +215,17 @@ def distribution_stats(letter_logprobs, true_letter):
     return logp, entropy, rank
 
 
+def standard_distribution(letter_logprobs, n_standard: int, true_letter):
+    """The log-probabilities of the kind's standard letters (the first ``n_standard``),
+    normalised as :func:`distribution_stats` normalises them; NaN rows where the residue is
+    unscorable (no distribution is defined there)."""
+    import torch
+
+    logp_all = torch.log_softmax(letter_logprobs, dim=-1)[:, :n_standard]
+    defined = torch.isfinite(logp_all).any(-1) & (true_letter != UNSCORABLE)
+    return torch.where(defined.unsqueeze(-1), logp_all, torch.full_like(logp_all, float("nan")))
+
+
 def letter_logprobs(tokenizer: TokenizerFamily, probs, true_letter):
     """Log-probabilities of the scored letters from their (unnormalised) probabilities:
     each residue's distribution is over the kind's standard letters, plus its own letter
@@ -233,10 +244,12 @@ def letter_logprobs(tokenizer: TokenizerFamily, probs, true_letter):
 class _Result:
     """Per-view arrays over the view's owned bases, in view order."""
 
-    def __init__(self, n: int):
+    def __init__(self, n: int, letters: int = 0):
         nan = np.full(n, np.nan, dtype=np.float32)
         self.logp, self.logp_unmasked, self.entropy = nan.copy(), nan.copy(), nan.copy()
         self.rank = np.zeros(n, dtype=np.int16)
+        # (n, letters): the distribution logp comes from, over the standard letters
+        self.letters = np.full((n, letters), np.nan, dtype=np.float32) if letters else None
         self.embedding: list[np.ndarray] | None = None  # one (tokens, dim) array per layer
         self.embedding_tokens: np.ndarray | None = None
 
@@ -246,7 +259,7 @@ class Scorer:
 
     def __init__(self, model, *, likelihood: str, embeddings: bool, layer: int | list[int],
                  batch_tokens: int | None = None, strands: str = "forward", copy_k: int = 0,
-                 nucleic: bool = False):
+                 nucleic: bool = False, distributions: str | None = None):
         import torch
 
         self.model = model
@@ -258,6 +271,8 @@ class Scorer:
         self.strands = strands
         self.copy_k = copy_k  # 0: no in-context copy detection
         self.nucleic = nucleic  # DNA/RNA: copies are also sought as reverse complements
+        # dtype of the stored per-position distributions (schema.LETTER_DTYPES); None: none
+        self.distributions = distributions if likelihood != "none" else None
         self.batch_tokens = batch_tokens or DEFAULT_BATCH_TOKENS.get(model.device.type, 8192)
         self.real_tokens = 0
         self.computed_tokens = 0
@@ -281,7 +296,8 @@ class Scorer:
                 for reverse in ((False, True) if self.strands == "both" else (False,)):
                     views.append(make_view(self.tokenizer, job, j, reverse=reverse,
                                            context_tokens=spec.context_tokens))
-        results = [_Result(v.owned_end - v.owned_start) for v in views]
+        letters = self.tokenizer.n_standard if self.distributions else 0
+        results = [_Result(v.owned_end - v.owned_start, letters) for v in views]
         unmasked_pass = self.embeddings or self.likelihood != "none"
         rows = plan_rows(self.tokenizer, views, mode=self.likelihood,
                          unmasked_pass=unmasked_pass)
@@ -307,6 +323,34 @@ class Scorer:
             for batch in pack_batches([r.length for r in rows], self.batch_tokens):
                 self._run_batch([rows[i] for i in batch], views, results)
         return [res.logp[np.asarray(t.bases, dtype=np.int64) - view.owned_start]
+                for t, view, res in zip(tasks, views, results)]
+
+    def rescore_letters(self, tasks: list[RescoreTask]) -> list[np.ndarray]:
+        """Each task's bases' distributions over the standard letters, ``(len(bases),
+        letters)``, in this scorer's likelihood mode: the masked passes that mode plans at
+        ingest (exact, fast) or the window's unmasked pass (unmasked); all tasks batched
+        together. Tasks of a reverse strand are given in its own (reverse-complement) view."""
+        import torch
+
+        if self.likelihood not in ("exact", "fast", "unmasked"):
+            raise ModelError(f"rescoring needs a likelihood mode, not {self.likelihood}")
+        views = [task_view(self.tokenizer, t, context_tokens=self.model.spec.context_tokens)
+                 for t in tasks]
+        results = [_Result(v.owned_end - v.owned_start, self.tokenizer.n_standard)
+                   for v in views]
+        if self.likelihood == "unmasked":
+            rows = []
+            for v, (view, task) in enumerate(zip(views, tasks)):
+                if view.tokens.n_tokens and len(task.bases):
+                    readout, pr, pb = _pairs(self.tokenizer, view, task.bases)
+                    rows.append(Row(v, None, readout, pr, pb, len(view.tokens.ids)))
+        else:
+            rows = plan_target_rows(self.tokenizer, views, [t.bases for t in tasks],
+                                    mode=self.likelihood)
+        with torch.inference_mode():
+            for batch in pack_batches([r.length for r in rows], self.batch_tokens):
+                self._run_batch([rows[i] for i in batch], views, results)
+        return [res.letters[np.asarray(t.bases, dtype=np.int64) - view.owned_start]
                 for t, view, res in zip(tasks, views, results)]
 
     def _run_batch(self, rows: list[Row], views: list[View], results: list[_Result]) -> None:
@@ -385,13 +429,19 @@ class Scorer:
         sums.index_add_(0, pair_slot, per_pair)
         counts = torch.bincount(pair_slot, minlength=n_slots).unsqueeze(-1)
         true = torch.from_numpy(np.concatenate(true)).to(device)
-        logp, entropy, rank = (t.cpu().numpy() for t in distribution_stats(
-            letter_logprobs(self.tokenizer, sums / counts, true), true))
+        letter_lp = letter_logprobs(self.tokenizer, sums / counts, true)
+        logp, entropy, rank = (t.cpu().numpy() for t in distribution_stats(letter_lp, true))
+        keep = any(results[row.view].letters is not None for row in rows)
+        letters = standard_distribution(letter_lp, self.tokenizer.n_standard, true).cpu().numpy() \
+            if keep else None
         start = 0
         for row, bases in zip(rows, row_bases):
             res = results[row.view]
             at, here = bases - views[row.view].owned_start, slice(start, start + len(bases))
             start += len(bases)
+            main = row.masked is not None or self.likelihood == "unmasked"
+            if main and res.letters is not None:
+                res.letters[at] = letters[here]
             if row.masked is None:
                 res.logp_unmasked[at] = logp[here]
                 if self.likelihood == "unmasked":
@@ -417,7 +467,9 @@ class Scorer:
         token_schema = schema.tokens_schema(self.model.spec.hidden_size,
                                             extra_layers=self.layers[1:])
         columns_of_layers = [schema.layer_column(self.layers, layer) for layer in self.layers]
-        columns: dict[str, list] = {name: [] for name in schema.POSITIONS.names}
+        positions_schema = schema.positions_schema(
+            self.tokenizer.n_standard if self.distributions else None, self.distributions)
+        columns: dict[str, list] = {name: [] for name in positions_schema.names}
         tokens: dict[str, list] = {f.name: [] for f in token_schema}
         for j, job in enumerate(jobs):
             n = job.own_end - job.own_start
@@ -429,12 +481,14 @@ class Scorer:
             _extend(columns, _score_columns(fwd))
             _extend(columns, _strand_columns(fwd, rev, n))
             _extend(columns, _copy_fields(copies.get(j), n))
+            if self.distributions:
+                _extend(columns, _letter_columns(self.tokenizer, fwd, rev, n))
             if self.embeddings and forward and fwd.embedding is not None:
                 _extend(tokens, _token_columns(self.tokenizer, job, forward[0], fwd,
                                                columns_of_layers))
         positions = pa.Table.from_arrays(
-            [pa.concat_arrays(columns[f.name]).cast(f.type) for f in schema.POSITIONS],
-            schema=schema.POSITIONS)
+            [pa.concat_arrays(columns[f.name]).cast(f.type) for f in positions_schema],
+            schema=positions_schema)
         if not self.embeddings:
             return positions, None
         arrays = [pa.concat_arrays(tokens[f.name]) if tokens[f.name]
@@ -493,6 +547,46 @@ def _strand_columns(fwd: _Result, rev: _Result | None, n: int) -> dict[str, pa.A
     return {"logp_rc": _floats(logp_rc), "logp_unmasked_rc": _floats(unmasked_rc),
             "logp_mean": _floats((fwd.logp + logp_rc) / 2),
             "logp_unmasked_mean": _floats((fwd.logp_unmasked + unmasked_rc) / 2)}
+
+
+def complement_order(tokenizer: TokenizerFamily) -> np.ndarray:
+    """For each standard letter k, the index of its complement (DNA/RNA): a reverse-strand
+    distribution indexed by the complement letters, re-indexed onto the forward strand."""
+    pairs = {"A": "TU", "C": "G", "G": "C", "T": "A", "U": "A"}
+    letters = tokenizer.letters
+    return np.array([next(letters.index(c) for c in pairs[x] if c in letters)
+                     for x in letters], dtype=np.int64)
+
+
+def forward_letters(tokenizer: TokenizerFamily, reverse: np.ndarray) -> np.ndarray:
+    """A reverse view's (n, letters) distributions, in view order, as forward-strand rows in
+    forward order: row i of the result is forward base i, column k its forward letter k."""
+    return reverse[::-1][:, complement_order(tokenizer)]
+
+
+def letters_array(values: np.ndarray) -> pa.Array:
+    """(n, letters) log-probabilities as a fixed-size list column; NaN rows are null."""
+    missing = np.isnan(values).all(axis=1) if values.size else np.ones(len(values), bool)
+    # a letter no token can spell keeps log p = -inf (never a large finite number)
+    flat = pa.array(np.where(np.isnan(values), 0.0, values).reshape(-1).astype(np.float32))
+    return pa.FixedSizeListArray.from_arrays(flat, values.shape[1], mask=pa.array(missing))
+
+
+def _letter_columns(tokenizer: TokenizerFamily, fwd: _Result, rev: _Result | None,
+                    n: int) -> dict[str, pa.Array]:
+    """letter_logp (forward) and letter_logp_rc (the reverse strand's, read back onto the
+    forward strand; null with one strand)."""
+    width = tokenizer.n_standard
+    forward = fwd.letters if fwd.letters is not None else np.full((n, width), np.nan,
+                                                                  np.float32)
+    columns = {schema.LETTER_COLUMNS[0]: letters_array(forward)}
+    if rev is not None and rev.letters is not None:
+        columns[schema.LETTER_COLUMNS[1]] = letters_array(forward_letters(tokenizer,
+                                                                          rev.letters))
+    else:
+        columns[schema.LETTER_COLUMNS[1]] = letters_array(np.full((n, width), np.nan,
+                                                                  np.float32))
+    return columns
 
 
 def _copy_fields(found: tuple[np.ndarray, np.ndarray] | None, n: int) -> dict[str, pa.Array]:

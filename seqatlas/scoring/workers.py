@@ -201,6 +201,17 @@ class ScoringWorker:
                  "computed_tokens": self.scorer.computed_tokens - before[1]}
         return values, stats
 
+    def rescore_letters(self, tasks):
+        """Each task's bases' distributions (see :meth:`Scorer.rescore_letters`), and the
+        stats."""
+        self._begin()
+        self.load()
+        before = (self.scorer.real_tokens, self.scorer.computed_tokens)
+        values = self.scorer.rescore_letters(tasks)
+        stats = {"real_tokens": self.scorer.real_tokens - before[0],
+                 "computed_tokens": self.scorer.computed_tokens - before[1]}
+        return values, stats
+
 
 class LocalExecutor:
     """Scores in this process, one unit at a time (``--workers 0``: debugging, notebooks)."""

@@ -1,0 +1,1 @@
+"""Variant effects from the atlas: parsing, scoring, look-up exposure, scans."""
