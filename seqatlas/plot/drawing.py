@@ -80,12 +80,7 @@ def draw_track(figure, data: dict) -> None:
     region, per_bin = data["region"], data["per_bin"]
     binned, x = per_bin > 1, data["x"]
     dots = not binned and region.size <= 300
-    panels = _panels(data)
-    axes = figure.subplots(len(panels), 1, sharex=True, squeeze=False,
-                           gridspec_kw={"height_ratios": [h for _, h in panels]})[:, 0]
-    by_name = dict(zip((name for name, _ in panels), axes))
-    for name, ax in by_name.items():
-        ax.set_label(name)
+    by_name = stacked_axes(figure, _panels(data))
     suffix = " (bin mean, min-max band)" if binned else ""
 
     ax = by_name["likelihood"]
@@ -124,7 +119,7 @@ def draw_track(figure, data: dict) -> None:
     if "net_gain" in by_name:
         _draw_net_gain(by_name["net_gain"], data["ablations"], binned)
 
-    last = axes[-1]
+    last = list(by_name.values())[-1]
     last.set_xlim(region.start, region.end)
     last.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
     last.set_xlabel(f"{region.seq_id} position (0-based; {region.start:,}-{region.end:,} of "
@@ -133,6 +128,17 @@ def draw_track(figure, data: dict) -> None:
     if binned:
         title += f"; binned: {per_bin:,} positions per bin"
     figure.suptitle(title)
+
+
+def stacked_axes(figure, panels: list[tuple[str, float]]) -> dict:
+    """One axes per ``(name, height ratio)`` panel, stacked with a shared x axis, each
+    labelled with its name (tests find them by it): name -> axes."""
+    axes = figure.subplots(len(panels), 1, sharex=True, squeeze=False,
+                           gridspec_kw={"height_ratios": [h for _, h in panels]})[:, 0]
+    by_name = dict(zip((name for name, _ in panels), axes))
+    for name, ax in by_name.items():
+        ax.set_label(name)
+    return by_name
 
 
 def draw_repeats(ax, repeats: list[dict], binned: bool) -> None:

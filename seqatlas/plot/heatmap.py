@@ -27,7 +27,7 @@ import numpy as np
 
 from seqatlas.errors import ConfigError
 from seqatlas.plot.data import Region, copy_arcs, repeat_rows
-from seqatlas.plot.drawing import draw_copies, draw_repeats
+from seqatlas.plot.drawing import draw_copies, draw_repeats, stacked_axes
 from seqatlas.plot.tables import reader_of
 from seqatlas.query.tracks import (require_distributions, substitution_llr_sql,
                                    substitution_rows_sql)
@@ -130,12 +130,7 @@ def draw_mutagenesis(figure, data: dict) -> None:
 
     region, per_bin, letters = data["region"], data["per_bin"], data["letters"]
     matrix = data["llr"]
-    panels = _panels(data)
-    axes = figure.subplots(len(panels), 1, sharex=True, squeeze=False,
-                           gridspec_kw={"height_ratios": [h for _, h in panels]})[:, 0]
-    by_name = dict(zip((name for name, _ in panels), axes))
-    for name, ax in by_name.items():
-        ax.set_label(name)
+    by_name = stacked_axes(figure, _panels(data))
 
     ax = by_name["mutagenesis"]
     finite = np.abs(matrix[np.isfinite(matrix)])
@@ -160,7 +155,7 @@ def draw_mutagenesis(figure, data: dict) -> None:
     if "repeats" in by_name:
         draw_repeats(by_name["repeats"], data["repeats"], per_bin > 1)
 
-    last = axes[-1]
+    last = list(by_name.values())[-1]
     last.set_xlim(region.start, region.end)
     last.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
     last.set_xlabel(f"{region.seq_id} position (0-based; {region.start:,}-{region.end:,} of "
