@@ -23,13 +23,14 @@ import pyarrow as pa
 
 from seqatlas import schema
 from seqatlas.errors import ConfigError, InputError
-from seqatlas.query.views import AnomalyParams, Engine, ablation_methods
+from seqatlas.query.views import (AnomalyParams, Engine, ablation_methods,
+                                  create_anomaly_views)
 from seqatlas.scoring.ablation import METHODS
 from seqatlas.store import AtlasReader, AtlasWriter
 from seqatlas.variants import evaluation
 from seqatlas.variants.formats import (FORMATS, VariantRecord, mutant_records,
                                        read_chrom_map, read_variants)
-from seqatlas.variants.sites import PlacedSites, place
+from seqatlas.variants.sites import PlacedSites, letter_problem, place
 
 _MUTANT = re.compile(r"^\s*[A-Za-z*]\d+[A-Za-z*](\s*:\s*[A-Za-z*]\d+[A-Za-z*])*\s*$")
 _SITE_COLUMNS = ("input_position", "pos", "ref", "alt", "atlas_ref", "p_alt", "p_ref",
@@ -118,9 +119,9 @@ def score_variants(variants, *, atlas, **options) -> VariantScores:
     letters = distribution_letters(reader)
     placed = place(records, atlas_ids=_sequence_ids(reader), lengths=_lengths(reader),
                    seq_id=config.seq_id, offset=config.offset,
-                   chrom_map=_chrom_map(config.chrom_map), letters=letters)
+                   chrom_map=_chrom_map(config.chrom_map))
     sites = read_sites(reader, placed, config.ablation_method)
-    _check_reference(placed, sites)
+    _check_reference(placed, sites, letters)
     values = site_values(reader, placed, sites, letters, config)
     per = site_table(placed, sites, values, letters)
     result = assemble(records, placed, sites, values, per, per_site=config.per_site)
@@ -203,8 +204,6 @@ def read_sites(reader: AtlasReader, placed: PlacedSites, ablation_method: str | 
         if ablation_method is not None and ablation_method not in methods:
             raise ConfigError(f"{reader.path} has no {ablation_method!r} ablations "
                               f"(it has {', '.join(methods) or 'none'})")
-        from seqatlas.query.views import create_anomaly_views
-
         create_anomaly_views(engine, AnomalyParams(ablation_method=method), compute=False)
         engine.con.register("_variant_sites", keys)
         letters = ", p.letter_logp, p.letter_logp_rc" if \
@@ -233,16 +232,19 @@ def read_sites(reader: AtlasReader, placed: PlacedSites, ablation_method: str | 
 
 
 def _letter_matrix(column: pa.ChunkedArray, width: int) -> np.ndarray:
-    """A list column as an (n, width) float array, NaN rows for nulls."""
-    values = np.full((len(column), width), np.nan)
-    for i, row in enumerate(column.to_pylist()):
-        if row is not None:
-            values[i] = np.array(row, dtype=np.float64)
+    """A list column as an (n, width) float array, NaN rows for nulls (-inf kept)."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    values = np.full((len(array), width), np.nan)
+    valid = np.asarray(array.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    if valid.any():
+        flat = array.filter(pa.array(valid)).flatten().to_numpy(zero_copy_only=False)
+        values[valid] = np.asarray(flat, dtype=np.float64).reshape(-1, width)
     return values
 
 
-def _check_reference(placed: PlacedSites, sites: dict) -> None:
-    """Problems found in the positions rows: REF not what the atlas has, not scored."""
+def _check_reference(placed: PlacedSites, sites: dict, letters: str) -> None:
+    """Problems found in the positions rows, in this order: REF not what the atlas has,
+    not scored (a long N run), a reference or alternative letter outside the distribution."""
     for i in range(len(placed)):
         if placed.problem[i] is not None or placed.pos[i] is None:
             continue
@@ -256,6 +258,8 @@ def _check_reference(placed: PlacedSites, sites: dict) -> None:
                                 f"{atlas_ref} at {where} (1-based)"
         elif sites["window_start"][i] is None:
             placed.problem[i] = f"{where} was not scored (inside a long N run)"
+        else:
+            placed.problem[i] = letter_problem(placed.ref[i], placed.alt[i], letters)
 
 
 # -- values --------------------------------------------------------------------------------

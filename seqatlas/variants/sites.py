@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 
 from seqatlas.errors import ConfigError
 from seqatlas.variants.formats import VariantRecord, match_seq_ids
@@ -42,11 +41,11 @@ class PlacedSites:
 
 
 def place(records: list[VariantRecord], *, atlas_ids: list[str], lengths: dict[str, int],
-          seq_id: str | None, offset: int, chrom_map: dict[str, str] | None,
-          letters: str) -> PlacedSites:
+          seq_id: str | None, offset: int, chrom_map: dict[str, str] | None
+          ) -> PlacedSites:
     """Each record's sites on the atlas (sequence, 0-based position), with the problems
-    found without reading positions: unknown sequence, outside it, a letter that is not
-    one of the distribution's ``letters``, a problem the reader already found."""
+    found without reading positions: unknown sequence, outside it, a problem the reader
+    already found."""
     names = sorted({r.seq_id for r in records if r.seq_id is not None})
     matched = match_seq_ids(names, atlas_ids, chrom_map=chrom_map) if names else {}
     default = _default_seq_id(records, atlas_ids, seq_id)
@@ -59,8 +58,7 @@ def place(records: list[VariantRecord], *, atlas_ids: list[str], lengths: dict[s
             continue
         for site in record.sites:
             pos = site.position - offset - 1
-            site_problem = problem or _site_problem(site, pos, lengths.get(target), letters,
-                                                    offset)
+            site_problem = problem or _site_problem(site, pos, lengths.get(target), offset)
             placed.add(v, target, pos, site.position, site.ref, site.alt, site_problem)
     return placed
 
@@ -86,21 +84,21 @@ def _sequence_problem(record: VariantRecord, target: str | None, atlas_ids) -> s
     return None
 
 
-def _site_problem(site, pos: int, length: int | None, letters: str, offset: int) -> str | None:
+def _site_problem(site, pos: int, length: int | None, offset: int) -> str | None:
     if length is None:
         return None  # the sequence problem says it
     if not 0 <= pos < length:
         shift = f" with --offset {offset}" if offset else ""
         return (f"position {site.position}{shift} is outside the sequence (atlas positions "
                 f"1-{length} in 1-based numbering)")
-    for role, letter in (("ref", site.ref), ("alt", site.alt)):
+    return None
+
+
+def letter_problem(ref: str, alt: str, letters: str) -> str | None:
+    """Why a substitution ``ref`` -> ``alt`` has no LLR: a letter outside the ``letters``
+    the distribution is over (checked once ``ref`` is known to be the atlas's)."""
+    for role, letter in (("ref", ref), ("alt", alt)):
         if letter not in letters:
             return (f"{role} {letter} is not one of the standard letters {letters} the "
                     "distribution is over")
     return None
-
-
-def site_arrays(placed: PlacedSites) -> dict[str, np.ndarray]:
-    """The placed sites as arrays (-1 for a missing position)."""
-    return {"variant": np.asarray(placed.variant, dtype=np.int64),
-            "pos": np.array([-1 if p is None else p for p in placed.pos], dtype=np.int64)}
