@@ -226,3 +226,19 @@ def test_lookup_rows_are_stored_and_reported(tmp_path):
     assert "Look-up shift of the stored variant sets" in text
     mean = sum(r["lookup_shift"] for r in rows) / len(rows)
     assert f"{mean:.4g}" in text
+
+
+@pytest.mark.ray
+def test_rescoring_on_ray_workers_equals_in_process(tmp_path, tiny_esm, ray_session):
+    fasta = write_fasta(tmp_path / "p.fa", {"P1": SEQ})
+    atlas = tmp_path / "atlas"
+    seqatlas.ingest(fasta, atlas=atlas, model=str(tiny_esm), likelihood="exact",
+                    distributions="none", workers=0, progress=False)
+    mutants = _mutants(5)
+    here = seqatlas.score_variants(mutants, atlas=atlas, seq_id="P1", workers=0,
+                                   progress=False)
+    there = seqatlas.score_variants(mutants, atlas=atlas, seq_id="P1", workers=1,
+                                    progress=False)
+    assert here.sites_rescored == there.sites_rescored == 5
+    assert there.table["llr"].to_pylist() == pytest.approx(here.table["llr"].to_pylist(),
+                                                           abs=1e-6)
