@@ -32,7 +32,8 @@ from seqatlas.repeats.finders import FINDERS
 from seqatlas.repeats.formats import FORMATS
 from seqatlas.repeats.importer import ON_MISMATCH
 from seqatlas.util import CHROM_STYLES
-from seqatlas.schema import ABLATION_METHODS
+from seqatlas.schema import ABLATION_METHODS, DISTRIBUTION_CHOICES
+from seqatlas.variants.formats import FORMATS as VARIANT_FORMATS
 from seqatlas.progress import MODES as PROGRESS_MODES
 from seqatlas.scoring.ablation import RESCORE_LIKELIHOODS
 from seqatlas.scoring.scorer import LIKELIHOOD_MODES, STRANDS
@@ -58,6 +59,8 @@ FROM_LIBRARY = {
     options.AblationMethod: ABLATION_METHODS,
     options.ProbeLikelihood: RESCORE_LIKELIHOODS,
     options.OnMismatch: ON_MISMATCH,
+    options.Distributions: DISTRIBUTION_CHOICES,
+    options.VariantFormat: VARIANT_FORMATS,
     options.SortOrder: SORT_ORDERS,
     options.ChromNames: CHROM_STYLES,
     options.Progress: PROGRESS_MODES,
@@ -127,6 +130,8 @@ SOURCES = {"Kind": "seqatlas.fasta:KINDS", "Likelihood": "seqatlas.scoring.score
            "AblationMethod": "seqatlas.schema:ABLATION_METHODS",
            "ProbeLikelihood": "seqatlas.scoring.ablation:RESCORE_LIKELIHOODS",
            "OnMismatch": "seqatlas.repeats.importer:ON_MISMATCH",
+           "Distributions": "seqatlas.schema:DISTRIBUTION_CHOICES",
+           "VariantFormat": "seqatlas.variants.formats:FORMATS",
            "SortOrder": "seqatlas.query.tracks:SORT_ORDERS",
            "ChromNames": "seqatlas.util:CHROM_STYLES",
            "Progress": "seqatlas.progress:MODES"}
@@ -177,6 +182,8 @@ def test_shared_options_read_the_same_everywhere():
     by_flag: dict[str, set] = {}
     for path, param in _click_params(typer.main.get_command(app)):
         for flag in param.opts:
+            if path[:1] == ("variants",) and flag == "--score-column":
+                continue  # a variant file's measured scores (ProteinGym's DMS_score)
             if flag in SHARED_FLAGS or (flag == "--format" and path[0] == "query"):
                 default = getattr(param.default, "value", param.default)
                 by_flag.setdefault(flag, set()).add((repr(default), param.help))

@@ -30,6 +30,7 @@ from seqatlas.repeats.finders import FINDERS
 from seqatlas.repeats.formats import FORMATS
 from seqatlas.repeats.importer import ON_MISMATCH
 from seqatlas.schema import DISTRIBUTION_CHOICES
+from seqatlas.variants.formats import FORMATS as VARIANT_FORMATS
 from seqatlas.util import CHROM_STYLES
 from seqatlas.schema import ABLATION_METHODS
 from seqatlas.scoring.ablation import RESCORE_LIKELIHOODS
@@ -57,6 +58,7 @@ Likelihood = choices("Likelihood", LIKELIHOOD_MODES)  # ingest --likelihood
 Strands = choices("Strands", STRANDS)  # ingest --strands
 WriteParts = choices("WriteParts", WRITE_PARTS)  # ingest --write-parts
 Distributions = choices("Distributions", DISTRIBUTION_CHOICES)  # ingest --distributions
+VariantFormat = choices("VariantFormat", VARIANT_FORMATS)  # variants score --input-format
 Tokenizer = choices("Tokenizer", FAMILIES)  # ingest --tokenizer
 RepeatFormat = choices("RepeatFormat", FORMATS)  # annotate --format
 RepeatFinder = choices("RepeatFinder", FINDERS)  # annotate --run

@@ -9,15 +9,13 @@ from typing import List, Optional
 import typer
 
 from seqatlas.cli.options import (ATLAS, FORMAT, NO_PROGRESS, PROGRESS, AblationMethod, Format,
-                                  Progress, choices)
-from seqatlas.variants.formats import FORMATS
+                                  Progress, VariantFormat)
 
 variants_app = typer.Typer(help="Variant effects: the LLR of substitutions from the atlas's "
                            "distributions, their look-up exposure, saturation scans.",
                            no_args_is_help=True)
 
 
-VariantFormat = choices("VariantFormat", FORMATS)  # variants score --input-format
 
 
 OUTPUT = typer.Option(None, "--output", "-o", help="Write the rows to this file: parquet, or "
