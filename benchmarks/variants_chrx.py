@@ -139,7 +139,7 @@ def _lookup_step(atlas, seq_id: str, count: int, workdir: Path) -> None:
     print(f"\nvariants score --lookup: {result.scored:,} of {result.variants:,} SNVs at "
           f"in-context copies in {seconds:.1f} s")
     scores = result.table  # noqa: F841 (read by the SQL below)
-    table = duckdb.sql(LOOKUP_SQL).fetch_arrow_table()
+    table = duckdb.sql(LOOKUP_SQL).to_arrow_table()
     print("\t".join(table.column_names))
     for row in table.to_pylist():
         print("\t".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()))

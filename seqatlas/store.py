@@ -67,8 +67,14 @@ def part_name(key: str) -> str:
 
 def _write_table(data: pa.Table, where, table: str) -> None:
     """The one Parquet writer of parts (driver or worker, local or remote: the same bytes)."""
+    lists = [c for c in schema.LETTER_COLUMNS if c in data.column_names]
+    # log-probabilities do not repeat: byte-stream-split floats compress, a dictionary
+    # does not (measured: 130 -> 83 B per residue with float32 distributions)
+    encoding = {"column_encoding": {f"{c}.list.element": "BYTE_STREAM_SPLIT" for c in lists},
+                "use_dictionary": [c for c in data.column_names if c not in lists]} \
+        if lists else {}
     pq.write_table(data, where, compression="zstd", row_group_size=ROW_GROUP_ROWS[table],
-                   write_statistics=True, write_page_checksum=True)
+                   write_statistics=True, write_page_checksum=True, **encoding)
 
 
 def write_parquet(path: Path, table: str, data: pa.Table) -> tuple[int, str]:
