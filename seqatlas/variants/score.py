@@ -33,9 +33,6 @@ from seqatlas.variants.formats import (FORMATS, VariantRecord, mutant_records,
 from seqatlas.variants.sites import PlacedSites, letter_problem, place
 
 _MUTANT = re.compile(r"^\s*[A-Za-z*]\d+[A-Za-z*](\s*:\s*[A-Za-z*]\d+[A-Za-z*])*\s*$")
-_SITE_COLUMNS = ("input_position", "pos", "ref", "alt", "atlas_ref", "p_alt", "p_ref",
-                 "rank_alt", "entropy", "z", "copy_offset", "copy_strand", "icl_gain",
-                 "control_gain", "net_gain")
 _LOOKUP = ("llr_intact", "llr_partner", "llr_control", "icl_shift", "control_shift",
            "lookup_shift", "llr_corrected")
 _SUMMED = ("llr", "llr_fwd", "llr_rc", "llr_joint", "llr_intact", "llr_partner",
