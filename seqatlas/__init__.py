@@ -21,6 +21,7 @@ __all__ = [
     "ingest",
     "load_index",
     "models",
+    "adapters",
     "probe_doubling",
     "probe_icl",
     "repair",
@@ -63,11 +64,19 @@ def ingest(fasta, *, atlas, **options):
 def models() -> list[dict]:
     """The embedded models (name, kinds, tokenizer family, parameters, alphabet, context).
 
-    Any Hugging Face masked-LM checkpoint directory (or hub id, with network) works too.
+    Any checkpoint an adapter reads works too (:func:`adapters`).
     """
     from seqatlas.checkpoints.loading import list_models
 
     return list_models()
+
+
+def adapters() -> list[dict]:
+    """The model adapters (transformers masked and causal LMs, fair-esm, ESM C, CARP, GPN and
+    installed plugins): what each loads, whether it is installed, how to install it."""
+    from seqatlas.checkpoints.loading import list_adapters
+
+    return list_adapters()
 
 
 def __getattr__(name: str):

@@ -162,9 +162,10 @@ class ScoringRecord:
         return repr(sorted(data.items()))
 
     def likelihood_column(self) -> str | None:
-        """The positions column holding the main likelihood: masked logp (exact, fast), else
-        unmasked; the strand mean with both strands; None without a likelihood."""
-        column = {"exact": "logp", "fast": "logp", "unmasked": "logp_unmasked"}.get(
+        """The positions column holding the main likelihood: masked logp (exact, fast) or the
+        causal logp (causal), else unmasked; the strand mean with both strands; None without a likelihood."""
+        column = {"exact": "logp", "fast": "logp", "unmasked": "logp_unmasked",
+                  "causal": "logp"}.get(
             self.likelihood)
         if column is None:
             return None

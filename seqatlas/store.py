@@ -765,6 +765,12 @@ class AtlasWriter:
                                model.tokenizer_settings())):
             if was != now:
                 differences.append(f"model {key}: atlas {was!r}, now {now!r}")
+        # the adapter, objective and shipped code (absent: transformers, masked, none)
+        for key, default in (("adapter", "transformers"), ("objective", "masked"),
+                             ("code_sha256", None)):
+            was, now = old.model.extra.get(key, default), model.extra.get(key, default)
+            if was != now:
+                differences.append(f"model {key}: atlas {was!r}, now {now!r}")
         was, now = old.scoring.settings(), scoring.settings()
         for key in sorted(set(was) | set(now)):
             if was.get(key) != now.get(key):

@@ -36,6 +36,7 @@ from seqatlas.schema import ABLATION_METHODS, DISTRIBUTION_CHOICES
 from seqatlas.variants.formats import FORMATS as VARIANT_FORMATS
 from seqatlas.progress import MODES as PROGRESS_MODES
 from seqatlas.scoring.ablation import RESCORE_LIKELIHOODS
+from seqatlas.probe.doubling import PROBE_LIKELIHOODS
 from seqatlas.scoring.scorer import LIKELIHOOD_MODES, STRANDS
 from seqatlas.scoring.workers import WRITE_PARTS
 from tests.query_data import make_atlas
@@ -58,6 +59,7 @@ FROM_LIBRARY = {
     options.Metric: METRICS,
     options.AblationMethod: ABLATION_METHODS,
     options.ProbeLikelihood: RESCORE_LIKELIHOODS,
+    options.DoublingLikelihood: PROBE_LIKELIHOODS,
     options.OnMismatch: ON_MISMATCH,
     options.Distributions: DISTRIBUTION_CHOICES,
     options.VariantFormat: VARIANT_FORMATS,
@@ -129,6 +131,7 @@ SOURCES = {"Kind": "seqatlas.fasta:KINDS", "Likelihood": "seqatlas.scoring.score
            "IndexType": "seqatlas.index.build:TYPES", "Metric": "seqatlas.index.search:METRICS",
            "AblationMethod": "seqatlas.schema:ABLATION_METHODS",
            "ProbeLikelihood": "seqatlas.scoring.ablation:RESCORE_LIKELIHOODS",
+           "DoublingLikelihood": "seqatlas.probe.doubling:PROBE_LIKELIHOODS",
            "OnMismatch": "seqatlas.repeats.importer:ON_MISMATCH",
            "Distributions": "seqatlas.schema:DISTRIBUTION_CHOICES",
            "VariantFormat": "seqatlas.variants.formats:FORMATS",
@@ -162,7 +165,7 @@ main(["ingest", "--help"])
                           cwd=ROOT, env={"COLUMNS": "200", "PATH": "", "TERM": "dumb"},
                           timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "exact|fast|unmasked|none|novel-1" in done.stdout
+    assert "exact|fast|unmasked|causal|none|novel-1" in done.stdout
 
 
 SHARED_FLAGS = ("--z", "--tail", "--smooth", "--min-length", "--max-gap", "--score-column",

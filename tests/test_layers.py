@@ -12,7 +12,7 @@ import seqatlas
 from seqatlas.cli.main import main
 from seqatlas.errors import ConfigError
 from seqatlas.scoring.scorer import Scorer, WindowJob
-from seqatlas.checkpoints import LoadedModel, resolve_model
+from seqatlas.checkpoints import load_model, resolve_model
 from tests.conftest import ESM_VOCAB, random_protein, write_fasta
 
 RECORDS = {"a": random_protein(30, seed=11), "b": random_protein(9, seed=12),
@@ -76,7 +76,7 @@ def test_input_embeddings_and_three_layers(tmp_path, tiny_esm):
 
 def test_layers_do_not_depend_on_batch_composition(tiny_esm):
     spec = resolve_model(str(tiny_esm), kind="protein")
-    model = LoadedModel(spec)
+    model = load_model(spec)
     jobs = [WindowJob(seq_id=name, token_offset=0, start=0, end=len(seq), own_start=0,
                       own_end=len(seq), residues=seq.encode()) for name, seq in RECORDS.items()]
     tables = []

@@ -195,31 +195,34 @@ def _gpt2(directory: Path) -> Path:
     return directory
 
 
-def test_a_causal_lm_is_refused_at_resolve_time_without_reading_its_weights(tmp_path,
-                                                                          capsys):
+def test_a_causal_lm_is_refused_by_the_masked_adapter_without_reading_its_weights(
+        tmp_path, capsys):
     gpt2 = _gpt2(tmp_path / "gpt2")
     for weights in gpt2.glob("*.safetensors"):
         weights.write_bytes(b"not weights")  # never read
     fasta = write_fasta(tmp_path / "p.fa", {"p": random_protein(20, 1)})
     code = main(["ingest", str(fasta), "--atlas", str(tmp_path / "a"), "--model", str(gpt2),
-                 "--workers", "0", "--no-progress"])
+                 "--adapter", "transformers", "--workers", "0", "--no-progress"])
     err = " ".join(capsys.readouterr().err.split())
     assert code == 1 and "Traceback" not in err
-    assert f"Error: {gpt2} is a gpt2 model (causal LM); seqatlas needs a masked language " \
-        "model (BERT, ESM, RoBERTa, ...)" in err
+    assert f"Error: {gpt2} is a gpt2 model (causal LM: the transformers-causal adapter " \
+        "scores it with --likelihood causal); the transformers adapter needs a masked " \
+        "language model (BERT, ESM, RoBERTa, ...)" in err
     assert not (tmp_path / "a").exists()
-    (gpt2 / "vocab.txt").unlink()  # no vocabulary seqatlas reads: the same message
-    with pytest.raises(ModelError, match="gpt2 model"):
-        resolve_model(str(gpt2), kind="protein")
+    # detected, it is a causal model, resolved from its config without reading the weights
+    spec = resolve_model(str(gpt2), kind="protein")
+    assert spec.adapter == "transformers-causal" and spec.objective == "causal"
+    assert spec.specials.mask == -1
 
 
-def test_a_bert_decoder_is_refused_as_a_causal_lm(tmp_path):
+def test_a_bert_decoder_is_a_causal_lm(tmp_path):
     directory = tmp_path / "decoder"
     directory.mkdir()
     (directory / "vocab.txt").write_text("\n".join(BERT_VOCAB) + "\n")
     _bert(directory, len(BERT_VOCAB), context_tokens=20, seed=1, is_decoder=True)
-    with pytest.raises(ModelError, match=r"is a bert model \(causal LM\)"):
-        resolve_model(str(directory), kind="protein")
+    with pytest.raises(ModelError, match=r"is a bert model \(causal LM"):
+        resolve_model(str(directory), kind="protein", adapter="transformers")
+    assert resolve_model(str(directory), kind="protein").objective == "causal"
 
 
 # -- the low-likelihood warning ------------------------------------------------------------
@@ -420,14 +423,14 @@ def _spec_fields(spec) -> dict:
 
 
 def test_config_facts_are_remembered_until_the_config_changes(tmp_path, monkeypatch):
-    from seqatlas.checkpoints import loading
+    from seqatlas.checkpoints import hf_masked as loading
 
     monkeypatch.setenv("SEQATLAS_CACHE_DIR", str(tmp_path / "cache"))
     model = _bert_with(tmp_path / "m", AMINO)
     calls = []
     real = loading._read_config_facts
     monkeypatch.setattr(loading, "_read_config_facts",
-                        lambda *a: calls.append(a) or real(*a))
+                        lambda *a, **kw: calls.append(a) or real(*a, **kw))
     first = _spec_fields(resolve_model(str(model), kind="protein"))
     assert first["hidden_size"] == 32 and first["num_layers"] == 1
     assert first["context_tokens"] == 40
@@ -467,8 +470,8 @@ def test_a_refused_config_is_not_remembered(tmp_path, monkeypatch):
     monkeypatch.setenv("SEQATLAS_CACHE_DIR", str(tmp_path / "cache"))
     gpt2 = _gpt2(tmp_path / "gpt2")
     for _ in range(2):
-        with pytest.raises(ModelError, match=r"gpt2 model \(causal LM\)"):
-            resolve_model(str(gpt2), kind="protein")
+        with pytest.raises(ModelError, match=r"gpt2 model \(causal LM"):
+            resolve_model(str(gpt2), kind="protein", adapter="transformers")
     assert not (tmp_path / "cache" / digests.FACTS_CACHE_FILE).exists()
 
 

@@ -180,3 +180,39 @@ def _variant_snippets_run(tmp_path):
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "llr_joint" in done.stdout
+
+
+def test_models_snippets_run(tmp_path):
+    """The Models section: one checkpoint of each kind, built tiny under the names the
+    README uses, ingested by the README's own lines (the adapter detected each time)."""
+    import gzip
+
+    import seqatlas
+    from tests.test_adapter_carp import make_carp
+    from tests.test_adapter_fair_esm import make_esm2
+    from tests.test_adapter_gpn import make_gpn
+    from tests.test_causal import make_char_gpt
+
+    records = list(read_fasta(demo_fasta(), kind="protein"))[:2]
+    (tmp_path / "proteins.fa").write_text(
+        "".join(f">{r.id}\n{r.sequence.decode()[:60]}\n" for r in records))
+    (chrx,) = read_fasta(demo_dna(), kind="dna")
+    with gzip.open(tmp_path / "genome.fa.gz", "wt") as fh:
+        fh.write(f">X\n{chrx.sequence[:300].decode()}\n")
+    make_esm2(tmp_path / "esm2_t6_8M_UR50D.pt")
+    make_carp(tmp_path / "carp_640M.pt")
+    make_char_gpt(tmp_path / "dna-gpt")
+    make_gpn(tmp_path / "gpn-model")
+    outputs = _run_lines("## Models", tmp_path)
+    for adapter in ("transformers-causal", "fair-esm", "esmc", "carp", "gpn"):
+        assert adapter in outputs[0]
+    expected = {"esm_atlas": ("fair-esm", "exact"), "carp_atlas": ("carp", "exact"),
+                "gpt_atlas": ("transformers-causal", "causal"), "gpn_atlas": ("gpn", "fast")}
+    for name, (adapter, likelihood) in expected.items():
+        atlas = seqatlas.Atlas(tmp_path / name)
+        assert atlas.manifest.model.extra["adapter"] == adapter
+        assert atlas.manifest.scoring.likelihood == likelihood
+        count = atlas.sql("select count(logp) as n from positions").to_pylist()[0]["n"]
+        assert count > 100
+    toml = re.search(r"```toml\n(.*?)```", README[README.index("## Models"):], re.S).group(1)
+    assert '[project.entry-points."seqatlas.models"]' in toml

@@ -10,7 +10,7 @@ import torch
 
 import seqatlas
 from seqatlas.scoring.scorer import Scorer, WindowJob, pack_batches
-from seqatlas.checkpoints import LoadedModel, resolve_model
+from seqatlas.checkpoints import load_model, resolve_model
 from tests.conftest import AMINO, ESM_VOCAB, random_protein, write_fasta
 
 
@@ -112,7 +112,7 @@ def test_letters_the_model_lacks_get_null_logp(tmp_path, tiny_bert):
 @pytest.fixture(scope="module")
 def esm_scorer(tiny_esm):
     spec = resolve_model(str(tiny_esm), kind="protein")
-    return lambda budget: Scorer(LoadedModel(spec), likelihood="exact", embeddings=True,
+    return lambda budget: Scorer(load_model(spec), likelihood="exact", embeddings=True,
                                  layer=spec.num_layers, batch_tokens=budget)
 
 

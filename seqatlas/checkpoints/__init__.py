@@ -1,5 +1,5 @@
-"""Model checkpoints: resolving them, their tokenizer families, loading them for scoring."""
+"""Model checkpoints: the adapter protocol, resolving checkpoints, loading them for scoring."""
 
-from seqatlas.checkpoints.loading import EMBEDDED_MODELS, LoadedModel, ModelSpec, resolve_model
+from seqatlas.checkpoints.loading import EMBEDDED_MODELS, ModelSpec, load_model, resolve_model
 
-__all__ = ["EMBEDDED_MODELS", "LoadedModel", "ModelSpec", "resolve_model"]
+__all__ = ["EMBEDDED_MODELS", "ModelSpec", "load_model", "resolve_model"]

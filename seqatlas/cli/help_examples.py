@@ -11,6 +11,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "zcat chrX.fa.gz | seqatlas ingest - --atlas dna_atlas --model dnabert6-tiny "
         "--likelihood fast --strands both",
         "seqatlas ingest more.fa --atlas prot_atlas   # scored with the atlas's own settings",
+        "seqatlas ingest proteins.fa --atlas esm_atlas --model "
+        "~/.cache/torch/hub/checkpoints/esm2_t6_8M_UR50D.pt   # fair-esm weights",
+        "seqatlas ingest chrX.fa --atlas gpt_atlas --model ./dna-gpt --strands both"
+        "   # a causal LM: --likelihood causal",
     ),
     "info": ("seqatlas info prot_atlas", "seqatlas info prot_atlas --json"),
     "verify": ("seqatlas verify --atlas prot_atlas",),
@@ -19,7 +23,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "report": ("seqatlas report --atlas dna_atlas -o report.html",
                "seqatlas report -a prot_atlas -a dna_atlas --doubling doubling.parquet "
                "-o report.html"),
-    "models": ("seqatlas models", "seqatlas models --format tsv"),
+    "models": ("seqatlas models", "seqatlas models --format tsv", "seqatlas models --adapters"),
     "annotate": (
         "seqatlas annotate hg38.fa.out --atlas dna_atlas --on-mismatch skip",
         "seqatlas annotate --run tantan --atlas prot_atlas",

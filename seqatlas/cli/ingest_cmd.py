@@ -18,9 +18,11 @@ from seqatlas.cli.options import (CPUS_PER_WORKER, GPUS_PER_WORKER, NO_PROGRESS,
 
 
 LIKELIHOOD = typer.Option(
-    None, show_default=False, help="(Default: exact, or the atlas's when extending it.) exact: one masked pass per position (PLL term); fast: well-separated "
-    "positions masked together, ~15% of tokens per pass (7 passes per window for one-token-per-"
-    "residue models); unmasked: one pass, ref visible; none: embeddings only.")
+    None, show_default=False, help="(Default: exact for a masked LM, causal for a causal "
+    "one, or the atlas's when extending it.) exact: one masked pass per position (PLL term); "
+    "fast: well-separated positions masked together, ~15% of tokens per pass (7 passes per "
+    "window for one-token-per-residue models); unmasked: one pass, ref visible; causal: one "
+    "pass, log p(x_i | x_<i), causal models only; none: embeddings only.")
 LAYER = typer.Option(
     None, help="Hidden layer for embeddings (0 = input embeddings; default the last; negative "
     "counts back). Repeat for several: the first goes in the tokens column 'embedding', each "
@@ -31,7 +33,7 @@ UNIT_TOKENS = typer.Option(None, help="Computed tokens per work unit, the resume
                            "(default: 65536 for exact/fast, 262144 for unmasked/none).")
 COPY_K = typer.Option(
     None, "--copy-k", help="k-mer length of the in-context copy detector: each position's "
-    "copy_offset/copy_strand give the nearest other occurrence of the k-mer around it (direct, "
+    "copy_offset and copy_strand give the nearest other occurrence of the k-mer around it (direct, "
     "or reverse complement for DNA/RNA) inside its scoring window (default: 12 for DNA/RNA, 6 "
     "for proteins; 0 turns detection off, leaving the columns null).")
 
@@ -41,9 +43,17 @@ def ingest(
     atlas: str = atlas_option("Atlas: a directory, or a URI such as s3://bucket/prefix (created or extended)."),
     model: Optional[str] = typer.Option(
         None, "--model", "-m", show_default=False,
-        help="Embedded model name, checkpoint directory or hub id (default: antiberty, or "
-        "the atlas's model when extending it; the settings below likewise: a file added to "
-        "an atlas is scored as the atlas was)."),
+        help="Embedded model name, checkpoint directory or file (a fair-esm or CARP .pt, an "
+        "ESM C .pth) or hub id (default: antiberty, or the atlas's model when extending it; "
+        "the settings below likewise: a file added to an atlas is scored as the atlas was)."),
+    adapter: Optional[str] = typer.Option(
+        None, "--adapter", show_default=False,
+        help="Model adapter (transformers, transformers-causal, fair-esm, esmc, carp, gpn, or "
+        "a plugin; `seqatlas models` lists them); default: detected from the checkpoint."),
+    trust_remote_code: bool = typer.Option(
+        False, "--trust-remote-code",
+        help="Run the code a checkpoint ships (its config's auto_map), as transformers' "
+        "trust_remote_code; its hash becomes part of the model's identity."),
     kind: Optional[Kind] = typer.Option(None, help="Sequence kind; detected when omitted."),
     likelihood: Optional[Likelihood] = LIKELIHOOD,
     embeddings: Optional[Embeddings] = typer.Option(
@@ -51,8 +61,10 @@ def ingest(
     layer: Optional[list[int]] = LAYER,
     window: Optional[int] = typer.Option(None, help="Residues per window (default: the model's "
                                          "context)."),
-    overlap: Optional[int] = typer.Option(None, help="Residues shared by neighbouring windows "
-                                          "(default: window/4)."),
+    overlap: Optional[int] = typer.Option(
+        None, help="Residues shared by neighbouring windows (default: window/4). A causal "
+        "model's positions keep at least this much context before them (and after them "
+        "with --strands both)."),
     batch_tokens: Optional[int] = BATCH_TOKENS,
     unit_tokens: Optional[int] = UNIT_TOKENS,
     strands: Optional[Strands] = typer.Option(
@@ -64,7 +76,7 @@ def ingest(
     copy_k: Optional[int] = COPY_K,
     distributions: Optional[Distributions] = typer.Option(
         None, show_default=False, help="Store each position's predicted distribution over the "
-        "kind's standard letters (positions.letter_logp, letter_logp_rc), which `seqatlas "
+        "kind's standard letters (the letter_logp and letter_logp_rc columns), which `seqatlas "
         "variants` scores substitutions from: float32 (default; 80 B per residue, 16 B per "
         "base and strand, before compression), float16 (half), or none."),
     workers: Optional[int] = typer.Option(None, help="Scoring actors (default: one per GPU, "
@@ -104,12 +116,13 @@ def ingest(
         layer=(layer[0] if len(layer) == 1 else list(layer)) if layer else None,
         window=window, overlap=overlap, unit_tokens=unit_tokens, tokenizer=_value(tokenizer),
         strands=_value(strands), skip_n_runs=skip_n_runs, copy_k=copy_k,
-        distributions=_value(distributions))
+        distributions=_value(distributions), adapter=adapter)
     report = seqatlas.ingest(
         fasta, atlas=atlas, batch_tokens=batch_tokens, workers=workers,
         gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, address=address,
         max_retries=max_retries, stall_timeout=stall_timeout, progress=progress,
-        write_parts=write_parts.value, **{k: v for k, v in settings.items() if v is not None})
+        write_parts=write_parts.value, trust_remote_code=trust_remote_code,
+        **{k: v for k, v in settings.items() if v is not None})
     _print_report(report.as_dict(), as_json)
 
 

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from seqatlas.cli.options import (ATLAS, CPUS_PER_WORKER, FORMAT, GPUS_PER_WORKER,
                                   NO_PROGRESS, PROGRESS, AblationMethod, Format, Kind,
-                                  ProbeLikelihood, Progress, Tokenizer, address_option,
+                                  ProbeLikelihood, DoublingLikelihood, Progress, Tokenizer, address_option,
                                   json_option)
 
 probe_app = typer.Typer(help="Measure in-context look-up causally: corrupt a copy (and a "
@@ -98,13 +98,21 @@ def doubling(
     model: str = typer.Option("antiberty", "--model", "-m", help="Embedded model name, "
                               "checkpoint directory or hub id."),
     kind: Optional[Kind] = typer.Option(None, "--kind", help="Detected when omitted."),
-    method: AblationMethod = METHOD,
+    method: Optional[AblationMethod] = typer.Option(
+        None, "--method", show_default=False, help="How the partner is corrupted: mask (its "
+        "tokens; default for masked LMs), shuffle (seeded permutation of its residues; "
+        "default for causal LMs, which have no mask), substitute (seeded draws from the "
+        "sequence's letter composition)."),
     seed: int = SEED,
     shuffle: bool = typer.Option(False, "--shuffle", help="Also probe a seeded shuffle of "
                                  "each sequence."),
-    likelihood: ProbeLikelihood = typer.Option(
-        ProbeLikelihood.exact, "--likelihood", help="exact: each position of copy 1 masked "
-        "in turn (its PLL terms); fast: well-separated positions masked together."),
+    likelihood: Optional[DoublingLikelihood] = typer.Option(
+        None, "--likelihood", show_default=False, help="exact (default for masked LMs): each "
+        "position of the scored copy masked in turn (its PLL terms); fast: well-separated "
+        "positions masked together; causal (default and only mode for causal LMs): one pass."),
+    copy: Optional[int] = typer.Option(
+        None, "--copy", show_default=False, help="The copy scored: 1 (default for masked "
+        "LMs) or 2 (default for causal LMs, whose copy 1 cannot see copy 2)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the table to "
                                           "this file: parquet, or csv/tsv/json by --format or "
                                           "by its extension (.csv, .tsv, .json)."),
@@ -117,9 +125,9 @@ def doubling(
     progress: Progress = PROGRESS,
     no_progress: bool = NO_PROGRESS,
 ) -> None:
-    """The doubling construct: S alone, S+S, S+S with copy 2 corrupted, and a control.
+    """The doubling construct: S alone, S+S, S+S with the partner copy corrupted, a control.
 
-    Mean logp of copy 1 in each, with the same-composition control S+C (C a seeded shuffle
+    Mean logp of the scored copy (1; 2 for a causal model) in each, with the same-composition control S+C (C a seeded shuffle
     of S) intact and corrupted; icl_gain, control_gain and net_gain per sequence.
     """
     from seqatlas.probe import probe_doubling
@@ -130,8 +138,10 @@ def doubling(
 
     table = probe_doubling(fasta, output=output, model=model,
                            format=file_format(output, format.value) if output else "parquet",
-                           kind=kind.value if kind else None, method=method.value, seed=seed,
-                           shuffle=shuffle, likelihood=likelihood.value,
+                           kind=kind.value if kind else None,
+                           method=method.value if method else None, seed=seed,
+                           shuffle=shuffle, likelihood=likelihood.value if likelihood else None,
+                           copy=copy,
                            tokenizer=tokenizer.value if tokenizer else None,
                            batch_tokens=batch_tokens, workers=workers, progress=progress)
     lines = [f"{variant}: " + "; ".join(

@@ -18,12 +18,20 @@ corrupted version, the damage corruption does without any look-up; ``net_gain`` 
 difference (= ``doubled - control_intact`` with ``mask``). ``doubling_gain = doubled -
 alone``. Copy 1 is scored exactly as ``probe icl`` scores a target (every residue masked in
 turn, exact; or the fast passes over the whole construct).
+
+Direction: a causal model reads only what comes before a residue, so copy 1 can never look up
+copy 2 (its gain is 0 by construction). With a causal model the probe scores copy 2
+(``scored_copy`` 2, the default for causal models) in the mirrored inputs: ``alone`` S,
+``doubled`` S+S, ``partner`` S+S with copy 1 corrupted, ``control_intact`` C+S and
+``control`` C+S with C corrupted; ``--copy 1`` asks for copy 1 (of any model) to show it.
+A causal model has no mask token: its corruption is ``shuffle`` (the default for it) or
+``substitute``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,11 +44,13 @@ from seqatlas.checkpoints import resolve_model
 from seqatlas.checkpoints.fit import check_model_fit, count_letters
 from seqatlas.progress import Meter
 from seqatlas.query.engine import write_result
+from seqatlas.scoring.scorer import objective_refusal
 from seqatlas.scoring.workers import make_executor, run_units
 from seqatlas.scoring.ablation import (METHODS, RESCORE_LIKELIHOODS, RescoreTask, corrupt,
                                        region_rng, standard_letters)
 
 VARIANTS = ("original", "shuffled")
+PROBE_LIKELIHOODS = RESCORE_LIKELIHOODS + ("causal",)
 # the five inputs, in the order their values come back
 CONDITIONS = ("alone", "doubled", "partner", "control_intact", "control")
 
@@ -51,10 +61,11 @@ class DoublingConfig:
 
     model: str = "antiberty"
     kind: str | None = None  # detected from the file when None
-    method: str = "mask"
+    method: str | None = None  # mask | shuffle | substitute; None: mask, shuffle for causal
     seed: int = 0
     shuffle: bool = False  # also probe a seeded shuffle of each sequence
-    likelihood: str = "exact"  # exact | fast
+    likelihood: str | None = None  # exact | fast | causal; None: exact, causal for causal
+    copy: int | None = None  # the copy scored, 1 or 2; None: 1, 2 for causal models
     tokenizer: str | None = None
     batch_tokens: int | None = None
     workers: int | None = 0  # 0: this process; None or N: Ray actors
@@ -64,11 +75,14 @@ class DoublingConfig:
     progress: bool | str = True  # auto | bar | log | none
 
     def validate(self) -> None:
-        if self.method not in METHODS:
+        if self.method is not None and self.method not in METHODS:
             raise ConfigError(f"--method must be one of {', '.join(METHODS)}, not "
                               f"{self.method!r}")
-        if self.likelihood not in RESCORE_LIKELIHOODS:
-            raise ConfigError(f"--likelihood must be exact or fast, not {self.likelihood!r}")
+        if self.likelihood is not None and self.likelihood not in PROBE_LIKELIHOODS:
+            raise ConfigError(f"--likelihood must be one of {', '.join(PROBE_LIKELIHOODS)}, "
+                              f"not {self.likelihood!r}")
+        if self.copy not in (None, 1, 2):
+            raise ConfigError(f"--copy must be 1 or 2, not {self.copy!r}")
         if self.kind is not None and self.kind not in KINDS:
             raise ConfigError(f"--kind must be one of {', '.join(KINDS)}, not {self.kind!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or \
@@ -88,6 +102,7 @@ def probe_doubling(fasta: str | Path, *, output: str | Path | None = None,
         raise InputError(f"{path}: no such file")
     kind = config.kind or detect_kind(path)
     spec = resolve_model(config.model, kind=kind, tokenizer=config.tokenizer)
+    config = _for_model(config, spec)
     tokenizer = spec.tokenizer()
     check_model_fit(spec, lambda letters: count_letters(
         (r.sequence for r in read_fasta(path, kind=kind)), letters), tokenizer=tokenizer)
@@ -140,25 +155,43 @@ def probe_doubling(fasta: str | Path, *, output: str | Path | None = None,
     return table
 
 
+def _for_model(config: DoublingConfig, spec) -> DoublingConfig:
+    """``config`` with the model's defaults filled in (likelihood, method, copy), refusing
+    what the model cannot do."""
+    likelihood = config.likelihood or ("causal" if spec.causal else "exact")
+    if (likelihood == "causal") != spec.causal:
+        raise ConfigError(objective_refusal(spec, likelihood))
+    method = config.method or ("shuffle" if spec.causal else "mask")
+    if method == "mask" and spec.causal:
+        raise ConfigError(f"{spec.name} is a causal model and has no mask token: corrupt the "
+                          "partner with --method shuffle or substitute")
+    return replace(config, likelihood=likelihood, method=method,
+                   copy=config.copy or (2 if spec.causal else 1))
+
+
 def _tasks(residues: bytes, config: DoublingConfig, seq_id: str, variant: str,
            letters: bytes) -> list[RescoreTask]:
     """The rescoring tasks of one sequence, in :data:`CONDITIONS` order (``control`` left
-    out with ``mask``, where it is the ``partner`` input)."""
+    out with ``mask``, where it is the ``partner`` input). Copy 2 scored: every construct
+    mirrored (the partner and the control block come first)."""
     n = len(residues)
-    copy1 = np.arange(n, dtype=np.int64)
+    second = config.copy == 2
+    scored = np.arange(n, 2 * n, dtype=np.int64) if second else np.arange(n, dtype=np.int64)
+    other = (0, n) if second else (n, 2 * n)  # where the partner or control block lies
     doubled = residues + residues
     control_block = corrupt(residues, 0, n, method="shuffle",
                             rng=region_rng(config.seed, "control-block", seq_id, variant))[0]
-    with_control = residues + control_block
+    with_control = control_block + residues if second else residues + control_block
 
     def corrupted(construct: bytes, role: str) -> RescoreTask:
-        data, masked = corrupt(construct, n, 2 * n, method=config.method,
+        data, masked = corrupt(construct, *other, method=config.method,
                                rng=region_rng(config.seed, config.method, seq_id, variant, role),
                                composition=letters)
-        return RescoreTask(data, 0, 2 * n, copy1, masked)
+        return RescoreTask(data, 0, 2 * n, scored, masked)
 
-    tasks = [RescoreTask(residues, 0, n, copy1), RescoreTask(doubled, 0, 2 * n, copy1),
-             corrupted(doubled, "partner"), RescoreTask(with_control, 0, 2 * n, copy1)]
+    tasks = [RescoreTask(residues, 0, n, np.arange(n, dtype=np.int64)),
+             RescoreTask(doubled, 0, 2 * n, scored),
+             corrupted(doubled, "partner"), RescoreTask(with_control, 0, 2 * n, scored)]
     if config.method != "mask":
         tasks.append(corrupted(with_control, "control"))
     return tasks
@@ -184,7 +217,8 @@ def _row(seq_id: str, variant: str, length: int, values: list[np.ndarray],
             "seed": config.seed, "logp_alone": alone, "logp_doubled": doubled,
             "logp_partner": partner, "logp_control_intact": control_intact,
             "logp_control": control, "icl_gain": icl, "control_gain": control_gain,
-            "net_gain": diff(icl, control_gain), "doubling_gain": diff(doubled, alone)}
+            "net_gain": diff(icl, control_gain), "doubling_gain": diff(doubled, alone),
+            "scored_copy": config.copy}
 
 
 def summary(table: pa.Table) -> dict:

@@ -31,7 +31,7 @@ from seqatlas.repeats.copies import copy_runs, read_copies, seq_order
 from seqatlas.repeats.formats import read_repeats
 from seqatlas.scoring.ablation import (METHODS, RESCORE_LIKELIHOODS, RescoreTask, corrupt,
                                        region_rng, standard_letters)
-from seqatlas.scoring.pipeline import describe_error
+from seqatlas.scoring.pipeline import describe_error, model_identity
 from seqatlas.scoring.workers import make_executor, run_units_timed
 from seqatlas.store import AtlasReader, AtlasWriter
 
@@ -151,7 +151,7 @@ def _probe_locked(reader: AtlasReader, writer: AtlasWriter, config: IclConfig) -
     units = _plan_units(todo, mode=mode, stride=tokenizer.fast_stride(),
                         budget=config.unit_tokens, recompute=report.intact_recomputed)
     source = _unit_items(reader, units, names, config=config, settings=settings,
-                         fingerprint=reader.manifest.model.weights_sha256 + scoring.key(),
+                         fingerprint=model_identity(reader.manifest) + scoring.key(),
                          letters=tokenizer.letters, recompute=report.intact_recomputed)
     _run(config, spec, mode, writer, source, report, settings,
          total=sum(t.length for t in todo), names=names)

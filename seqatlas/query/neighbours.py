@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from seqatlas.store import AtlasReader
 from seqatlas.checkpoints.fit import check_model_fit
-from seqatlas.checkpoints.loading import LoadedModel, resolve_model
+from seqatlas.checkpoints.loading import load_model, resolve_model
 from seqatlas.errors import AtlasIndexError, ConfigError, ModelError, QueryError
 from seqatlas.index.store import load_index
 from seqatlas.index.vectors import column_layer, stored_layers
@@ -208,7 +208,7 @@ def embed_residues(spec, residues: list[str], layer: int, *, offset: int | None 
             raise ConfigError(f"{text!r} needs {len(tokens.ids)} tokens, more than the "
                               f"model's context of {spec.context_tokens}")
         queries.append((tokens, query_token(tokens.starts, tokens.ends, len(data), offset)))
-    model = LoadedModel(spec, device="cpu")
+    model = load_model(spec, device="cpu")
     vectors = []
     for tokens, j in queries:
         ids = torch.from_numpy(tokens.ids).unsqueeze(0)

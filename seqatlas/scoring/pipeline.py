@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,7 +26,7 @@ from seqatlas.progress import Meter, check_progress
 from seqatlas.copy_detector import default_copy_k
 from seqatlas.fasta import KINDS, detect_kind
 from seqatlas.scoring.plan import InputPlan, UnitPlan, iter_unit_jobs, plan_units, scan_input
-from seqatlas.scoring.scorer import LIKELIHOOD_MODES, STRANDS
+from seqatlas.scoring.scorer import LIKELIHOOD_MODES, STRANDS, objective_refusal
 from seqatlas.scoring.windows import Window, default_overlap
 from seqatlas.scoring.workers import WRITE_PARTS
 from seqatlas.util import Spool, is_stream, spooled_inputs, utc_now
@@ -79,7 +79,8 @@ class IngestConfig:
 
     model: str = "antiberty"
     kind: str | None = None  # protein | dna | rna; detected from the first input when None
-    likelihood: str = "exact"  # exact | fast | unmasked | none
+    likelihood: str | None = None  # exact | fast | unmasked | causal | none; None: exact
+    # for a masked LM, causal for a causal one
     embeddings: bool = True
     layer: int | list[int] | None = None  # hidden layer(s) for embeddings; None = last.
     # Several: the first goes in the tokens column "embedding", each further layer L in
@@ -101,6 +102,8 @@ class IngestConfig:
     stall_timeout: float | None = 1800.0  # seconds with no unit finished before ingest
     # stops with an error saying what is stuck (committed work is kept); None or 0: wait on
     tokenizer: str | None = None  # override the detected tokenizer family
+    adapter: str | None = None  # the model adapter (seqatlas models); None: detected
+    trust_remote_code: bool = False  # run code a checkpoint ships (transformers auto_map)
     progress: bool | str = True  # auto | bar | log | none (True: auto, False: none)
     distributions: str | None = None  # float32 | float16 | none: each position's predicted
     # distribution over the kind's standard letters (positions.letter_logp); None: the
@@ -110,7 +113,7 @@ class IngestConfig:
     # writes every part (the same bytes either way)
 
     def validate(self) -> None:
-        if self.likelihood not in LIKELIHOOD_MODES:
+        if self.likelihood is not None and self.likelihood not in LIKELIHOOD_MODES:
             raise ConfigError(f"--likelihood must be one of {', '.join(LIKELIHOOD_MODES)}, "
                               f"not {self.likelihood!r}")
         if not isinstance(self.embeddings, bool):
@@ -209,6 +212,7 @@ def _ingest_inputs(config: IngestConfig, spool: Spool, *, atlas: str | Path) -> 
     setup = _resolve_setup(config, kind=kind)
     _check_model_fit(setup, paths)
     _refuse_pre_letter_map_atlas(existing, setup)
+    config = replace(config, likelihood=setup.likelihood)
     scoring = _scoring_record(config, setup.tokenizer, window=setup.window,
                               overlap=setup.overlap, layers=setup.layers,
                               unit_tokens=setup.unit_tokens, kind=kind, copy_k=setup.copy_k)
@@ -248,6 +252,7 @@ class _Setup:
     layers: list[int]
     copy_k: int
     unit_tokens: int
+    likelihood: str  # the config's, or the model's default when it gave none
 
     def scoring_args(self, config: IngestConfig) -> dict:
         """The keyword arguments of each worker's scorer."""
@@ -283,7 +288,8 @@ def recorded_settings(manifest: Manifest) -> dict:
                "embeddings": scoring.embeddings, "window": scoring.window,
                "overlap": scoring.overlap, "unit_tokens": scoring.unit_tokens,
                "strands": scoring.strands, "copy_k": scoring.copy_k,
-               "tokenizer": model.tokenizer.get("family")}
+               "tokenizer": model.tokenizer.get("family"),
+               "adapter": model.extra.get("adapter")}
     if scoring.embeddings:
         options["layer"] = scoring.stored_layers()
     if scoring.skip_n_runs is not None:
@@ -311,7 +317,7 @@ def _with_recorded_settings(atlas: str | Path, options: dict) -> dict:
     recorded.pop("kind")
     if options.get("model") not in (None, recorded["model"]):
         # another model: its own geometry, so the refusal names the model, not a window
-        for name in ("window", "overlap", "layer", "tokenizer"):
+        for name in ("window", "overlap", "layer", "tokenizer", "adapter"):
             recorded.pop(name, None)
     given = {k: v for k, v in options.items() if v is not None or k not in recorded}
     return {**recorded, **given}
@@ -404,7 +410,10 @@ def _resolve_setup(config: IngestConfig, *, kind: str) -> _Setup:
     from seqatlas.checkpoints import resolve_model
 
     _check_kind_options(config, kind)
-    spec = resolve_model(config.model, kind=kind, tokenizer=config.tokenizer)
+    spec = resolve_model(config.model, kind=kind, tokenizer=config.tokenizer,
+                         adapter=config.adapter, trust_remote_code=config.trust_remote_code)
+    likelihood = model_likelihood(config.likelihood, spec)
+    config = replace(config, likelihood=likelihood)
     tokenizer = spec.tokenizer()
     window, overlap = _window_geometry(config, tokenizer, context_tokens=spec.context_tokens)
     layers = resolve_layers(config.layer, spec.num_layers)
@@ -415,7 +424,25 @@ def _resolve_setup(config: IngestConfig, *, kind: str) -> _Setup:
     unit_tokens = config.unit_tokens if config.unit_tokens is not None else \
         (65536 if config.likelihood in ("exact", "fast") else 262144)
     return _Setup(kind=kind, spec=spec, tokenizer=tokenizer, window=window, overlap=overlap,
-                  layers=layers, copy_k=copy_k, unit_tokens=unit_tokens)
+                  layers=layers, copy_k=copy_k, unit_tokens=unit_tokens, likelihood=likelihood)
+
+
+def model_likelihood(likelihood: str | None, spec: ModelSpec) -> str:
+    """The likelihood mode asked for, or the model's default (exact for a masked LM, causal
+    for a causal one); a mode the model cannot compute is refused with the reason."""
+    if likelihood is None:
+        return "causal" if spec.causal else "exact"
+    if likelihood != "none" and (likelihood == "causal") != spec.causal:
+        raise ConfigError(objective_refusal(spec, likelihood))
+    return likelihood
+
+
+def window_context(likelihood: str, strands: str) -> str:
+    """How windows share their overlap (seqatlas.scoring.windows): centred for masked modes,
+    left context for a causal model on one strand, both sides with both strands."""
+    if likelihood != "causal":
+        return "centred"
+    return "both" if strands == "both" else "left"
 
 
 def _check_model_fit(setup: _Setup, paths: list[Path]) -> None:
@@ -456,6 +483,10 @@ def _window_geometry(config: IngestConfig, tokenizer: TokenizerFamily, *,
     if not least <= overlap < window:
         raise ConfigError(f"--overlap must be in [{least}, {window}) for --window {window} "
                           f"with a {tokenizer.family} tokenizer")
+    if config.likelihood == "causal" and config.strands == "both" and 2 * overlap >= window:
+        raise ConfigError(f"--overlap {overlap} must be below half of --window {window} for a "
+                          "causal model on both strands (each position keeps --overlap of "
+                          "context on each side)")
     return window, overlap
 
 
@@ -469,8 +500,10 @@ def _plan_inputs(config: IngestConfig, setup: _Setup, inputs: list[InputPlan], *
                  fingerprint: str) -> list[list[UnitPlan]]:
     """Each input's content-keyed units (units never span inputs)."""
     cost = _cost_model(config, setup.tokenizer)
+    context = window_context(setup.likelihood, config.strands)
     return [plan_units([plan], fingerprint=fingerprint, window=setup.window,
-                       overlap=setup.overlap, cost=cost, unit_tokens=setup.unit_tokens)
+                       overlap=setup.overlap, cost=cost, unit_tokens=setup.unit_tokens,
+                       context=context)
             for plan in inputs]
 
 
@@ -515,7 +548,14 @@ def _keying(manifest: Manifest) -> tuple[str, dict]:
     identifiers existed keep their keys."""
     if manifest.legacy_keys():
         return manifest.model.weights_sha256 + manifest.scoring.legacy_key(), {}
-    return manifest.model.weights_sha256 + manifest.scoring.key(), {"key_scheme": KEY_SCHEME}
+    return model_identity(manifest) + manifest.scoring.key(), {"key_scheme": KEY_SCHEME}
+
+
+def model_identity(manifest: Manifest) -> str:
+    """The model's part of a content key: its weights, and the code that travels with them
+    (a model whose code changed is another model)."""
+    code = manifest.model.extra.get("code_sha256")
+    return manifest.model.weights_sha256 + (f"+code:{code}" if code else "")
 
 
 def _scoring_record(config: IngestConfig, tokenizer, *, window: int, overlap: int,

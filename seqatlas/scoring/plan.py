@@ -115,14 +115,16 @@ def _sequence_info(record: FastaRecord, *, skip_n_runs: int) -> SequenceInfo:
 
 
 def plan_units(inputs: list[InputPlan], *, fingerprint: str, window: int, overlap: int,
-               cost: Callable[[Window], int], unit_tokens: int) -> list[UnitPlan]:
+               cost: Callable[[Window], int], unit_tokens: int,
+               context: str = "centred") -> list[UnitPlan]:
     """Consecutive windows grouped until a unit's ``cost`` (tokens computed) reaches
-    ``unit_tokens``; units never span input files."""
+    ``unit_tokens``; units never span input files. ``context``: how windows share their
+    overlap (:func:`seqatlas.scoring.windows.tile`)."""
     units: list[UnitPlan] = []
     for index, plan in enumerate(inputs):
         current = UnitPlan(key="", input_index=index)
         for s_index, seq in enumerate(plan.sequences):
-            for w in tile_record(seq.length, window, overlap, seq.skip_runs):
+            for w in tile_record(seq.length, window, overlap, seq.skip_runs, context):
                 current.windows.append((s_index, w))
                 current.cost += cost(w)
                 if current.cost >= unit_tokens:

@@ -6,6 +6,12 @@ and its *pairs* say which base each readout token informs. Rows from many window
 sequences are packed into batches by a token budget after sorting by length, so
 equal-length rows share a batch and padding stays rare. The MLM head runs only on readout
 tokens.
+
+``causal`` (a causal LM): one unmasked pass per view, in which the hidden state of token t
+predicts token t + 1: a token's readout is its predecessor's hidden state (the prefix's BOS
+for the first residue; none, so null, without one). A base inside a multi-letter token gets
+the per-base marginal of the token distribution over the candidates of the true token's
+length, as for a masked token: log p(letter at that offset | the tokens before the token).
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from seqatlas.fasta import soft_mask
 from seqatlas.checkpoints.tokenizers import UNSCORABLE, TokenizerFamily, WindowTokens
 from seqatlas.scoring.ablation import RescoreTask, region_tokens
 
-LIKELIHOOD_MODES = ("exact", "fast", "unmasked", "none")
+LIKELIHOOD_MODES = ("exact", "fast", "unmasked", "causal", "none")
+MASKED_MODES = ("exact", "fast", "unmasked")  # modes that need a masked LM
 STRANDS = ("forward", "both")
 # Measured with AntiBERTy on 2 CPU cores: 2048-token batches ran 25% faster than 16384
 # (activations stay in cache); GPUs want large batches.
@@ -135,6 +142,10 @@ def plan_rows(tokenizer: TokenizerFamily, views: list[View], *, mode: str,
         if view.tokens.n_tokens == 0:
             continue  # shorter than one token: nothing the model can see
         length = len(view.tokens.ids)
+        if mode == "causal":
+            rows.append(causal_row(tokenizer, view, v,
+                                   np.arange(view.owned_start, view.owned_end)))
+            continue
         if unmasked_pass:
             readout, pr, pb = _pairs(tokenizer, view, np.arange(view.owned_start, view.owned_end))
             rows.append(Row(v, None, readout, pr, pb, length))
@@ -143,6 +154,16 @@ def plan_rows(tokenizer: TokenizerFamily, views: list[View], *, mode: str,
         for group in mask_groups(tokenizer, view, mode=mode):
             rows.append(_masked_row(tokenizer, view, v, group, length))
     return rows
+
+
+def causal_row(tokenizer: TokenizerFamily, view: View, v: int, bases) -> Row:
+    """The causal pass of a view reading out ``bases``: a token is read from the hidden state
+    before it, so the first token of a view without a prefix (no BOS) is not read out."""
+    readout, pr, pb = _pairs(tokenizer, view, np.asarray(bases, dtype=np.int64))
+    if view.tokens.prefix == 0 and len(readout) and readout[0] == 0:
+        keep = pr != 0
+        readout, pr, pb = readout[1:], pr[keep] - 1, pb[keep]
+    return Row(v, None, readout, pr, pb, len(view.tokens.ids))
 
 
 def _masked_row(tokenizer, view: View, v: int, group, length: int, keep=None) -> Row:
@@ -166,6 +187,16 @@ def plan_target_rows(tokenizer: TokenizerFamily, views: list[View], targets: lis
             if any(b in keep for _, bs in group for b in bs):
                 rows.append(_masked_row(tokenizer, view, v, group, len(view.tokens.ids), keep))
     return rows
+
+
+def objective_refusal(spec, likelihood: str) -> str:
+    """Why ``likelihood`` cannot be computed with the model of ``spec`` (masked vs causal)."""
+    if spec.causal:
+        return (f"{spec.name} is a causal (autoregressive) model: it predicts each token from "
+                f"those before it and has no mask token, so --likelihood {likelihood} (a "
+                "masked-LM mode) is not defined for it; use --likelihood causal")
+    return (f"--likelihood causal needs a causal (autoregressive) model, and {spec.name} is a "
+            "masked LM: use --likelihood exact, fast or unmasked, or pass a causal checkpoint")
 
 
 def pack_batches(lengths: list[int], budget: int) -> list[list[int]]:
@@ -265,6 +296,9 @@ class Scorer:
         self.model = model
         self.tokenizer = model.spec.tokenizer()
         self.likelihood = likelihood
+        self.causal = likelihood == "causal"
+        if self.causal != model.spec.causal and likelihood != "none":
+            raise ModelError(objective_refusal(model.spec, likelihood))
         self.embeddings = embeddings
         # embedding layers; the first fills "embedding", each further L "embedding_layer_{L}"
         self.layers = list(layer) if isinstance(layer, (list, tuple)) else [layer]
@@ -311,14 +345,13 @@ class Scorer:
         this scorer's likelihood mode (exact or fast); all tasks batched together."""
         import torch
 
-        if self.likelihood not in ("exact", "fast"):
-            raise ModelError(f"rescoring needs --likelihood exact or fast, not "
+        if self.likelihood not in ("exact", "fast", "causal"):
+            raise ModelError(f"rescoring needs --likelihood exact, fast or causal, not "
                              f"{self.likelihood}")
         views = [task_view(self.tokenizer, t, context_tokens=self.model.spec.context_tokens)
                  for t in tasks]
         results = [_Result(v.owned_end - v.owned_start) for v in views]
-        rows = plan_target_rows(self.tokenizer, views, [t.bases for t in tasks],
-                                mode=self.likelihood)
+        rows = self._target_rows(views, tasks)
         with torch.inference_mode():
             for batch in pack_batches([r.length for r in rows], self.batch_tokens):
                 self._run_batch([rows[i] for i in batch], views, results)
@@ -332,26 +365,34 @@ class Scorer:
         together. Tasks of a reverse strand are given in its own (reverse-complement) view."""
         import torch
 
-        if self.likelihood not in ("exact", "fast", "unmasked"):
+        if self.likelihood == "none":
             raise ModelError(f"rescoring needs a likelihood mode, not {self.likelihood}")
         views = [task_view(self.tokenizer, t, context_tokens=self.model.spec.context_tokens)
                  for t in tasks]
         results = [_Result(v.owned_end - v.owned_start, self.tokenizer.n_standard)
                    for v in views]
-        if self.likelihood == "unmasked":
-            rows = []
-            for v, (view, task) in enumerate(zip(views, tasks)):
-                if view.tokens.n_tokens and len(task.bases):
-                    readout, pr, pb = _pairs(self.tokenizer, view, task.bases)
-                    rows.append(Row(v, None, readout, pr, pb, len(view.tokens.ids)))
-        else:
-            rows = plan_target_rows(self.tokenizer, views, [t.bases for t in tasks],
-                                    mode=self.likelihood)
+        rows = self._target_rows(views, tasks)
         with torch.inference_mode():
             for batch in pack_batches([r.length for r in rows], self.batch_tokens):
                 self._run_batch([rows[i] for i in batch], views, results)
         return [res.letters[np.asarray(t.bases, dtype=np.int64) - view.owned_start]
                 for t, view, res in zip(tasks, views, results)]
+
+    def _target_rows(self, views: list[View], tasks: list[RescoreTask]) -> list[Row]:
+        """The passes reading out each task's bases: those of its mode for masked modes, the
+        window's one pass for unmasked and causal."""
+        if self.likelihood in ("exact", "fast"):
+            return plan_target_rows(self.tokenizer, views, [t.bases for t in tasks],
+                                    mode=self.likelihood)
+        rows = []
+        for v, (view, task) in enumerate(zip(views, tasks)):
+            if view.tokens.n_tokens and len(task.bases):
+                if self.likelihood == "causal":
+                    rows.append(causal_row(self.tokenizer, view, v, task.bases))
+                else:
+                    readout, pr, pb = _pairs(self.tokenizer, view, task.bases)
+                    rows.append(Row(v, None, readout, pr, pb, len(view.tokens.ids)))
+        return rows
 
     def _run_batch(self, rows: list[Row], views: list[View], results: list[_Result]) -> None:
         import torch
@@ -395,7 +436,8 @@ class Scorer:
         for b, row in enumerate(rows):
             view = views[row.view]
             b_idx.append(np.full(len(row.readout), b))
-            t_idx.append(row.readout + view.tokens.prefix)
+            # causal: a token is predicted by the hidden state of the token before it
+            t_idx.append(row.readout + view.tokens.prefix - int(self.causal))
             lengths.append(view.tokens.ends[row.readout] - view.tokens.starts[row.readout])
             bases, slot_of = np.unique(row.pair_base, return_inverse=True)
             pair_slot.append(slot_of + n_slots)
@@ -439,10 +481,10 @@ class Scorer:
             res = results[row.view]
             at, here = bases - views[row.view].owned_start, slice(start, start + len(bases))
             start += len(bases)
-            main = row.masked is not None or self.likelihood == "unmasked"
+            main = row.masked is not None or self.likelihood in ("unmasked", "causal")
             if main and res.letters is not None:
                 res.letters[at] = letters[here]
-            if row.masked is None:
+            if row.masked is None and not self.causal:
                 res.logp_unmasked[at] = logp[here]
                 if self.likelihood == "unmasked":
                     res.entropy[at], res.rank[at] = entropy[here], rank[here]

@@ -157,13 +157,13 @@ class ScoringWorker:
         import torch
 
         from seqatlas.scoring.scorer import Scorer
-        from seqatlas.checkpoints import LoadedModel
+        from seqatlas.checkpoints import load_model
 
         if self.threads:
             # Ray sets OMP_NUM_THREADS=1 in workers; use the CPUs this actor was given.
             torch.set_num_threads(self.threads)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.scorer = Scorer(LoadedModel(self.spec, device=device), **self.scoring)
+        self.scorer = Scorer(load_model(self.spec, device=device), **self.scoring)
         self._count_batches()
 
     def score(self, jobs):
