@@ -50,13 +50,13 @@ def _per_site_baseline(atlas, seq_id: str, sites: np.ndarray) -> tuple[float, np
     from seqatlas.query.neighbours import atlas_model_spec
     from seqatlas.scoring.ablation import RescoreTask
     from seqatlas.scoring.scorer import Scorer
-    from seqatlas.checkpoints import LoadedModel
+    from seqatlas.checkpoints import load_model
     from seqatlas.probe.icl import read_sequences
     from seqatlas.store import AtlasReader
 
     reader = AtlasReader(atlas)
     spec = atlas_model_spec(reader)
-    scorer = Scorer(LoadedModel(spec), likelihood="exact", embeddings=False,
+    scorer = Scorer(load_model(spec), likelihood="exact", embeddings=False,
                     layer=[spec.num_layers], distributions="float32")
     seq = read_sequences(reader, [seq_id], "ACGT")[seq_id]
     tasks = []
