@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -275,7 +274,8 @@ def make_remote_code_gpt(directory: Path) -> Path:
     return directory
 
 
-def test_remote_code_needs_the_flag_and_its_hash_is_the_identity(tmp_path, monkeypatch):
+def test_remote_code_needs_the_flag_and_its_hash_is_the_identity(tmp_path, monkeypatch,
+                                                                  capsys):
     monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "hf_modules"))
     model = make_remote_code_gpt(tmp_path / "code_gpt")
     seq = random_dna(20, seed=8)  # one window: the reference is one pass
@@ -290,6 +290,12 @@ def test_remote_code_needs_the_flag_and_its_hash_is_the_identity(tmp_path, monke
     atlas = seqatlas.Atlas(tmp_path / "r")
     record = atlas.manifest.model.extra
     assert len(record["code_sha256"]) == 64 and record["objective"] == "causal"
+    from seqatlas.cli.main import main
+
+    assert main(["info", str(tmp_path / "r")]) == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "adapter transformers-causal, causal LM, its own code sha256 " \
+        f"{record['code_sha256'][:12]}" in shown
     reference = _char_logp(_model_with_code(model), seq)
     logp = [r["logp"] for r in atlas.sql("select logp from positions order by pos").to_pylist()]
     assert np.allclose(logp, reference, atol=1e-5)
@@ -371,27 +377,32 @@ def test_an_adapter_whose_package_is_missing_names_the_extra(monkeypatch):
     assert row["installed"] is False and "seqatlas[carp]" in row["install"]
 
 
-# -- the doubling probe knows the direction ----------------------------------------------
-COPY_LENGTH = 12
+# -- the probes know the direction ---------------------------------------------------------
+COPY_LENGTH = 8
+MAX_PREFIX = 10  # training blocks: a random prefix of 0..10 bases, S, S again
 
 
 def _train_copier(directory: Path, steps: int = 300) -> Path:
-    """A tiny GPT-2 trained to continue S+S: after a random block S, S again."""
+    """A tiny GPT-2 trained to continue P+S+S: after a random block S, S again."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "vocab.txt").write_text("\n".join(CHAR_VOCAB) + "\n")
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(CHAR_VOCAB), n_positions=2 * COPY_LENGTH + 2,
-                        n_embd=48, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0,
-                        pad_token_id=1)
+    length = 1 + MAX_PREFIX + 2 * COPY_LENGTH
+    config = GPT2Config(vocab_size=len(CHAR_VOCAB), n_positions=length, n_embd=48,
+                        n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0, pad_token_id=1)
     model = GPT2LMHeadModel(config)
     optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3)
     generator = torch.Generator().manual_seed(1)
     for _ in range(steps):
+        prefix = int(torch.randint(0, MAX_PREFIX + 1, (1,), generator=generator))
         block = torch.randint(2, 6, (64, COPY_LENGTH), generator=generator)
-        ids = torch.cat([torch.zeros(64, 1, dtype=torch.long), block, block], dim=1)
-        loss = model(ids, labels=ids).loss
+        head = torch.randint(2, 6, (64, prefix), generator=generator)
+        ids = torch.cat([torch.zeros(64, 1, dtype=torch.long), head, block, block], dim=1)
+        labels = ids.clone()
+        labels[:, : 1 + prefix + COPY_LENGTH] = -100  # learn the copy, not the noise
+        loss = model(ids, labels=labels).loss
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -399,14 +410,18 @@ def _train_copier(directory: Path, steps: int = 300) -> Path:
     return directory
 
 
+@pytest.fixture(scope="module")
+def copier(tmp_path_factory):
+    return _train_copier(tmp_path_factory.mktemp("copier"))
+
+
 @pytest.mark.slow
-def test_doubling_probe_of_a_trained_copier_sees_only_the_upstream_copy(tmp_path):
+def test_doubling_probe_of_a_trained_copier_sees_only_the_upstream_copy(tmp_path, copier):
     from seqatlas.probe import probe_doubling
 
-    model = _train_copier(tmp_path / "copier")
     fasta = write_fasta(tmp_path / "s.fa", {f"s{k}": random_dna(COPY_LENGTH, seed=20 + k)
                                             for k in range(6)})
-    common = {"model": str(model), "kind": "dna", "progress": False}
+    common = {"model": str(copier), "kind": "dna", "progress": False}
     second = probe_doubling(fasta, **common).to_pylist()  # copy 2: the causal default
     first = probe_doubling(fasta, copy=1, **common).to_pylist()
     assert {r["scored_copy"] for r in second} == {2} and {r["method"] for r in second} == \
@@ -419,4 +434,73 @@ def test_doubling_probe_of_a_trained_copier_sees_only_the_upstream_copy(tmp_path
     assert abs(control2) < 0.25 * gain2  # a same-composition block gives little
     with pytest.raises(ConfigError, match="no mask token"):
         probe_doubling(fasta, method="mask", **common)
-    assert "Traceback" not in str(sys.exc_info())
+
+
+@pytest.mark.slow
+def test_icl_probe_of_a_causal_atlas_takes_upstream_copies_and_controls(tmp_path, copier):
+    from seqatlas.probe import probe_icl
+
+    records = {}
+    for k in range(4):
+        block = random_dna(COPY_LENGTH, seed=40 + k)
+        records[f"r{k}"] = random_dna(MAX_PREFIX, seed=60 + k) + block + block
+    atlas = _ingest(tmp_path, copier, records, copy_k=6)
+    assert atlas.manifest.scoring.likelihood == "causal"
+    with pytest.raises(ConfigError, match="no mask token"):
+        probe_icl(atlas.path, method="mask", workers=0, progress=False)
+    report = probe_icl(atlas.path, workers=0, progress=False)
+    assert report.likelihood == "causal" and report.method == "shuffle"
+    rows = seqatlas.Atlas(atlas.path).sql(
+        "select * from ablations order by seq_id, pos").to_pylist()
+    assert rows and report.targets_probed == len({(r["seq_id"], r["target_start"])
+                                                  for r in rows})
+    # copy 1's targets (their partner, copy 2, downstream) are never probed; copy 2's are
+    assert {r["seq_id"] for r in rows if r["pos"] >= MAX_PREFIX + COPY_LENGTH} == set(records)
+    for r in rows:
+        assert r["partner_end"] <= r["target_start"]
+        if r["control_start"] is not None:
+            assert r["control_end"] <= r["target_start"]  # an upstream control
+    gains = [r["icl_gain"] for r in rows]
+    controls = [r["control_gain"] for r in rows if r["control_gain"] is not None]
+    assert np.mean(gains) > 0.8 and controls and abs(np.mean(controls)) < 0.25 * np.mean(gains)
+
+
+def test_knn_embeds_a_query_with_the_causal_model(tmp_path, char_gpt):
+    seq = random_dna(20, seed=12)
+    atlas = _ingest(tmp_path, char_gpt, {"s": seq}, name="knn")
+    seqatlas.build_index(atlas.path, progress=False)
+    hits = atlas.knn(sequence=seq, offset=12, k=3).to_pylist()
+    # the query is the stored sequence itself: its own token is the nearest (cosine 1), and
+    # the join shows the causal logp (the atlas's likelihood column)
+    assert hits[0]["seq_id"] == "s" and hits[0]["start"] == 12
+    assert hits[0]["distance"] == pytest.approx(1.0, abs=1e-2)
+    stored = atlas.sql("select logp from positions where pos = 12").to_pylist()[0]["logp"]
+    assert hits[0]["logp"] == pytest.approx(stored)
+
+
+def test_variants_of_a_causal_atlas_stored_or_rescored(tmp_path, char_gpt):
+    from seqatlas.variants.score import score_variants
+
+    seq = random_dna(40, seed=13)
+    stored = _ingest(tmp_path, char_gpt, {"s": seq}, name="stored")
+    bare = _ingest(tmp_path, char_gpt, {"s": seq}, name="bare", distributions="none")
+    alt = {c: next(x for x in DNA if x != c) for c in DNA}
+    mutants = [f"{seq[i]}{i + 1}{alt[seq[i]]}" for i in (0, 9, 25, 39)]
+    a = score_variants(mutants, atlas=stored.path, seq_id="s").table.to_pylist()
+    b = score_variants(mutants, atlas=bare.path, seq_id="s").table.to_pylist()
+    assert [r["distribution"] for r in b] == ["rescored"] * 4
+    model = _model(char_gpt)
+    for ra, rb, mutant in zip(a, b, mutants):
+        i = int(mutant[1:-1]) - 1
+        row = stored.sql(f"select window_start, window_end from positions where pos = {i}"
+                         ).to_pylist()[0]
+        window = seq[row["window_start"]:row["window_end"]]
+        ids = torch.tensor([[0] + [CHAR_VOCAB.index(c) for c in window]])
+        with torch.no_grad():
+            logits = model(ids).logits[0, i - row["window_start"]]
+        lp = torch.log_softmax(logits[[CHAR_VOCAB.index(c) for c in DNA]].double(), dim=-1)
+        expected = (lp[DNA.index(mutant[-1])] - lp[DNA.index(mutant[0])]).item()
+        assert ra["llr"] == pytest.approx(expected, abs=1e-5)
+        assert rb["llr"] == pytest.approx(expected, abs=1e-5)
+    with pytest.raises(ConfigError, match="--joint"):
+        score_variants(mutants, atlas=stored.path, seq_id="s", joint=True)

@@ -36,7 +36,6 @@ from seqatlas.schema import ABLATION_METHODS, DISTRIBUTION_CHOICES
 from seqatlas.variants.formats import FORMATS as VARIANT_FORMATS
 from seqatlas.progress import MODES as PROGRESS_MODES
 from seqatlas.scoring.ablation import RESCORE_LIKELIHOODS
-from seqatlas.probe.doubling import PROBE_LIKELIHOODS
 from seqatlas.scoring.scorer import LIKELIHOOD_MODES, STRANDS
 from seqatlas.scoring.workers import WRITE_PARTS
 from tests.query_data import make_atlas
@@ -59,7 +58,6 @@ FROM_LIBRARY = {
     options.Metric: METRICS,
     options.AblationMethod: ABLATION_METHODS,
     options.ProbeLikelihood: RESCORE_LIKELIHOODS,
-    options.DoublingLikelihood: PROBE_LIKELIHOODS,
     options.OnMismatch: ON_MISMATCH,
     options.Distributions: DISTRIBUTION_CHOICES,
     options.VariantFormat: VARIANT_FORMATS,
@@ -131,7 +129,6 @@ SOURCES = {"Kind": "seqatlas.fasta:KINDS", "Likelihood": "seqatlas.scoring.score
            "IndexType": "seqatlas.index.build:TYPES", "Metric": "seqatlas.index.search:METRICS",
            "AblationMethod": "seqatlas.schema:ABLATION_METHODS",
            "ProbeLikelihood": "seqatlas.scoring.ablation:RESCORE_LIKELIHOODS",
-           "DoublingLikelihood": "seqatlas.probe.doubling:PROBE_LIKELIHOODS",
            "OnMismatch": "seqatlas.repeats.importer:ON_MISMATCH",
            "Distributions": "seqatlas.schema:DISTRIBUTION_CHOICES",
            "VariantFormat": "seqatlas.variants.formats:FORMATS",

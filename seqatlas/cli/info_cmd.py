@@ -62,7 +62,8 @@ def print_info(summary: dict, console: Console | None = None) -> None:
     console.print(f"[bold]model[/] {escape(str(model.get('name', '?')))} "
                   f"({model.get('model_type', '?')}, {_number(model.get('parameters'))} "
                   f"parameters, tokenizer {tokenizer.get('family', '?')}, weights sha256 "
-                  f"{str(model.get('weights_sha256', '?'))[:12]}…)", highlight=False)
+                  f"{str(model.get('weights_sha256', '?'))[:12]}…{_adapter_words(model)})",
+                  highlight=False)
     layers = scoring.get("layers") or [scoring.get("layer")]
     layer = (f", layer{'s' if len(layers) > 1 else ''} {', '.join(map(str, layers))}"
              if scoring.get("embeddings") else "")
@@ -301,3 +302,13 @@ def repair(
                "repeats unit(s) restored).", err=True)
     for command in report["rerun"]:
         typer.echo(f"to restore ablations, run: {command}", err=True)
+
+
+def _adapter_words(model: dict) -> str:
+    """The adapter, the objective and the shipped code's hash, where not the defaults."""
+    words = [f"adapter {model['adapter']}"] if model.get("adapter") else []
+    if model.get("objective"):
+        words.append(f"{model['objective']} LM")
+    if model.get("code_sha256"):
+        words.append(f"its own code sha256 {model['code_sha256'][:12]}…")
+    return "".join(f", {w}" for w in words)

@@ -34,7 +34,6 @@ from seqatlas.variants.formats import FORMATS as VARIANT_FORMATS
 from seqatlas.util import CHROM_STYLES
 from seqatlas.schema import ABLATION_METHODS
 from seqatlas.scoring.ablation import RESCORE_LIKELIHOODS
-from seqatlas.probe.doubling import PROBE_LIKELIHOODS
 from seqatlas.scoring.scorer import LIKELIHOOD_MODES, STRANDS
 from seqatlas.scoring.workers import WRITE_PARTS
 
@@ -70,7 +69,6 @@ IndexType = choices("IndexType", TYPES)  # index build --type
 Metric = choices("Metric", METRICS)  # index build --metric
 AblationMethod = choices("AblationMethod", ABLATION_METHODS)  # probe --method, query --ablation-method
 ProbeLikelihood = choices("ProbeLikelihood", RESCORE_LIKELIHOODS)  # probe --likelihood
-DoublingLikelihood = choices("DoublingLikelihood", PROBE_LIKELIHOODS)  # probe doubling
 OnMismatch = choices("OnMismatch", ON_MISMATCH)  # annotate --on-mismatch
 SortOrder = choices("SortOrder", SORT_ORDERS)  # export --sort
 ChromNames = choices("ChromNames", CHROM_STYLES)  # export --chrom-names

@@ -12,15 +12,12 @@ from rich.table import Table
 
 from seqatlas.cli.options import (ATLAS, CPUS_PER_WORKER, FORMAT, GPUS_PER_WORKER,
                                   NO_PROGRESS, PROGRESS, AblationMethod, Format, Kind,
-                                  ProbeLikelihood, DoublingLikelihood, Progress, Tokenizer, address_option,
+                                  ProbeLikelihood, Progress, Tokenizer, address_option,
                                   json_option)
 
 probe_app = typer.Typer(help="Measure in-context look-up causally: corrupt a copy (and a "
                         "matched control region) and rescore.", no_args_is_help=True)
 
-METHOD = typer.Option(AblationMethod.mask, "--method", help="How a region is corrupted: "
-                      "mask (its tokens), shuffle (seeded permutation of its residues), "
-                      "substitute (seeded draws from the sequence's letter composition).")
 SEED = typer.Option(0, "--seed", help="Seed of shuffle/substitute (recorded per row).")
 WORKERS = typer.Option(None, "--workers", help="Scoring actors (default: one per GPU, else 1); "
                        "0 scores in this process without Ray.")
@@ -35,11 +32,16 @@ def _fmt(value) -> str:
 @probe_app.command("icl")
 def icl(
     atlas: str = ATLAS,
-    method: AblationMethod = METHOD,
+    method: Optional[AblationMethod] = typer.Option(
+        None, "--method", show_default=False, help="How a region is corrupted: mask (its "
+        "tokens; the default for masked LMs), shuffle (seeded permutation of its residues; "
+        "the default for causal LMs, which have no mask), substitute (seeded draws from the "
+        "sequence's letter composition)."),
     seed: int = SEED,
     likelihood: Optional[ProbeLikelihood] = typer.Option(
-        None, "--likelihood", help="Rescoring mode (default: the atlas's, when exact or fast; "
-        "else exact, and the intact value is recomputed)."),
+        None, "--likelihood", help="Rescoring mode (default: the atlas's, when exact, fast or "
+        "causal; else exact, and the intact value is recomputed). A causal model probes only "
+        "targets whose copy lies upstream, with an upstream control."),
     where: Optional[str] = typer.Option(
         None, "--where", help="SQL condition on position_z (positions when the atlas has no "
         "scores): probe only the targets holding a matching position, e.g. \"tail = 'high'\"."),
@@ -66,7 +68,7 @@ def icl(
     """
     from seqatlas.probe import probe_icl
 
-    report = probe_icl(atlas, method=method.value, seed=seed,
+    report = probe_icl(atlas, method=method.value if method else None, seed=seed,
                        likelihood=likelihood.value if likelihood else None, where=where,
                        bed=bed, model=model, batch_tokens=batch_tokens, unit_tokens=unit_tokens,
                        workers=workers, gpus_per_worker=gpus_per_worker,
@@ -106,7 +108,7 @@ def doubling(
     seed: int = SEED,
     shuffle: bool = typer.Option(False, "--shuffle", help="Also probe a seeded shuffle of "
                                  "each sequence."),
-    likelihood: Optional[DoublingLikelihood] = typer.Option(
+    likelihood: Optional[ProbeLikelihood] = typer.Option(
         None, "--likelihood", show_default=False, help="exact (default for masked LMs): each "
         "position of the scored copy masked in turn (its PLL terms); fast: well-separated "
         "positions masked together; causal (default and only mode for causal LMs): one pass."),
@@ -155,7 +157,8 @@ def doubling(
     console = Console()
     shown = Table("seq_id", "variant", "length", "alone", "doubled", "partner",
                   "control_intact", "control", "icl_gain", "control_gain", "net_gain",
-                  title=f"mean logp of copy 1 (nats), --method {method.value}")
+                  title=f"mean logp of copy {_first(table, 'scored_copy')} (nats), "
+                  f"--method {_first(table, 'method')}")
     for row in table.to_pylist():
         shown.add_row(row["seq_id"], row["variant"], str(row["length"]),
                       *(_fmt(row[k]) for k in ("logp_alone", "logp_doubled", "logp_partner",
@@ -167,3 +170,8 @@ def doubling(
     if output is not None:
         console.print(f"{table.num_rows} row(s) written to {output}", highlight=False,
                       markup=False)
+
+
+def _first(table, column: str):
+    """The first row's value of ``column`` (the same on every row), or '?' with no rows."""
+    return table[column][0].as_py() if table.num_rows else "?"

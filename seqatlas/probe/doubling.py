@@ -50,7 +50,6 @@ from seqatlas.scoring.ablation import (METHODS, RESCORE_LIKELIHOODS, RescoreTask
                                        region_rng, standard_letters)
 
 VARIANTS = ("original", "shuffled")
-PROBE_LIKELIHOODS = RESCORE_LIKELIHOODS + ("causal",)
 # the five inputs, in the order their values come back
 CONDITIONS = ("alone", "doubled", "partner", "control_intact", "control")
 
@@ -78,8 +77,8 @@ class DoublingConfig:
         if self.method is not None and self.method not in METHODS:
             raise ConfigError(f"--method must be one of {', '.join(METHODS)}, not "
                               f"{self.method!r}")
-        if self.likelihood is not None and self.likelihood not in PROBE_LIKELIHOODS:
-            raise ConfigError(f"--likelihood must be one of {', '.join(PROBE_LIKELIHOODS)}, "
+        if self.likelihood is not None and self.likelihood not in RESCORE_LIKELIHOODS:
+            raise ConfigError(f"--likelihood must be one of {', '.join(RESCORE_LIKELIHOODS)}, "
                               f"not {self.likelihood!r}")
         if self.copy not in (None, 1, 2):
             raise ConfigError(f"--copy must be 1 or 2, not {self.copy!r}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,9 +42,11 @@ PROBE = "icl"
 class IclConfig:
     """Options of ``probe icl``; ``method``, ``seed`` and ``likelihood`` change the values."""
 
-    method: str = "mask"  # mask | shuffle | substitute (seqatlas.scoring.ablation)
+    method: str | None = None  # mask | shuffle | substitute (seqatlas.scoring.ablation);
+    # None: mask, shuffle for a causal model (it has no mask token)
     seed: int = 0  # shuffle and substitute draws; recorded per row
-    likelihood: str | None = None  # exact | fast; None: the atlas's mode if exact/fast, else exact
+    likelihood: str | None = None  # exact | fast | causal; None: the atlas's mode if one of
+    # those, else exact (causal for a causal model)
     where: str | None = None  # SQL condition on position_z (or positions): targets with a match
     bed: str | Path | None = None  # BED file: targets overlapping an interval
     model: str | None = None  # the atlas's checkpoint, when its recorded path moved
@@ -58,12 +60,12 @@ class IclConfig:
     progress: bool | str = True  # auto | bar | log | none
 
     def validate(self) -> None:
-        if self.method not in METHODS:
+        if self.method is not None and self.method not in METHODS:
             raise ConfigError(f"--method must be one of {', '.join(METHODS)}, not "
                               f"{self.method!r}")
         if self.likelihood is not None and self.likelihood not in RESCORE_LIKELIHOODS:
-            raise ConfigError(f"--likelihood must be exact or fast for a probe, not "
-                              f"{self.likelihood!r}")
+            raise ConfigError(f"--likelihood must be one of {', '.join(RESCORE_LIKELIHOODS)} "
+                              f"for a probe, not {self.likelihood!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or \
                 not 0 <= self.seed < 2**63:
             raise ConfigError(f"--seed must be an integer in [0, 2**63), not {self.seed!r}")
@@ -111,7 +113,8 @@ def probe_icl(atlas, **options) -> IclReport:
     config = IclConfig(**options)
     config.validate()
     path = getattr(atlas, "path", atlas)
-    AtlasReader(path)  # an atlas, or a clear error, before the writer's lock is taken
+    # an atlas, or a clear error, before the writer's lock is taken
+    config = _for_model(config, AtlasReader(path))
     with AtlasWriter(path) as writer:  # one probe at a time: what is done stays known
         report = _probe_locked(AtlasReader(path), writer, config)
     report.gains = _gains(path, config)
@@ -124,16 +127,37 @@ def probe_icl(atlas, **options) -> IclReport:
     return report
 
 
+def _for_model(config: IclConfig, reader: AtlasReader) -> IclConfig:
+    """``config`` with the atlas model's defaults (likelihood, method) filled in; what a
+    causal model cannot do (a masked mode, the mask corruption) is refused."""
+    causal = reader.manifest.model is not None and \
+        reader.manifest.model.extra.get("objective") == "causal"
+    recorded = reader.manifest.scoring.likelihood if reader.manifest.scoring else None
+    likelihood = config.likelihood or (recorded if recorded in RESCORE_LIKELIHOODS else
+                                       "causal" if causal else "exact")
+    if (likelihood == "causal") != causal:
+        raise ConfigError(f"--likelihood {likelihood} does not fit the atlas's "
+                          f"{'causal' if causal else 'masked'} model: a causal model is probed "
+                          "with --likelihood causal, a masked one with exact or fast")
+    method = config.method or ("shuffle" if causal else "mask")
+    if causal and method == "mask":
+        raise ConfigError("the atlas's model is causal and has no mask token: corrupt with "
+                          "--method shuffle or substitute")
+    return replace(config, likelihood=likelihood, method=method)
+
+
 def _probe_locked(reader: AtlasReader, writer: AtlasWriter, config: IclConfig) -> IclReport:
     _require_copies(reader)
     scoring = reader.manifest.scoring
-    mode = config.likelihood or (scoring.likelihood if scoring.likelihood in
-                                 RESCORE_LIKELIHOODS else "exact")
+    mode = config.likelihood
     _check_settings(reader, mode)
     spec = atlas_model_spec(reader, config.model)  # before any work: the weights must match
     names = seq_order(reader)
     copies = read_copies(reader)
-    targets = _select(reader, split_runs(copy_runs(copies, names)), names, config)
+    targets = split_runs(copy_runs(copies, names))
+    if mode == "causal":  # only an upstream copy can be looked up on the scored strand
+        targets = [t for t in targets if t.partner_end <= t.start]
+    targets = _select(reader, targets, names, config)
     done = _probed(reader, names, config)
     todo = [t for t in targets if (t.seq, t.start, t.end) not in done]
     report = IclReport(atlas=str(reader.path), likelihood=mode, method=config.method,
@@ -142,7 +166,7 @@ def _probe_locked(reader: AtlasReader, writer: AtlasWriter, config: IclConfig) -
                        intact_recomputed=scoring.likelihood != mode)
     if not todo:
         return report
-    todo = with_controls(todo, copies, names)
+    todo = with_controls(todo, copies, names, upstream=mode == "causal")
     for t in todo:
         report.controls[t.control_rule] = report.controls.get(t.control_rule, 0) + 1
     tokenizer = spec.tokenizer()
@@ -269,8 +293,10 @@ def _probed(reader: AtlasReader, names: list[str], config: IclConfig) -> set[tup
                                                  table["target_end"].to_pylist())}
 
 
-def with_controls(targets: list[Target], copies: pa.Table, names: list[str]) -> list[Target]:
-    """Each target with its control region (windows' copy positions from ``copies``)."""
+def with_controls(targets: list[Target], copies: pa.Table, names: list[str], *,
+                  upstream: bool = False) -> list[Target]:
+    """Each target with its control region (windows' copy positions from ``copies``);
+    ``upstream``: a control that lies before the target (what a causal model can see)."""
     seq = _seq_index(names, copies["seq_id"].to_pylist())
     pos = copies["pos"].to_numpy()
     window = copies["window_start"].to_numpy()
@@ -288,7 +314,7 @@ def with_controls(targets: list[Target], copies: pa.Table, names: list[str]) -> 
         found = by_window.get((t.seq, t.window_start))
         if found is not None:
             has_copy[found - t.window_start] = True
-        out.append(choose_control(t, has_copy))
+        out.append(choose_control(t, has_copy, upstream=upstream))
     return out
 
 

@@ -15,6 +15,12 @@ that falls outside the window or overlaps the target, the partner or any positio
 an in-context copy (corrupting another copy would be look-up, not control), rule
 ``nearest``: the admissible region of that length whose start is nearest the mirror start
 (ties: the upstream one). No admissible region: rule ``none``, no control.
+
+Direction: a causal model reads only what precedes a position, so ``probe icl`` with a causal
+model takes only the targets whose partner lies upstream, and their controls are chosen
+among the admissible regions that end before the target (``upstream``): the mirror of an
+upstream partner is downstream, where corrupting could not change the target at all, so the
+rule is ``nearest`` (the upstream region nearest the mirror start, so nearest the target).
 """
 
 from __future__ import annotations
@@ -68,9 +74,10 @@ def split_runs(runs) -> list[Target]:
     return targets
 
 
-def choose_control(target: Target, has_copy: np.ndarray) -> Target:
+def choose_control(target: Target, has_copy: np.ndarray, *, upstream: bool = False) -> Target:
     """``target`` with its control region and the rule that chose it. ``has_copy``: per
-    position of the target's window, whether it has an in-context copy."""
+    position of the target's window, whether it has an in-context copy. ``upstream``: only
+    regions that end before the target are admissible (a causal model's control)."""
     ws, we = target.window_start, target.window_end
     length = target.partner_end - target.partner_start
     if target.partner_start >= target.end:  # partner downstream: control upstream
@@ -86,6 +93,8 @@ def choose_control(target: Target, has_copy: np.ndarray) -> Target:
     blocked = np.concatenate([[0], np.cumsum(bad)])
     starts = np.arange(span - length + 1)
     ok = blocked[starts + length] == blocked[starts]
+    if upstream:
+        ok &= starts + length <= target.start - ws
     if not ok.any():
         return target
     local = mirror - ws

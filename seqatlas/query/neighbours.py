@@ -22,6 +22,7 @@ doubling up to the whole index) until k rows per query pass it, or none are left
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,7 @@ import pyarrow as pa
 
 from seqatlas.store import AtlasReader
 from seqatlas.checkpoints.fit import check_model_fit
+from seqatlas.checkpoints.hf_common import code_sha256
 from seqatlas.checkpoints.loading import load_model, resolve_model
 from seqatlas.errors import AtlasIndexError, ConfigError, ModelError, QueryError
 from seqatlas.index.store import load_index
@@ -140,10 +142,12 @@ def atlas_model_spec(atlas: AtlasReader, model: str | None = None):
     record = atlas.manifest.model
     if model is None:
         path = record.extra.get("path")
-        model = path if path and os.path.isdir(path) else record.name
+        model = path if path and os.path.exists(path) else record.name
     family = record.tokenizer.get("family")
     try:
-        spec = resolve_model(model, kind=atlas.manifest.kind, tokenizer=family)
+        spec = resolve_model(model, kind=atlas.manifest.kind, tokenizer=family,
+                             adapter=record.extra.get("adapter"),
+                             trust_remote_code=_same_code(record, model))
     except ModelError as exc:
         raise ModelError(f"cannot load the atlas's model {record.name!r} ({exc}); pass "
                          "--model DIR with the checkpoint the atlas was built with") from None
@@ -159,6 +163,13 @@ def atlas_model_spec(atlas: AtlasReader, model: str | None = None):
                          f"{atlas.path} was built with; pass the original checkpoint")
     check_model_fit(spec, lambda letters: _ref_counts(atlas, letters))  # atlases before it
     return spec
+
+
+def _same_code(record, model: str) -> bool:
+    """Whether the checkpoint at ``model`` ships exactly the code the atlas was built with
+    (hashed before any of it runs): the consent given at ingest covers that code only."""
+    recorded = record.extra.get("code_sha256")
+    return bool(recorded) and os.path.isdir(model) and code_sha256(Path(model)) == recorded
 
 
 def _ref_counts(atlas: AtlasReader, letters: str) -> dict[str, int]:

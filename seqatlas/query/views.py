@@ -101,16 +101,9 @@ def _finite_number(value) -> bool:
 
 
 def default_column(scoring: ScoringRecord | None) -> str | None:
-    """The atlas's main likelihood column: masked logp, else unmasked; strand mean if both."""
-    if scoring is None:
-        return None
-    mode = scoring.likelihood
-    suffix = "_mean" if scoring.strands == "both" else ""
-    if mode in ("exact", "fast"):
-        return "logp" + suffix
-    if mode == "unmasked":
-        return "logp_unmasked" + suffix
-    return None
+    """The atlas's main likelihood column: masked or causal logp, else unmasked; strand mean
+    if both (:meth:`seqatlas.manifest.ScoringRecord.likelihood_column`)."""
+    return None if scoring is None else scoring.likelihood_column()
 
 
 def _parts_key(atlas) -> str:

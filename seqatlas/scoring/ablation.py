@@ -30,7 +30,8 @@ from seqatlas import schema
 from seqatlas.errors import ConfigError
 
 METHODS = schema.ABLATION_METHODS
-RESCORE_LIKELIHOODS = ("exact", "fast")  # the modes a probe rescores in
+# the modes a probe rescores in: masked (exact, fast) or, for a causal model, causal
+RESCORE_LIKELIHOODS = ("exact", "fast", "causal")
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,20 @@ class VariantScores:
         return data
 
 
+def _refuse_masking_of_a_causal_model(reader: AtlasReader, config: VariantConfig) -> None:
+    """A causal model has no mask token: --joint (every site masked at once) and --lookup's
+    mask corruption are not defined for it."""
+    model = reader.manifest.model
+    if model is None or model.extra.get("objective") != "causal":
+        return
+    if config.joint:
+        raise ConfigError("--joint masks every site of a variant at once, and the atlas's "
+                          "model is causal (no mask token): drop --joint")
+    if config.lookup and config.method == "mask":
+        raise ConfigError("the atlas's model is causal and has no mask token: pass --lookup "
+                          "with --method shuffle or substitute")
+
+
 def score_variants(variants, *, atlas, **options) -> VariantScores:
     """Score ``variants`` (a variant file's path, or a list of mutant strings and files)
     against ``atlas``; options as :class:`VariantConfig`."""
@@ -112,6 +126,7 @@ def score_variants(variants, *, atlas, **options) -> VariantScores:
     if scoring is None or scoring.likelihood == "none":
         raise ConfigError(f"{reader.path} holds no likelihoods (ingested with --likelihood "
                           "none): re-ingest with --likelihood exact, fast or unmasked")
+    _refuse_masking_of_a_causal_model(reader, config)
     records = read_inputs(variants, config)
     letters = distribution_letters(reader)
     placed = place(records, atlas_ids=_sequence_ids(reader), lengths=_lengths(reader),
