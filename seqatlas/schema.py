@@ -171,8 +171,8 @@ DOUBLING = pa.schema(
         pa.field("net_gain", pa.float64()),  # icl_gain - control_gain
         pa.field("doubling_gain", pa.float64()),  # logp_doubled - logp_alone
         # the copy scored: 1 (S, copy 2 its partner) or 2 (copy 1 its partner; what a causal
-        # model can look up on its strand)
-        pa.field("scored_copy", pa.int8(), nullable=False),
+        # model can look up on its strand); null in tables written before it (copy 1)
+        pa.field("scored_copy", pa.int8()),
     ]
 )
 

@@ -93,7 +93,8 @@ def doubling_table() -> pa.Table:
     gains derived from the logp columns as the probe derives them."""
     rows = [{"seq_id": f"p{i}", "variant": v, "length": 50, "method": "mask", "seed": 0,
              "logp_alone": -100.0, "logp_doubled": -80.0 - i - (v == "shuffled"),
-             "logp_partner": -90.0, "logp_control_intact": -95.0, "logp_control": -99.0 + i}
+             "logp_partner": -90.0, "logp_control_intact": -95.0, "logp_control": -99.0 + i,
+             "scored_copy": 1}
             for i in range(3) for v in ("original", "shuffled")]
     for row in rows:
         row["icl_gain"] = row["logp_doubled"] - row["logp_partner"]
