@@ -105,6 +105,13 @@ def pick_layers(layers, by_layer) -> object:
     return hidden[0] if isinstance(layers, int) else hidden
 
 
+def require_protein(request: ModelRequest, model: str) -> None:
+    """Refuse a DNA or RNA input to a protein-only model (``model``: what it is, in words)."""
+    if request.kind != "protein":
+        raise ModelError(f"model {request.name!r} is {model}, but the input is {request.kind}: "
+                         f"pass --model with a checkpoint for {request.kind}")
+
+
 class ModelAdapter(ABC):
     """One family of checkpoints: how to recognise, describe and load them."""
 

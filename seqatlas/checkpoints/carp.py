@@ -18,6 +18,7 @@ import zipfile
 from pathlib import Path
 
 from seqatlas.checkpoints.adapter import (ModelAdapter, ModelRequest, ScoringModel, pick_layers,
+                                          require_protein,
                                           wanted_layers)
 from seqatlas.checkpoints.digests import weights_sha256
 from seqatlas.checkpoints.spec import ModelSpec
@@ -112,10 +113,7 @@ class CarpAdapter(ModelAdapter):
         from sequence_models.constants import MASK, PAD, PROTEIN_ALPHABET
 
         path = Path(request.path)
-        if request.kind != "protein":
-            raise ModelError(f"model {request.name!r} is CARP, a protein model, but the input "
-                             f"is {request.kind}: pass --model with a checkpoint for "
-                             f"{request.kind}")
+        require_protein(request, "CARP, a protein model")
         if not path.is_file():
             raise ModelError(f"model {request.name!r}: a CARP checkpoint is a .pt file, and "
                              f"{path} is not a file")

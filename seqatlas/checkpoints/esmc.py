@@ -16,6 +16,7 @@ from importlib import metadata
 from pathlib import Path
 
 from seqatlas.checkpoints.adapter import (ModelAdapter, ModelRequest, ScoringModel, pick_layers,
+                                          require_protein,
                                           wanted_layers)
 from seqatlas.checkpoints.digests import weights_sha256
 from seqatlas.checkpoints.spec import ModelSpec
@@ -171,10 +172,7 @@ class EsmCAdapter(ModelAdapter):
 
     def resolve(self, request: ModelRequest) -> ModelSpec:
         name = request.name
-        if request.kind != "protein":
-            raise ModelError(f"model {name!r} is ESM C, a protein model, but the input is "
-                             f"{request.kind}: pass --model with a checkpoint for "
-                             f"{request.kind}")
+        require_protein(request, "ESM C, a protein model")
         file = weights_file(request.path, name)
         state = read_state_dict(file, name)
         options = architecture(state, file, name)

@@ -28,6 +28,7 @@ import zipfile
 from pathlib import Path
 
 from seqatlas.checkpoints.adapter import (ModelAdapter, ModelRequest, ScoringModel, pick_layers,
+                                          require_protein,
                                           wanted_layers)
 from seqatlas.checkpoints.digests import weights_sha256
 from seqatlas.checkpoints.spec import ModelSpec
@@ -161,10 +162,7 @@ class FairEsmAdapter(ModelAdapter):
         import torch
 
         path = Path(request.path)
-        if request.kind != "protein":
-            raise ModelError(f"model {request.name!r} is a fair-esm protein model, but the "
-                             f"input is {request.kind}: pass --model with a checkpoint for "
-                             f"{request.kind}")
+        require_protein(request, "a fair-esm protein model")
         if not path.is_file():
             raise ModelError(f"model {request.name!r}: a fair-esm checkpoint is a .pt file, and "
                              f"{path} is not a file")

@@ -13,10 +13,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from seqatlas.checkpoints.adapter import ModelAdapter, ModelRequest, ScoringModel, pick_layers
+from seqatlas.checkpoints.adapter import ModelAdapter, ModelRequest, ScoringModel
 from seqatlas.checkpoints.digests import weights_sha256
 from seqatlas.checkpoints.hf_common import (check_remote_code, config_json, declares_causal,
-                                            quiet_transformers, read_vocab, weights_files)
+                                            quiet_transformers, read_vocab, run_body,
+                                            weights_files)
 from seqatlas.checkpoints.spec import ModelSpec
 from seqatlas.checkpoints.tokenizers import SpecialTokens, detect_family
 from seqatlas.errors import ModelError
@@ -150,15 +151,7 @@ class TransformersCausalModel(ScoringModel):
         self.autocast_dtype = torch.bfloat16 if self.device.type == "cuda" else None
 
     def encode(self, input_ids, attention_mask, layers):
-        need_all = any(layer != self.spec.num_layers for layer in
-                       ([] if layers is None else [layers] if isinstance(layers, int)
-                        else layers))
-        with self.autocast():
-            out = self.body(input_ids=input_ids, attention_mask=attention_mask,
-                            output_hidden_states=need_all, use_cache=False)
-        last = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-        return last, pick_layers(layers, lambda layer: last if layer == self.spec.num_layers
-                                 else out.hidden_states[layer])
+        return run_body(self, self.body, input_ids, attention_mask, layers, use_cache=False)
 
     def head_logits(self, hidden):
         return self.head(hidden)

@@ -7,6 +7,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from seqatlas.checkpoints.adapter import pick_layers, wanted_layers
 from seqatlas.checkpoints.tokenizers import read_tokenizer_json, read_vocab_txt
 from seqatlas.errors import ModelError
 
@@ -85,6 +86,19 @@ def read_vocab(directory: Path) -> tuple[dict[str, int], bool, str | None]:
         if candidate.exists():  # AntiBERTy keeps vocab.txt beside its checkpoint folder
             return read_vocab_txt(candidate), False, None
     raise ModelError(f"no vocabulary (vocab.txt or tokenizer.json) in {directory}")
+
+
+def run_body(model, body, input_ids, attention_mask, layers, **kwargs):
+    """``ScoringModel.encode`` for a transformers body: hidden states of every layer are
+    asked for only when a layer other than the last is wanted."""
+    last_layer = model.spec.num_layers
+    need_all = any(layer != last_layer for layer in wanted_layers(layers))
+    with model.autocast():
+        out = body(input_ids=input_ids, attention_mask=attention_mask,
+                   output_hidden_states=need_all, **kwargs)
+    last = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    return last, pick_layers(layers, lambda layer: last if layer == last_layer
+                             else out.hidden_states[layer])
 
 
 def quiet_transformers() -> None:
