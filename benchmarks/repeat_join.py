@@ -116,7 +116,7 @@ def main() -> None:
     import seqatlas
     from seqatlas.errors import QueryError
     from seqatlas.query import AnomalyParams, Engine, SqlConfig
-    from seqatlas.query.engine import arrow_table
+    from seqatlas.query.sandbox import arrow_table
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="seqatlas-join-"))
     atlas = work / "atlas"
@@ -220,7 +220,7 @@ def main() -> None:
 
 
 def _write_beds(engine, anomalies_bed: Path, repeats_bed: Path) -> None:
-    from seqatlas.query.engine import arrow_reader
+    from seqatlas.query.sandbox import arrow_reader
     from seqatlas.query.tracks import _write_tsv
 
     _write_tsv(arrow_reader(engine.execute_internal(

@@ -47,7 +47,7 @@ def _positions_bytes(atlas) -> tuple[int, int]:
 def _per_site_baseline(atlas, seq_id: str, sites: np.ndarray) -> tuple[float, np.ndarray]:
     """One exact masked pass per site (and strand), GPN's per-variant approach; seconds and
     the sites' (n, 4) forward distributions."""
-    from seqatlas.query.neighbours import atlas_model_spec
+    from seqatlas.checkpoints.recorded import atlas_model_spec
     from seqatlas.scoring.ablation import RescoreTask
     from seqatlas.scoring.scorer import Scorer
     from seqatlas.checkpoints import load_model

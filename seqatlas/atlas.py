@@ -11,9 +11,9 @@ import pyarrow as pa
 
 from seqatlas import probe as _probe
 from seqatlas import query as _query
+from seqatlas.checkpoints.recorded import recorded_settings
 from seqatlas.errors import AtlasError, InputError
 from seqatlas.manifest import InputRecord
-from seqatlas.scoring.pipeline import recorded_settings
 from seqatlas.store import AtlasReader, AtlasWriter, PartDamage
 from seqatlas.util import STDIN, file_sha256, is_stream, stream_name
 from seqatlas.variants.score import score_variants as _score_variants

@@ -53,3 +53,9 @@ class QueryError(SeqAtlasError):
 
 class AtlasIndexError(SeqAtlasError):
     """An embedding index is missing, corrupt, stale, or was built from another atlas."""
+
+
+def describe_error(error: BaseException) -> str:
+    """``error`` in one line for a failure report: its type and the last line of its message."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[-1] if text else ''}"

@@ -24,7 +24,7 @@ from seqatlas.fasta import KINDS
 from seqatlas.index.build import TYPES
 from seqatlas.index.search import METRICS
 from seqatlas.query import AnomalyParams
-from seqatlas.query.engine import OUTPUT_FORMATS
+from seqatlas.query.output import OUTPUT_FORMATS
 from seqatlas.query.repeat_enrichment import GROUPINGS
 from seqatlas.query.tracks import EXPORT_FORMATS, SORT_ORDERS
 from seqatlas.query.views import TAILS
@@ -124,7 +124,7 @@ SOURCES = {"Kind": "seqatlas.fasta:KINDS", "Likelihood": "seqatlas.scoring.score
            "Tokenizer": "seqatlas.checkpoints.tokenizers:FAMILIES",
            "RepeatFormat": "seqatlas.repeats.formats:FORMATS",
            "RepeatFinder": "seqatlas.repeats.finders:FINDERS",
-           "Format": "seqatlas.query.engine:OUTPUT_FORMATS", "Tail": "seqatlas.query.views:TAILS",
+           "Format": "seqatlas.query.output:OUTPUT_FORMATS", "Tail": "seqatlas.query.views:TAILS",
            "By": "seqatlas.query.repeat_enrichment:GROUPINGS",
            "IndexType": "seqatlas.index.build:TYPES", "Metric": "seqatlas.index.search:METRICS",
            "AblationMethod": "seqatlas.schema:ABLATION_METHODS",

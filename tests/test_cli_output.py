@@ -25,7 +25,7 @@ import seqatlas
 from seqatlas.cli import main as cli_main
 from seqatlas.cli.main import app, main
 from seqatlas.index import build_index
-from seqatlas.query.engine import OUTPUT_FORMATS
+from seqatlas.query.output import OUTPUT_FORMATS
 from seqatlas.store import AtlasWriter
 from tests.embedding_data import make_token_atlas
 from tests.query_data import make_atlas

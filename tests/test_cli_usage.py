@@ -311,7 +311,7 @@ def test_query_sql_help_lists_every_view(tmp_path, capsys, monkeypatch):
     `query sql --help`."""
     import numpy as np
 
-    from seqatlas.query.views import Engine
+    from seqatlas.query.engine import Engine
     from tests.query_data import make_atlas
 
     atlas = make_atlas(tmp_path / "a", {"chrA": "ACGT" * 10}, {"chrA": np.full(40, -1.0)})

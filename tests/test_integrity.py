@@ -86,7 +86,7 @@ def test_parts_record_size_and_sha256_and_page_checksums(built):
 def test_every_byte_flip_of_a_part_is_refused_by_every_read_path(built, tmp_path):
     """Each offset of a small part (its footer included), flipped: the Atlas, the SQL
     engine and info all refuse it by name; no read returns different rows."""
-    from seqatlas.query.engine import Sandbox
+    from seqatlas.query.sandbox import Sandbox
 
     atlas = _copy(built, tmp_path)
     path = _part(atlas, "repeats")

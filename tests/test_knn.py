@@ -249,7 +249,7 @@ def _forward(model_dir, kmers: list[str]):
 
 
 def test_kmer_vector_is_the_neutral_context_forward(dnabert_atlas):
-    from seqatlas.query.neighbours import atlas_model_spec
+    from seqatlas.checkpoints.recorded import atlas_model_spec
 
     atlas = seqatlas.Atlas(dnabert_atlas / "atlas")
     spec = atlas_model_spec(atlas)

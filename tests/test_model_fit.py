@@ -176,7 +176,7 @@ def test_probe_doubling_and_knn_check_the_model_too(tmp_path, models):
     manifest = json.loads((tmp_path / "a" / "atlas.json").read_text())
     manifest["model"]["tokenizer"]["letters"] = AMINO
     (tmp_path / "a" / "atlas.json").write_text(json.dumps({**manifest, "kind": "protein"}))
-    from seqatlas.query.neighbours import atlas_model_spec
+    from seqatlas.checkpoints.recorded import atlas_model_spec
 
     with pytest.raises(ModelError, match=r"the input is protein: it has no token for D, E, "):
         atlas_model_spec(AtlasReader(tmp_path / "a"))

@@ -27,8 +27,8 @@ import seqatlas
 from seqatlas.cli.main import main
 from seqatlas.errors import ConfigError, QueryError
 from seqatlas.query import Engine, SqlConfig
-from seqatlas.query import engine as engine_module
-from seqatlas.query.engine import csv_ready
+from seqatlas.query import sandbox as sandbox_module
+from seqatlas.query.output import csv_ready
 from seqatlas.util import machine_threads
 from tests.query_data import make_atlas
 
@@ -329,7 +329,7 @@ def test_an_interruptible_query_is_cancelled_at_the_timeout(atlas):
 
 def test_a_query_that_ignores_the_interrupt_is_abandoned_at_the_timeout(atlas, tmp_path,
                                                                         monkeypatch):
-    monkeypatch.setattr(engine_module, "CANCEL_GRACE", 0.3)
+    monkeypatch.setattr(sandbox_module, "CANCEL_GRACE", 0.3)
     timeout, out = 0.5, tmp_path / "never.csv"
     engines = [Engine(atlas, SqlConfig(timeout=timeout)) for _ in range(2)]
     spills = [engine._spill for engine in engines]
@@ -350,7 +350,7 @@ def test_a_query_that_ignores_the_interrupt_is_abandoned_at_the_timeout(atlas, t
         assert engine.con is None
     assert not any(Path(spill).exists() for spill in spills)
     assert list(tmp_path.iterdir()) == []  # the cancelled output was never committed
-    assert not engine_module._ABANDONED
+    assert not sandbox_module._ABANDONED
     with Engine(atlas) as engine:
         assert engine.run("SELECT 42 AS x").to_pylist() == [{"x": 42}]
 
@@ -410,7 +410,7 @@ def _cli(args: list[str], tmp_path: Path, *, interrupt: bool, wrapper: bool = Fa
     if wrapper:  # the CLI entry point as it should end: exit_if_abandoned before exiting
         command = [sys.executable, "-c",
                    "import sys; from seqatlas.cli.main import main; "
-                   "from seqatlas.query.engine import exit_if_abandoned; "
+                   "from seqatlas.query.sandbox import exit_if_abandoned; "
                    "code = main(sys.argv[1:]); exit_if_abandoned(code); sys.exit(code)", *args]
     else:
         command = [sys.executable, "-m", "seqatlas.cli.main", *args]
@@ -472,14 +472,14 @@ def test_a_cli_that_ends_with_exit_if_abandoned_keeps_the_timeout(atlas, tmp_pat
                                "--timeout", "0.5"], tmp_path, interrupt=False, wrapper=True,
                               settle=0)
     assert code == 1 and "Error:" in err and "abandoned" in err and "Traceback" not in err, err
-    assert elapsed < 0.5 + engine_module.CANCEL_GRACE + 3
+    assert elapsed < 0.5 + sandbox_module.CANCEL_GRACE + 3
 
 
 def test_ctrl_c_on_a_query_that_ignores_it_exits_130_promptly(atlas, tmp_path):
     code, err, elapsed = _cli(["query", "sql", STUBBORN, "--atlas", str(atlas)], tmp_path,
                               interrupt=True, wrapper=True, settle=0.5)
     assert code == 130 and "Interrupted" in err and "Traceback" not in err, err
-    assert elapsed < engine_module.CANCEL_GRACE + 3
+    assert elapsed < sandbox_module.CANCEL_GRACE + 3
 
 
 # -- limits --------------------------------------------------------------------------------

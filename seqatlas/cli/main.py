@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run() -> None:
     code = main()
-    engine = sys.modules.get("seqatlas.query.engine")
+    engine = sys.modules.get("seqatlas.query.sandbox")
     if engine is not None:  # a query DuckDB could not stop at once must not delay the exit
         engine.exit_if_abandoned(code)
     sys.exit(code)

@@ -22,7 +22,7 @@ from seqatlas.fasta import KINDS
 from seqatlas.index.build import TYPES
 from seqatlas.index.search import METRICS
 from seqatlas.progress import MODES as PROGRESS_MODES
-from seqatlas.query.engine import OUTPUT_FORMATS
+from seqatlas.query.output import OUTPUT_FORMATS
 from seqatlas.query.repeat_enrichment import GROUPINGS
 from seqatlas.query.tracks import SORT_ORDERS
 from seqatlas.query.views import TAILS

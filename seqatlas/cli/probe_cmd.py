@@ -136,7 +136,7 @@ def doubling(
     from seqatlas.probe.doubling import summary
 
     from seqatlas.cli.tables import note, print_table, stdout_format
-    from seqatlas.query.engine import file_format
+    from seqatlas.query.output import file_format
 
     table = probe_doubling(fasta, output=output, model=model,
                            format=file_format(output, format.value) if output else "parquet",

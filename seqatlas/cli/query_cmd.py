@@ -49,9 +49,9 @@ def _score_column(score: Optional[str], column: Optional[str]) -> Optional[str]:
 def _emit(table, format: Format, output: Optional[Path], what: str, title: str = "",
           render=None) -> None:
     """A result to --output (in the format --format or the file's suffix names, see
-    :func:`seqatlas.query.engine.file_format`) or to stdout (:func:`print_table`)."""
+    :func:`seqatlas.query.output.file_format`) or to stdout (:func:`print_table`)."""
     if output is not None:
-        from seqatlas.query.engine import file_format, write_result
+        from seqatlas.query.output import file_format, write_result
 
         rows = write_result(table, output, format.value)
         note(f"{rows:,} {what} written to {output} ({file_format(output, format.value)}).")
@@ -85,7 +85,7 @@ def sql(
     config = SqlConfig(timeout=timeout, memory_limit=memory_limit, threads=threads)
     params = AnomalyParams(ablation_method=ablation_method.value if ablation_method else None)
     if output is not None:  # streamed from DuckDB into the file
-        from seqatlas.query.engine import file_format
+        from seqatlas.query.output import file_format
 
         rows = run_sql(atlas, query, output=output, format=format.value, params=params,
                        config=config)

@@ -3,7 +3,7 @@ result or listing is rendered.
 
 ``auto`` (the default) is a rich table on a terminal and TSV anywhere else, so ``seqatlas
 models | cut -f1`` or ``seqatlas query sql ... | head`` get every value in full. In the machine
-formats (tsv, csv, json, jsonl, parquet: :func:`seqatlas.query.engine.write_stream`, the
+formats (tsv, csv, json, jsonl, parquet: :func:`seqatlas.query.output.write_stream`, the
 writer behind ``--output`` too) stdout holds the result and nothing else; counts and notes go
 to stderr, in a terminal as well. A rich table never truncates: a value too wide for its
 column folds onto the next line, and numbers are never wrapped.
@@ -23,7 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from seqatlas.errors import ConfigError
-from seqatlas.query.engine import write_stream
+from seqatlas.query.output import write_stream
 
 TABLE_ROWS_SHOWN = 10_000
 # the identifier columns of results, kept on one line while the table fits

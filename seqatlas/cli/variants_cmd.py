@@ -24,7 +24,7 @@ OUTPUT = typer.Option(None, "--output", "-o", help="Write the rows to this file:
 
 def _write(table, output: Optional[Path], format: Format, what: str) -> None:
     from seqatlas.cli.tables import note, print_table
-    from seqatlas.query.engine import write_result
+    from seqatlas.query.output import write_result
 
     if output is None:
         print_table(table, format, what=what)

@@ -18,7 +18,8 @@ import numpy as np
 
 from seqatlas.errors import ConfigError
 from seqatlas.util import region_span
-from seqatlas.query.views import AnomalyParams, Engine, require_ablation_method, require_scores
+from seqatlas.query.engine import Engine
+from seqatlas.query.views import AnomalyParams, require_ablation_method, require_scores
 
 # the likelihood columns drawn together: a column's strand variants and strand mean
 _FAMILIES = (("logp", "logp_rc", "logp_mean"),

@@ -31,7 +31,7 @@ from seqatlas.plot.drawing import draw_copies, draw_repeats, stacked_axes
 from seqatlas.plot.tables import reader_of
 from seqatlas.query.tracks import (require_distributions, substitution_llr_sql,
                                    substitution_rows_sql)
-from seqatlas.query.views import Engine
+from seqatlas.query.engine import Engine
 from seqatlas.variants.scan import resolve_span, scan_variants
 
 _REGION = "seq_id = $1 AND pos >= $2 AND pos < $3"

@@ -23,7 +23,8 @@ from seqatlas.index.store import read_meta
 from seqatlas.index.vectors import stored_layers
 from seqatlas.query import enrichment as _enrichment
 from seqatlas.query import identity as _identity
-from seqatlas.query.views import AnomalyParams, Engine, require_scores
+from seqatlas.query.engine import Engine
+from seqatlas.query.views import AnomalyParams, require_scores
 from seqatlas.store import AtlasReader
 
 ENRICHMENT_COLUMNS = ("group", "odds_ratio", "ci_low", "ci_high", "q_value")

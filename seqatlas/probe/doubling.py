@@ -43,7 +43,7 @@ from seqatlas.fasta import KINDS, detect_kind, read_fasta
 from seqatlas.checkpoints import resolve_model
 from seqatlas.checkpoints.fit import check_model_fit, count_letters
 from seqatlas.progress import Meter
-from seqatlas.query.engine import write_result
+from seqatlas.query.output import write_result
 from seqatlas.scoring.scorer import objective_refusal
 from seqatlas.scoring.workers import make_executor, run_units
 from seqatlas.scoring.ablation import (METHODS, RESCORE_LIKELIHOODS, RescoreTask, corrupt,

@@ -21,17 +21,17 @@ import numpy as np
 import pyarrow as pa
 
 from seqatlas import schema
-from seqatlas.errors import AtlasMismatchError, ConfigError, IngestError
+from seqatlas.checkpoints.recorded import atlas_model_spec
+from seqatlas.errors import AtlasMismatchError, ConfigError, IngestError, describe_error
 from seqatlas.probe.targets import DEFINITION_VERSION, Target, choose_control, split_runs
 from seqatlas.progress import Meter
-from seqatlas.query.engine import Sandbox
-from seqatlas.query.neighbours import atlas_model_spec
-from seqatlas.query.views import Engine
+from seqatlas.query.sandbox import Sandbox
+from seqatlas.query.engine import Engine
 from seqatlas.repeats.copies import copy_runs, read_copies, seq_order
 from seqatlas.repeats.formats import read_repeats
 from seqatlas.scoring.ablation import (METHODS, RESCORE_LIKELIHOODS, RescoreTask, corrupt,
                                        region_rng, standard_letters)
-from seqatlas.scoring.pipeline import describe_error, model_identity
+from seqatlas.scoring.pipeline import model_identity
 from seqatlas.scoring.workers import make_executor, run_units_timed
 from seqatlas.store import AtlasReader, AtlasWriter
 

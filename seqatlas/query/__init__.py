@@ -10,13 +10,14 @@ import os
 
 import pyarrow as pa
 
-from seqatlas.query.engine import SqlConfig
+from seqatlas.query.engine import Engine
 from seqatlas.query.identity_context import IdentityConfig, identity
 from seqatlas.query.neighbours import KnnConfig, knn
 from seqatlas.query.regions import anomalies
 from seqatlas.query.repeat_enrichment import enrichment
 from seqatlas.query.tracks import export
-from seqatlas.query.views import AnomalyParams, Engine
+from seqatlas.query.sandbox import SqlConfig
+from seqatlas.query.views import AnomalyParams
 
 __all__ = ["AnomalyParams", "Engine", "IdentityConfig", "KnnConfig", "SqlConfig", "anomalies",
            "enrichment", "export", "identity", "knn", "sql"]

@@ -32,7 +32,7 @@ from seqatlas.index.search import METRICS, exact_search
 from seqatlas.index.store import list_indexes, load_index
 from seqatlas.index.vectors import (EmbeddingSource, column_layer, prepare, resolve_layer,
                                     stored_layers, to_float32)
-from seqatlas.query.engine import Sandbox
+from seqatlas.query.sandbox import Sandbox
 from seqatlas.query.neighbours import require_embeddings
 
 _CONTEXT_JOINS = """

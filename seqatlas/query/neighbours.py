@@ -21,21 +21,18 @@ doubling up to the whole index) until k rows per query pass it, or none are left
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
 from seqatlas.store import AtlasReader
-from seqatlas.checkpoints.fit import check_model_fit
-from seqatlas.checkpoints.hf_common import code_sha256
-from seqatlas.checkpoints.loading import load_model, resolve_model
-from seqatlas.errors import AtlasIndexError, ConfigError, ModelError, QueryError
+from seqatlas.checkpoints.loading import load_model
+from seqatlas.checkpoints.recorded import atlas_model_spec
+from seqatlas.errors import AtlasIndexError, ConfigError, QueryError
 from seqatlas.index.store import load_index
 from seqatlas.index.vectors import column_layer, stored_layers
-from seqatlas.query.engine import Sandbox
+from seqatlas.query.sandbox import Sandbox
 from seqatlas.query.views import default_column, repeat_overlaps_sql
 
 OUTPUT_COLUMNS = ("query", "rank", "token_id", "seq_id", "start", "end", "token", "distance",
@@ -136,50 +133,6 @@ def parse_at(text: str) -> tuple[str, int]:
 
 
 # -- the atlas's model -------------------------------------------------------------------
-
-def atlas_model_spec(atlas: AtlasReader, model: str | None = None):
-    """The atlas's model, resolved (no weights loaded) and checked against the manifest."""
-    record = atlas.manifest.model
-    if model is None:
-        path = record.extra.get("path")
-        model = path if path and os.path.exists(path) else record.name
-    family = record.tokenizer.get("family")
-    try:
-        spec = resolve_model(model, kind=atlas.manifest.kind, tokenizer=family,
-                             adapter=record.extra.get("adapter"),
-                             trust_remote_code=_same_code(record, model))
-    except ModelError as exc:
-        raise ModelError(f"cannot load the atlas's model {record.name!r} ({exc}); pass "
-                         "--model DIR with the checkpoint the atlas was built with") from None
-    if spec.weights_sha256 != record.weights_sha256:
-        raise ModelError(
-            f"the model at {spec.path} has weights sha256 {spec.weights_sha256[:12]}…, but "
-            f"{atlas.path} was built with {record.weights_sha256[:12]}… ({record.name}); "
-            "query vectors from other weights are not comparable. Pass --model DIR with the "
-            "checkpoint the atlas was built with.")
-    described = spec.tokenizer().describe()
-    if described != record.get("tokenizer", described):
-        raise ModelError(f"the model at {spec.path} tokenizes differently from the one "
-                         f"{atlas.path} was built with; pass the original checkpoint")
-    check_model_fit(spec, lambda letters: _ref_counts(atlas, letters))  # atlases before it
-    return spec
-
-
-def _same_code(record, model: str) -> bool:
-    """Whether the checkpoint at ``model`` ships exactly the code the atlas was built with
-    (hashed before any of it runs): the consent given at ingest covers that code only."""
-    recorded = record.extra.get("code_sha256")
-    return bool(recorded) and os.path.isdir(model) and code_sha256(Path(model)) == recorded
-
-
-def _ref_counts(atlas: AtlasReader, letters: str) -> dict[str, int]:
-    """How many positions of the atlas hold each of ``letters``."""
-    import pyarrow.compute as pc
-
-    found = {row["values"]: row["counts"]
-             for row in pc.value_counts(atlas.positions(["ref"])["ref"]).to_pylist()}
-    return {c: int(found.get(c, 0)) for c in letters}
-
 
 def query_token(starts: np.ndarray, ends: np.ndarray, length: int,
                 offset: int | None = None) -> int:

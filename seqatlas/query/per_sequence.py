@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 from seqatlas.query.views import default_column
-from seqatlas.query.engine import Sandbox
+from seqatlas.query.sandbox import Sandbox
 
 
 def sequence_summary(atlas, *, limit: int | None = None, config=None) -> list[dict]:

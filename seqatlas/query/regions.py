@@ -14,9 +14,10 @@ from dataclasses import asdict
 
 import pyarrow as pa
 
-from seqatlas.query.engine import arrow_table
-from seqatlas.query.views import (AnomalyParams, Engine, repeat_overlaps_sql,
-                                  require_ablation_method, require_scores)
+from seqatlas.query.sandbox import arrow_table
+from seqatlas.query.engine import Engine
+from seqatlas.query.views import (AnomalyParams, repeat_overlaps_sql, require_ablation_method,
+                                  require_scores)
 
 _REGION_BOUNDS = 'SELECT seq_id, start, "end", tail FROM anomaly_regions'
 REGIONS_WITH_REPEATS = f"""

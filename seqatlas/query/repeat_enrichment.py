@@ -25,8 +25,9 @@ import math
 import pyarrow as pa
 
 from seqatlas.errors import ConfigError
-from seqatlas.query.views import (TAIL_PREDICATES, AnomalyParams, Engine,
-                                  require_ablation_method, require_scores)
+from seqatlas.query.engine import Engine
+from seqatlas.query.views import (TAIL_PREDICATES, AnomalyParams, require_ablation_method,
+                                  require_scores)
 
 GROUPINGS = ("class", "family", "name", "copy")
 RESULT_COLUMNS = ("group", "n_inside", "anomalous_inside", "n_outside", "anomalous_outside",

@@ -34,8 +34,9 @@ from pathlib import Path
 import pyarrow as pa
 
 from seqatlas.errors import ConfigError
-from seqatlas.query.engine import arrow_reader, sql_string
-from seqatlas.query.views import AnomalyParams, Engine, require_scores
+from seqatlas.query.sandbox import arrow_reader, sql_string
+from seqatlas.query.engine import Engine
+from seqatlas.query.views import AnomalyParams, require_scores
 from seqatlas.util import CHROM_STYLES, check_output, chrom_name, output_file
 
 EXPORT_FORMATS = ("bedgraph", "bed", "bigwig")

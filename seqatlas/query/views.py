@@ -9,7 +9,7 @@ committed positions parts), so later queries skip the pass. An engine made witho
 inside DuckDB when, and only when, a query reads these views; it never writes the atlas. With ``smooth = W`` the z-score is the mean
 of the per-position z over W consecutive scored rows centred on the position.
 
-Views created by :class:`Engine`:
+Views created by :class:`seqatlas.query.engine.Engine`:
 
 - ``position_z``: every scored position with ``score``, ``z``, ``tail`` (``high`` when
   z >= threshold, ``low`` when z <= -threshold, else null), ``excess`` (score minus its
@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 from seqatlas.errors import AtlasError, ConfigError
 from seqatlas.schema import ABLATION_METHODS, COPY_REPEAT_CLASS
-from seqatlas.query.engine import Sandbox, SqlConfig, sql_string
+from seqatlas.query.sandbox import sql_string
 from seqatlas.manifest import ScoringRecord
 from seqatlas.store import AtlasWriter
 
@@ -367,34 +367,3 @@ def repeat_overlaps_sql(intervals: str) -> str:
         FROM (SELECT x.*, s.global_start + x.start AS g_start, s.global_start + x."end" AS g_end
               FROM ({intervals}) x JOIN sequences s USING (seq_id)) i
         JOIN repeats_global rp ON rp.gstart < i.g_end AND i.g_start < rp.gend"""
-
-
-class Engine(Sandbox):
-    """The sandboxed engine with the anomaly views (``position_z``, ``anomalies``,
-    ``anomaly_regions``, ``robust_stats``) for ``anomaly_params``, and ``icl_regions``.
-
-    ``robust_pass=True`` computes and caches the robust statistics now (what ``anomalies``,
-    ``enrichment`` and ``export`` do); without it nothing is computed or written until a
-    query reads the views. ``anomaly_views=False`` leaves them out.
-    """
-
-    def __init__(self, atlas, config: SqlConfig | None = None,
-                 anomaly_params: AnomalyParams | None = None, *, anomaly_views: bool = True,
-                 robust_pass: bool = False):
-        super().__init__(atlas, config)
-        self.anomaly_params = anomaly_params or AnomalyParams()
-        self.anomaly_column = None
-        self.ablation_methods: tuple[str, ...] = ()  # in the atlas (set with the views)
-        self.ablation_method: str | None = None  # whose values position_z carries
-        try:
-            self.con.execute(f"CREATE OR REPLACE VIEW icl_regions AS {_icl_regions_sql()}")
-            scoring = self.atlas.manifest.scoring
-            if scoring is not None and scoring.stores_distributions():
-                self.con.execute("CREATE OR REPLACE VIEW variant_scores AS " +
-                                 variant_scores_sql(scoring.distribution_letters,
-                                                    scoring.strands))
-            if anomaly_views:
-                create_anomaly_views(self, self.anomaly_params, compute=robust_pass)
-        except BaseException:
-            self.close()
-            raise

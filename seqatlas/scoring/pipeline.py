@@ -21,8 +21,9 @@ from seqatlas.manifest import (DISTRIBUTIONS, KEY_SCHEME, FastRecord, Manifest, 
                                fast_method_text)
 from seqatlas.store import AtlasReader, AtlasWriter, atlas_exists
 from seqatlas.errors import (AtlasDamagedError, AtlasMismatchError, ConfigError, IngestError,
-                             InputError)
+                             InputError, describe_error)
 from seqatlas.progress import Meter, check_progress
+from seqatlas.checkpoints.recorded import recorded_settings
 from seqatlas.copy_detector import default_copy_k
 from seqatlas.fasta import KINDS, detect_kind
 from seqatlas.scoring.plan import InputPlan, UnitPlan, iter_unit_jobs, plan_units, scan_input
@@ -276,27 +277,6 @@ class _Run:
     writer: AtlasWriter
     report: IngestReport
     key_record: dict  # what each scored unit's record says of its key
-
-
-def recorded_settings(manifest: Manifest) -> dict:
-    """The ingest options that reproduce an atlas's recorded settings (its kind included)."""
-    model, scoring = manifest.model, manifest.scoring
-    source = model.extra.get("source")
-    options = {"model": model.name if source == "embedded" or not model.extra.get("path")
-               else model.extra["path"],
-               "kind": manifest.kind, "likelihood": scoring.likelihood,
-               "embeddings": scoring.embeddings, "window": scoring.window,
-               "overlap": scoring.overlap, "unit_tokens": scoring.unit_tokens,
-               "strands": scoring.strands, "copy_k": scoring.copy_k,
-               "tokenizer": model.tokenizer.get("family"),
-               "adapter": model.extra.get("adapter")}
-    if scoring.embeddings:
-        options["layer"] = scoring.stored_layers()
-    if scoring.skip_n_runs is not None:
-        options["skip_n_runs"] = scoring.skip_n_runs
-    if scoring.likelihood != "none":
-        options["distributions"] = scoring.letter_dtype or "none"
-    return {k: v for k, v in options.items() if v is not None}
 
 
 def letter_dtype(config: IngestConfig) -> str | None:
@@ -760,7 +740,3 @@ def _commit_unit(run: _Run, unit: UnitPlan, jobs, result) -> None:
     report.real_tokens += stats["real_tokens"]
     report.computed_tokens += stats["computed_tokens"]
 
-
-def describe_error(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[-1] if text else ''}"

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from seqatlas.checkpoints.recorded import atlas_model_spec
 from seqatlas.probe.icl import SequenceData, read_sequences, with_controls
 from seqatlas.probe.targets import split_runs
-from seqatlas.query.neighbours import atlas_model_spec
 from seqatlas.repeats.copies import copy_runs, read_copies, seq_order
 from seqatlas.scoring.ablation import RESCORE_LIKELIHOODS, RescoreTask, corrupt, region_rng
 from seqatlas.store import AtlasReader

@@ -15,10 +15,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from seqatlas.checkpoints.tokenizers import reverse_complement
-from seqatlas.errors import IngestError
+from seqatlas.errors import IngestError, describe_error
 from seqatlas.progress import Meter
 from seqatlas.scoring.ablation import RescoreTask
-from seqatlas.scoring.pipeline import describe_error
 from seqatlas.scoring.workers import make_executor, run_units_timed
 
 TASKS_PER_UNIT = 256  # rescoring tasks sent to a worker at once

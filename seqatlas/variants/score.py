@@ -23,8 +23,8 @@ import pyarrow as pa
 
 from seqatlas import schema
 from seqatlas.errors import ConfigError, InputError
-from seqatlas.query.views import (AnomalyParams, Engine, ablation_methods,
-                                  create_anomaly_views)
+from seqatlas.query.engine import Engine
+from seqatlas.query.views import AnomalyParams, ablation_methods, create_anomaly_views
 from seqatlas.scoring.ablation import METHODS
 from seqatlas.store import AtlasReader, AtlasWriter
 from seqatlas.variants import evaluation
