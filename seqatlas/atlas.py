@@ -18,7 +18,7 @@ from seqatlas.store import AtlasReader, AtlasWriter, PartDamage
 from seqatlas.util import STDIN, file_sha256, is_stream, stream_name
 from seqatlas.variants.score import score_variants as _score_variants
 
-__all__ = ["Atlas", "AtlasWriter", "info", "repair", "verify"]
+__all__ = ["Atlas", "AtlasWriter", "compact", "info", "log", "repair", "upgrade", "verify"]
 
 
 class Atlas(AtlasReader):
@@ -73,6 +73,40 @@ class Atlas(AtlasReader):
 def info(atlas: str | os.PathLike) -> dict:
     """Manifest summary, row counts and bytes on disk of an atlas."""
     return AtlasReader(atlas).summary()
+
+
+def log(atlas: str | os.PathLike, *, limit: int | None = 20) -> dict:
+    """The atlas's version history: its current version and its last ``limit`` commits
+    (all with None), newest first, each with its time, operation and what it added or
+    removed. An atlas written before the commit log has none until its next write."""
+    if limit is not None and limit <= 0:
+        raise InputError(f"--limit must be a positive number of commits, not {limit}")
+    reader = AtlasReader(atlas)
+    return {"atlas": str(reader.path), "version": reader.version,
+            "commits": reader.history(limit) if reader.version is not None else []}
+
+
+def compact(atlas: str | os.PathLike, *, tables: tuple[str, ...] | None = None,
+            memory_limit: str | None = None) -> dict:
+    """Rewrite the many per-unit parts of ``tables`` (positions and tokens by default) as
+    few large files sorted by (seq_id, pos), swapped in by one commit; the results of every
+    read stay the same and a re-ingest of the same input still finds nothing to do.
+    ``memory_limit``: the most rows to hold while sorting (``2GB``, ``25%``; default a
+    quarter of this machine's memory, at most 4 GiB)."""
+    from seqatlas.query.sandbox import memory_limit_bytes
+    from seqatlas.store import compact_atlas
+
+    return compact_atlas(atlas, tables=tuple(tables) if tables else None,
+                         memory_bytes=memory_limit_bytes(memory_limit) if memory_limit
+                         else None)
+
+
+def upgrade(atlas: str | os.PathLike) -> dict:
+    """Give an atlas written before the commit log its log now (its next write would);
+    one atomic replace of atlas.json. Returns whether anything changed."""
+    with AtlasWriter(atlas) as writer:
+        upgraded = writer.upgrade()
+        return {"atlas": str(writer.path), "upgraded": upgraded, "version": writer.version}
 
 
 def _input_problem(record: InputRecord) -> str | None:
@@ -158,9 +192,10 @@ def repair(atlas: str | os.PathLike, *, workers: int | None = None,
     with AtlasWriter(atlas) as writer:
         _rebuild_sequences(writer, [d for d in damage if d.table == "sequences"])
         other = [d for d in damage if d.table != "sequences"]
-        records = {d.unit: writer.manifest.units.get(d.unit, {}) for d in other}
-        if other:
-            writer.drop_damaged(other)
+        known = dict(writer.manifest.units)
+        # every unit whose rows a damaged part held (all of a compacted part's)
+        dropped = writer.drop_damaged(other) if other else set()
+        records = {unit: known.get(unit, {}) for unit in sorted(dropped)}
         manifest = writer.manifest
     scored = [u for u, r in records.items() if "seq_ids" in r]
     if scored:

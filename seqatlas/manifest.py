@@ -255,20 +255,32 @@ class InputRecord:
 @dataclass
 class PartRecord:
     """A committed Parquet part: rows, bytes, the unit (content key) that wrote it, and the
-    SHA-256 of its bytes (None for parts committed before checksums were recorded)."""
+    SHA-256 of its bytes (None for parts committed before checksums were recorded).
+
+    ``stats`` (absent in parts committed before the commit log): the part's key ranges,
+    ``{"seq_id": [min, max], "pos": [min, max]}`` (``pos`` spans ``start``..``end`` in tables
+    of intervals), so that a region read opens only the parts that can hold it. ``units``:
+    for a part written by compaction, every unit whose rows it holds (``unit`` is then
+    ``"compacted"``)."""
 
     rows: int
     bytes: int
     unit: str
     sha256: str | None = None
+    stats: dict | None = None
+    units: list[str] | None = None
 
     @classmethod
     def from_json(cls, data: dict) -> PartRecord:
         record = cls(rows=data["rows"], bytes=data["bytes"], unit=data["unit"],
-                     sha256=data.get("sha256"))
+                     sha256=data.get("sha256"), stats=data.get("stats"),
+                     units=data.get("units"))
         if not (isinstance(record.rows, int) and isinstance(record.bytes, int)
                 and isinstance(record.unit, str)
-                and isinstance(record.sha256, (str, type(None)))):
+                and isinstance(record.sha256, (str, type(None)))
+                and _stats_shape(record.stats)
+                and (record.units is None or (isinstance(record.units, list) and all(
+                    isinstance(u, str) for u in record.units)))):
             raise TypeError(f"part record {data!r}")
         return record
 
@@ -276,7 +288,38 @@ class PartRecord:
         data = {"rows": self.rows, "bytes": self.bytes, "unit": self.unit}
         if self.sha256 is not None:
             data["sha256"] = self.sha256
+        if self.stats is not None:
+            data["stats"] = self.stats
+        if self.units is not None:
+            data["units"] = self.units
         return data
+
+    def covered_units(self) -> list[str]:
+        """The units whose rows this part holds (one, unless compaction merged several)."""
+        return list(self.units) if self.units is not None else [self.unit]
+
+    def may_hold(self, seq_id: str, start: int | None, end: int | None) -> bool:
+        """Whether this part can hold rows of ``seq_id`` in ``[start, end)`` (True when it
+        records no statistics)."""
+        stats = self.stats or {}
+        ids, pos = stats.get("seq_id"), stats.get("pos")
+        if ids and not (ids[0] <= seq_id <= ids[1]):
+            return False
+        if pos and ids and ids[0] == ids[1] and start is not None and end is not None:
+            return pos[0] < end and start <= pos[1]
+        return True
+
+
+def _stats_shape(stats) -> bool:
+    """Whether part statistics are None or ``{"seq_id": [str, str], "pos": [int, int]}``."""
+    if stats is None:
+        return True
+    if not isinstance(stats, dict) or set(stats) != {"seq_id", "pos"}:
+        return False
+    ids, pos = stats["seq_id"], stats["pos"]
+    return isinstance(ids, list) and len(ids) == 2 and all(isinstance(i, str) for i in ids) \
+        and isinstance(pos, list) and len(pos) == 2 and all(
+            isinstance(p, int) and not isinstance(p, bool) for p in pos)
 
 
 _INT, _NUM, _STR, _BOOL = (int,), (int, float), (str,), (bool,)
@@ -287,14 +330,14 @@ _SHAPE = {
          "kind": _OPT_STR, "kind_detected": _BOOL, "model": (dict, type(None)),
          "scoring": (dict, type(None)), "inputs": (list,), "parts": _DICT, "units": _DICT,
          "cache": (dict, type(None)), "indexes": (dict, type(None)), "warnings": (list,),
-         "runs": (list,)},
+         "runs": (list,), "log": (dict,), "retired": (dict,)},
     "model": {"name": _STR, "weights_sha256": _STR, "tokenizer": _DICT,
               "hidden_size": _OPT_INT, "num_layers": _OPT_INT, "context_tokens": _OPT_INT},
     "scoring": {"likelihood": _STR, "embeddings": _BOOL, "window": _OPT_INT,
                 "overlap": _OPT_INT, "unit_tokens": _OPT_INT, "strands": _STR,
                 "embedding_dtype": _OPT_STR, "layer": _OPT_INT, "layers": (list, type(None)),
                 "skip_n_runs": _OPT_INT, "copy_k": _OPT_INT, "distribution": _STR,
-                "fast": _DICT},
+                "fast": _DICT, "letter_dtype": _OPT_STR, "distribution_letters": _OPT_STR},
     "fast": {"stride": _INT, "mask_rate": _NUM, "method": _STR},
     "input": {"path": _STR, "size": _INT, "sha256": _STR, "kind": _STR, "records": _INT,
               "residues": _INT, "first_ordinal": _OPT_INT},
@@ -313,6 +356,15 @@ def _check_shape(data, shape: str, where: str) -> None:
             value = data[key]
             if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
                 raise TypeError(f"{where + '.' if where else ''}{key} ({value!r})")
+
+
+def _log_version(log) -> int | None:
+    if log is None:
+        return None
+    version = log.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise TypeError(f"log.version ({version!r})")
+    return version
 
 
 def validate_manifest(data) -> None:
@@ -390,6 +442,12 @@ class Manifest:
     indexes: dict[str, dict] | None = None
     warnings: list[dict] | None = None
     runs: list[dict] | None = None
+    # the commit-log version this state is at (None: an atlas written before the log, whose
+    # atlas.json is all there is); written as {"log": {"version": N}}
+    log_version: int | None = None
+    # parts replaced by compaction ("table/name" -> when): kept a while for readers that
+    # opened an earlier version, then deleted by a writer
+    retired: dict[str, str] | None = None
 
     @classmethod
     def from_json(cls, data: dict) -> Manifest:
@@ -406,7 +464,9 @@ class Manifest:
                    for table, parts in data["parts"].items()},
             units=dict(data["units"]), cache=data.get("cache"), indexes=data.get("indexes"),
             warnings=[dict(w) for w in data["warnings"]] if "warnings" in data else None,
-            runs=[dict(r) for r in data["runs"]] if "runs" in data else None)
+            runs=[dict(r) for r in data["runs"]] if "runs" in data else None,
+            log_version=_log_version(data.get("log")),
+            retired=dict(data["retired"]) if data.get("retired") else None)
 
     def to_json(self) -> dict:
         """The one writer: the keys seqatlas has always written."""
@@ -429,6 +489,10 @@ class Manifest:
             data["warnings"] = self.warnings
         if self.runs is not None:
             data["runs"] = self.runs
+        if self.log_version is not None:
+            data["log"] = {"version": self.log_version}
+        if self.retired:
+            data["retired"] = self.retired
         return data
 
     def legacy_keys(self) -> bool:

@@ -24,9 +24,12 @@ SYSTEM_CONFIG = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 5
 
 def _units(atlas: Path) -> int:
     """Committed scored units (the sequences part is a unit too, without seq_ids)."""
-    try:
-        units = json.loads((atlas / "atlas.json").read_text())["units"]
-    except (OSError, ValueError, KeyError):
+    from seqatlas.errors import SeqAtlasError
+    from seqatlas.store import AtlasReader
+
+    try:  # the state as a reader sees it: atlas.json plus the commit log
+        units = AtlasReader(atlas).manifest.units
+    except SeqAtlasError:
         return 0
     return sum(1 for unit in units.values() if "seq_ids" in unit)
 

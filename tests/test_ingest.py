@@ -17,6 +17,7 @@ import pyarrow as pa
 import pytest
 
 import seqatlas
+from seqatlas.store import AtlasReader
 from seqatlas.cli.main import main
 from seqatlas.errors import AtlasMismatchError, IngestError
 from tests.conftest import make_esm, random_protein, write_fasta
@@ -56,19 +57,17 @@ def test_resume_after_sigkill_gives_identical_rows(tmp_path, medium_esm):
                              "--atlas", str(victim), *args], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    manifest = victim / "atlas.json"
     deadline = time.time() + 120
-    while time.time() < deadline:
-        if manifest.exists():
-            try:
-                if json.loads(manifest.read_text())["parts"]["positions"]:
-                    break
-            except (json.JSONDecodeError, KeyError):
-                pass
+    while time.time() < deadline:  # the state as a reader sees it: atlas.json plus the log
+        try:
+            if AtlasReader(victim).manifest.table_parts("positions"):
+                break
+        except seqatlas.SeqAtlasError:
+            pass  # not created yet
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
     proc.wait()
-    committed = len(json.loads(manifest.read_text())["units"])
+    committed = len(AtlasReader(victim).manifest.units)
     assert 1 < committed < total_units, "the kill must land half way through"
 
     resumed = _cli("ingest", str(fasta), "--atlas", str(victim), *args, "--json")

@@ -128,13 +128,13 @@ def test_a_changed_part_is_caught_even_with_its_times_restored(built, tmp_path):
 
 
 def test_unchanged_parts_are_not_hashed_again(built, tmp_path, monkeypatch):
-    import seqatlas.store as store
+    import seqatlas.store.integrity as integrity
 
     atlas = _copy(built, tmp_path)
     seqatlas.query.sql(atlas, "SELECT 1")  # the copy has new inodes: each part hashed here
     calls = []
-    real = store.file_sha256
-    monkeypatch.setattr(store, "file_sha256", lambda p: calls.append(p) or real(p))
+    real = integrity.file_sha256
+    monkeypatch.setattr(integrity, "file_sha256", lambda p: calls.append(p) or real(p))
     AtlasReader(atlas).positions()
     seqatlas.query.sql(atlas, "SELECT count(*) FROM positions")
     assert calls == []

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pytest
 
 import seqatlas
+from seqatlas.store import AtlasReader
 from seqatlas.errors import AtlasMismatchError, ConfigError, InputError
 from seqatlas.probe import probe_doubling, probe_icl
 from seqatlas.probe.targets import Target, choose_control, split_runs
@@ -480,22 +481,18 @@ def test_resume_after_sigkill_gives_identical_ablations(tmp_path, tmp_path_facto
     assert total > 3
 
     victim = tmp_path / "victim"
-    manifest = victim / "atlas.json"
     proc = subprocess.Popen([sys.executable, "-m", "seqatlas.cli.main", "probe", "icl",
                              "--atlas", str(victim), *args], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if json.loads(manifest.read_text())["parts"].get("ablations"):
-                break
-        except (json.JSONDecodeError, KeyError):
-            pass
+    while time.time() < deadline:  # the state as a reader sees it: atlas.json plus the log
+        if AtlasReader(victim).manifest.table_parts("ablations"):
+            break
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    done = sum(1 for u in json.loads(manifest.read_text())["units"].values()
+    done = sum(1 for u in AtlasReader(victim).manifest.units.values()
                if u.get("probe") == "icl")
     assert 0 < done < total, "the kill must land half way through"
     resumed = _cli("probe", "icl", "--atlas", str(victim), *args, "--json")

@@ -131,17 +131,17 @@ def test_stored_set_survives_a_crash_and_repair(protein_atlas, tmp_path, monkeyp
     atlas = tmp_path / "atlas"
     shutil.copytree(protein_atlas, atlas)
     mutants = _mutants(5)
-    real = AtlasWriter._write_manifest
+    real = AtlasWriter._commit
 
-    def crash(self, *args, **kwargs):  # the part is written; the commit point never comes
-        if any(u.startswith("variants-") for u in self.manifest.units):
+    def crash(self, actions, operation):  # the part is written; the commit never comes
+        if any(a.get("unit", {}).get("key", "").startswith("variants-") for a in actions):
             raise KeyboardInterrupt
-        return real(self, *args, **kwargs)
+        return real(self, actions, operation)
 
-    monkeypatch.setattr(AtlasWriter, "_write_manifest", crash)
+    monkeypatch.setattr(AtlasWriter, "_commit", crash)
     with pytest.raises(KeyboardInterrupt):
         seqatlas.score_variants(mutants, atlas=atlas, seq_id="P1", store="s2", progress=False)
-    monkeypatch.setattr(AtlasWriter, "_write_manifest", real)
+    monkeypatch.setattr(AtlasWriter, "_commit", real)
     assert seqatlas.Atlas(atlas).count("variants") == 0  # nothing half-committed is seen
     seqatlas.score_variants(mutants, atlas=atlas, seq_id="P1", store="s2", progress=False)
     assert seqatlas.Atlas(atlas).count("variants") == 5

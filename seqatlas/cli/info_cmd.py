@@ -56,8 +56,12 @@ def print_info(summary: dict, console: Console | None = None) -> None:
     how = "detected" if summary.get("kind_detected") else "given"
     # paths are printed whole on one line (soft_wrap: the terminal wraps them, rich never
     # breaks or crops them), so they can be copied even from a narrow terminal
+    version = summary.get("version")
+    log = (f"version {version:,}" if isinstance(version, int) else
+           "written before the commit log")
     console.print(f"[bold]atlas[/] {escape(summary['path'])}  (kind: {summary['kind']}, "
-                  f"{how}; updated {summary['updated']})", highlight=False, soft_wrap=True)
+                  f"{how}; {log}, updated {summary['updated']})", highlight=False,
+                  soft_wrap=True)
     tokenizer = model.get("tokenizer") or {}
     console.print(f"[bold]model[/] {escape(str(model.get('name', '?')))} "
                   f"({model.get('model_type', '?')}, {_number(model.get('parameters'))} "
@@ -302,6 +306,81 @@ def repair(
                "repeats unit(s) restored).", err=True)
     for command in report["rerun"]:
         typer.echo(f"to restore ablations, run: {command}", err=True)
+
+
+def log(
+    atlas: str = ATLAS,
+    limit: int = typer.Option(20, "--limit", "-n", min=1, help="How many of the most recent "
+                              "commits to list."),
+    as_json: bool = json_option("Print the history as JSON."),
+) -> None:
+    """List the atlas's commits, newest first: version, time, operation, and the parts,
+    units and rows each added or removed. Reads only.
+
+    Example: seqatlas log --atlas my_atlas -n 5
+    """
+    import seqatlas
+
+    history = seqatlas.log(atlas, limit=limit)
+    console = Console()
+    if as_json:
+        console.print_json(json.dumps(history))
+        return
+    if history["version"] is None:
+        console.print(f"{escape(history['atlas'])} was written before the commit log: its "
+                      "next write, or `seqatlas upgrade`, gives it one.", highlight=False)
+        return
+    console.print(f"{escape(history['atlas'])}: version {history['version']:,}",
+                  highlight=False)
+    numbers = ("version", "parts +", "parts -", "units", "rows +")
+    console.print(FittedTable(
+        ("version", "time", "operation", *numbers[1:]),
+        ([f"{c['version']:,}", str(c["time"]), str(c["operation"]), str(c["parts_added"]),
+          str(c["parts_removed"]), str(c["units"]), f"{c['rows_added']:,}"]
+         for c in history["commits"]),
+        title="commits", right=numbers, keys=("version",)))
+
+
+def compact(
+    atlas: str = ATLAS,
+    table: Optional[list[str]] = typer.Option(None, "--table", help="A table to compact: "
+                                              "positions or tokens (repeatable; default both)."),
+    memory_limit: Optional[str] = typer.Option(None, "--memory-limit", help="The most rows "
+                                               "held while sorting, e.g. 2GB or 25% (default "
+                                               "a quarter of memory, at most 4 GiB)."),
+    as_json: bool = json_option("Print the report as JSON."),
+) -> None:
+    """Rewrite the many small per-unit parts as few large files sorted by (seq_id, pos),
+    swapped in by one commit, so that region reads touch a few row groups. Writes.
+
+    Example: seqatlas compact --atlas my_atlas
+    """
+    import seqatlas
+
+    report = seqatlas.compact(atlas, tables=tuple(table) if table else None,
+                              memory_limit=memory_limit)
+    if as_json:
+        Console().print_json(json.dumps(report))
+        return
+    for name, done in report["tables"].items():
+        typer.echo(f"{name}: {done['parts_before']:,} parts -> {done['parts_after']:,} "
+                   f"({done['rows']:,} rows; {done['rewritten']:,} parts rewritten)", err=True)
+    typer.echo(f"{report['atlas']}: now at version {report['version']:,}.", err=True)
+
+
+def upgrade(atlas: str = ATLAS) -> None:
+    """Give an atlas written before the commit log its log now (its next write would do
+    it): one atomic replace of atlas.json; nothing else changes. Writes.
+
+    Example: seqatlas upgrade --atlas my_atlas
+    """
+    import seqatlas
+
+    report = seqatlas.upgrade(atlas)
+    typer.echo(f"{report['atlas']}: " + ("upgraded to the commit log (version 0)."
+                                         if report["upgraded"] else
+                                         f"already has its commit log (version "
+                                         f"{report['version']:,})."), err=True)
 
 
 def _adapter_words(model: dict) -> str:

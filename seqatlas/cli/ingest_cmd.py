@@ -100,6 +100,10 @@ def ingest(
         "every Ray node reaches: one machine, a shared file system, s3://; a node that does not "
         "see it sends its rows to the driver, with a warning); 'driver' sends every result to "
         "the driver, which writes it. The atlas is byte for byte the same."),
+    compact: bool = typer.Option(
+        False, "--compact", help="At the end, rewrite the run's many per-unit parts as few "
+        "large files sorted by (seq_id, pos), as `seqatlas compact` does (region reads then "
+        "open a few row groups)."),
     progress: Progress = PROGRESS,
     no_progress: bool = NO_PROGRESS,
     as_json: bool = json_option("Print the report as JSON."),
@@ -121,7 +125,7 @@ def ingest(
         fasta, atlas=atlas, batch_tokens=batch_tokens, workers=workers,
         gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, address=address,
         max_retries=max_retries, stall_timeout=stall_timeout, progress=progress,
-        write_parts=write_parts.value, trust_remote_code=trust_remote_code,
+        write_parts=write_parts.value, trust_remote_code=trust_remote_code, compact=compact,
         **{k: v for k, v in settings.items() if v is not None})
     _print_report(report.as_dict(), as_json)
 

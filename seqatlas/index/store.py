@@ -26,7 +26,7 @@ from seqatlas.util import (TEMP_MARK, atomic_write, cache_dir, file_sha256, fsyn
                            temporary_name)
 from seqatlas.errors import AtlasIndexError, ConfigError
 from seqatlas.index.search import set_search_params, to_similarity
-from seqatlas.index.vectors import prepare, tokens_fingerprint
+from seqatlas.index.vectors import legacy_tokens_fingerprint, prepare, tokens_fingerprint
 
 INDEX_DIR = "index"
 INDEX_FILE = "index.faiss"
@@ -238,7 +238,9 @@ def load_index(atlas: str | os.PathLike | AtlasReader, name: str = "default", *,
         raise AtlasIndexError(f"index {name!r} has dimension {dim} but the atlas's {column!r} "
                               f"column has dimension {atlas_dim}; {rebuild}")
     rows = atlas.count("tokens")
-    if built.get("tokens_fingerprint") != tokens_fingerprint(atlas) or ntotal != rows:
+    fingerprint = built.get("tokens_fingerprint")
+    if fingerprint not in (tokens_fingerprint(atlas), legacy_tokens_fingerprint(atlas)) or \
+            ntotal != rows:
         raise AtlasIndexError(
             f"index {name!r} holds {ntotal:,} vectors from other tokens parts than the atlas "
             f"now has ({rows:,} token rows; the atlas changed since the build, or the index "

@@ -67,28 +67,65 @@ class IdentityConfig:
 
 def sample_rows(source: EmbeddingSource, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Token ids and float32 vectors of ``n`` tokens drawn uniformly without replacement,
-    reading only the row groups that hold them."""
+    by rank in token_id order (so the sample does not depend on how the rows are laid out
+    in parts: compaction keeps it), reading only the row groups that hold them."""
     total = source.total
     picks = np.sort(np.random.default_rng(seed).choice(total, size=min(n, total),
                                                        replace=False))
+    groups = _groups_by_token_id(source)
+    if groups is None:  # row groups overlap in token_id: one merged group per part
+        return _sample_by_reading_all_ids(source, picks)
     ids, vectors, base = [], [], 0
-    for path, rows in zip(source.parts, source.rows):
+    for path, handle, g, rows in groups:
         mine = picks[(picks >= base) & (picks < base + rows)] - base
         base += rows
         if not len(mine):
             continue
-        handle = source.atlas.open_part(path)
-        group_start = 0
-        for g in range(handle.num_row_groups):
-            size = handle.metadata.row_group(g).num_rows
-            local = mine[(mine >= group_start) & (mine < group_start + size)] - group_start
-            group_start += size
-            if len(local):
-                table = handle.read_row_group(g, columns=["token_id", source.column]
-                                              ).take(local)
-                ids.append(table["token_id"].to_numpy())
-                vectors.append(to_float32(table[source.column], source.dim, path))
+        table = handle.read_row_group(g, columns=["token_id", source.column])
+        table = table.take(np.argsort(table["token_id"].to_numpy(), kind="stable")[mine])
+        ids.append(table["token_id"].to_numpy())
+        vectors.append(to_float32(table[source.column], source.dim, path))
     return np.concatenate(ids), np.concatenate(vectors)
+
+
+def _sample_by_reading_all_ids(source: EmbeddingSource, picks: np.ndarray
+                               ) -> tuple[np.ndarray, np.ndarray]:
+    """The tokens at ranks ``picks`` in token_id order, reading every token_id."""
+    every = [(path, source.atlas.open_part(path)) for path in source.parts]
+    all_ids = np.concatenate([h.read(columns=["token_id"])["token_id"].to_numpy()
+                              for _, h in every])
+    chosen = set(all_ids[np.argsort(all_ids, kind="stable")[picks]].tolist())
+    ids, vectors = [], []
+    for path, handle in every:
+        table = handle.read(columns=["token_id", source.column])
+        mask = np.isin(table["token_id"].to_numpy(), list(chosen))
+        if mask.any():
+            table = table.filter(pa.array(mask))
+            ids.append(table["token_id"].to_numpy())
+            vectors.append(to_float32(table[source.column], source.dim, path))
+    order = np.argsort(np.concatenate(ids), kind="stable")
+    return np.concatenate(ids)[order], np.concatenate(vectors)[order]
+
+
+def _groups_by_token_id(source: EmbeddingSource) -> list[tuple] | None:
+    """Every row group of the tokens parts as (path, handle, index, rows), in token_id
+    order: row groups of an ingest hold disjoint token_id ranges, so ordering them by their
+    statistics orders the rows; None when ranges overlap."""
+    groups = []
+    for path in source.parts:
+        handle = source.atlas.open_part(path)
+        column = handle.schema_arrow.get_field_index("token_id")
+        for g in range(handle.num_row_groups):
+            meta = handle.metadata.row_group(g)
+            stats = meta.column(column).statistics
+            low, high = (stats.min, stats.max) if stats is not None and stats.has_min_max \
+                else (None, None)
+            groups.append((low, high, str(path), path, handle, g, meta.num_rows))
+    groups.sort(key=lambda x: (x[0] is None, x[0] if x[0] is not None else 0, x[2], x[5]))
+    for before, after in zip(groups, groups[1:]):
+        if before[1] is None or after[0] is None or before[1] >= after[0]:
+            return None
+    return [(path, handle, g, rows) for _, _, _, path, handle, g, rows in groups]
 
 
 def _without_self(found: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:

@@ -145,6 +145,21 @@ def copy_repeats(atlas) -> pa.Table:
                       seq_order(atlas))
 
 
+def _not_committed(reader: AtlasReader, table: pa.Table) -> pa.Table:
+    """The rows of ``table`` not already among the atlas's detected copies (a copy lies
+    within one window, so within one unit: equal rows are the same detection)."""
+    import pyarrow.compute as pc
+
+    keys = ["seq_id", "start", "end", "strand", "name"]
+    committed = reader.repeats(columns=[*keys, "source"])
+    committed = committed.filter(pc.equal(committed["source"], SOURCE)).select(keys)
+    if committed.num_rows == 0 or table.num_rows == 0:
+        return table
+    seen = set(zip(*(committed[k].to_pylist() for k in keys)))
+    mask = [row not in seen for row in zip(*(table[k].to_pylist() for k in keys))]
+    return table.filter(pa.array(mask, pa.bool_()))
+
+
 def annotate_copies(atlas) -> dict:
     """Commit :func:`copy_repeats` to the atlas's ``repeats`` table.
 
@@ -156,7 +171,8 @@ def annotate_copies(atlas) -> dict:
         covered = {unit for record in writer.manifest.units.values()
                    if record.get("detector") == SOURCE for unit in record["positions_units"]}
         parts = writer.manifest.table_parts("positions")
-        todo = sorted(name for name, meta in parts.items() if meta.unit not in covered)
+        todo = sorted(name for name, meta in parts.items()
+                      if not set(meta.covered_units()) <= covered)
         summary = {"file": None, "format": SOURCE, "copy_k": k, "renamed": {},
                    "positions_parts": len(todo), "repeats": 0, "already_imported": not todo}
         if not todo:
@@ -164,7 +180,10 @@ def annotate_copies(atlas) -> dict:
         reader = AtlasReader(writer.path)
         paths = [p for p in reader.part_paths("positions") if p.name in set(todo)]
         table = _intervals(read_copies(reader, paths), seq_order(reader))
-        units = sorted(parts[name].unit for name in todo)
+        if any(set(parts[name].covered_units()) & covered for name in todo):
+            # a compacted part holding units detected before: keep only the new copies
+            table = _not_committed(reader, table)
+        units = sorted({u for name in todo for u in parts[name].covered_units()} - covered)
         key = "copies-" + hashlib.sha256(json.dumps([DEFINITION_VERSION, k, units])
                                          .encode()).hexdigest()
         writer.commit(key, {"repeats": table},

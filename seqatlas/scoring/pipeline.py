@@ -20,6 +20,7 @@ from seqatlas.schema import DISTRIBUTION_CHOICES
 from seqatlas.manifest import (DISTRIBUTIONS, KEY_SCHEME, FastRecord, Manifest, ScoringRecord,
                                fast_method_text)
 from seqatlas.store import AtlasReader, AtlasWriter, atlas_exists
+from seqatlas.store.compaction import COMPACTED_TABLES, compact_table, default_memory_bytes
 from seqatlas.errors import (AtlasDamagedError, AtlasMismatchError, ConfigError, IngestError,
                              InputError, describe_error)
 from seqatlas.progress import Meter, check_progress
@@ -109,6 +110,8 @@ class IngestConfig:
     distributions: str | None = None  # float32 | float16 | none: each position's predicted
     # distribution over the kind's standard letters (positions.letter_logp); None: the
     # atlas's own setting when extending one, else float32
+    compact: bool = False  # at the end, compact the positions and tokens parts (see
+    # seqatlas.store.compaction); the rows and every read stay the same
     write_parts: str = "workers"  # workers: each worker writes its units' parts into the
     # atlas (it must see the atlas's storage); driver: results travel to the driver, which
     # writes every part (the same bytes either way)
@@ -237,8 +240,17 @@ def _ingest_inputs(config: IngestConfig, spool: Spool, *, atlas: str | Path) -> 
                             key_record=key_record))
         if report.units_scored:
             _note_likelihood(writer)
+        if config.compact and not report.failed:
+            _compact(writer)
     _raise_if_failed(report, max_retries=config.max_retries)
     return report
+
+
+def _compact(writer: AtlasWriter) -> None:
+    """Compact the scored tables at the end of a run (``--compact``)."""
+    for table in COMPACTED_TABLES:
+        compact_table(writer, table, memory_bytes=default_memory_bytes())
+    writer.fold()
 
 
 @dataclass(frozen=True)
