@@ -258,12 +258,21 @@ def measure(atlas: Path, label: str, first: str) -> dict:
     return results
 
 
-def atlas_part(positions: int, unit: int, keep: Path | None) -> dict:
+def atlas_part(positions: int, unit: int, keep: Path | None, reuse: bool = False) -> dict:
     root = keep or Path(tempfile.mkdtemp(prefix="seqatlas-storage-"))
     path = root / "atlas"
-    if path.exists():
-        shutil.rmtree(path)
-    built = build_atlas(path, positions, unit, seq_length=62_000_000)
+    if reuse and (root / "loose").exists():  # measure again on a kept, uncompacted copy
+        shutil.rmtree(path, ignore_errors=True)
+        shutil.copytree(root / "loose", path)
+        built = json.loads((root / "built.json").read_text())
+    else:
+        if path.exists():
+            shutil.rmtree(path)
+        built = build_atlas(path, positions, unit, seq_length=62_000_000)
+        if keep is not None:
+            shutil.rmtree(root / "loose", ignore_errors=True)
+            shutil.copytree(path, root / "loose")
+            (root / "built.json").write_text(json.dumps(built))
     print(f"  built: {built}", flush=True)
     before = measure(path, "before compaction", "chrX_1")
     started = time.perf_counter()
@@ -289,7 +298,10 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--positions", type=int, default=300_000_000)
     parser.add_argument("--unit", type=int, default=7000, help="positions per unit")
-    parser.add_argument("--keep", type=Path, default=None)
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="build the atlas here and keep it (and an uncompacted copy)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="measure again on the copy a run with --keep kept")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     results = {}
@@ -298,7 +310,7 @@ def main() -> None:
     if args.part in ("atlas", "both"):
         if not (DATA / "hs37_chrX_70Mb.fa.gz").exists():
             sys.exit(f"needs {DATA}/hs37_chrX_70Mb.fa.gz")
-        results["atlas"] = atlas_part(args.positions, args.unit, args.keep)
+        results["atlas"] = atlas_part(args.positions, args.unit, args.keep, args.reuse)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

@@ -132,7 +132,32 @@ def _integrity_snippets_run(tmp_path):
     assert repaired.returncode == 0, repaired.stderr
     assert seqatlas.verify(atlas)["ok"]
     assert seqatlas.Atlas(atlas).positions().equals(before)
+    _storage_snippets_run(tmp_path)
     _plot_snippets_run(tmp_path)
+
+
+def _storage_snippets_run(tmp_path):
+    """The commit log, compaction and region reads, on the genome atlas."""
+    import seqatlas
+
+    start = README.index("### Versions, compaction and region reads")
+    block = re.search(r"```bash\n(.*?)```", README[start:README.index("\n### ", start + 1)],
+                      re.S).group(1)
+    atlas = tmp_path / "genome_atlas"
+    before = seqatlas.Atlas(atlas).positions().sort_by([("seq_id", "ascending"),
+                                                        ("pos", "ascending")])
+    outputs = []
+    for line in block.strip().splitlines():
+        done = subprocess.run(line, shell=True, cwd=tmp_path, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, f"{line}\n{done.stderr}"
+        outputs.append(done.stdout + done.stderr)
+    assert "commit unit" in outputs[0] and "version" in outputs[0]
+    assert "positions:" in outputs[1] and "-> 1" in outputs[1]
+    assert outputs[2].splitlines() == ["n\tfirst", "1000\t1000"]
+    lines = (tmp_path / "x.bedgraph").read_text().splitlines()
+    assert lines[0].startswith("X\t0\t") and int(lines[-1].split("\t")[2]) <= 1500
+    assert seqatlas.Atlas(atlas).positions().equals(before)  # compaction sorted them so
 
 
 def _plot_snippets_run(tmp_path):

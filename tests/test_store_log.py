@@ -416,6 +416,26 @@ def test_s3_commits_stay_flat_and_racing_writers_are_refused(tmp_path):
         assert not any(".lock" in k or ".tmp-" in k for k in keys)
 
 
+@pytest.mark.slow
+def test_two_writer_processes_racing_on_s3_lose_no_commit(tmp_path):
+    pytest.importorskip("moto")
+    from tests.s3_endpoint import local_s3_endpoint
+
+    with local_s3_endpoint() as endpoint:  # the children find it through the environment
+        uri = endpoint.bucket("race") + "/atlas"
+        _new(uri).close()
+        context = multiprocessing.get_context("spawn")
+        procs = [context.Process(target=_racer, args=(uri, first, 10)) for first in (0, 100)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(300)
+            assert p.exitcode == 0
+        units, parts, rows = _state(uri)
+        assert len(units) == 20 and len(rows) == 40 and len(set(rows)) == 40
+        assert AtlasReader(uri).version == 20
+
+
 def test_backends_share_one_interface():
     for name in ("read", "replace", "create", "listdir", "delete", "lock", "unlock"):
         assert getattr(backend_module.LocalBackend, name) is not getattr(

@@ -19,6 +19,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "info": ("seqatlas info prot_atlas", "seqatlas info prot_atlas --json"),
     "verify": ("seqatlas verify --atlas prot_atlas",),
     "repair": ("seqatlas repair --atlas prot_atlas --workers 2",),
+    "log": ("seqatlas log --atlas dna_atlas -n 5", "seqatlas log --atlas dna_atlas --json"),
+    "compact": ("seqatlas compact --atlas dna_atlas",
+                "seqatlas compact --atlas dna_atlas --table positions --memory-limit 2GB"),
+    "upgrade": ("seqatlas upgrade --atlas old_atlas",),
     "demo": ("seqatlas demo --atlas demo_atlases",),
     "report": ("seqatlas report --atlas dna_atlas -o report.html",
                "seqatlas report -a prot_atlas -a dna_atlas --doubling doubling.parquet "
@@ -33,6 +37,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "seqatlas query sql \"SELECT seq_id, avg(logp) AS mean_logp FROM positions GROUP BY "
         "seq_id\" --atlas prot_atlas",
         "seqatlas query sql \"SELECT * FROM anomalies LIMIT 20\" --atlas dna_atlas --format csv",
+        "seqatlas query sql \"SELECT pos, logp, z FROM position_z\" --atlas dna_atlas "
+        "--region chrX:1000000-1010000",
     ),
     "query anomalies": ("seqatlas query anomalies --atlas dna_atlas --z 4 --tail high",),
     "query enrichment": ("seqatlas query enrichment --atlas dna_atlas --by class",),
@@ -42,7 +48,9 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     ),
     "query identity": ("seqatlas query identity --atlas dna_atlas --sample 500",),
     "export bedgraph": ("seqatlas export bedgraph --atlas dna_atlas -o logp.bedgraph "
-                        "--chrom-names ucsc",),
+                        "--chrom-names ucsc",
+                        "seqatlas export bedgraph --atlas dna_atlas --column z "
+                        "--region chrX:0-1000000 -o z.bedgraph"),
     "plot track": ("seqatlas plot track --atlas dna_atlas --region chrX:0-100000 -o track.png",
                    "seqatlas plot track --atlas dna_atlas --region chrX:0-5000000 --z 4 "
                    "--tail high -o chrX.svg"),

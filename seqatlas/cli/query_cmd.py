@@ -23,6 +23,15 @@ export_app = typer.Typer(help="Export tracks for genome browsers (bedGraph, bigW
                          "anomalous regions (BED).", no_args_is_help=True)
 
 TIMEOUT = typer.Option(None, "--timeout", help="Cancel the query after this many seconds.")
+SQL_REGION = typer.Option(None, "--region", "-r", help="SEQ:START-END (0-based, half-open; "
+                          "SEQ alone: the whole sequence): the views positions, tokens, "
+                          "repeats, ablations and variants hold only the region's rows, read "
+                          "from the parts and row groups that hold it; z keeps the whole "
+                          "atlas's statistics.")
+EXPORT_REGION = typer.Option(None, "--region", "-r", help="SEQ:START-END (0-based, half-open; "
+                             "SEQ alone: the whole sequence): export only this region (a "
+                             "track cut to it; for bed, the anomalous regions overlapping it), "
+                             "reading only the parts and row groups that hold it.")
 
 
 
@@ -77,6 +86,7 @@ def sql(
                                                "limit, e.g. 8GB (default: 75% of RAM)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Default: all CPUs."),
     ablation_method: Optional[AblationMethod] = ABLATION_METHOD,
+    region: Optional[str] = SQL_REGION,
 ) -> None:
     """Run one read-only SELECT over an atlas's views, sandboxed (only the atlas is readable)."""
     from seqatlas.query import AnomalyParams, SqlConfig
@@ -88,10 +98,11 @@ def sql(
         from seqatlas.query.output import file_format
 
         rows = run_sql(atlas, query, output=output, format=format.value, params=params,
-                       config=config)
+                       config=config, region=region)
         note(f"{rows:,} rows written to {output} ({file_format(output, format.value)}).")
         return
-    print_table(run_sql(atlas, query, params=params, config=config), format, what="rows")
+    print_table(run_sql(atlas, query, params=params, config=config, region=region), format,
+                what="rows")
 
 
 @query_app.command("anomalies")
@@ -140,13 +151,14 @@ def enrichment(
           f"enrichment of anomalies (|z| >= {z:g}, tail {tail.value}) by {by.value}")
 
 
-def _export(format: str, atlas, output, column, params, sort, chrom_names) -> None:
+def _export(format: str, atlas, output, column, params, sort, chrom_names, region) -> None:
     from seqatlas.query import export
 
     result = export(atlas, format=format, output=output, column=column, params=params,
-                    sort=sort.value, chrom_names=chrom_names.value)
+                    sort=sort.value, chrom_names=chrom_names.value, region=region)
+    where = f", region {result['region']}" if result["region"] else ""
     typer.echo(f"{result['intervals']:,} intervals written to {result['output']} (sorted "
-               f"{result['sort']}, names {result['chrom_names']}).", err=True)
+               f"{result['sort']}, names {result['chrom_names']}{where}).", err=True)
 
 
 EXPORT_OUTPUT = typer.Option(..., "--output", "-o", help="File to write.")
@@ -166,19 +178,21 @@ EXPORT_NAMES = typer.Option(ChromNames.as_is, "--chrom-names", help="ucsc: chrX,
 @export_app.command("bedgraph")
 def bedgraph(atlas: str = ATLAS, output: Path = EXPORT_OUTPUT, column: str = TRACK_COLUMN,
              smooth: int = SMOOTH, score: Optional[str] = SCORE_COLUMN,
-             sort: SortOrder = EXPORT_SORT, chrom_names: ChromNames = EXPORT_NAMES) -> None:
+             sort: SortOrder = EXPORT_SORT, chrom_names: ChromNames = EXPORT_NAMES,
+             region: Optional[str] = EXPORT_REGION) -> None:
     """A bedGraph of a per-position column (runs of equal values merged).
 
     Example: seqatlas export bedgraph --atlas my_atlas --column logp --chrom-names ucsc
     -o logp.bedgraph"""
     _export("bedgraph", atlas, output, column,
-            anomaly_params(score, 3.0, Tail.both, smooth, 1, 0), sort, chrom_names)
+            anomaly_params(score, 3.0, Tail.both, smooth, 1, 0), sort, chrom_names, region)
 
 
 @export_app.command("bigwig")
 def bigwig(atlas: str = ATLAS, output: Path = EXPORT_OUTPUT, column: str = TRACK_COLUMN,
            smooth: int = SMOOTH, score: Optional[str] = SCORE_COLUMN,
-           sort: SortOrder = EXPORT_SORT, chrom_names: ChromNames = EXPORT_NAMES) -> None:
+           sort: SortOrder = EXPORT_SORT, chrom_names: ChromNames = EXPORT_NAMES,
+           region: Optional[str] = EXPORT_REGION) -> None:
     """A bigWig of a per-position column (needs pyBigWig); --column mean_llr or min_llr
     writes a constraint track from the stored distributions.
 
@@ -186,19 +200,20 @@ def bigwig(atlas: str = ATLAS, output: Path = EXPORT_OUTPUT, column: str = TRACK
 
     Example: seqatlas export bigwig --atlas my_atlas --column mean_llr -o constraint.bw"""
     _export("bigwig", atlas, output, column,
-            anomaly_params(score, 3.0, Tail.both, smooth, 1, 0), sort, chrom_names)
+            anomaly_params(score, 3.0, Tail.both, smooth, 1, 0), sort, chrom_names, region)
 
 
 @export_app.command("bed")
 def bed(atlas: str = ATLAS, output: Path = EXPORT_OUTPUT, z: float = Z, tail: Tail = TAIL,
         min_length: int = MIN_LENGTH, max_gap: int = MAX_GAP, smooth: int = SMOOTH,
         column: Optional[str] = COLUMN, sort: SortOrder = EXPORT_SORT,
-        chrom_names: ChromNames = EXPORT_NAMES) -> None:
+        chrom_names: ChromNames = EXPORT_NAMES, region: Optional[str] = EXPORT_REGION) -> None:
     """A BED6 of anomalous regions: name = tail, score = 100 x |peak z| (at most 1000).
 
     Example: seqatlas export bed --atlas my_atlas --z 2.5 --chrom-names ucsc -o regions.bed"""
     _export("bed", atlas, output, "z",
-            anomaly_params(column, z, tail, smooth, min_length, max_gap), sort, chrom_names)
+            anomaly_params(column, z, tail, smooth, min_length, max_gap), sort, chrom_names,
+            region)
 
 
 @query_app.command("knn")

@@ -1,5 +1,8 @@
 """What a track of one region draws, read with SQL through the sandboxed engine and filtered
-to the region (never a whole table): plain numpy arrays and lists, no drawing.
+to the region (never a whole table): plain numpy arrays and lists, no drawing. The engine is a
+region engine (:func:`seqatlas.query.engine.region_engine`): only the parts, and row groups of
+compacted files, around the region are read, and z and the anomalous regions drawn are
+exactly the whole atlas's.
 
 A region is ``SEQ:START-END`` in the atlas's own coordinates, 0-based and half-open (``SEQ``
 alone: the whole sequence). Up to ``max_positions`` positions every position is returned as
@@ -17,8 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from seqatlas.errors import ConfigError
-from seqatlas.util import region_span
-from seqatlas.query.engine import Engine
+from seqatlas.query.engine import region_engine
 from seqatlas.query.views import AnomalyParams, require_ablation_method, require_scores
 
 # the likelihood columns drawn together: a column's strand variants and strand mean
@@ -42,16 +44,6 @@ class Region:
     @property
     def size(self) -> int:
         return self.end - self.start
-
-
-def resolve_region(engine, text: str) -> Region:
-    """The region ``text`` names, checked against the atlas's sequences: an InputError names
-    the region and the valid range when the sequence is unknown, the region empty or out of
-    range."""
-    rows = engine.fetch_internal("SELECT seq_id, length FROM sequences ORDER BY ordinal")
-    lengths = dict(zip(rows["seq_id"].to_pylist(), rows["length"].to_pylist()))
-    seq_id, start, end = region_span(text, lengths, atlas=engine.atlas.path)
-    return Region(seq_id, start, end, lengths[seq_id])
 
 
 def likelihood_columns(column: str) -> list[str]:
@@ -162,7 +154,8 @@ def _ablations(engine, region: Region, per_bin: int, method: str | None) -> dict
         SELECT method, seed, {key} AS k, avg(net_gain)::DOUBLE AS mean,
                min(net_gain)::DOUBLE AS min, max(net_gain)::DOUBLE AS max
         FROM ablations WHERE {where} GROUP BY ALL ORDER BY method, seed, k""", params)
-    combos = engine.fetch_internal("SELECT DISTINCT method, seed FROM ablations "
+    combos = engine.fetch_internal(f"SELECT DISTINCT method, seed FROM "
+                                   f"{engine.whole_table('ablations')} "
                                    "ORDER BY method, seed").to_pylist()
     series = {}
     for row in rows.to_pylist():
@@ -188,8 +181,11 @@ def track_data(atlas, *, region: str, params: AnomalyParams, max_positions: int,
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name} must be a whole number, 1 or more, not {value!r} "
                               f"(--{name.replace('_', '-')})")
-    with Engine(atlas, anomaly_params=params, robust_pass=True) as engine:
-        place = resolve_region(engine, region)
+    engine, (seq_id, start, end) = region_engine(atlas, region, anomaly_params=params)
+    with engine:
+        length = engine.fetch_internal("SELECT length FROM sequences WHERE seq_id = $1",
+                                       [seq_id])["length"][0].as_py()
+        place = Region(seq_id, start, end, length)
         column = require_scores(engine, "`plot track`")
         if params.ablation_method is not None:
             require_ablation_method(engine)

@@ -83,7 +83,7 @@ def mutagenesis_data(atlas, *, region: str | None = None, seq_id: str | None = N
     letters = require_distributions(reader, "`plot mutagenesis`")
     name, start, end = resolve_span(reader, region=region, seq_id=seq_id)
     both = reader.manifest.scoring.strands == "both"
-    with Engine(reader, anomaly_views=False) as engine:
+    with Engine(reader, anomaly_views=False, region=(name, start, end)) as engine:
         length = engine.fetch_internal("SELECT length FROM sequences WHERE seq_id = $1",
                                        [name])["length"][0].as_py()
         place = Region(name, start, end, length)

@@ -25,15 +25,22 @@ __all__ = ["AnomalyParams", "Engine", "IdentityConfig", "KnnConfig", "SqlConfig"
 
 def sql(atlas, query: str, *, output: str | os.PathLike | None = None,
         format: str = "parquet", params: AnomalyParams | None = None,
-        config: SqlConfig | None = None) -> pa.Table | int:
+        config: SqlConfig | None = None, region=None) -> pa.Table | int:
     """Run one read-only ``SELECT`` over the atlas's views, sandboxed.
 
     Returns the result as an Arrow table, or, with ``output``, streams it into that file
     (``format`` csv, json or parquet) and returns the row count. ``params`` shapes the
     ``anomalies`` views; ``config`` sets the timeout, memory limit and threads. Nothing is
     computed up front and the atlas is never written.
+
+    ``region`` (``SEQ:START-END``, 0-based half-open, or ``SEQ`` for a whole sequence; or
+    ``(seq_id, start, end)``): the views of positions, tokens, repeats, ablations and
+    variants hold only the region's rows (intervals: those sharing a base with it), read
+    from the parts and row groups that hold it; ``sequences`` stays whole, and z uses the
+    whole atlas's robust statistics (see :class:`~seqatlas.query.engine.Engine`). A region
+    that is not in the atlas is an InputError naming it and the valid range.
     """
-    with Engine(atlas, config, anomaly_params=params) as engine:
+    with Engine(atlas, config, anomaly_params=params, region=region) as engine:
         if output is not None:
             return engine.run_to_file(query, output, format)
         return engine.run(query)

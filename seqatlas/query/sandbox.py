@@ -40,12 +40,16 @@ import pyarrow as pa
 from seqatlas import schema
 from seqatlas.store import AtlasReader
 from seqatlas.errors import AtlasError, ConfigError, QueryError
-from seqatlas.util import check_output, machine_memory_bytes, machine_threads
+from seqatlas.util import check_output, machine_memory_bytes, machine_threads, region_span
 from seqatlas.query.output import write_result
 
 TABLE_SCHEMAS = {"sequences": schema.SEQUENCES, "positions": schema.POSITIONS,
                  "repeats": schema.REPEATS, "ablations": schema.ABLATIONS,
                  "variants": schema.VARIANTS}
+# the tables a region restricts, and how: "pos" rows at a position, "interval" rows spanning
+# start..end (see :func:`region_predicate`); sequences are always read whole
+REGION_KEYS = {"positions": "pos", "tokens": "interval", "repeats": "interval",
+               "ablations": "pos", "variants": "pos"}
 ALLOWED_STATEMENTS = ("SELECT", "EXPLAIN")
 # query nodes a statement may hold anywhere in its parse tree (not INSERT/UPDATE/DELETE/COPY)
 SELECT_NODES = frozenset({"SELECT_NODE", "SET_OPERATION_NODE", "RECURSIVE_CTE_NODE", "CTE_NODE"})
@@ -177,6 +181,45 @@ def _select_list(arrow_schema: pa.Schema, part: str) -> str:
                      f'CAST(NULL AS {_duckdb_type(f.type)}) AS "{f.name}"' for f in arrow_schema)
 
 
+def sequence_lengths(atlas: AtlasReader) -> dict[str, int]:
+    """Each sequence's length, in the atlas's order (read from the sequences table only)."""
+    rows = atlas.sequences(columns=["seq_id", "length"])
+    return dict(zip(rows["seq_id"].to_pylist(), rows["length"].to_pylist()))
+
+
+def resolve_region(atlas: AtlasReader, region, lengths: dict[str, int] | None = None
+                   ) -> tuple[str, int, int]:
+    """``(seq_id, start, end)``, 0-based half-open, of ``region``: ``SEQ:START-END`` or
+    ``SEQ`` (the whole sequence) as text, or such a tuple; checked against the atlas's
+    sequences (``lengths`` when the caller has read them): an InputError names the region and
+    the valid range when the sequence is unknown, the region empty or out of range."""
+    if isinstance(region, (tuple, list)):
+        if len(region) != 3:
+            raise ConfigError(f"region {region!r}: give (seq_id, start, end) or "
+                              "'SEQ:START-END'")
+        seq_id, start, end = region
+        region = f"{seq_id}:{start}-{end}"
+    if lengths is None:
+        lengths = sequence_lengths(atlas)
+    return region_span(region, lengths, atlas=atlas.path)
+
+
+def region_predicate(kind: str, region: tuple[str, int, int], alias: str = "") -> str:
+    """SQL keeping the rows inside ``region`` of a relation of ``kind`` (a value of
+    :data:`REGION_KEYS`; ``alias`` qualifies the columns): ``pos`` rows, ``seq_id = S AND
+    pos >= START AND pos < END``; ``interval`` rows (``start``, ``end``) sharing a base with
+    it, ``seq_id = S AND start < END AND "end" > START``."""
+    seq_id, start, end = region
+    a = f"{alias}." if alias else ""
+    if kind == "pos":
+        return (f"{a}seq_id = {sql_string(seq_id)} AND {a}pos >= {int(start)} "
+                f"AND {a}pos < {int(end)}")
+    if kind == "interval":
+        return (f"{a}seq_id = {sql_string(seq_id)} AND {a}start < {int(end)} "
+                f'AND {a}"end" > {int(start)}')
+    raise ValueError(f"no region predicate for {kind!r}")
+
+
 def sql_string(text: str) -> str:
     """``text`` as a SQL string literal."""
     return "'" + text.replace("'", "''") + "'"
@@ -256,13 +299,23 @@ def _refusal(tree) -> str | None:
 class Sandbox:
     """A DuckDB connection whose only readable files are one atlas's committed parts.
 
-    Views: ``sequences``, ``positions``, ``tokens``, ``repeats`` and ``repeats_global``. The
-    anomaly views are added by :class:`seqatlas.query.engine.Engine`. User SQL goes through
-    :meth:`run` or :meth:`run_to_file` (checked, cancellable); seqatlas's own SQL through
+    Views: ``sequences``, ``positions``, ``tokens``, ``repeats``, ``ablations``,
+    ``variants`` and ``repeats_global``. The anomaly views are added by
+    :class:`seqatlas.query.engine.Engine`. User SQL goes through :meth:`run` or
+    :meth:`run_to_file` (checked, cancellable); seqatlas's own SQL through
     :meth:`fetch_internal` (cancellable) or :meth:`execute_internal` (a lazy relation).
+
+    ``region`` (``SEQ:START-END``, ``SEQ``, or ``(seq_id, start, end)``, 0-based half-open;
+    see :func:`resolve_region`): every table of :data:`REGION_KEYS` is built only from the
+    parts whose key statistics can hold rows of the region
+    (:meth:`~seqatlas.store.AtlasReader.part_paths`) and its view keeps only the region's
+    rows (:func:`region_predicate`), a filter DuckDB pushes into the Parquet scan, so that
+    inside a compacted file only the row groups holding the region are read. ``sequences``
+    stays whole. ``view_parts`` lists the parts each view reads.
     """
 
-    def __init__(self, atlas: AtlasReader | str | os.PathLike, config: SqlConfig | None = None):
+    def __init__(self, atlas: AtlasReader | str | os.PathLike, config: SqlConfig | None = None,
+                 *, region=None):
         import duckdb
 
         self.con = None
@@ -274,6 +327,9 @@ class Sandbox:
         self.atlas = atlas if isinstance(atlas, AtlasReader) else AtlasReader(atlas)
         self.config = config or SqlConfig()
         self.config.validate()
+        self.region = None if region is None else resolve_region(self.atlas, region)
+        self.view_parts: dict[str, list] = {}  # table: the committed parts its view reads
+        self._whole: dict[str, str] = {}  # table: SQL over all its parts (region sandboxes)
         # a local atlas: DuckDB reads its part files, and only those (allowed_paths); a remote
         # one: pyarrow datasets of its parts, registered here, and no file access at all
         self.remote = self.atlas.filesystem is not None
@@ -319,35 +375,47 @@ class Sandbox:
                              "(or not a file); refusing to read it. Remove the link.")
         return str(resolved)
 
-    def _register_dataset(self, table: str, parts: list, arrow_schema: pa.Schema) -> str:
+    def _register_dataset(self, name: str, parts: list, arrow_schema: pa.Schema) -> str:
         """A remote table: a pyarrow dataset of its committed parts (read through the atlas's
-        filesystem, page checksums verified), registered as ``_table_parts``; returns the
-        view's body. Columns an older part lacks read as null (the dataset's schema)."""
+        filesystem, page checksums verified), registered as ``name``; returns the view's
+        body. Columns an older part lacks read as null (the dataset's schema)."""
         # DuckDB scans no Arrow float16: fp16 embeddings read as FLOAT[], as from Parquet
         readable = pa.schema([pa.field(f.name, pa.list_(pa.float32()), f.nullable)
                               if pa.types.is_fixed_size_list(f.type) and
                               pa.types.is_float16(f.type.value_type) else f
                               for f in arrow_schema])
-        self.con.register(f"_{table}_parts", self.atlas.dataset(parts, readable))
+        self.con.register(name, self.atlas.dataset(parts, readable))
         columns = ", ".join(f'"{f.name}"' for f in arrow_schema)
-        return f'SELECT {columns} FROM "_{table}_parts"'
+        return f'SELECT {columns} FROM "{name}"'
+
+    def _table_schemas(self) -> dict[str, pa.Schema]:
+        return {**TABLE_SCHEMAS, "tokens": self.atlas.manifest.tokens_schema(),
+                "positions": self.atlas.manifest.positions_schema()}
+
+    def _body(self, table: str, paths: list, arrow_schema: pa.Schema,
+              dataset: str) -> tuple[str, list[str]]:
+        """(SQL reading ``paths``, the local files DuckDB may read for it)."""
+        if not paths:
+            return _empty_select(arrow_schema), []
+        if self.remote:
+            return self._register_dataset(dataset, paths, arrow_schema), []
+        parts = [self._safe_part(p) for p in paths]
+        files = ", ".join(map(sql_string, parts))
+        return (f"SELECT {_select_list(arrow_schema, parts[0])} FROM read_parquet([{files}])",
+                parts)
 
     def _create_views(self) -> list[str]:
         allowed = []
-        schemas = {**TABLE_SCHEMAS, "tokens": self.atlas.manifest.tokens_schema(),
-                   "positions": self.atlas.manifest.positions_schema()}
+        schemas = self._table_schemas()
         for table in schema.TABLES:
-            paths = self.atlas.part_paths(table)
-            if not paths:
-                body = _empty_select(schemas[table])
-            elif self.remote:
-                body = self._register_dataset(table, paths, schemas[table])
-            else:
-                parts = [self._safe_part(p) for p in paths]
-                allowed += parts
-                files = ", ".join(map(sql_string, parts))
-                body = f"SELECT {_select_list(schemas[table], parts[0])} " \
-                       f"FROM read_parquet([{files}])"
+            restrict = self.region is not None and table in REGION_KEYS
+            paths = self.atlas.part_paths(table, region=self.region if restrict else None)
+            self.view_parts[table] = list(paths)
+            body, files = self._body(table, paths, schemas[table], f"_{table}_parts")
+            allowed += files
+            if restrict:
+                body = f"SELECT * FROM ({body}) WHERE " \
+                       f"{region_predicate(REGION_KEYS[table], self.region)}"
             self.con.execute(f'CREATE VIEW "{table}" AS {body}')
         # Global coordinates (sequence offset + position) keep interval joins pure
         # inequalities, which DuckDB runs as a range join instead of a per-sequence hash join.
@@ -355,6 +423,25 @@ class Sandbox:
             SELECT r.*, s.global_start + r.start AS gstart, s.global_start + r."end" AS gend
             FROM repeats r JOIN sequences s USING (seq_id)""")
         return allowed
+
+    def _add_whole(self, table: str) -> list[str]:
+        """In a region sandbox, prepare :meth:`whole_table` of ``table`` (all its parts; called
+        while the views are created, before the readable paths are fixed); returns the files
+        it reads."""
+        body, files = self._body(table, self.atlas.part_paths(table),
+                                 self._table_schemas()[table], f"_{table}_all_parts")
+        self._whole[table] = body
+        return files
+
+    def whole_table(self, table: str) -> str:
+        """SQL naming every row of ``table``: its view, or in a region sandbox the relation
+        over all its parts that the sandbox prepared for seqatlas's own whole-atlas
+        statistics (e.g. the robust z statistics, the ablation methods)."""
+        if self.region is None or table not in REGION_KEYS:
+            return f'"{table}"'
+        if table not in self._whole:
+            raise RuntimeError(f"this region sandbox did not prepare the whole {table} table")
+        return f"({self._whole[table]})"
 
     @property
     def position_columns(self) -> list[str]:

@@ -23,6 +23,12 @@ intervals are sorted by the names as written, then by start:
 
 A bigWig's header lists the sequences in the same order as its data (pyBigWig requires it).
 Files are written under a temporary name and renamed when complete.
+
+With a region (``SEQ:START-END``, 0-based half-open; ``SEQ``: a whole sequence) only the
+parts and row groups around it are read, and a track holds the region's positions: the
+whole atlas's track cut to the region (runs of equal values cut at its edges; z with the
+whole atlas's statistics and smoothing, see :func:`seqatlas.query.engine.region_engine`); a
+BED holds the anomalous regions, as the whole atlas has them, that overlap the region.
 """
 
 from __future__ import annotations
@@ -34,8 +40,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from seqatlas.errors import ConfigError
-from seqatlas.query.sandbox import arrow_reader, sql_string
-from seqatlas.query.engine import Engine
+from seqatlas.query.sandbox import REGION_KEYS, arrow_reader, region_predicate, sql_string
+from seqatlas.query.engine import Engine, region_engine
 from seqatlas.query.views import AnomalyParams, require_scores
 from seqatlas.util import CHROM_STYLES, check_output, chrom_name, output_file
 
@@ -88,15 +94,19 @@ def constraint_sql(letters: str, both: bool) -> dict[str, str]:
     return {"mean_llr": f"list_avg([{', '.join(each)}])", "min_llr": f"least({', '.join(each)})"}
 
 
-def _runs_query(column: str, letters: str | None = None, both: bool = False) -> str:
+def _runs_query(column: str, letters: str | None = None, both: bool = False,
+                where: str = "") -> str:
+    """Runs of equal values of ``column`` (``where``: a condition on the positions)."""
+    extra = f" AND ({where})" if where else ""
     if column == "z":
-        source = "SELECT seq_id, pos, z AS value FROM position_z WHERE z IS NOT NULL"
+        source = f"SELECT seq_id, pos, z AS value FROM position_z WHERE z IS NOT NULL{extra}"
     elif column in LLR_COLUMNS:
         source = (f"SELECT * FROM (SELECT seq_id, pos, {constraint_sql(letters, both)[column]}"
-                  f" AS value FROM ({substitution_rows_sql(letters)})) WHERE value IS NOT NULL")
+                  f" AS value FROM ({substitution_rows_sql(letters, where)})) "
+                  "WHERE value IS NOT NULL")
     else:
         source = (f'SELECT seq_id, pos, "{column}"::DOUBLE AS value FROM positions '
-                  f'WHERE "{column}" IS NOT NULL')
+                  f'WHERE "{column}" IS NOT NULL{extra}')
     return f"""
         WITH v AS ({source}),
         marked AS (
@@ -114,11 +124,14 @@ def _runs_query(column: str, letters: str | None = None, both: bool = False) -> 
         ORDER BY c.rank, start"""
 
 
-REGIONS_BED = """
-    SELECT c.chrom, r.start, r."end", r.tail AS name,
-           least(1000, round(abs(r.peak_z) * 100))::INTEGER AS score, '.' AS strand
-    FROM anomaly_regions r JOIN export_chroms c USING (seq_id)
-    ORDER BY c.rank, r.start, r.tail"""
+def _regions_bed(where: str = "") -> str:
+    """The BED rows of the anomalous regions (``where``: a condition on them, alias r)."""
+    return f"""
+        SELECT c.chrom, r.start, r."end", r.tail AS name,
+               least(1000, round(abs(r.peak_z) * 100))::INTEGER AS score, '.' AS strand
+        FROM anomaly_regions r JOIN export_chroms c USING (seq_id)
+        {f"WHERE {where}" if where else ""}
+        ORDER BY c.rank, r.start, r.tail"""
 
 _DIGITS = re.compile(r"([0-9]+)")
 _KARYOTYPE = {"X": 1, "Y": 2, "M": 3, "MT": 3}
@@ -161,9 +174,20 @@ def _export_chroms(sizes: list[tuple[str, int]], sort: str, names: str) -> pa.Ta
                      "length": pa.array([o[2] for o in order], pa.int64())})
 
 
+def _export_engine(atlas, format: str, column: str, params, config, region):
+    """(engine, region or None): the whole atlas's, or a region engine; z and the anomalous
+    regions need the padded one of :func:`region_engine`, other columns only the region."""
+    if region is None:
+        return Engine(atlas, config, anomaly_params=params, robust_pass=True), None
+    if format == "bed" or column == "z":
+        return region_engine(atlas, region, config, params, regions=format == "bed")
+    engine = Engine(atlas, config, anomaly_params=params, anomaly_views=False, region=region)
+    return engine, engine.region
+
+
 def export(atlas, *, format: str, output: str | os.PathLike, column: str = "z",
            params=None, config=None, sort: str = "lexicographic",
-           chrom_names: str = "as-is") -> dict:
+           chrom_names: str = "as-is", region=None) -> dict:
     """Write a bedGraph/bigWig track of ``column`` or a BED of anomalous regions.
 
     ``column`` is a positions column, ``z``, or ``mean_llr``/``min_llr`` (from the stored
@@ -171,8 +195,10 @@ def export(atlas, *, format: str, output: str | os.PathLike, column: str = "z",
     (:class:`~seqatlas.query.views.AnomalyParams`) defines z and the regions.
     ``sort`` ("lexicographic" or "natural") orders the intervals by sequence name as
     written, then start; ``chrom_names`` ("as-is", "ucsc" or "ensembl") writes the names
-    (see the module docstring). Returns ``{"output", "format", "column", "intervals",
-    "sort", "chrom_names"}``.
+    (see the module docstring). ``region`` (``SEQ:START-END`` or ``SEQ``): only the
+    region's track, or the anomalous regions overlapping it (see the module docstring); an
+    InputError names a region the atlas does not have. Returns ``{"output", "format",
+    "column", "intervals", "sort", "chrom_names", "region"}``.
     """
 
     if format not in EXPORT_FORMATS:
@@ -186,7 +212,8 @@ def export(atlas, *, format: str, output: str | os.PathLike, column: str = "z",
                           f"{chrom_names!r}")
     check_output(output)
     params = params or AnomalyParams()
-    with Engine(atlas, config, anomaly_params=params, robust_pass=True) as engine:
+    engine, span = _export_engine(atlas, format, column, params, config, region)
+    with engine:
         if column == "z" or format == "bed":
             require_scores(engine, "`export bed`" if format == "bed" else
                            f"`export {format} --column z`")
@@ -199,7 +226,11 @@ def export(atlas, *, format: str, output: str | os.PathLike, column: str = "z",
             chrom_names)
         engine.con.register("export_chroms", chroms)
         sizes = list(zip(chroms["chrom"].to_pylist(), chroms["length"].to_pylist()))
-        query = REGIONS_BED if format == "bed" else _runs_query(column, letters, both)
+        if format == "bed":
+            query = _regions_bed(region_predicate("interval", span, "r") if span else "")
+        else:
+            query = _runs_query(column, letters, both,
+                                region_predicate(REGION_KEYS["positions"], span) if span else "")
         reader = arrow_reader(engine.execute_internal(query), 262144)
         with output_file(output) as tmp:
             if format == "bigwig":
@@ -208,7 +239,8 @@ def export(atlas, *, format: str, output: str | os.PathLike, column: str = "z",
                 intervals = _write_tsv(reader, tmp)
     return {"output": str(output), "format": format,
             "column": None if format == "bed" else column, "intervals": intervals,
-            "sort": sort, "chrom_names": chrom_names}
+            "sort": sort, "chrom_names": chrom_names,
+            "region": f"{span[0]}:{span[1]}-{span[2]}" if span else None}
 
 
 def _write_tsv(reader: pa.RecordBatchReader, path: Path) -> int:

@@ -9,6 +9,13 @@ committed positions parts), so later queries skip the pass. An engine made witho
 inside DuckDB when, and only when, a query reads these views; it never writes the atlas. With ``smooth = W`` the z-score is the mean
 of the per-position z over W consecutive scored rows centred on the position.
 
+In a region engine (``Engine(..., region=...)``) the statistics stay the whole atlas's: the
+cached ones, or computed over all the positions parts (:meth:`Sandbox.whole_table`), never
+over the region's rows, so a position's z does not depend on the region it is read through;
+the views built on the region's rows (smoothing, runs of anomalous positions, the look-up
+probes of ``icl_regions``) see only those rows. The ablation methods are the whole atlas's
+too.
+
 Views created by :class:`seqatlas.query.engine.Engine`:
 
 - ``position_z``: every scored position with ``score``, ``z``, ``tail`` (``high`` when
@@ -111,15 +118,18 @@ def _parts_key(atlas) -> str:
     return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
 
 
-def _stats_query(column: str) -> str:
+def _stats_query(column: str, positions: str = "positions") -> str:
+    """The statistics of ``column`` over ``positions`` (SQL naming all the positions)."""
     return f"""
         SELECT ref, median(x) AS median, mad(x) AS mad, avg(abs(x - m)) AS mean_abs, count(*) AS n
         FROM (SELECT ref, "{column}" AS x, median("{column}") OVER (PARTITION BY ref) AS m
-              FROM positions WHERE "{column}" IS NOT NULL)
+              FROM {positions} WHERE "{column}" IS NOT NULL)
         GROUP BY ref ORDER BY ref"""
 
 
-def _cached_stats(atlas, column: str) -> dict[str, dict] | None:
+def cached_stats(atlas, column: str) -> dict[str, dict] | None:
+    """The robust statistics of ``column`` cached in ``atlas``'s manifest, when they are
+    current (computed over the committed positions parts); else None."""
     cached = atlas.manifest.cached("robust_z", column)
     return cached["by_ref"] if cached and cached.get("parts") == _parts_key(atlas) else None
 
@@ -127,11 +137,12 @@ def _cached_stats(atlas, column: str) -> dict[str, dict] | None:
 def robust_stats(engine, column: str) -> dict[str, dict]:
     """Median, scaled MAD and count of ``column`` per reference letter (cached in the atlas)."""
     atlas = engine.atlas
-    cached = _cached_stats(atlas, column)
+    cached = cached_stats(atlas, column)
     if cached is not None:
         return cached
     key = _parts_key(atlas)
-    rows = engine.execute_internal(_stats_query(column)).fetchall()
+    rows = engine.execute_internal(_stats_query(column, engine.whole_table("positions"))
+                                   ).fetchall()
     by_ref = {}
     for ref, median, mad, mean_abs, count in rows:
         # A letter whose scores are mostly identical has MAD 0; the mean absolute deviation
@@ -150,12 +161,12 @@ def _double(value: float | None) -> str:
 def _stats_relation(engine, column: str, compute: bool) -> str:
     """SQL of (ref, median, scale): literal values when cached (or ``compute``), else the
     same statistics computed by DuckDB whenever a query reads them."""
-    by_ref = robust_stats(engine, column) if compute else _cached_stats(engine.atlas, column)
+    by_ref = robust_stats(engine, column) if compute else cached_stats(engine.atlas, column)
     if by_ref is None:
         return (f"SELECT ref, median::DOUBLE AS median, CASE "
                 f"WHEN mad <> 0 THEN {MAD_TO_SD!r}::DOUBLE * mad "
                 f"WHEN mean_abs <> 0 THEN {MEAN_ABS_TO_SD!r}::DOUBLE * mean_abs END AS scale "
-                f"FROM ({_stats_query(column)})")
+                f"FROM ({_stats_query(column, engine.whole_table('positions'))})")
     values = ", ".join(f"({sql_string(ref)}, {_double(s['median'])}, {_double(s['scale'])})"
                        for ref, s in by_ref.items())
     return (f"SELECT * FROM (VALUES {values}) t(ref, median, scale)" if values else
@@ -216,10 +227,12 @@ def _regions_sql(params: AnomalyParams) -> str:
 
 
 def ablation_methods(engine) -> tuple[str, ...]:
-    """The corruption methods in the atlas's ablations table (none read without parts)."""
+    """The corruption methods in the atlas's ablations table (none read without parts; the
+    whole table's in a region engine)."""
     if engine.atlas.count("ablations") == 0:
         return ()
-    rows = engine.execute_internal("SELECT DISTINCT method FROM ablations ORDER BY method")
+    rows = engine.execute_internal(f"SELECT DISTINCT method FROM "
+                                   f"{engine.whole_table('ablations')} ORDER BY method")
     return tuple(method for (method,) in rows.fetchall())
 
 

@@ -82,7 +82,7 @@ def _read_rows(reader: AtlasReader, seq_id: str, start: int, end: int) -> pa.Tab
     import pyarrow.dataset as ds
 
     arrow_schema = reader.manifest.positions_schema()
-    paths = reader.part_paths("positions")
+    paths = reader.part_paths("positions", region=(seq_id, start, end))
     if not paths:
         return arrow_schema.empty_table().select(_READ)
     where = (ds.field("seq_id") == seq_id) & (ds.field("pos") >= start) & \
