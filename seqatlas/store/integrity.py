@@ -117,11 +117,15 @@ def damage_message(path: Path, damage: list[PartDamage]) -> str:
 
 
 def check_parts(root: Path, manifest: Manifest, verified: VerifiedLog,
-                tables: list[str] | None = None, *, full: bool = False) -> list[PartDamage]:
-    """The committed parts of ``tables`` (default: all) that are not as committed."""
+                tables: list[str] | None = None, *, full: bool = False,
+                names: set[str] | None = None) -> list[PartDamage]:
+    """The committed parts of ``tables`` (default: all; ``names``: only those parts) that
+    are not as committed."""
     damage = []
     for table in tables or schema.TABLES:
         for name, record in sorted(manifest.table_parts(table).items()):
+            if names is not None and name not in names:
+                continue
             problem = _part_problem(root, verified, table, name, record, full=full)
             if problem:
                 damage.append(PartDamage(table, name, record.unit, problem,

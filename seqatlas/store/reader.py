@@ -79,7 +79,7 @@ class AtlasReader:
         self.manifest, _ = read_state(self.backend)
         self.schema_version = self.manifest.schema_version
         self._verified = VerifiedLog(self.path)
-        self._sound: set[str] = set()  # tables whose parts this reader has checked
+        self._sound: set[tuple[str, str]] = set()  # parts this reader has checked
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{t}={self.count(t)}" for t in schema.TABLES)
@@ -95,14 +95,17 @@ class AtlasReader:
         """The committed parts of ``table``, each checked against its manifest record
         (raises :class:`AtlasDamagedError` naming every damaged one). ``region``
         ``(seq_id, start, end)``: only the parts whose key statistics can hold rows of it
-        (parts committed before statistics are always included)."""
-        if table not in self._sound:
-            damage = self.check_parts([table])
-            if damage:
-                raise AtlasDamagedError(damage_message(self.path, damage))
-            self._sound.add(table)
+        (parts committed before statistics are always included); only the parts returned
+        are checked."""
         names = sorted(name for name, record in self.manifest.table_parts(table).items()
                        if region is None or record.may_hold(*region))
+        unchecked = {name for name in names if (table, name) not in self._sound}
+        if unchecked:
+            damage = check_parts(self.path, self.manifest, self._verified, [table],
+                                 names=unchecked)
+            if damage:
+                raise AtlasDamagedError(damage_message(self.path, damage))
+            self._sound |= {(table, name) for name in unchecked}
         if isinstance(self.path, RemoteLocation):
             return [self.path.part(table, name) for name in names]
         return [self.path / table / name for name in names]
