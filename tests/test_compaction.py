@@ -177,12 +177,19 @@ def test_new_units_among_compacted_ones_are_merged_and_copies_not_doubled(built,
     assert any(r["seq_id"] == "chrB" for r in stored)
 
 
-def test_compact_through_the_cli_and_its_errors(built, tmp_path, capsys):
+def test_compact_through_the_cli_and_its_errors(built, tmp_path, capsys, monkeypatch):
+    import seqatlas.store.integrity as integrity
+
     atlas = tmp_path / "a"
     shutil.copytree(built["loose"], atlas)
     assert main(["compact", "--atlas", str(atlas), "--table", "positions", "--json"]) == 0
     out = capsys.readouterr().out
     assert '"positions"' in out and '"tokens"' not in out
+    hashed = []  # compaction hashed what it wrote: readers do not hash it again
+    real = integrity.file_sha256
+    monkeypatch.setattr(integrity, "file_sha256", lambda p: hashed.append(p) or real(p))
+    assert AtlasReader(atlas).positions().num_rows == 4400 and hashed == []
+    monkeypatch.undo()
     assert len(AtlasReader(atlas).manifest.table_parts("positions")) == 1
     assert len(AtlasReader(atlas).manifest.table_parts("tokens")) > 1
     assert main(["compact", "--atlas", str(atlas), "--table", "repeats"]) == 1

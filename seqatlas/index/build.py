@@ -354,7 +354,7 @@ def _add(index, source: EmbeddingSource, config: IndexConfig, calibration: Calib
     if index.ntotal != source.total:
         raise ConfigError(f"the index holds {index.ntotal:,} vectors but the atlas has "
                           f"{source.total:,} token rows; the tokens parts disagree with "
-                          "atlas.json")
+                          "the committed state (atlas.json and its log)")
     return index, shards, nodes
 
 

@@ -3,7 +3,7 @@ and runs, the in-context look-up probes, and the overlap SQL that joins interval
 
 ``z = (score - median) / (1.4826 * MAD)``, with the median and MAD of the score column over
 all scored positions of the same reference letter (one model per atlas). They are computed
-by :func:`robust_stats` and cached in ``atlas.json`` under ``cache`` (keyed by column and the
+by :func:`robust_stats` and cached in the atlas state under ``cache`` (keyed by column and the
 committed positions parts), so later queries skip the pass. An engine made without that pass
 (``query sql``) uses the cache when it is current and otherwise computes the same statistics
 inside DuckDB when, and only when, a query reads these views; it never writes the atlas. With ``smooth = W`` the z-score is the mean

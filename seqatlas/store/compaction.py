@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from seqatlas.errors import ConfigError
 from seqatlas.locations import RemoteLocation
+from seqatlas.store.integrity import file_identity
 from seqatlas.store.parts import (KEY_COLUMNS, ROW_GROUP_ROWS, parquet_format, parquet_options,
                                   part_name)
 from seqatlas.store.writer import AtlasWriter
@@ -180,13 +181,16 @@ class _Sink:
                 os.fsync(fh.fileno())
             os.replace(file["tmp"], path)
             fsync_dir(Path(path).parent)
-            size, digest = os.stat(path).st_size, file_sha256(path)
+            info = os.stat(path)
+            size, digest, identity = info.st_size, file_sha256(path), file_identity(info)
         else:
             file["sink"].close()
             filesystem.move(file["tmp"], path)
             location = self.writer.path
-            size = location.info(self.table, file["name"])[0]
-            digest = location.sha256(self.table, file["name"])
+            identity = list(location.info(self.table, file["name"]))
+            size, digest = identity[0], location.sha256(self.table, file["name"])
+        # hashed here: readers need not hash it again while the file is unchanged
+        self.writer.verified.record(f"{self.table}/{file['name']}", identity, digest)
         low, high = min(file["seq_ids"]), max(file["seq_ids"])
         self.files[file["name"]] = {
             "rows": file["rows"], "bytes": size, "sha256": digest, "unit": COMPACTED,

@@ -301,6 +301,11 @@ class AtlasWriter:
         self.close()
 
     @property
+    def verified(self) -> VerifiedLog:
+        """The hashes of parts whose files have not changed since (see integrity)."""
+        return self._verified
+
+    @property
     def committed_units(self) -> set[str]:
         return set(self.manifest.units)
 
