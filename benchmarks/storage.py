@@ -118,6 +118,7 @@ def log_commits(sizes: list[int]) -> list[dict]:
                 opened = time.perf_counter() - started
                 rows.append({"units": i + 1,
                              "seconds_per_commit": sum(r[0] for r in recent) / len(recent),
+                             "median_seconds": float(np.median([r[0] for r in recent])),
                              "entry_bytes": sum(r[1] for r in recent) / len(recent),
                              "log_bytes_amortised": sum(r[2] for r in window) / len(window),
                              "open_seconds": opened})
@@ -134,11 +135,12 @@ def commits_part(sizes: list[int]) -> dict:
         baseline.append({"units": units, "seconds_per_commit": seconds, "bytes_per_commit": size})
         print(f"  manifest at {units:,} units: {baseline[-1]}", flush=True)
     print("\ncommit cost (per commit, at the atlas size)")
-    print(f"{'units':>9} {'manifest s':>11} {'manifest B':>12} {'log s':>9} {'entry B':>8} "
-          f"{'log B (amort.)':>14} {'speed-up':>9} {'open s':>7}")
+    print(f"{'units':>9} {'manifest s':>11} {'manifest B':>12} {'log s':>9} {'median':>8} "
+          f"{'entry B':>8} {'log B (amort.)':>14} {'speed-up':>9} {'open s':>7}")
     for m, g in zip(baseline, log):
         print(f"{m['units']:>9,} {m['seconds_per_commit']:>11.4f} {m['bytes_per_commit']:>12,} "
-              f"{g['seconds_per_commit']:>9.4f} {g['entry_bytes']:>8.0f} "
+              f"{g['seconds_per_commit']:>9.4f} {g['median_seconds']:>8.4f} "
+              f"{g['entry_bytes']:>8.0f} "
               f"{g['log_bytes_amortised']:>14.0f} "
               f"{m['seconds_per_commit'] / g['seconds_per_commit']:>8.1f}x "
               f"{g['open_seconds']:>7.3f}")
