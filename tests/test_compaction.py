@@ -210,3 +210,19 @@ def test_a_sort_larger_than_its_memory_budget_is_done_in_pieces(built, tmp_path)
         AtlasReader(atlas).manifest.table_parts("positions"))))
     rows = list(zip(data["seq_id"].to_pylist(), data["pos"].to_pylist()))
     assert rows == sorted(rows) and len(rows) == len(set(rows)) == record.rows
+
+
+def test_ingest_compact_compacts_at_the_end_of_the_run(built, tmp_path, capsys):
+    atlas = tmp_path / "a"
+    argv = ["ingest", str(built["fasta"]), "--atlas", str(atlas), "--model", "dnabert6-tiny",
+            "--likelihood", "fast", "--workers", "0", "--no-progress", "--unit-tokens", "600",
+            "--window", "120", "--overlap", "30", "--compact"]
+    assert main(argv) == 0
+    reader = AtlasReader(atlas)
+    for table in ("positions", "tokens"):
+        (record,) = reader.manifest.table_parts(table).values()
+        assert record.unit == "compacted" and len(record.units) == len(
+            AtlasReader(built["loose"]).manifest.table_parts(table))
+    assert query.sql(atlas, SQL[0]).to_pylist() == query.sql(built["loose"], SQL[0]).to_pylist()
+    assert main(argv) == 0  # a re-run: nothing scored, nothing rewritten
+    assert AtlasReader(atlas).version == reader.version
