@@ -436,3 +436,40 @@ def test_backends_share_one_interface():
             backend_module.Backend, name)
         assert getattr(backend_module.ObjectBackend, name) is not getattr(
             backend_module.Backend, name)
+
+
+def test_retired_parts_are_kept_for_readers_then_deleted(tmp_path, monkeypatch):
+    import seqatlas.store.writer as writer_module
+
+    base = _base(tmp_path, monkeypatch, 6)
+    loose = sorted(AtlasReader(base).manifest.table_parts("positions"))
+    early = AtlasReader(base)  # a reader of the version before the compaction
+    seqatlas.compact(base, tables=("positions",))
+    state = AtlasReader(base).manifest
+    assert set(state.retired) == {f"positions/{n}" for n in loose}
+    assert all((base / "positions" / n).exists() for n in loose)
+    assert early.positions().num_rows == 12  # still readable
+    with AtlasWriter(base):  # within the hour: kept
+        pass
+    assert all((base / "positions" / n).exists() for n in loose)
+    monkeypatch.setattr(writer_module, "RETIRED_KEEP_SECONDS", 0.0)
+    with AtlasWriter(base) as writer:
+        assert writer.manifest.retired is None
+    assert not any((base / "positions" / n).exists() for n in loose)
+    assert AtlasReader(base).manifest.retired is None
+    assert _state(base)[2] == [("s", i) for i in range(12)]
+
+
+def test_a_part_written_again_under_a_retired_name_is_not_retired(tmp_path):
+    from seqatlas.manifest import Manifest
+
+    manifest = Manifest(schema_version=2, seqatlas_version="x", created="t", updated="t",
+                        kind="dna", kind_detected=False, model=None, scoring=None)
+    add = {"add": {"table": "positions", "name": "part-a.parquet", "rows": 1, "bytes": 1,
+                   "unit": "u"}}
+    journal.apply(manifest, [add], "t1")
+    journal.apply(manifest, [{"remove": {"table": "positions", "name": "part-a.parquet"}}],
+                  "t2")
+    assert manifest.retired == {"positions/part-a.parquet": "t2"}
+    journal.apply(manifest, [add], "t3")
+    assert manifest.retired is None and "part-a.parquet" in manifest.parts["positions"]

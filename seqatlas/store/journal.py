@@ -64,6 +64,10 @@ def apply(manifest: Manifest, actions: list[dict], time: str) -> None:
             record = {k: v for k, v in value.items() if k not in ("table", "name")}
             manifest.parts.setdefault(value["table"], {})[value["name"]] = \
                 PartRecord.from_json(record)
+            key = f"{value['table']}/{value['name']}"
+            if manifest.retired and key in manifest.retired:  # written again under its name
+                manifest.retired = {k: v for k, v in manifest.retired.items() if k != key} \
+                    or None
         elif kind == "remove":
             if manifest.parts.get(value["table"], {}).pop(value["name"], None) is not None:
                 manifest.retired = {**(manifest.retired or {}),

@@ -190,7 +190,7 @@ class AtlasWriter:
                 key = f"{table}/{name}"
                 unrecorded = name.startswith("part-") and name not in parts and \
                     key not in retired
-                if TEMP_MARK in name or unrecorded or key in expired:
+                if TEMP_MARK in name or unrecorded or (key in expired and name not in parts):
                     try:
                         self.backend.delete(key)
                     except OSError:
@@ -362,14 +362,14 @@ class AtlasWriter:
                             grew = True
         actions = [{"remove": {"table": t, "name": n}} for t, n in sorted(doomed)]
         actions += [{"drop_unit": u} for u in sorted(units) if u in self.manifest.units]
+        # damaged parts are not kept for earlier readers: deleted now, so not retired
+        actions.append({"unretire": [f"{t}/{n}" for t, n in sorted(doomed)]})
         self._commit(actions, "drop damaged parts")
         for table, name in sorted(doomed):
             try:
                 self.backend.delete(f"{table}/{name}")
             except OSError:
                 pass
-        self.manifest.retired = {k: v for k, v in (self.manifest.retired or {}).items()
-                                 if tuple(k.split("/", 1)) not in doomed} or None
         return units
 
     def set_cache(self, path: tuple[str, ...], value) -> None:
