@@ -151,10 +151,10 @@ def _storage_snippets_run(tmp_path):
         done = subprocess.run(line, shell=True, cwd=tmp_path, capture_output=True, text=True,
                               timeout=600)
         assert done.returncode == 0, f"{line}\n{done.stderr}"
-        outputs.append(done.stdout + done.stderr)
-    assert "commit unit" in outputs[0] and "version" in outputs[0]
-    assert "positions:" in outputs[1] and "-> 1" in outputs[1]
-    assert outputs[2].splitlines() == ["n\tfirst", "1000\t1000"]
+        outputs.append((done.stdout, done.stderr))
+    assert "commit unit" in outputs[0][0] and "version" in outputs[0][0]
+    assert "positions:" in outputs[1][1] and "-> 1" in outputs[1][1]
+    assert outputs[2][0].splitlines() == ["n\tfirst", "1000\t1000"]  # the count: stderr
     lines = (tmp_path / "x.bedgraph").read_text().splitlines()
     assert lines[0].startswith("X\t0\t") and int(lines[-1].split("\t")[2]) <= 1500
     assert seqatlas.Atlas(atlas).positions().equals(before)  # compaction sorted them so
