@@ -14,6 +14,7 @@ protocol is what keeps a second writer out, and the journal refuses a version it
 from __future__ import annotations
 
 import fcntl
+from abc import ABC, abstractmethod
 import json
 import os
 import socket
@@ -32,37 +33,38 @@ LOCK_STALE_SECONDS = 300.0  # a remote lock object not refreshed for this long i
 LOCK_REFRESH_SECONDS = 30.0  # how often a remote writer refreshes its lock object
 
 
-class Backend:
+class Backend(ABC):
     """The files of one atlas; names are ``/``-separated and relative to its root."""
 
     path: Path | RemoteLocation
 
+    @abstractmethod
     def read(self, name: str) -> bytes | None:
         """A file's bytes, or None when there is none."""
-        raise NotImplementedError
 
+    @abstractmethod
     def replace(self, name: str, data: bytes) -> None:
         """Write a file in one piece: readers see the old or the new bytes."""
-        raise NotImplementedError
 
+    @abstractmethod
     def create(self, name: str, data: bytes) -> bool:
         """Write a file that must not exist yet; False (nothing written) if it does."""
-        raise NotImplementedError
 
+    @abstractmethod
     def listdir(self, directory: str) -> list[str]:
         """The names of the files directly under ``directory`` ([] when there is none)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def delete(self, name: str) -> None:
         """Remove a file (nothing if there is none)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def lock(self) -> None:
         """Become the atlas's only writer, or raise :class:`AtlasError` naming the holder."""
-        raise NotImplementedError
 
+    @abstractmethod
     def unlock(self) -> None:
-        raise NotImplementedError
+        """Stop being the atlas's writer (a no-op when not locked)."""
 
 
 class LocalBackend(Backend):
@@ -213,14 +215,6 @@ class ObjectBackend(Backend):
         self._heartbeat = threading.Event()
         threading.Thread(target=self._keep_lock, args=(self._heartbeat,), daemon=True,
                          name="seqatlas-lock").start()
-
-    def holds_lock(self) -> bool:
-        """Whether the lock object still names this writer (False once another process took
-        over a lock it found stale)."""
-        if self._owner is None:
-            return False
-        held = _lock_record(self.path.read_bytes(LOCK))
-        return bool(held) and held.get("owner") == self._owner["owner"]
 
     def _keep_lock(self, stop: threading.Event) -> None:
         """Refresh the lock object while this writer is open (a unit can take longer than
