@@ -330,7 +330,7 @@ _SHAPE = {
          "kind": _OPT_STR, "kind_detected": _BOOL, "model": (dict, type(None)),
          "scoring": (dict, type(None)), "inputs": (list,), "parts": _DICT, "units": _DICT,
          "cache": (dict, type(None)), "indexes": (dict, type(None)), "warnings": (list,),
-         "runs": (list,), "log": (dict,), "retired": (dict,)},
+         "runs": (list,), "log": (dict,), "retired": (dict,), "pooling": (dict, type(None))},
     "model": {"name": _STR, "weights_sha256": _STR, "tokenizer": _DICT,
               "hidden_size": _OPT_INT, "num_layers": _OPT_INT, "context_tokens": _OPT_INT},
     "scoring": {"likelihood": _STR, "embeddings": _BOOL, "window": _OPT_INT,
@@ -448,6 +448,9 @@ class Manifest:
     # parts replaced by compaction ("table/name" -> when): kept a while for readers that
     # opened an earlier version, then deleted by a writer
     retired: dict[str, str] | None = None
+    # what the pooled table holds (absent: no pooled embeddings): {"bin": bases per bin, 0
+    # for one row per sequence, "poolings": [...], "layers": [...]}
+    pooling: dict | None = None
 
     @classmethod
     def from_json(cls, data: dict) -> Manifest:
@@ -466,7 +469,8 @@ class Manifest:
             warnings=[dict(w) for w in data["warnings"]] if "warnings" in data else None,
             runs=[dict(r) for r in data["runs"]] if "runs" in data else None,
             log_version=_log_version(data.get("log")),
-            retired=dict(data["retired"]) if data.get("retired") else None)
+            retired=dict(data["retired"]) if data.get("retired") else None,
+            pooling=dict(data["pooling"]) if data.get("pooling") else None)
 
     def to_json(self) -> dict:
         """The one writer: the keys seqatlas has always written."""
@@ -493,6 +497,8 @@ class Manifest:
             data["log"] = {"version": self.log_version}
         if self.retired:
             data["retired"] = self.retired
+        if self.pooling:
+            data["pooling"] = self.pooling
         return data
 
     def legacy_keys(self) -> bool:
@@ -532,6 +538,11 @@ class Manifest:
         if scoring is None or not scoring.stores_distributions():
             return schema.POSITIONS
         return schema.positions_schema(len(scoring.distribution_letters), scoring.letter_dtype)
+
+    def pooled_schema(self):
+        """The pooled schema of this atlas (the model width when it stores embeddings)."""
+        layers = self.scoring.stored_layers() if self.scoring else []
+        return schema.pooled_schema(self.model.hidden_size if layers and self.model else None)
 
     def tokens_schema(self):
         """The tokens schema of this atlas (model width and stored layers)."""

@@ -11,7 +11,7 @@ SCHEMA_VERSION = 2  # 2: copy_offset, copy_strand in positions
 # Versions this seqatlas reads; columns an older part lacks read as null.
 READABLE_VERSIONS = (1, 2)
 
-TABLES = ("sequences", "positions", "tokens", "repeats", "ablations", "variants")
+TABLES = ("sequences", "positions", "tokens", "repeats", "ablations", "variants", "pooled")
 
 SEQUENCES = pa.schema(
     [
@@ -99,6 +99,34 @@ def tokens_schema(embedding_dim: int | None, extra_layers=()) -> pa.Schema:
 def layer_column(layers: list[int], layer: int) -> str:
     """The tokens column holding ``layer`` when the atlas stores ``layers``."""
     return "embedding" if layer == layers[0] else f"embedding_layer_{layer}"
+
+
+# ``pooled``: one vector per sequence (``level`` "sequence") or per fixed bin of a sequence
+# (``level`` "bin"), pooled from the tokens table's stored embeddings of one hidden ``layer``.
+# ``pooling`` "mean": the mean of the float16 embeddings of the tokens starting in
+# [start, end), each as its owning window computed it (``tokens`` of them); "bos": the
+# hidden state of the BOS/CLS token of the window that starts the sequence.
+# ``pool_id`` (the sequence's token_offset + start) is unique per (pooling, layer) and is
+# the row's id in a pooled index.
+POOLINGS = ("mean", "bos")
+POOL_LEVELS = ("sequence", "bin")
+
+
+def pooled_schema(embedding_dim: int | None) -> pa.Schema:
+    """Schema of the pooled table; without embeddings the vector column is absent."""
+    fields = [
+        pa.field("seq_id", pa.string(), nullable=False),
+        pa.field("start", pa.int64(), nullable=False),
+        pa.field("end", pa.int64(), nullable=False),
+        pa.field("level", pa.string(), nullable=False),  # sequence | bin
+        pa.field("pooling", pa.string(), nullable=False),  # mean | bos
+        pa.field("layer", pa.int16(), nullable=False),
+        pa.field("tokens", pa.int32(), nullable=False),  # tokens pooled (bos: 1)
+        pa.field("pool_id", pa.int64(), nullable=False),
+    ]
+    if embedding_dim:
+        fields.append(pa.field("vector", pa.list_(pa.float16(), embedding_dim)))
+    return pa.schema(fields)
 
 
 REPEATS = pa.schema(

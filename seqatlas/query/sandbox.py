@@ -49,6 +49,7 @@ TABLE_SCHEMAS = {"sequences": schema.SEQUENCES, "positions": schema.POSITIONS,
 # the tables a region restricts, and how: "pos" rows at a position, "interval" rows spanning
 # start..end (see :func:`region_predicate`); sequences are always read whole
 REGION_KEYS = {"positions": "pos", "tokens": "interval", "repeats": "interval",
+               "pooled": "interval",
                "ablations": "pos", "variants": "pos"}
 ALLOWED_STATEMENTS = ("SELECT", "EXPLAIN")
 # query nodes a statement may hold anywhere in its parse tree (not INSERT/UPDATE/DELETE/COPY)
@@ -390,6 +391,7 @@ class Sandbox:
 
     def _table_schemas(self) -> dict[str, pa.Schema]:
         return {**TABLE_SCHEMAS, "tokens": self.atlas.manifest.tokens_schema(),
+                "pooled": self.atlas.manifest.pooled_schema(),
                 "positions": self.atlas.manifest.positions_schema()}
 
     def _body(self, table: str, paths: list, arrow_schema: pa.Schema,

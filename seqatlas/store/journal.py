@@ -91,9 +91,9 @@ def apply(manifest: Manifest, actions: list[dict], time: str) -> None:
 
 
 def _set(manifest: Manifest, name: str, path: list[str], value) -> None:
-    """Set ``manifest.<name>`` (cache, indexes, warnings, kind) at ``path``; a None value at
-    a path removes the key."""
-    if name not in ("cache", "indexes", "warnings", "kind"):
+    """Set ``manifest.<name>`` (cache, indexes, warnings, kind, pooling) at ``path``; a None
+    value at a path removes the key."""
+    if name not in ("cache", "indexes", "warnings", "kind", "pooling"):
         raise TypeError(f"cannot set {name!r}")
     if not path:
         setattr(manifest, name, value)

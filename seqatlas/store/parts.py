@@ -18,12 +18,13 @@ from seqatlas.util import file_sha256
 
 # Rows per Parquet row group: ~1 MB of positions columns, ~16 MB of fp16 embeddings.
 ROW_GROUP_ROWS = {"sequences": 65536, "positions": 131072, "tokens": 16384, "ablations": 131072,
-                  "repeats": 131072, "variants": 131072}
+                  "repeats": 131072, "variants": 131072,
+                  "pooled": 16384}
 # the columns a table's rows are keyed and sorted on (compaction, region reads)
 KEY_COLUMNS = {"positions": ("seq_id", "pos"), "tokens": ("seq_id", "start"),
                "repeats": ("seq_id", "start"), "ablations": ("seq_id", "pos"),
-               "variants": ("seq_id", "pos")}
-_END_COLUMNS = {"tokens": "end", "repeats": "end"}
+               "variants": ("seq_id", "pos"), "pooled": ("seq_id", "start")}
+_END_COLUMNS = {"tokens": "end", "repeats": "end", "pooled": "end"}
 
 
 def part_name(key: str) -> str:

@@ -382,6 +382,13 @@ class AtlasWriter:
         self._commit([{"set": {"field": "indexes", "path": [name], "value": entry}}],
                      "index" if entry is not None else "forget index")
 
+    def set_pooling(self, settings: dict | None) -> None:
+        """Record what the pooled table holds (:attr:`Manifest.pooling`); nothing is committed
+        when that changes nothing."""
+        if settings == self.manifest.pooling:
+            return
+        self._commit([{"set": {"field": "pooling", "path": [], "value": settings}}], "pooling")
+
     def set_warning(self, code: str, warning: dict | None) -> None:
         """Replace the state's ``warnings`` of ``code`` with ``warning`` (None: none);
         nothing is committed when that changes nothing."""
