@@ -47,6 +47,11 @@ class Atlas(AtlasReader):
         embedding space; ``options`` are :class:`seqatlas.query.KnnConfig` fields."""
         return _query.knn(self, kmer=kmer, at=at, sequence=sequence, **options)
 
+    def similar(self, *, seq_id=None, sequence=None, fasta=None, **options) -> pa.Table:
+        """Nearest sequences or bins in pooled-embedding space; ``options`` are
+        :class:`seqatlas.query.SimilarConfig` fields (see :func:`seqatlas.query.similar`)."""
+        return _query.similar(self, seq_id=seq_id, sequence=sequence, fasta=fasta, **options)
+
     def probe_icl(self, **options):
         """Rescore the atlas's in-context copies with the partner and a matched control
         corrupted (``ablations`` table); ``options`` are :class:`seqatlas.probe.IclConfig`
@@ -222,6 +227,8 @@ def repair(atlas: str | os.PathLike, *, workers: int | None = None,
                              run_args=shlex.join(record["args"]), progress=progress)
         elif record.get("detector"):
             repeats.annotate(atlas=atlas, detect=True)
+        elif record.get("command") == "pool":
+            continue  # pooled again below, from the (repaired) tokens
         elif unit.startswith("variants-"):
             report["rerun"].append(
                 f"seqatlas variants score FILE --atlas {atlas} --store "
@@ -237,6 +244,10 @@ def repair(atlas: str | os.PathLike, *, workers: int | None = None,
         else:
             continue
         report["repeats_restored"] += 1
+    if any(r.get("command") == "pool" for r in records.values()):
+        from seqatlas.scoring.pooling import pool
+
+        report["pooled_rows_restored"] = pool(atlas)["rows_added"]
     left = AtlasReader(atlas).check_parts(full=True)
     if left:
         raise AtlasError(f"repair left {len(left)} part(s) damaged: "

@@ -368,6 +368,36 @@ def compact(
     typer.echo(f"{report['atlas']}: now at version {report['version']:,}.", err=True)
 
 
+def pool(
+    atlas: str = ATLAS,
+    bin: Optional[int] = typer.Option(None, "--bin", metavar="BASES", help="Bases per bin; "
+                                      "0 pools whole sequences (default: the atlas's own, "
+                                      "else 1000 for DNA/RNA and 0 for proteins)."),
+    replace: bool = typer.Option(False, "--replace", help="Drop the pooled table first (to "
+                                 "pool into another --bin)."),
+    progress: Progress = PROGRESS,
+    no_progress: bool = NO_PROGRESS,
+    as_json: bool = json_option("Print the report as JSON."),
+) -> None:
+    """Pool the stored token embeddings into one vector per sequence or per bin (the mean
+    over the tokens starting in it, every stored layer), as ingest does. Writes.
+
+    Example: seqatlas pool --atlas my_atlas --bin 1000
+    """
+    import seqatlas
+
+    report = seqatlas.pool(atlas, bin=bin, replace=replace,
+                           progress="none" if as_json else progress)
+    if as_json:
+        Console().print_json(json.dumps(report))
+        return
+    what = "whole sequences" if report["level"] == "sequence" else f"{report['bin']}-base bins"
+    typer.echo(f"{report['atlas']}: pooled {report['rows_added']:,} rows ({what}, "
+               f"{', '.join(report['poolings'])}, layer(s) "
+               f"{', '.join(map(str, report['layers']))}); the pooled table holds "
+               f"{report['rows']:,} rows.", err=True)
+
+
 def upgrade(atlas: str = ATLAS) -> None:
     """Give an atlas written before the commit log its log now (its next write would do
     it): one atomic replace of atlas.json; nothing else changes. Writes.

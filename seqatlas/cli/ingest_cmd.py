@@ -100,6 +100,14 @@ def ingest(
         "every Ray node reaches: one machine, a shared file system, s3://; a node that does not "
         "see it sends its rows to the driver, with a warning); 'driver' sends every result to "
         "the driver, which writes it. The atlas is byte for byte the same."),
+    no_pool: bool = typer.Option(
+        False, "--no-pool", help="Store no pooled embeddings. By default (with embeddings) "
+        "the same passes also give the mean per sequence (proteins; and the BOS/CLS state "
+        "where the model has one) or per --pool-bin bases (DNA/RNA), every stored layer, in "
+        "the pooled table."),
+    pool_bin: Optional[int] = typer.Option(
+        None, "--pool-bin", metavar="BASES", help="Bases per pooled bin; 0 pools whole "
+        "sequences (default: 1000 for DNA/RNA, 0 for proteins; the atlas's own when extending)."),
     compact: bool = typer.Option(
         False, "--compact", help="At the end, rewrite the run's many per-unit parts as few "
         "large files sorted by (seq_id, pos), as `seqatlas compact` does (region reads then "
@@ -120,7 +128,8 @@ def ingest(
         layer=(layer[0] if len(layer) == 1 else list(layer)) if layer else None,
         window=window, overlap=overlap, unit_tokens=unit_tokens, tokenizer=_value(tokenizer),
         strands=_value(strands), skip_n_runs=skip_n_runs, copy_k=copy_k,
-        distributions=_value(distributions), adapter=adapter)
+        distributions=_value(distributions), adapter=adapter, pool=False if no_pool else None,
+        pool_bin=pool_bin)
     report = seqatlas.ingest(
         fasta, atlas=atlas, batch_tokens=batch_tokens, workers=workers,
         gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, address=address,

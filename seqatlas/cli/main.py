@@ -6,6 +6,7 @@ import errno
 import inspect
 import math
 import os
+import re
 import select
 import sys
 import types
@@ -51,6 +52,7 @@ app.command("repair")(info_cmd.repair)
 app.command("log")(info_cmd.log)
 app.command("compact")(info_cmd.compact)
 app.command("upgrade")(info_cmd.upgrade)
+app.command("pool")(info_cmd.pool)
 app.command("demo")(ingest_cmd.demo)
 app.command("models")(models_cmd.models)
 app.command("annotate")(annotate_cmd.annotate)
@@ -102,8 +104,60 @@ def check_numbers(typer_app: typer.Typer) -> None:
         check_numbers(group.typer_instance)
 
 
+# a summary of more than one sentence keeps only the sentences that fit this many characters
+SUMMARY_CHARS = 200
+# a full stop after one of these words ends no sentence
+_ABBREVIATIONS = {"e.g.", "i.e.", "vs.", "cf.", "etc.", "approx.", "no.", "fig.", "eq."}
+# a sentence ends at . ! or ? (and any closing quotes or brackets) before whitespace
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s)")
+
+
+def summary(help_text: str | None) -> str:
+    """The one-line summary of a help text for a command table: its first paragraph (before
+    any ``\\f``), whitespace joined into one line, as many of its whole sentences as fit
+    :data:`SUMMARY_CHARS` (always the first); a paragraph ending in no sentence end gets a
+    full stop. Never a sentence cut short."""
+    text = inspect.cleandoc(help_text or "").partition("\f")[0]
+    paragraph = " ".join(text.strip().split("\n\n")[0].replace("\b", "").split())
+    if not paragraph:
+        return ""
+    if len(paragraph) > SUMMARY_CHARS:
+        ends = [m.end() for m in _SENTENCE_END.finditer(paragraph)
+                if paragraph[:m.start() + 1].rsplit(" ", 1)[-1].lstrip("(['\"").lower()
+                not in _ABBREVIATIONS and not paragraph[m.end():].lstrip()[:1].islower()]
+        if ends:
+            paragraph = paragraph[:max([end for end in ends if end <= SUMMARY_CHARS],
+                                       default=ends[0])]
+    if not re.search(r"[.!?][\"')\]]*$", paragraph):
+        paragraph = paragraph.rstrip(":;,") + "."
+    return paragraph
+
+
+def set_summaries(typer_app: typer.Typer) -> None:
+    """Give every command and group under ``typer_app`` (recursively) its :func:`summary` as
+    ``short_help``: the command tables of ``--help`` then show whole sentences on one logical
+    line (rich wraps it to the terminal), where Typer would keep the docstring's own line
+    breaks and Click would cut it at 45 characters with an ellipsis. An explicit
+    ``short_help`` is kept, made one line and a whole sentence."""
+    from typer.main import solve_typer_info_help
+    from typer.models import DefaultPlaceholder
+
+    for info in typer_app.registered_commands:
+        explicit = info.short_help if isinstance(info.short_help, str) else None
+        info.short_help = summary(explicit or info.help or inspect.getdoc(info.callback))
+    for group in typer_app.registered_groups:
+        explicit = group.short_help
+        if isinstance(explicit, DefaultPlaceholder) or not explicit:
+            explicit = group.typer_instance.info.short_help
+        if isinstance(explicit, DefaultPlaceholder) or not explicit:
+            explicit = solve_typer_info_help(group)
+        group.short_help = summary(explicit)
+        set_summaries(group.typer_instance)
+
+
 check_numbers(app)
 add_examples(app)
+set_summaries(app)
 
 
 def _print_error(message: str) -> None:

@@ -17,10 +17,11 @@ from seqatlas.query.regions import anomalies
 from seqatlas.query.repeat_enrichment import enrichment
 from seqatlas.query.tracks import export
 from seqatlas.query.sandbox import SqlConfig
+from seqatlas.query.sequence_search import SimilarConfig, similar
 from seqatlas.query.views import AnomalyParams
 
-__all__ = ["AnomalyParams", "Engine", "IdentityConfig", "KnnConfig", "SqlConfig", "anomalies",
-           "enrichment", "export", "identity", "knn", "sql"]
+__all__ = ["AnomalyParams", "Engine", "IdentityConfig", "KnnConfig", "SimilarConfig",
+           "SqlConfig", "anomalies", "enrichment", "export", "identity", "knn", "similar", "sql"]
 
 
 def sql(atlas, query: str, *, output: str | os.PathLike | None = None,

@@ -28,6 +28,7 @@ from seqatlas.checkpoints.recorded import recorded_settings
 from seqatlas.copy_detector import default_copy_k
 from seqatlas.fasta import KINDS, detect_kind
 from seqatlas.scoring.plan import InputPlan, UnitPlan, iter_unit_jobs, plan_units, scan_input
+from seqatlas.scoring.pooling import PoolSpec, check_bin, default_bin, pool_missing, split_bins
 from seqatlas.scoring.scorer import LIKELIHOOD_MODES, STRANDS, objective_refusal
 from seqatlas.scoring.windows import Window, default_overlap
 from seqatlas.scoring.workers import WRITE_PARTS
@@ -110,6 +111,10 @@ class IngestConfig:
     distributions: str | None = None  # float32 | float16 | none: each position's predicted
     # distribution over the kind's standard letters (positions.letter_logp); None: the
     # atlas's own setting when extending one, else float32
+    pool: bool | None = None  # pooled embeddings (seqatlas.scoring.pooling) from the same
+    # passes; None: when embeddings are stored and the atlas pools (a new atlas does)
+    pool_bin: int | None = None  # bases per pooled bin, 0: one vector per sequence; None:
+    # the atlas's own, else 1000 for DNA/RNA and 0 for proteins
     compact: bool = False  # at the end, compact the positions and tokens parts (see
     # seqatlas.store.compaction); the rows and every read stay the same
     write_parts: str = "workers"  # workers: each worker writes its units' parts into the
@@ -153,6 +158,17 @@ class IngestConfig:
                 or not 0 <= self.stall_timeout < float("inf")):  # refuses nan, inf, < 0
             raise ConfigError(f"--stall-timeout must be a finite number of seconds > 0, or 0 "
                               f"to turn the watchdog off, not {self.stall_timeout!r}")
+        if self.pool is not None and not isinstance(self.pool, bool):
+            raise ConfigError(f"pool must be True, False or None, not {self.pool!r}")
+        if self.pool_bin is not None:
+            check_bin(self.pool_bin)
+            if self.pool is False:
+                raise ConfigError("--pool-bin sets the bins of pooled embeddings, and --no-pool "
+                                  "turns them off: give one of them")
+        if (self.pool or self.pool_bin is not None) and not self.embeddings:
+            raise ConfigError("pooled embeddings are pooled from the token embeddings, and "
+                              "--embeddings none stores none: drop --pool/--pool-bin or "
+                              "store embeddings")
         layers = self.layer if isinstance(self.layer, (list, tuple)) else [self.layer]
         if self.layer is not None and (not layers or not all(
                 isinstance(x, int) and not isinstance(x, bool) for x in layers)):
@@ -224,6 +240,7 @@ def _ingest_inputs(config: IngestConfig, spool: Spool, *, atlas: str | Path) -> 
     with AtlasWriter(atlas, kind=kind, model=setup.spec.describe(), scoring=scoring,
                      seqatlas_version=__version__, kind_detected=config.kind is None) as writer:
         _refuse_damaged_sequences(writer)
+        pooling = _pool_spec(config, setup, writer)  # refusals before anything is written
         _register_inputs(writer, inputs, kind)
         fingerprint, key_record = _keying(writer.manifest)
         per_input = _plan_inputs(config, setup, inputs, fingerprint=fingerprint)
@@ -237,9 +254,11 @@ def _ingest_inputs(config: IngestConfig, spool: Spool, *, atlas: str | Path) -> 
         if todo:
             _run_units(_Run(config=config, setup=setup, inputs=inputs, per_input=per_input,
                             committed=committed, todo=todo, writer=writer, report=report,
-                            key_record=key_record))
+                            key_record=key_record, pooling=pooling))
         if report.units_scored:
             _note_likelihood(writer)
+        if pooling is not None and not report.failed:
+            _pool_split_bins(writer, pooling, inputs, per_input)
         if config.compact and not report.failed:
             _compact(writer)
     _raise_if_failed(report, max_retries=config.max_retries)
@@ -289,6 +308,62 @@ class _Run:
     writer: AtlasWriter
     report: IngestReport
     key_record: dict  # what each scored unit's record says of its key
+    pooling: PoolSpec | None = None  # what workers pool (None: no pooled embeddings)
+
+
+def _pool_spec(config: IngestConfig, setup: _Setup, writer: AtlasWriter) -> PoolSpec | None:
+    """What this ingest pools: the atlas's recorded pooling, or for a new atlas the
+    config's (recorded now); None without embeddings or pooling."""
+    manifest = writer.manifest
+    if not config.embeddings or manifest.scoring is None:
+        return None
+    columns = manifest.scoring.embedding_columns()
+    if manifest.pooling:
+        spec = PoolSpec.from_record(manifest.pooling, columns)
+        if config.pool is False:
+            raise ConfigError(f"{writer.path} pools its embeddings ({spec.level}, bin "
+                              f"{spec.bin}); the sequences added are pooled the same way: "
+                              "drop --no-pool")
+        if config.pool_bin is not None and config.pool_bin != spec.bin:
+            raise ConfigError(f"--pool-bin {config.pool_bin}: {writer.path} pools into "
+                              f"{spec.bin or 'whole-sequence'} bins; drop --pool-bin (or "
+                              "`seqatlas pool --replace --bin N` re-pools the whole atlas)")
+        return spec
+    fresh = not manifest.table_parts("tokens") and not manifest.table_parts("positions")
+    if not fresh:
+        if config.pool or config.pool_bin is not None:
+            raise ConfigError(f"{writer.path} holds sequences ingested without pooled "
+                              f"embeddings; run `seqatlas pool --atlas {writer.path}` first "
+                              "(it pools the stored ones, and later ingests pool theirs)")
+        return None
+    if config.pool is False:
+        return None
+    size = default_bin(setup.kind) if config.pool_bin is None else config.pool_bin
+    bos = size == 0 and bool(setup.tokenizer.specials.prefix) and not setup.spec.causal
+    layers = tuple(setup.layers)
+    spec = PoolSpec(size, ("mean", "bos") if bos else ("mean",), layers,
+                    tuple(columns[x] for x in layers))
+    writer.set_pooling(spec.record())
+    return spec
+
+
+def _pool_split_bins(writer: AtlasWriter, spec: PoolSpec, inputs: list[InputPlan],
+                     per_input: list[list[UnitPlan]]) -> None:
+    """Pool, from the stored tokens, the bins that no one unit owned whole (workers pool
+    every other bin); a re-run finds them pooled and does nothing."""
+    owned, lengths = [], {}
+    for plan, units in zip(inputs, per_input):
+        for seq in plan.sequences:
+            lengths[seq.seq_id] = seq.length
+        for unit in units:
+            ranges: dict[str, list[tuple[int, int]]] = {}
+            for s_index, w in unit.windows:
+                ranges.setdefault(plan.sequences[s_index].seq_id, []).append(
+                    (w.own_start, w.own_end))
+            owned.append(ranges)
+    wanted = split_bins(owned, lengths, spec.bin)
+    if wanted:
+        pool_missing(writer, spec, wanted)
 
 
 def letter_dtype(config: IngestConfig) -> str | None:
@@ -658,7 +733,7 @@ def _run_units(run: _Run) -> None:
     if config.write_parts == "workers":  # a directory's absolute path, or a remote location
         area = run.writer.staging_area()
         staging = str(area.absolute()) if isinstance(area, Path) else area
-    source = ((unit, UnitRequest(key=unit.key, jobs=jobs, staging=staging))
+    source = ((unit, UnitRequest(key=unit.key, jobs=jobs, staging=staging, pool=run.pooling))
               for plan, units in zip(run.inputs, run.per_input)
               for unit, jobs in iter_unit_jobs(plan, units, kind=run.setup.kind,
                                                skip=run.committed))

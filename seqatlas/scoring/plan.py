@@ -170,7 +170,8 @@ def iter_unit_jobs(plan: InputPlan, units: list[UnitPlan], *, kind: str,
             pending.setdefault(u, []).append(WindowJob(
                 seq_id=seq.seq_id, token_offset=seq.token_offset, start=w.start, end=w.end,
                 own_start=w.own_start, own_end=w.own_end,
-                residues=record.sequence[w.start : w.end], scored=w.scored))
+                residues=record.sequence[w.start : w.end], scored=w.scored,
+                seq_length=seq.length))
             if k == len(units[u].windows) - 1:  # complete: hand it out before reading on
                 yield units[u], pending.pop(u)
     if read < len(plan.sequences):

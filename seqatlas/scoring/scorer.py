@@ -48,6 +48,7 @@ class WindowJob:
     own_end: int
     residues: bytes  # the window's residues, original case
     scored: bool = True  # False: a long N run, not sent to the model
+    seq_length: int = 0  # the whole sequence's length (pooling needs its last bin's end)
 
     @property
     def length(self) -> int:
@@ -65,6 +66,7 @@ class View:
     owned_start: int
     owned_end: int
     masked_always: np.ndarray | None = None  # token indices masked in every row (ablation)
+    starts_sequence: bool = False  # its window starts at the sequence's first residue
 
 
 @dataclass
@@ -88,7 +90,8 @@ def make_view(tokenizer: TokenizerFamily, job: WindowJob, j: int, *, reverse: bo
     a, b = job.own_start - job.start, job.own_end - job.start
     if reverse:
         a, b = job.length - b, job.length - a
-    return View(j, reverse, tokens, tokenizer.letter_index(residues), a, b)
+    return View(j, reverse, tokens, tokenizer.letter_index(residues), a, b,
+                starts_sequence=job.start == 0)
 
 
 def task_view(tokenizer: TokenizerFamily, task: RescoreTask, *, context_tokens: int) -> View:
@@ -283,6 +286,7 @@ class _Result:
         self.letters = np.full((n, letters), np.nan, dtype=np.float32) if letters else None
         self.embedding: list[np.ndarray] | None = None  # one (tokens, dim) array per layer
         self.embedding_tokens: np.ndarray | None = None
+        self.bos: list[np.ndarray] | None = None  # the BOS/CLS hidden state, one per layer
 
 
 class Scorer:
@@ -310,6 +314,9 @@ class Scorer:
         self.batch_tokens = batch_tokens or DEFAULT_BATCH_TOKENS.get(model.device.type, 8192)
         self.real_tokens = 0
         self.computed_tokens = 0
+        # seq_id -> the BOS/CLS hidden state (one float16 vector per layer) of the window
+        # starting each sequence scored by the last :meth:`score` (masked LMs with a BOS)
+        self.bos_vectors: dict[str, list[np.ndarray]] = {}
         n_letters = len(self.tokenizer.scored_letters)
         # candidates of each token length -> one-hot (C, length * letters)
         self._candidates = {}
@@ -338,6 +345,8 @@ class Scorer:
         with torch.inference_mode():
             for batch in pack_batches([r.length for r in rows], self.batch_tokens):
                 self._run_batch([rows[i] for i in batch], views, results)
+        self.bos_vectors = {jobs[v.job].seq_id: res.bos for v, res in zip(views, results)
+                            if res.bos is not None}
         return self._tables(jobs, views, results)
 
     def rescore(self, tasks: list[RescoreTask]) -> list[np.ndarray]:
@@ -500,6 +509,8 @@ class Scorer:
         res.embedding_tokens = owned
         index = torch.from_numpy(owned + view.tokens.prefix).to(hidden[0].device)
         res.embedding = [h[index].to(torch.float16).cpu().numpy() for h in hidden]
+        if view.starts_sequence and view.tokens.prefix and not self.model.spec.causal:
+            res.bos = [h[0].to(torch.float16).cpu().numpy() for h in hidden]
 
     def _tables(self, jobs, views, results) -> tuple[pa.Table, pa.Table | None]:
         by_job: dict[int, dict[bool, tuple[View, _Result]]] = {}

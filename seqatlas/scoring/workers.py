@@ -60,6 +60,7 @@ class UnitRequest:
     key: str
     jobs: list
     staging: str | None = None
+    pool: object | None = None  # a seqatlas.scoring.pooling.PoolSpec: pool what it owns
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,12 @@ class ScoringWorker:
 
         positions, tokens, stats = self.score(request.jobs)
         tables = {"positions": positions, "tokens": tokens}
+        if request.pool is not None:
+            from seqatlas.scoring.pooling import unit_pooled
+
+            pooled = unit_pooled(tokens, request.jobs, request.pool, self.scorer.bos_vectors,
+                                 self.scorer.model.spec.hidden_size)
+            tables["pooled"] = pooled if pooled.num_rows else None
         common = {"positions": positions.num_rows, "stats": stats, "node": self.node or _node_id()}
         if request.staging is not None:
             try:

@@ -167,6 +167,11 @@ class AtlasReader:
         (``embedding``: the first layer; ``embedding_layer_{L}``: each further layer L)."""
         return self._read("tokens", columns, self.manifest.tokens_schema())
 
+    def pooled(self, columns: list[str] | None = None) -> pa.Table:
+        """Pooled embeddings, one row per sequence or bin, pooling and layer; see
+        :func:`seqatlas.schema.pooled_schema`."""
+        return self._read("pooled", columns, self.manifest.pooled_schema())
+
     def summary(self) -> dict:
         """Counts and bytes on disk per table, plus the manifest's headline facts."""
         manifest = self.manifest
