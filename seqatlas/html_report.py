@@ -13,6 +13,14 @@ file. Sections appear only for what an atlas holds:
   doubling probe's results when a ``probe doubling`` output is given;
 - ``identity``: identity vs context agreement of embedding neighbours per layer;
 - ``indexes``: each embedding index with its recall calibration curve;
+- ``pooled`` (an atlas that stores embeddings or pooled rows): the pooled vectors of the
+  first pooled layer (mean pooling when stored) on their first two principal components
+  (:func:`seqatlas.plot.embedding`), with the number of vectors and each component's
+  explained variance. Points are coloured by :func:`pooled_color`: per-bin vectors by
+  ``repeat_class`` (the class covering most of the bin) when the atlas has repeats, else by
+  sequence; per-sequence vectors by the first word of the sequence description when any
+  sequence has one, else by length. Without pooled rows the section says how to make them
+  (``seqatlas pool``);
 - ``variants`` (an atlas that stores per-position distributions, ingest's
   ``--distributions``): the LLR of every substitution at the atlas's first positions
   (:func:`seqatlas.variants.scan.scan_first`, at most ``variant_positions``) inside vs
@@ -48,6 +56,7 @@ from seqatlas.query.per_sequence import sequence_summary
 from seqatlas.query.views import default_column
 from seqatlas.query.regions import anomalies
 from seqatlas.plot.output import new_figure, render
+from seqatlas.plot.projection import ProjectionConfig, pooled_projection
 from seqatlas.plot.tables import doubling_rows
 from seqatlas.util import format_size, output_file
 from seqatlas.variants.scan import scan_first
@@ -55,7 +64,7 @@ from seqatlas.variants.scan import scan_first
 # Beyond this many tokens identity vs context is drawn only from a built index.
 EXACT_IDENTITY_TOKENS = 2_000_000
 SECTIONS = ("summary", "sequences", "distribution", "anomalies", "enrichment", "copies",
-            "identity", "indexes")
+            "identity", "indexes", "pooled")
 # sections of an atlas that stores per-position distributions (ingest --distributions),
 # after those of SECTIONS
 DISTRIBUTION_SECTIONS = ("variants",)
@@ -305,6 +314,40 @@ class _AtlasReport:
                 parts.append(f"<h3>{html.escape(entry['name'])}</h3>{_png(figure)}")
         return _table(rows) + "".join(parts)
 
+    def pooled(self) -> str | None:
+        pooling = self.atlas.manifest.pooling
+        if not pooling or not self.rows.get("pooled"):
+            if not stored_layers(self.atlas):
+                return None
+            where = html.escape(str(self.atlas.path))
+            return ("<p>No pooled embeddings: this atlas stores token embeddings but no "
+                    "vectors pooled from them. Make them with <code>seqatlas pool --atlas "
+                    f"{where}</code> (one vector per sequence, or per bin with "
+                    "<code>--bin</code>) and run the report again.</p>")
+        level = "bin" if pooling.get("bin") else "sequence"
+        color = pooled_color(self.atlas, level=level, repeats=bool(self.rows["repeats"]))
+        try:
+            projection = pooled_projection(self.atlas, ProjectionConfig(color=color))
+        except ConfigError as exc:  # e.g. fewer than 3 vectors
+            return f"<p>Not drawn: {html.escape(str(exc))}</p>"
+        unit = "sequence" if not projection.bin else f"{projection.bin:,}-base bin"
+        facts = {"vectors": projection.table.num_rows, "vectors stored (this layer and pooling)":
+                 projection.matched, "one vector per": unit, "layer": projection.layer,
+                 "pooling": projection.pooling, "dimensions": projection.dimensions,
+                 "PC1 explained variance": f"{100 * projection.explained[0]:.1f}%",
+                 "PC2 explained variance": f"{100 * projection.explained[1]:.1f}%",
+                 "coloured by": color}
+        layers = ", ".join(map(str, pooling.get("layers") or []))
+        poolings = ", ".join(pooling.get("poolings") or [])
+        others = (f" The atlas holds pooled vectors of layers {layers} ({poolings} pooling); "
+                  f"shown: layer {projection.layer}, {projection.pooling} pooling. "
+                  "<code>seqatlas plot embedding --layer L --pooling P</code> draws another."
+                  if "," in layers or "," in poolings else "")
+        text = (f"<p>The pooled vectors on their first two principal components (PCA of the "
+                f"centred vectors).{others}</p>")
+        figure = plot.embedding(self.atlas, projection=projection, **self._size())
+        return text + _pairs(facts) + _png(figure)
+
     def variants(self) -> str | None:
         scoring = self.atlas.manifest.scoring
         if scoring is None or not scoring.stores_distributions() or not self.rows["positions"]:
@@ -363,6 +406,7 @@ class _AtlasReport:
                   "distribution": "Score distributions", "anomalies": "Top anomalous regions",
                   "enrichment": "Enrichment in repeats", "copies": "In-context copies: look-up "
                   "vs control", "identity": "Identity vs context", "indexes": "Embedding indexes",
+                  "pooled": "Pooled embeddings",
                   "variants": "Substitutions: LLR in copies and repeats"}
         shown, body = [], []
         for name in SECTIONS + DISTRIBUTION_SECTIONS:
@@ -375,6 +419,18 @@ class _AtlasReport:
             body.append(f'<section id="{self.prefix}{name}" data-section="{name}">'
                         f"<h2>{titles[name]}</h2>{content}</section>")
         return "".join(body), shown
+
+
+def pooled_color(atlas: Atlas, *, level: str, repeats: bool) -> str:
+    """The SQL colouring the pooled embeddings section (over ``pooled_points``, see
+    :mod:`seqatlas.plot.projection`): ``repeat_class`` for bins of an atlas with repeats,
+    ``seq_id`` for bins without; for sequences the first word of the description when any
+    sequence has one, else ``length``."""
+    if level == "bin":
+        return "repeat_class" if repeats else "seq_id"
+    described = atlas.sql("SELECT count(*) AS n FROM sequences "
+                          "WHERE trim(coalesce(description, '')) <> ''")["n"][0].as_py()
+    return "nullif(split_part(trim(description), ' ', 1), '')" if described else "length"
 
 
 def _in_repeats(atlas: Atlas, scan: pa.Table) -> np.ndarray | None:

@@ -152,6 +152,19 @@ def test_exact_logp_matches_the_package_masked_brute_force(exact_atlas, package)
     assert logp.std() > 0.3  # the tiny model's predictions are not flat
 
 
+def test_pooled_means_only_carp_has_no_bos(exact_atlas):
+    atlas = seqatlas.Atlas(exact_atlas)
+    assert atlas.manifest.pooling["poolings"] == ["mean"]
+    tokens, pooled = atlas.tokens(), atlas.pooled().to_pylist()
+    assert sorted(r["seq_id"] for r in pooled) == sorted(SEQS)
+    for row in pooled:  # the long protein is cut into windows: still one mean over all
+        x = np.array([t["embedding"] for t in tokens.to_pylist() if t["seq_id"] == row["seq_id"]],
+                     np.float32)
+        assert row["tokens"] == len(SEQS[row["seq_id"]]) == len(x)
+        np.testing.assert_allclose(np.asarray(row["vector"], np.float32), x.mean(0), rtol=1e-3,
+                                   atol=1e-3)
+
+
 def test_embeddings_are_the_package_final_representation(exact_atlas, package):
     tokens = seqatlas.Atlas(exact_atlas).tokens().to_pylist()
     for seq_id in ("b", "c"):  # one window each

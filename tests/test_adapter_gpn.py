@@ -240,6 +240,15 @@ def test_embeddings_are_the_package_final_hidden_states(architecture, checkpoint
         want = package.last_hidden(seq).numpy()
         scale = float(np.abs(want).max())
         np.testing.assert_allclose(got, want, atol=2e-3 * scale, rtol=2e-3)
+    # DNA: 1 kb bins of the mean; GPN puts no token before the bases, so no bos
+    pooled = atlas.pooled().to_pylist()
+    assert atlas.manifest.pooling["poolings"] == ["mean"] and pooled
+    for row in pooled:
+        x = np.array([t["embedding"] for t in atlas.tokens().to_pylist()
+                      if t["seq_id"] == row["seq_id"] and row["start"] <= t["start"] < row["end"]],
+                     np.float32)
+        np.testing.assert_allclose(np.asarray(row["vector"], np.float32), x.mean(0), rtol=1e-3,
+                                   atol=1e-3)
 
 
 def test_layers_are_the_package_modules_outputs(checkpoints, packages, tmp_path):

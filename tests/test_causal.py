@@ -162,6 +162,13 @@ def test_scoring_alone_equals_scoring_in_a_batch(tmp_path, char_gpt):
     a = alone.sql("select logp from positions where seq_id = 's' order by pos").to_pylist()
     b = batch.sql("select logp from positions where seq_id = 's' order by pos").to_pylist()
     assert np.allclose([r["logp"] for r in a], [r["logp"] for r in b], atol=1e-5)
+    # pooled: means only (a causal model's BOS state has seen no residue), batch-independent
+    assert alone.manifest.pooling["poolings"] == ["mean"]
+    va, vb = ([r["vector"] for r in atlas.pooled().to_pylist() if r["seq_id"] == "s"]
+              for atlas in (alone, batch))
+    assert len(va) == len(vb) == 1
+    assert np.allclose(np.asarray(va[0], np.float32), np.asarray(vb[0], np.float32), rtol=1e-3,
+                       atol=1e-3)
 
 
 def _bpe_brute_force(model, tokenizer, residues: str) -> list[float]:

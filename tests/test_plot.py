@@ -639,7 +639,7 @@ def test_calibration_draws_the_recall_curve_recorded_at_build(embedded, tmp_path
 def test_every_command_ends_its_help_with_an_example():
     names = [info.name for info in plot_app.registered_commands]
     assert names == ["track", "enrichment", "distribution", "identity", "icl",
-                     "calibration", "mutagenesis"]
+                     "calibration", "mutagenesis", "embedding"]
     for info in plot_app.registered_commands:
         last = info.callback.__doc__.strip().splitlines()[-1].strip()
         assert last.startswith(f"Example: seqatlas plot {info.name} --atlas "), last

@@ -20,7 +20,7 @@ from conftest import make_esm, random_protein, write_fasta
 from dna_models import make_bpe, make_nonoverlapping, make_overlapping, make_single
 from embedding_data import random_dna
 
-TOLERANCE = 1e-3  # float16 storage
+TOLERANCE = 1e-3  # float16 storage: ~5e-4 relative rounding, so 1e-3 absolute and relative
 
 
 def _vectors(column) -> np.ndarray:
@@ -55,7 +55,7 @@ def _check_against_tokens(atlas: Path) -> dict:
                                 else lengths[r["seq_id"]])
             assert r["level"] == ("bin" if size else "sequence")
             np.testing.assert_allclose(np.asarray(r["vector"], np.float32),
-                                       x[chosen].mean(axis=0), atol=TOLERANCE)
+                                       x[chosen].mean(axis=0), rtol=TOLERANCE, atol=TOLERANCE)
     return {"rows": rows, "tokens": tokens, "lengths": lengths}
 
 
@@ -139,7 +139,8 @@ def test_whole_proteins_longer_than_the_context_with_bos(tmp_path):
     table = EsmForMaskedLM.from_pretrained(model).esm.embeddings.word_embeddings.weight
     cls = table[0].detach().to(torch.float16).float().numpy()
     for r in (r for r in bos if r["layer"] == 0):
-        np.testing.assert_allclose(np.asarray(r["vector"], np.float32), cls, atol=TOLERANCE)
+        np.testing.assert_allclose(np.asarray(r["vector"], np.float32), cls, rtol=TOLERANCE,
+                                   atol=TOLERANCE)
 
 
 def test_bin_cut_by_a_window_differs_only_by_the_models_context_effect(tmp_path):
@@ -162,7 +163,7 @@ def test_bin_cut_by_a_window_differs_only_by_the_models_context_effect(tmp_path)
     assert a.column("start").to_pylist() == b.column("start").to_pylist()
     layer = np.asarray(a.column("layer").to_pylist())
     va, vb = _vectors(a.column("vector")), _vectors(b.column("vector"))
-    np.testing.assert_allclose(va[layer == 0], vb[layer == 0], atol=TOLERANCE)
+    np.testing.assert_allclose(va[layer == 0], vb[layer == 0], rtol=TOLERANCE, atol=TOLERANCE)
     assert np.abs(va[layer == 2] - vb[layer == 2]).max() > 10 * TOLERANCE  # context matters
     token_diff = _vectors(ta.column("embedding_layer_2")) - _vectors(tb.column("embedding_layer_2"))
     starts = ta.column("start").to_numpy()
@@ -186,7 +187,8 @@ def test_pooled_vectors_do_not_depend_on_the_batch(tmp_path):
         vectors.append({(r["pooling"]): np.asarray(r["vector"], np.float32)
                         for r in table if r["seq_id"] == "t"})
     for pooling in ("mean", "bos"):
-        np.testing.assert_allclose(vectors[0][pooling], vectors[1][pooling], atol=TOLERANCE)
+        np.testing.assert_allclose(vectors[0][pooling], vectors[1][pooling], rtol=TOLERANCE,
+                                   atol=TOLERANCE)
 
 
 def _tree_hashes(root: Path) -> dict[str, str]:
@@ -218,7 +220,7 @@ def test_pool_command_equals_ingest_time_pooling(tmp_path, capsys):
     for atlas in ("api", "cli"):
         got_rows, got = rows(tmp_path / atlas)
         assert got_rows == want_rows
-        np.testing.assert_allclose(got, want, atol=TOLERANCE)
+        np.testing.assert_allclose(got, want, rtol=TOLERANCE, atol=TOLERANCE)
     assert AtlasReader(tmp_path / "api").manifest.pooling == \
         AtlasReader(tmp_path / "ingested").manifest.pooling
     # pooling again adds nothing and commits nothing

@@ -138,7 +138,7 @@ def test_each_atlas_shows_the_sections_it_holds_and_only_those(written, scored_a
     assert scored == ["summary", "sequences", "distribution", "anomalies", "enrichment",
                       "copies"]
     assert embedded == ["summary", "sequences", "distribution", "anomalies", "identity",
-                        "indexes"]
+                        "indexes", "pooled"]
     assert document.sections == {**{f"a0-{s}": s for s in scored},
                                  **{f"a1-{s}": s for s in embedded}}
     assert set(scored) | set(embedded) == set(SECTIONS)

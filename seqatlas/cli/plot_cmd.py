@@ -1,5 +1,5 @@
-"""``seqatlas plot track|enrichment|distribution|identity|icl|calibration|mutagenesis``:
-figures as PNG or SVG."""
+"""``seqatlas plot track|enrichment|distribution|identity|icl|calibration|mutagenesis|
+embedding``: figures as PNG or SVG."""
 
 from __future__ import annotations
 
@@ -11,14 +11,19 @@ import typer
 from seqatlas.cli.options import (ABLATION_METHOD, ATLAS, IDENTITY_INDEX, IDENTITY_K,
                                   IDENTITY_LAYER, IDENTITY_NPROBE, IDENTITY_SAMPLE,
                                   IDENTITY_SEED, MAX_GAP, MIN_LENGTH, SCORE_COLUMN, SMOOTH,
-                                  TAIL, Z, AblationMethod, By, Metric, Tail, anomaly_params)
+                                  TAIL, Z, AblationMethod, By, Metric, Tail, anomaly_params,
+                                  choices)
 from seqatlas.cli.tables import note
 from seqatlas.plot.output import DEFAULT_SIZE
+from seqatlas.schema import POOLINGS
+
+Pooling = choices("Pooling", POOLINGS)  # plot embedding --pooling
 
 plot_app = typer.Typer(help="Draw an atlas as PNG or SVG figures: a track of one region, "
                        "the in-silico mutagenesis heatmap of one region, enrichment in "
                        "repeats, score distributions, identity vs context, look-up vs "
-                       "control gains, an index's recall calibration.",
+                       "control gains, an index's recall calibration, pooled embeddings "
+                       "on their principal components.",
                        no_args_is_help=True)
 
 OUTPUT = typer.Option(..., "--output", "-o", help="Image to write: PNG or SVG by its suffix "
@@ -33,12 +38,15 @@ IMAGE_FORMAT = typer.Option(None, "--format", "-f", help="png or svg (default: t
 
 def _draw(name: str, atlas: str, output: Path, width: int, height: int,
           format: Optional[str], **options) -> None:
-    """Call ``seqatlas.plot.<name>`` and say what was written."""
+    """Call ``seqatlas.plot.<name>`` and say what was written (the image, and the table of
+    ``coordinates`` when one is given)."""
     from seqatlas import plot
     from seqatlas.plot.output import image_format
 
     getattr(plot, name)(atlas, output=output, size=(width, height), format=format, **options)
     note(f"Wrote {output} ({width}x{height} px, {image_format(output, format).upper()}).")
+    if options.get("coordinates") is not None:
+        note(f"Wrote the projected coordinates to {options['coordinates']}.")
 
 
 @plot_app.command("track")
@@ -180,3 +188,41 @@ def mutagenesis(
     Example: seqatlas plot mutagenesis --atlas prot_atlas --seq-id P12345 -o scan.png"""
     _draw("mutagenesis", atlas, output, width, height, format, region=region, seq_id=seq_id,
           max_positions=max_positions, max_arcs=max_arcs)
+
+
+@plot_app.command("embedding")
+def embedding(
+    atlas: str = ATLAS,
+    output: Path = OUTPUT,
+    color: Optional[str] = typer.Option(None, "--color", help="SQL expression per pooled "
+                                        "vector colouring its point, over pooled_points: "
+                                        "seq_id, start, end, level, tokens, length, "
+                                        "description, repeat_class, repeat_fraction, ... "
+                                        "(e.g. repeat_class, or \"regexp_extract(description, "
+                                        "'OS=(\\w+)', 1)\"); a number gets a colour bar. "
+                                        "Default: one colour."),
+    layer: Optional[int] = typer.Option(None, "--layer", help="Hidden layer of the pooled "
+                                        "vectors (default: the first pooled)."),
+    pooling: Optional[Pooling] = typer.Option(None, "--pooling", help="Pooled vectors to "
+                                              "project (default: mean when stored)."),
+    where: Optional[str] = typer.Option(None, "--where", help="SQL condition over the same "
+                                        "columns keeping the vectors projected (e.g. "
+                                        "\"length > 100\")."),
+    coordinates: Optional[Path] = typer.Option(None, "--coordinates", help="Also write the "
+                                               "projected table (pool_id, seq_id, start, "
+                                               "end, level, pc1, pc2, color): TSV, CSV, JSON "
+                                               "or Parquet by its suffix."),
+    max_categories: int = typer.Option(10, "--max-categories", help="Categories in the "
+                                       "legend (the most frequent; the rest as other)."),
+    max_vectors: int = typer.Option(50_000, "--max-vectors", help="Project at most this "
+                                    "many vectors (every n-th by pool_id beyond)."),
+    width: int = WIDTH, height: int = HEIGHT,
+    format: Optional[str] = IMAGE_FORMAT,
+) -> None:
+    """Pooled embeddings (seqatlas pool) on their first two principal components, coloured
+    by an SQL expression, with each component's explained variance.
+
+    Example: seqatlas plot embedding --atlas dna_atlas --color repeat_class -o pca.png"""
+    _draw("embedding", atlas, output, width, height, format, color=color, layer=layer,
+          pooling=pooling.value if pooling is not None else None, where=where,
+          coordinates=coordinates, max_categories=max_categories, max_vectors=max_vectors)

@@ -1,7 +1,8 @@
 """Figures of an atlas, drawn with matplotlib (headless: an Agg canvas per figure, pyplot
 never touched): a track of one region, the in-silico mutagenesis heatmap of one region, the
 enrichment forest plot, score and robust-z distributions, identity vs context per layer,
-look-up vs control gains, and an index's recall calibration.
+look-up vs control gains, an index's recall calibration, and the pooled embeddings on their
+first two principal components.
 
 Every function takes the atlas (a path or an :class:`~seqatlas.atlas.Atlas`), returns the
 :class:`matplotlib.figure.Figure` and, given ``output``, writes it there as PNG or SVG (the
@@ -26,12 +27,16 @@ from seqatlas.plot.data import track_data
 from seqatlas.plot.drawing import draw_track
 from seqatlas.plot.heatmap import draw_mutagenesis, mutagenesis_data
 from seqatlas.plot.output import DEFAULT_SIZE, new_figure, prepare, save
+from seqatlas.plot.projection import (Projection, ProjectionConfig, check_max_categories,
+                                      draw_projection, pooled_projection)
 from seqatlas.plot.tables import (calibration_curve, doubling_rows, enrichment_rows,
                                   histograms, icl_targets, identity_rows, reader_of)
+from seqatlas.query.output import file_format, write_result
 from seqatlas.query.views import AnomalyParams
+from seqatlas.util import STDOUT, check_output
 
-__all__ = ["calibration", "distribution", "enrichment", "icl", "identity", "mutagenesis",
-           "track"]
+__all__ = ["calibration", "distribution", "embedding", "enrichment", "icl", "identity",
+           "mutagenesis", "track"]
 
 def _params(params: AnomalyParams | None, column: str | None) -> AnomalyParams:
     params = dataclasses.replace(params) if params is not None else AnomalyParams()
@@ -192,4 +197,42 @@ def calibration(atlas, *, index: str = "default", output: str | os.PathLike | No
     curve = calibration_curve(atlas, index=index)
     figure = new_figure(size)
     draw_calibration(figure, curve)
+    return _finish(figure, output, fmt)
+
+
+def embedding(atlas, *, color: str | None = None, layer: int | None = None,
+              pooling: str | None = None, where: str | None = None,
+              projection: Projection | None = None, output: str | os.PathLike | None = None,
+              coordinates: str | os.PathLike | None = None, max_categories: int = 10,
+              max_vectors: int = 50_000, size: tuple[int, int] = DEFAULT_SIZE,
+              format: str | None = None):
+    """The pooled vectors of one ``layer`` and ``pooling`` (default: the first pooled layer,
+    mean) on their first two principal components, each point coloured by the SQL
+    expression ``color`` (a category legend of the ``max_categories`` most frequent values,
+    or a colour bar for a number) and filtered by the SQL condition ``where``, both over the
+    view ``pooled_points`` (pooled rows joined to their sequence and ``repeat_class``); axes
+    give each component's explained variance. ``coordinates`` writes the projected table
+    (pool_id, seq_id, start, end, level, pc1, pc2, color) as TSV, CSV, JSON or Parquet by its
+    suffix. ``projection``: a precomputed :func:`seqatlas.plot.projection.pooled_projection`
+    (then no selection options). See :mod:`seqatlas.plot.projection`."""
+    fmt, size = prepare(output, format, size)
+    check_max_categories(max_categories)
+    if coordinates is not None:
+        file_format(coordinates, "auto")
+        check_output(coordinates)
+        if output is not None and os.fspath(output) == os.fspath(coordinates) == STDOUT:
+            raise ConfigError("the image and the coordinates cannot both go to standard "
+                              "output (-): write one of them to a file")
+    chosen = {"color": color, "layer": layer, "pooling": pooling, "where": where}
+    if projection is None:
+        projection = pooled_projection(atlas, ProjectionConfig(
+            **chosen, max_vectors=max_vectors))
+    elif any(v is not None for v in chosen.values()):
+        raise ConfigError(f"{', '.join(k for k, v in chosen.items() if v is not None)} apply "
+                          "only when the projection is computed here; pass them or "
+                          "projection=, not both")
+    figure = new_figure(size)
+    draw_projection(figure, projection, max_categories=max_categories)
+    if coordinates is not None:
+        write_result(projection.table, coordinates, "auto")
     return _finish(figure, output, fmt)
