@@ -398,9 +398,16 @@ def test_atlas_changed_since_build_and_missing_index(built):
     with pytest.raises(AtlasIndexError, match="no index named 'other'.*seqatlas index build "
                                                "--atlas .* --name other"):
         load_index(built, "other")
-    extra = AtlasReader(built).tokens().slice(0, 1)
+    first = AtlasReader(built).tokens().slice(0, 1)
+    extra = first.set_column(0, "token_id", pa.array([500], pa.int64()))
     with AtlasWriter(built) as writer:  # more tokens arrive after the build
         writer.commit("extra-tokens", {"tokens": extra})
+    index = load_index(built)  # searched beside the index until `index update`
+    assert (index.ntotal, index.pending_rows) == (500, 1)
+    vector = np.array(extra["embedding"][0].as_py(), np.float32)  # token 0's, too
+    assert sorted(index.search(vector, 2)[1][0]) == [0, 500]
+    with AtlasWriter(built) as writer:  # a row the index holds, twice: not what it indexed
+        writer.commit("twice", {"tokens": first})
     with pytest.raises(AtlasIndexError, match="atlas changed since the build"):
         load_index(built)
 

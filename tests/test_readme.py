@@ -134,6 +134,31 @@ def _integrity_snippets_run(tmp_path):
     assert seqatlas.Atlas(atlas).positions().equals(before)
     _storage_snippets_run(tmp_path)
     _plot_snippets_run(tmp_path)
+    _pooled_snippets_run(tmp_path)
+
+
+def _pooled_snippets_run(tmp_path):
+    """Pooled embeddings and sequence search, on the proteins and a small bin atlas."""
+    section = "## Pooled embeddings and sequence search"
+    outputs = _run_lines(section, tmp_path)
+    protein_hits = [line.split("\t") for line in outputs[0].splitlines()]
+    assert [h[:2] for h in protein_hits[1:]] == [["abituzumab|L", "1"], ["abituzumab|L", "2"]]
+    assert "abituzumab|L" not in {h[2] for h in protein_hits[1:]}  # its own row left out
+    rows = [line.split("\t") for line in outputs[2].splitlines()]
+    assert rows == [["level", "bins", "fewest"], ["bin", "7", "4"]]  # 3,004 bases, 500 a bin
+    hits = [line.split("\t") for line in outputs[3].splitlines()]
+    assert hits[0][:5] == ["query", "rank", "seq_id", "start", "end"]
+    assert {h[0] for h in hits[1:]} == {"X:0-500"} and len(hits) == 4
+    assert all(int(h[3]) >= 1000 for h in hits[1:])  # --where applied before ranking
+    fasta_hits = [line.split("\t") for line in outputs[6].splitlines()[1:]]
+    # each 1 kb bin of the genome, embedded again, finds its own stored bin first
+    assert [(h[0], h[2], h[3]) for h in fasta_hits] == [
+        (f"X:{s}-{min(s + 1000, 3004)}", "X", str(s)) for s in (0, 1000, 2000, 3000)]
+    script = "\n".join(_blocks(section, "python"))
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "'rows_added': 0" in done.stdout and "'rank': 2" in done.stdout
 
 
 def _storage_snippets_run(tmp_path):
@@ -164,7 +189,10 @@ def _plot_snippets_run(tmp_path):
     """The plots and the report, on the genome atlas (repeats, ablations) and the proteins."""
     section = "## Plots and the HTML report"
     _run_lines(section, tmp_path)
-    for name in ("track.png", "distribution.png", "icl.png"):
+    points = (tmp_path / "embedding.tsv").read_text().splitlines()
+    assert len(points) == 4 and "pc1" in points[0]  # my_atlas: 3 antibody domains
+    assert {line.split("\t")[-1] for line in points[1:]} == {"kappa"}
+    for name in ("track.png", "distribution.png", "icl.png", "embedding.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     assert (tmp_path / "enrichment.svg").read_text().lstrip().startswith(("<?xml", "<svg"))
     html = (tmp_path / "report.html").read_text()

@@ -194,3 +194,48 @@ def test_bins_join_repeats_and_anomaly_counts(tmp_path):
     for query, hit_start, hit_seq in zip(*(got.column(c).to_pylist()
                                            for c in ("query", "start", "seq_id"))):
         assert not (hit_seq == "c0" and query == f"c0:{hit_start}-{hit_start + 50}")
+
+
+def test_a_pooled_index_gives_the_exhaustive_hits_grows_and_refuses_other_weights(
+        tmp_path, capsys):
+    from seqatlas.index import update_index
+
+    model = make_esm(tmp_path / "esm", context_tokens=34, layers=2)
+    write_fasta(tmp_path / "a.fa", {f"p{i}": random_protein(20 + 3 * i, i) for i in range(8)})
+    write_fasta(tmp_path / "b.fa", {f"q{i}": random_protein(25 + 4 * i, 50 + i)
+                                    for i in range(3)})
+    atlas = tmp_path / "atlas"
+    common = dict(model=str(model), workers=0, likelihood="none", progress="none")
+    seqatlas.ingest(tmp_path / "a.fa", atlas=atlas, **common)
+    seqatlas.build_index(atlas, name="seqs", level="pooled", type="flat")
+    seqatlas.build_index(atlas, name="tok", type="flat")
+
+    def same(a, b):
+        assert a.column("seq_id").to_pylist() == b.column("seq_id").to_pylist()
+        np.testing.assert_allclose(a.column("distance").to_numpy(),
+                                   b.column("distance").to_numpy(), atol=1e-5)
+
+    same(similar(atlas, seq_id=["p1", "p4"], k=4, index="seqs"),
+         similar(atlas, seq_id=["p1", "p4"], k=4))
+    # an ingest adds sequences: they are searched beside the index, and said so
+    seqatlas.ingest(tmp_path / "b.fa", atlas=atlas, **common)
+    grown = similar(atlas, seq_id="q1", k=5, index="seqs")
+    assert grown.schema.metadata[b"pending_rows"] == b"3"
+    same(grown, similar(atlas, seq_id="q1", k=5))
+    assert main(["query", "similar", "--atlas", str(atlas), "--seq-id", "q1", "--index",
+                 "seqs", "--format", "tsv"]) == 0
+    assert "3 pooled rows added since index 'seqs' was built" in capsys.readouterr().err
+    update_index(atlas, name="seqs")
+    folded = similar(atlas, seq_id="q1", k=5, index="seqs")
+    assert folded.schema.metadata[b"pending_rows"] == b"0"
+    same(folded, grown)
+    with pytest.raises(seqatlas.SeqAtlasError, match="indexes tokens"):
+        similar(atlas, seq_id="q1", index="tok")
+    meta_path = atlas / "index" / "seqs" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["model"]["weights_sha256"] = "1" * 64
+    meta_path.write_text(json.dumps(meta))
+    assert main(["query", "similar", "--atlas", str(atlas), "--seq-id", "q1", "--index",
+                 "seqs"]) == 1
+    err = capsys.readouterr().err
+    assert "built from another atlas" in err and "seqatlas index build" in err

@@ -20,6 +20,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "verify": ("seqatlas verify --atlas prot_atlas",),
     "repair": ("seqatlas repair --atlas prot_atlas --workers 2",),
     "log": ("seqatlas log --atlas dna_atlas -n 5", "seqatlas log --atlas dna_atlas --json"),
+    "pool": ("seqatlas pool --atlas dna_atlas",
+             "seqatlas pool --atlas dna_atlas --replace --bin 5000"),
     "compact": ("seqatlas compact --atlas dna_atlas",
                 "seqatlas compact --atlas dna_atlas --table positions --memory-limit 2GB"),
     "upgrade": ("seqatlas upgrade --atlas old_atlas",),
@@ -42,6 +44,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     ),
     "query anomalies": ("seqatlas query anomalies --atlas dna_atlas --z 4 --tail high",),
     "query enrichment": ("seqatlas query enrichment --atlas dna_atlas --by class",),
+    "query similar": (
+        "seqatlas query similar --atlas prot_atlas --seq-id P12345 -k 10",
+        "seqatlas query similar --atlas dna_atlas --fasta query.fa --where \"repeat_class IS NULL\"",
+    ),
     "query knn": (
         "seqatlas query knn --atlas dna_atlas --kmer ACGTAC -k 5",
         "seqatlas query knn --atlas prot_atlas --at P12345:40 --where \"seq_id <> 'P12345'\"",
@@ -65,10 +71,17 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "plot icl": ("seqatlas plot icl --atlas dna_atlas --doubling doubling.csv -o icl.png",),
     "plot calibration": ("seqatlas plot calibration --atlas dna_atlas --index default "
                          "-o recall.png",),
+    "plot embedding": ("seqatlas plot embedding --atlas prot_atlas --color "
+                       "\"split_part(description, ' ', 1)\" -o pca.png",
+                       "seqatlas plot embedding --atlas dna_atlas --color repeat_class "
+                       "--where \"seq_id = 'chrX'\" --coordinates pca.tsv -o pca.svg"),
     "export bigwig": ("seqatlas export bigwig --atlas dna_atlas -o logp.bw",),
     "export bed": ("seqatlas export bed --atlas dna_atlas --z 4 -o anomalies.bed",),
     "index build": ("seqatlas index build --atlas dna_atlas",
-                    "seqatlas index build --atlas dna_atlas --type ivf-pq --name pq"),
+                    "seqatlas index build --atlas dna_atlas --type ivf-pq --name pq",
+                    "seqatlas index build --atlas prot_atlas --level pooled --name proteins"),
+    "index update": ("seqatlas index update --atlas dna_atlas",
+                     "seqatlas index update --atlas dna_atlas --name pq --json"),
     "index list": ("seqatlas index list --atlas dna_atlas",),
     "probe icl": ("seqatlas probe icl --atlas dna_atlas --method shuffle",),
     "probe doubling": ("seqatlas probe doubling proteins.fa --shuffle -o doubling.csv",),

@@ -80,6 +80,11 @@ def print_info(summary: dict, console: Console | None = None) -> None:
                   f"{scoring.get('window', '?')} overlap {scoring.get('overlap', '?')}, "
                   f"embeddings {scoring.get('embedding_dtype') or 'none'}{layer}{strands}"
                   f"{copies}{distributions}", highlight=False)
+    pooling = summary.get("pooling")
+    if pooling:
+        per = f"{pooling['bin']}-base bin" if pooling["bin"] else "sequence"
+        console.print(f"[bold]pooled[/] {', '.join(pooling['poolings'])} per {per}, layer(s) "
+                      f"{', '.join(map(str, pooling['layers']))}", highlight=False)
     numbers = ("parts", "rows", "on disk", "bytes/row")
     console.print(FittedTable(
         ("table", *numbers),

@@ -71,7 +71,8 @@ def _emit(table, format: Format, output: Optional[Path], what: str, title: str =
 @query_app.command("sql")
 def sql(
     query: str = typer.Argument(..., help="One SELECT over the views sequences, positions, "
-                                "tokens, repeats, ablations, variants; repeats_global "
+                                "tokens, repeats, ablations, variants, pooled (one vector "
+                                "per sequence or bin); repeats_global "
                                 "(repeats with genome-wide gstart/gend, for fast interval "
                                 "joins); robust_stats, position_z, anomalies, "
                                 "anomaly_regions, icl_regions (the anomaly model of `query "
@@ -252,7 +253,15 @@ def knn(
 
     table = run(atlas, kmer=kmer, at=at, sequence=sequence, k=k, nprobe=nprobe, where=where,
                 index=index, offset=offset, model=model)
+    _note_pending(table)
     _emit(table, format, output, "hits", render=_print_knn)
+
+
+def _note_pending(table) -> None:
+    """The note a search leaves in its result's metadata (rows searched beside an index)."""
+    text = (table.schema.metadata or {}).get(b"note", b"").decode()
+    if text:
+        note(f"Note: {text}.")
 
 
 def _print_knn(table, console) -> None:
@@ -264,6 +273,62 @@ def _print_knn(table, console) -> None:
     for query in dict.fromkeys(queries.to_pylist()):
         hits = table.filter(pc.equal(queries, query)).select(shown)
         console.print(arrow_rich_table(hits, f"nearest tokens of {query}"))
+
+
+@query_app.command("similar")
+def similar(
+    atlas: str = ATLAS,
+    seq_id: Optional[list[str]] = typer.Option(
+        None, "--seq-id", help="A stored sequence (ID), or ID:START-END for the bins "
+        "overlapping that span; its own row is left out of its hits. Repeatable."),
+    sequence: Optional[list[str]] = typer.Option(
+        None, "--sequence", help="Residues, embedded and pooled with the atlas's own model, "
+        "windows and layers. Repeatable."),
+    fasta: Optional[Path] = typer.Option(None, "--fasta", help="A FASTA file: each record is "
+                                         "a query, embedded as --sequence."),
+    k: int = typer.Option(10, "-k", "--k", help="Hits per query."),
+    where: Optional[str] = typer.Option(
+        None, "--where", help="SQL condition on the candidates (seq_id, start, \"end\", level, "
+        "tokens, length, description, repeat_class), applied before ranking: the hits are "
+        "exactly the filtered brute-force top k."),
+    layer: Optional[int] = typer.Option(None, "--layer", help="A pooled layer (default: the "
+                                        "first stored; negative counts back from the last)."),
+    pooling: str = typer.Option("mean", "--pooling", help="mean, or bos (the BOS/CLS state, "
+                                "where the atlas pooled it)."),
+    index: Optional[str] = typer.Option(None, "--index", help="A pooled index (`index build "
+                                        "--level pooled`); default: exhaustive search."),
+    metric: str = typer.Option("cosine", "--metric", help="cosine, ip or l2 for the "
+                               "exhaustive search (an index keeps its own)."),
+    nprobe: Optional[int] = typer.Option(None, "--nprobe", help="IVF lists searched "
+                                         "(default: the index's own)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Checkpoint to embed --sequence "
+                                        "/ --fasta with, when the one the atlas records has "
+                                        "moved (its weights sha256 must match)."),
+    format: Format = FORMAT,
+    output: Optional[Path] = OUTPUT,
+) -> None:
+    """Nearest sequences (or genomic bins) of a sequence in pooled-embedding space, with
+    their length, description, repeats and likelihood summary."""
+    from seqatlas.query.sequence_search import similar as run
+
+    table = run(atlas, seq_id=seq_id, sequence=sequence, fasta=fasta, k=k, where=where,
+                layer=layer, pooling=pooling, index=index, metric=metric, nprobe=nprobe,
+                model=model)
+    note(f"searched: {(table.schema.metadata or {}).get(b'search', b'').decode()}")
+    _note_pending(table)
+    _emit(table, format, output, "hits", render=_print_similar)
+
+
+def _print_similar(table, console) -> None:
+    """One rich table per query."""
+    import pyarrow.compute as pc
+
+    shown = ["rank", "seq_id", "start", "end", "distance", "length", "description",
+             "repeat_class", "repeat_fraction", "logp", "n_anomalous"]
+    queries = table.column("query")
+    for query in dict.fromkeys(queries.to_pylist()):
+        hits = table.filter(pc.equal(queries, query)).select(shown)
+        console.print(arrow_rich_table(hits, f"nearest of {query}"))
 
 
 @query_app.command("identity")

@@ -1,10 +1,13 @@
-"""Build a FAISS index over an atlas's token embeddings, streamed from the tokens parts.
+"""Build a FAISS index over an atlas's token embeddings, streamed from the tokens parts, or
+(``level`` "pooled") over the pooled rows of one pooling and layer (ids: ``pool_id``).
 
 Types: ``flat`` (exact), ``ivf-flat``, ``ivf-pq`` (PCA rotation + IVF + 8-bit PQ, 2 PCA
 dimensions per code byte) and ``hnsw``. ``auto`` picks Flat below 1M vectors and IVF-PQ above
 (:func:`choose_index`). Vector ids are the atlas ``token_id`` values. IVF and PQ train on a
 random sample; the number of IVF lists (HNSW: efSearch) visited per query is then calibrated
 on held-in queries against exact search and stored in the meta, with the recall measured.
+The index directory also records what the index covers (units and ids), so that rows added
+later are searched beside it and folded in by :func:`~seqatlas.index.update.update_index`.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from seqatlas.store import AtlasReader, AtlasWriter
+from seqatlas import schema
 from seqatlas.util import format_size, machine_memory_bytes, utc_now
 from seqatlas.errors import ConfigError
 from seqatlas.index import store
@@ -24,7 +28,9 @@ from seqatlas.progress import Meter
 from seqatlas.index.populate import add_batches, make_index, train, use_gpu
 from seqatlas.index.shards import add_sharded
 from seqatlas.index.search import METRICS, Calibration, calibrate
-from seqatlas.index.vectors import EmbeddingSource, column_layer, prepare, tokens_fingerprint
+from seqatlas.index.coverage import index_ids
+from seqatlas.index.vectors import (LEVELS, EmbeddingSource, column_layer, prepare,
+                                    table_fingerprint)
 
 TYPES = ("auto", "flat", "ivf-flat", "ivf-pq", "hnsw")
 FLAT_LIMIT = 1_000_000  # auto: exact search below this many vectors
@@ -41,6 +47,8 @@ class IndexConfig:
     type: str = "auto"  # auto | flat | ivf-flat | ivf-pq | hnsw
     metric: str = "cosine"  # cosine (inner product of normalised vectors) | ip | l2
     column: str = "embedding"  # the tokens embedding column (embedding_layer_{L}: layer L)
+    level: str = "tokens"  # tokens | pooled (the pooled rows of `pooling` and column's layer)
+    pooling: str = "mean"  # pooled: mean | bos
     nlist: int | None = None  # IVF lists; default ~4 sqrt(N), a power of 2
     m: int | None = None  # ivf-pq: code bytes (PQ sub-quantizers); hnsw: neighbours per node
     nbits: int = 8  # ivf-pq: bits per sub-quantizer code
@@ -60,6 +68,11 @@ class IndexConfig:
             raise ConfigError(f"--type {self.type!r}: choose one of {', '.join(TYPES)}")
         if self.metric not in METRICS:
             raise ConfigError(f"--metric {self.metric!r}: choose one of {', '.join(METRICS)}")
+        if self.level not in LEVELS:
+            raise ConfigError(f"--level {self.level!r}: choose one of {', '.join(LEVELS)}")
+        if self.pooling not in schema.POOLINGS:
+            raise ConfigError(f"--pooling {self.pooling!r}: choose one of "
+                              f"{', '.join(schema.POOLINGS)}")
         for key in ("nlist", "m", "sample", "shards"):
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)
@@ -249,11 +262,13 @@ def plan_index(config: IndexConfig, n: int, dim: int, memory_bytes: int | None =
 
 
 def build_index(atlas: str | os.PathLike | AtlasReader, **options) -> dict:
-    """Build embedding index ``name`` of ``atlas`` and record it in the manifest.
+    """Build embedding index ``name`` of ``atlas`` from scratch and record it in the
+    manifest: over its tokens, or (``level`` "pooled") its pooled rows of ``pooling`` and
+    the layer ``column`` stores.
 
     Options are the fields of :class:`IndexConfig`. Returns the index meta: type, metric,
-    dim, ntotal, parameters, why they were chosen, calibrated search settings with their
-    measured recall@10, sha256, timings.
+    dim, ntotal, level, pooling, layer, parameters, why they were chosen, calibrated search
+    settings with their measured recall@10, what it covers (``coverage``), sha256, timings.
     """
     config = IndexConfig(**options)
     import faiss  # noqa: F401 -- a missing FAISS fails before the atlas is locked
@@ -277,17 +292,17 @@ def build_index(atlas: str | os.PathLike | AtlasReader, **options) -> dict:
                      device=device, shards=shards, nodes=nodes, train_seconds=train_seconds,
                      add_seconds=add_seconds, variance=variance)
         meta["build_seconds"] = round(time.perf_counter() - started, 3)
-        meta = store.write_index(path, config.name, index, meta)
-        writer.set_index(config.name, {key: meta[key] for key in (
-            "type", "metric", "column", "dim", "ntotal", "bytes", "bytes_per_vector", "sha256",
-            "built", "factory")})
+        meta = store.write_index(path, config.name, index, meta, units=source.units(),
+                                 ids=index_ids(index))
+        writer.set_index(config.name, store.index_entry(meta))
     return meta
 
 
 def _open(snapshot: AtlasReader, config: IndexConfig
           ) -> tuple[EmbeddingSource, Plan, tuple[bool, str]]:
     """The vectors to index, the plan for them, and (whether to use GPUs, why)."""
-    source = EmbeddingSource.open(snapshot, config.column)
+    source = EmbeddingSource.open(snapshot, config.column, level=config.level,
+                                  pooling=config.pooling)
     plan = plan_index(config, source.total, source.dim)
     gpu = use_gpu(config.gpu, plan.type)
     if config.shards and config.shards > 1 and plan.type == "hnsw":
@@ -353,8 +368,8 @@ def _add(index, source: EmbeddingSource, config: IndexConfig, calibration: Calib
                         advance=progress.advance)
     if index.ntotal != source.total:
         raise ConfigError(f"the index holds {index.ntotal:,} vectors but the atlas has "
-                          f"{source.total:,} token rows; the tokens parts disagree with "
-                          "the committed state (atlas.json and its log)")
+                          f"{source.total:,} {source.noun} rows; the {source.table} parts "
+                          "disagree with the committed state (atlas.json and its log)")
     return index, shards, nodes
 
 
@@ -366,21 +381,31 @@ def _meta(config: IndexConfig, plan: Plan, snapshot: AtlasReader, source: Embedd
     import faiss
 
     model = snapshot.manifest.model
+    pooled = config.level == "pooled"
     meta = {
         "name": config.name, "type": plan.type, "auto": config.type == "auto",
         "reason": plan.reason, "factory": plan.describe(), "metric": config.metric,
-        "dim": source.dim, "ntotal": int(index.ntotal), "column": config.column,
-        "layer": column_layer(snapshot, config.column), "params": plan.params,
+        "dim": source.dim, "ntotal": int(index.ntotal),
+        "column": f"{config.column} (pooled {config.pooling})" if pooled else config.column,
+        "level": config.level, "pooling": config.pooling if pooled else None,
+        "layer_column": config.column, "layer": column_layer(snapshot, config.column),
+        "params": plan.params, "seed": config.seed,
         "search": search, "gpu": gpu, "device": device, "shards": shards,
         "shard_nodes": nodes,
         "model": {"name": model.name if model else None,
                   "weights_sha256": model.weights_sha256 if model else None},
-        "atlas": {"updated": snapshot.manifest.updated, "tokens_rows": source.total,
-                  "tokens_parts": len(source.parts),
-                  "tokens_fingerprint": tokens_fingerprint(snapshot)},
+        "atlas": atlas_record(snapshot, source),
         "train_seconds": round(train_seconds, 3), "add_seconds": round(add_seconds, 3),
         "faiss_version": faiss.__version__, "built": utc_now(),
     }
     if variance is not None:
         meta["pca_variance_kept"] = variance
     return meta
+
+
+def atlas_record(snapshot: AtlasReader, source: EmbeddingSource) -> dict:
+    """The meta's ``atlas``: the atlas's state the index was built (or updated) from."""
+    table = source.table
+    return {"updated": snapshot.manifest.updated, f"{table}_rows": source.total,
+            f"{table}_parts": len(source.parts),
+            f"{table}_fingerprint": table_fingerprint(snapshot, table)}

@@ -95,6 +95,18 @@ def exact_search(queries: np.ndarray, batches: Iterable[tuple[np.ndarray, np.nda
     return distances, np.where(rows >= 0, ids[np.maximum(rows, 0)], -1)
 
 
+def merge_top_k(first: tuple[np.ndarray, np.ndarray], second: tuple[np.ndarray, np.ndarray],
+                k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """The top ``k`` of two (distances, ids) results of the same queries, as FAISS returns
+    them for an index of ``metric`` (before :func:`to_similarity`: larger is nearer only for
+    ``ip``); nearest first, ``first`` before ``second`` on a tie, -1 ids last."""
+    distances = np.concatenate([first[0], second[0]], axis=1).astype(np.float32, copy=False)
+    ids = np.concatenate([first[1], second[1]], axis=1).astype(np.int64, copy=False)
+    key = np.where(ids >= 0, -distances if metric == "ip" else distances, np.inf)
+    order = np.argsort(key, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(distances, order, axis=1), np.take_along_axis(ids, order, axis=1)
+
+
 def per_query_recall(truth: np.ndarray, found: np.ndarray) -> np.ndarray:
     """Fraction of each query's true top-k found in its returned top-k."""
     return np.array([len(set(t[t >= 0]) & set(f[f >= 0])) / max((t >= 0).sum(), 1)

@@ -37,16 +37,18 @@ def split_parts(rows: list[int], shards: int) -> list[range]:
     return bounds
 
 
-def add_shard(index_bytes: np.ndarray, atlas_path, column: str, dim: int,
+def add_shard(index_bytes: np.ndarray, atlas_path, layout: dict, dim: int,
               parts: list, rows: list[int], metric: str, queries: np.ndarray, k: int,
               batch_rows: int, threads: int, gpu: bool):
     """Ray task: add ``parts`` to a copy of the trained index; return it serialised with the
-    exact top-k of the calibration queries among these parts."""
+    exact top-k of the calibration queries among these parts. ``layout``: the source's
+    table, id column, vector column and row filter."""
     import faiss
 
     faiss.omp_set_num_threads(max(1, threads))
     index = faiss.deserialize_index(index_bytes)
-    source = EmbeddingSource(AtlasReader(atlas_path), column, dim, list(parts), rows)
+    source = EmbeddingSource(AtlasReader(atlas_path), dim=dim, parts=list(parts), rows=rows,
+                             **layout)
     calibration = Calibration(queries, metric, k)
     add_batches(index, source, metric, calibration, gpu=gpu and gpu_count() > 0,
                 batch_rows=batch_rows)
@@ -77,7 +79,9 @@ def add_sharded(index, source, shards: int, *, config, calibration, gpu: bool = 
         groups = split_parts(source.rows, shards)
         atlas = source.atlas.path if source.atlas.filesystem is not None else \
             str(source.atlas.path)  # a remote location travels with its filesystem
-        refs = [task.remote(payload, atlas, source.column, source.dim,
+        layout = {"column": source.column, "table": source.table,
+                  "id_column": source.id_column, "where": source.where}
+        refs = [task.remote(payload, atlas, layout, source.dim,
                             [source.parts[i] for i in group],
                             [source.rows[i] for i in group], config.metric, queries,
                             calibration.k, config.batch_rows, threads, gpu)

@@ -1,10 +1,14 @@
-"""Index directories ``ATLAS/index/<name>/`` (FAISS file + ``meta.json``): atomic writes,
+"""Index directories ``ATLAS/index/<name>/`` (FAISS file + ``meta.json``, and what it
+covers: ``units.json``, ``ids.npy``, see :mod:`~seqatlas.index.coverage`): atomic writes,
 checked loading, search.
 
 A build is written into a temporary directory and swapped in only once complete, so a
 reader sees the old index or the new one, never a mixture. Loading checks the checksum, the
-dimension, the vector count and that the index was built from this atlas's tokens, and
-turns every failure (FAISS raises RuntimeError on a bad file) into :class:`AtlasIndexError`.
+dimension, the vector count and that the index was built from this atlas's rows, and turns
+every failure (FAISS raises RuntimeError on a bad file) into :class:`AtlasIndexError`. Rows
+added to the atlas since the build are found and searched exactly beside the index
+(:attr:`LoadedIndex.pending_rows`); an index built before coverage was recorded is current
+only while the table's fingerprint is unchanged.
 """
 
 from __future__ import annotations
@@ -22,16 +26,21 @@ import numpy as np
 
 from seqatlas.locations import RemoteLocation
 from seqatlas.store import AtlasReader
-from seqatlas.util import (TEMP_MARK, atomic_write, cache_dir, file_sha256, fsync_dir,
-                           temporary_name)
+from seqatlas.util import TEMP_MARK, file_sha256, fsync_dir, temporary_name
 from seqatlas.errors import AtlasIndexError, ConfigError
-from seqatlas.index.search import set_search_params, to_similarity
-from seqatlas.index.vectors import legacy_tokens_fingerprint, prepare, tokens_fingerprint
+from seqatlas.index.coverage import (COVERAGE_KEYS, PendingRows, find_pending, local_copy,
+                                     write_coverage)
+from seqatlas.index.search import merge_top_k, set_search_params, to_similarity
+from seqatlas.index.vectors import (POOLED_VECTORS, legacy_tokens_fingerprint, prepare,
+                                    tokens_fingerprint)
 
 INDEX_DIR = "index"
 INDEX_FILE = "index.faiss"
 META_FILE = "meta.json"
 _RENAME_EXCHANGE = 2
+# the meta keys recorded in the manifest's ``indexes`` entry
+ENTRY_KEYS = ("type", "metric", "column", "dim", "ntotal", "bytes", "bytes_per_vector",
+              "sha256", "built", "factory", "level", "updated")
 
 
 def index_dir(atlas: AtlasReader, name: str) -> Path:
@@ -72,20 +81,32 @@ def remove_stale(atlas_path: Path | RemoteLocation) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
-def write_index(atlas_path: Path | RemoteLocation, name: str, index, meta: dict) -> dict:
-    """Write ``index`` and its meta (sha256, bytes added) atomically; return the meta.
+def index_entry(meta: dict) -> dict:
+    """The manifest's ``indexes`` entry of an index with ``meta``."""
+    return {key: meta[key] for key in ENTRY_KEYS if key in meta}
 
-    A remote atlas gets the index file, then its meta (uploaded from a local build); the
-    manifest's ``indexes`` entry, written after, is what makes it the atlas's index."""
+
+def write_index(atlas_path: Path | RemoteLocation, name: str, index, meta: dict, *,
+                units: list[str] | None = None, ids: np.ndarray | None = None) -> dict:
+    """Write ``index`` and its meta (sha256, bytes added) atomically, with what it covers
+    (the ``units`` whose rows it holds and its ``ids``, when given: meta ``coverage``);
+    return the meta.
+
+    A remote atlas gets the index file and the coverage files, then its meta (uploaded from
+    a local build); the manifest's ``indexes`` entry, written after, is what makes it the
+    atlas's index."""
     import faiss
 
     if isinstance(atlas_path, RemoteLocation):
         with tempfile.TemporaryDirectory(prefix="seqatlas-index-") as tmp:
-            meta = write_index(Path(tmp), name, index, meta)
+            meta = write_index(Path(tmp), name, index, meta, units=units, ids=ids)
             built = Path(tmp) / INDEX_DIR / name
+            files = [INDEX_FILE] + [meta["coverage"][key] for key in ("units_file", "ids_file")
+                                    if key in meta.get("coverage", {})]
             try:
-                with open(built / INDEX_FILE, "rb") as fh:
-                    atlas_path.write_bytes(fh.read(), INDEX_DIR, name, INDEX_FILE)
+                for file in files:
+                    with open(built / file, "rb") as fh:
+                        atlas_path.write_bytes(fh.read(), INDEX_DIR, name, file)
                 atlas_path.write_bytes((built / META_FILE).read_bytes(), INDEX_DIR, name,
                                        META_FILE)
             except OSError as exc:
@@ -103,8 +124,11 @@ def write_index(atlas_path: Path | RemoteLocation, name: str, index, meta: dict)
         meta = {**meta, "file": INDEX_FILE, "bytes": (tmp / INDEX_FILE).stat().st_size,
                 "sha256": file_sha256(tmp / INDEX_FILE)}
         meta["bytes_per_vector"] = round(meta["bytes"] / max(meta["ntotal"], 1), 2)
+        meta.pop("coverage", None)
+        if units is not None:
+            meta["coverage"] = write_coverage(tmp, units, ids)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
-        for path in (tmp / INDEX_FILE, tmp / META_FILE, tmp):
+        for path in sorted(tmp.iterdir()) + [tmp]:
             fsync_dir(path)
         if final.exists():
             if _exchange(tmp, final):  # tmp now holds the old index
@@ -156,30 +180,63 @@ def list_indexes(atlas: str | os.PathLike | AtlasReader) -> list[dict]:
 
 
 class LoadedIndex:
-    """A checked index, ready to search; ids are atlas ``token_id`` values."""
+    """A checked index, ready to search; ids are atlas ``token_id`` values (``level``
+    "pooled": ``pool_id`` values).
 
-    def __init__(self, index, meta: dict, path: Path, mmap: bool):
+    ``pending`` (:class:`~seqatlas.index.coverage.PendingRows`, None for an index built
+    before coverage was recorded): the rows added to the atlas since the build, which
+    :meth:`search` searches exactly beside the index; :attr:`pending_rows` counts them and
+    :meth:`pending_note` says so.
+    """
+
+    def __init__(self, index, meta: dict, path: Path, mmap: bool, *,
+                 pending: PendingRows | None = None, atlas=None):
         self.index = index
         self.meta = meta
         self.path = path
         self.mmap = mmap
+        self.pending = pending
+        self.atlas = atlas  # the atlas path (for the update command in pending_note)
         self.column: str = meta["column"]
         self.metric: str = meta["metric"]
         self.dim: int = meta["dim"]
+        self.level: str = meta.get("level", "tokens")
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return (f"LoadedIndex({self.meta['name']!r}, type={self.meta['type']}, "
-                f"metric={self.metric}, ntotal={self.meta['ntotal']}, column={self.column})")
+                f"metric={self.metric}, ntotal={self.meta['ntotal']}, column={self.column}, "
+                f"pending_rows={self.pending_rows})")
 
     @property
     def ntotal(self) -> int:
         return int(self.index.ntotal)
 
+    @property
+    def pending_rows(self) -> int:
+        """Rows added to the atlas since the build, searched exhaustively."""
+        return self.pending.rows if self.pending is not None else 0
+
+    @property
+    def total(self) -> int:
+        """Vectors a search covers: the index's and the pending rows."""
+        return self.ntotal + self.pending_rows
+
+    def pending_note(self) -> str | None:
+        """What to tell the user when rows were searched beside the index (None: none)."""
+        if not self.pending_rows:
+            return None
+        name = self.meta["name"]
+        noun = "token" if self.level == "tokens" else self.level
+        option = "" if name == "default" else f" --name {name}"
+        return (f"{self.pending_rows:,} {noun} rows added since index {name!r} was built "
+                f"were searched exhaustively; `seqatlas index update --atlas {self.atlas}"
+                f"{option}` adds them")
+
     def search(self, queries: np.ndarray, k: int, *, nprobe: int | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
-        """Nearest ``k`` tokens of each query row: (distances (n, k) float32, token_ids (n, k)
-        int64, -1 where there are fewer hits).
+        """Nearest ``k`` rows of each query row: (distances (n, k) float32, ids (n, k) int64,
+        -1 where there are fewer hits), over the index and the :attr:`pending_rows`.
 
         Distances are inner products (``ip``) or cosine similarities (``cosine``: queries are
         normalised here), both larger when nearer, or squared Euclidean distances (``l2``).
@@ -203,6 +260,10 @@ class LoadedIndex:
         with self._lock:
             set_search_params(self.index, self.meta, nprobe)
             distances, ids = self.index.search(queries, int(k))
+            if self.pending_rows:
+                distances, ids = merge_top_k((distances, ids),
+                                             self.pending.search(queries, int(k)), int(k),
+                                             self.metric)
         return to_similarity(distances.astype(np.float32, copy=False), self.metric), \
             ids.astype(np.int64, copy=False)
 
@@ -211,8 +272,11 @@ def load_index(atlas: str | os.PathLike | AtlasReader, name: str = "default", *,
                mmap: bool = True, verify: bool = True) -> LoadedIndex:
     """Open index ``name`` of ``atlas`` after checking it belongs to the atlas as it is now.
 
+    Rows added since the build are found (:attr:`LoadedIndex.pending_rows`) and searched
+    beside the index; refused (:class:`AtlasIndexError` saying how to rebuild) are an index
+    of another model, of another dimension, or holding rows the atlas no longer has.
     ``mmap`` maps the file where FAISS can (IVF inverted lists, flat codes) instead of
-    reading it into memory; ``verify`` checks the sha256 of the file (one read of it).
+    reading it into memory; ``verify`` checks the sha256 of the files (one read of each).
     """
 
     atlas = atlas if isinstance(atlas, AtlasReader) else AtlasReader(atlas)
@@ -223,6 +287,10 @@ def load_index(atlas: str | os.PathLike | AtlasReader, name: str = "default", *,
         file = directory / meta["file"]
         model, built = meta["model"], meta["atlas"]
         dim, ntotal, column = int(meta["dim"]), int(meta["ntotal"]), meta["column"]
+        level, coverage = meta.get("level", "tokens"), meta.get("coverage")
+        for key in COVERAGE_KEYS if coverage is not None else ():
+            if key not in coverage:
+                raise KeyError(f"coverage.{key}")
     except (KeyError, TypeError, ValueError) as exc:
         raise AtlasIndexError(f"{directory / META_FILE} lacks {exc}; {rebuild}") from None
     current = atlas.manifest.model.to_json() if atlas.manifest.model else {}
@@ -233,18 +301,25 @@ def load_index(atlas: str | os.PathLike | AtlasReader, name: str = "default", *,
                 f"{model.get('name')!r}, weights {str(model.get('weights_sha256'))[:12]}; this "
                 f"atlas: {current.get('name')!r}, {str(current.get('weights_sha256'))[:12]}); "
                 f"{rebuild}")
-    atlas_dim = _column_dim(atlas, column)
+    if coverage is not None:  # rows added since are searched exactly; rows gone: refused
+        pending = find_pending(atlas, {**meta, "name": name}, directory, rebuild,
+                               verify=verify)
+    else:  # built before coverage was recorded: current while the tokens are unchanged
+        pending = None
+    table_column = column if level == "tokens" else POOLED_VECTORS
+    atlas_dim = _column_dim(atlas, level, table_column)
     if atlas_dim != dim:
-        raise AtlasIndexError(f"index {name!r} has dimension {dim} but the atlas's {column!r} "
-                              f"column has dimension {atlas_dim}; {rebuild}")
-    rows = atlas.count("tokens")
-    fingerprint = built.get("tokens_fingerprint")
-    if fingerprint not in (tokens_fingerprint(atlas), legacy_tokens_fingerprint(atlas)) or \
-            ntotal != rows:
-        raise AtlasIndexError(
-            f"index {name!r} holds {ntotal:,} vectors from other tokens parts than the atlas "
-            f"now has ({rows:,} token rows; the atlas changed since the build, or the index "
-            f"was copied from another atlas); {rebuild}")
+        raise AtlasIndexError(f"index {name!r} has dimension {dim} but the atlas's "
+                              f"{table_column!r} column has dimension {atlas_dim}; {rebuild}")
+    if pending is None:
+        rows = atlas.count("tokens")
+        fingerprint = built.get("tokens_fingerprint")
+        if fingerprint not in (tokens_fingerprint(atlas), legacy_tokens_fingerprint(atlas)) \
+                or ntotal != rows:
+            raise AtlasIndexError(
+                f"index {name!r} holds {ntotal:,} vectors from other tokens parts than the "
+                f"atlas now has ({rows:,} token rows; the atlas changed since the build, or "
+                f"the index was copied from another atlas); {rebuild}")
     if isinstance(file, RemoteLocation):
         file = _downloaded(file, meta, rebuild)
     if not file.exists():
@@ -263,25 +338,14 @@ def load_index(atlas: str | os.PathLike | AtlasReader, name: str = "default", *,
     if index.ntotal != ntotal:
         raise AtlasIndexError(f"{file} holds {index.ntotal:,} vectors, its meta.json says "
                               f"{ntotal:,}; {rebuild}")
-    return LoadedIndex(index, meta, directory, mapped)
+    return LoadedIndex(index, meta, directory, mapped, pending=pending, atlas=atlas.path)
 
 
 def _downloaded(file: RemoteLocation, meta: dict, rebuild: str) -> Path:
     """A remote index file, copied once into this machine's cache (by its SHA-256) so that
     FAISS can map it; the copy is checked like a local index file."""
-    digest = str(meta.get("sha256", "unknown"))
-    local = cache_dir() / "remote-indexes" / f"{digest}.faiss"
-    if local.exists() and local.stat().st_size == meta.get("bytes"):
-        return local
-    try:
-        data = file.read_bytes()
-    except OSError as exc:
-        raise AtlasIndexError(f"cannot read {file} ({exc}); {rebuild}") from None
-    if data is None:
-        raise AtlasIndexError(f"{file} is missing; {rebuild}")
-    local.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(local, data)
-    return local
+    return local_copy(file, str(meta.get("sha256", "unknown")), meta.get("bytes"), ".faiss",
+                      rebuild)
 
 
 def _read(file: Path, kind: str, mmap: bool, rebuild: str):
@@ -304,15 +368,15 @@ def _read(file: Path, kind: str, mmap: bool, rebuild: str):
             from None
 
 
-def _column_dim(atlas: AtlasReader, column: str) -> int | None:
+def _column_dim(atlas: AtlasReader, table: str, column: str) -> int | None:
     import pyarrow as pa
 
-    parts = atlas.part_paths("tokens")
+    parts = atlas.part_paths(table)
     if not parts:
         return None
     arrow_schema = atlas.open_part(parts[0]).schema_arrow
     if column not in arrow_schema.names:
-        raise AtlasIndexError(f"the atlas's tokens have no column {column!r} (the index was "
+        raise AtlasIndexError(f"the atlas's {table} have no column {column!r} (the index was "
                               "built from another atlas)")
     field_type = arrow_schema.field(column).type
     return field_type.list_size if pa.types.is_fixed_size_list(field_type) else None

@@ -17,6 +17,11 @@ have the weights sha256 the manifest records. Hits are joined through the DuckDB
 column over the token's bases) and ``repeats`` (repeat_class: the classes overlapping the
 token, comma-separated). ``where`` filters the joined hits; the search over-fetches (4 k,
 doubling up to the whole index) until k rows per query pass it, or none are left.
+
+Token rows ingested after the index was built are searched exhaustively beside it (see
+:func:`~seqatlas.index.store.load_index`); the result's schema metadata says how many
+(``pending_rows``), and a note on stderr says so and how to fold them in
+(``seqatlas index update``).
 """
 
 from __future__ import annotations
@@ -297,6 +302,11 @@ def knn(atlas, *, kmer: str | list[str] | None = None, at: str | list[str] | Non
     atlas = atlas if isinstance(atlas, AtlasReader) else AtlasReader(atlas)
     require_embeddings(atlas)
     index = load_index(atlas, name=config.index)  # a missing one: says how to build it
+    if index.level != "tokens":
+        raise AtlasIndexError(f"index {config.index!r} is over {index.level} vectors, not "
+                              "tokens; knn looks up tokens: build a tokens index with "
+                              f"`seqatlas index build --atlas {atlas.path} --name NAME` and "
+                              "pass --index NAME")
     layer = column_layer(atlas, index.column)
     if layer is None:
         raise AtlasIndexError(f"index {config.index!r} is over {index.column!r}, which "
@@ -314,7 +324,7 @@ def knn(atlas, *, kmer: str | list[str] | None = None, at: str | list[str] | Non
             labels = [t.strip().upper() + (f"@{config.offset}" if config.offset is not None
                                            else "") for t in texts]
         statement = filter_statement(engine, config.where) if config.where else None
-        ntotal = int(index.meta["ntotal"])
+        ntotal = index.total  # the index's vectors and the rows added since its build
         want = config.k + (kind == "at")
         fetch = min(ntotal, want * (OVERFETCH if config.where else 1))
         while True:
@@ -326,5 +336,13 @@ def knn(atlas, *, kmer: str | list[str] | None = None, at: str | list[str] | Non
                 rows = engine.run(statement)
             result, counts = _ranked(rows, config.k, len(labels))
             if config.where is None or counts.min() >= config.k or fetch >= ntotal:
-                return result
+                return _reported(result, index)
             fetch = min(ntotal, fetch * 2)
+
+
+def _reported(result: pa.Table, index) -> pa.Table:
+    """``result`` with the index and the rows searched beside it in its schema metadata
+    (``index``, ``pending_rows``, and ``note``, what to tell the user about them)."""
+    return result.replace_schema_metadata({"index": index.meta["name"],
+                                           "pending_rows": str(index.pending_rows),
+                                           "note": index.pending_note() or ""})

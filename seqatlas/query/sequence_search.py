@@ -353,16 +353,16 @@ def similar(atlas, *, seq_id: str | list[str] | None = None,
             distances, hits = _exact(queries, ids, vectors, config.k, metric)
             how = (f"exhaustive over the {len(ids):,} rows passing --where" if allowed is not None
                    else f"exhaustive over {len(ids):,} rows")
-            pending = 0
+            pending, note = 0, None
         else:
             want = config.k + any(e is not None for e in queries.exclude)
             distances, hits = index.search(queries.vectors, want, nprobe=config.nprobe)
-            pending = int(getattr(index, "pending_rows", 0) or 0)
+            pending, note = index.pending_rows, index.pending_note()
             how = f"index {config.index!r} ({index.meta['type']})"
         result = _join(engine, _ranked_hits(queries, distances, hits, config.k), queries.labels)
     result = result.select(list(OUTPUT_COLUMNS))
     return result.replace_schema_metadata({"search": how, "metric": metric,
-                                           "pending_rows": str(pending)})
+                                           "pending_rows": str(pending), "note": note or ""})
 
 
 def _pooled_index(atlas: AtlasReader, config: SimilarConfig, layer: int):

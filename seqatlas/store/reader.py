@@ -186,6 +186,7 @@ class AtlasReader:
             "kind_detected": manifest.kind_detected,
             "model": manifest.model.to_json() if manifest.model else None,
             "scoring": manifest.scoring.to_json() if manifest.scoring else None,
+            "pooling": manifest.pooling,
             "inputs": [i.to_json() for i in manifest.inputs],
             "tables": tables,
             "units": {"committed": len(manifest.units)},
