@@ -159,6 +159,15 @@ def _pooled_snippets_run(tmp_path):
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "'rows_added': 0" in done.stdout and "'rank': 2" in done.stdout
+    # the Embedding index section, on the proteins
+    outputs = _run_lines("## Embedding index", tmp_path)
+    assert "is up to date" in " ".join(outputs[3].split())  # built just before: nothing new
+    listed = " ".join(outputs[4].split())
+    assert "default" in listed and "pq" in listed and "seqs" in listed
+    script = "\n".join(_blocks("## Embedding index", "python"))
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
 
 
 def _storage_snippets_run(tmp_path):

@@ -149,6 +149,9 @@ def test_bad_queries_are_refused_clearly_and_nothing_is_written(proteins, capsys
         err = capsys.readouterr().err
         assert code == 1, args
         assert message in err and "Traceback" not in err, (args, err)
+    assert main(["query", "similar", "--atlas", str(atlas), "--seq-id", "p1", "-k", "3",
+                 "--where", "length > 30"]) == 0
+    capsys.readouterr()
     assert _tree(atlas) == before  # readers never write
     with pytest.raises(ConfigError, match="one kind of query"):
         similar(atlas, k=3)

@@ -153,30 +153,36 @@ def parse_span(text: str) -> tuple[str, int | None, int | None]:
 def stored_queries(engine, atlas: AtlasReader, ids: list[str], layer: int,
                    pooling: str) -> Queries:
     """The stored pooled vectors of ``ids`` (whole sequences, or the bins overlapping
-    ``ID:START-END``)."""
-    labels, wanted, exclude = [], [], []
-    for text in ids:
-        seq_id, lo, hi = parse_span(text)
-        known = engine.execute_internal("SELECT length FROM sequences WHERE seq_id = ?",
-                                        [seq_id]).fetchall()
-        if not known:
+    ``ID:START-END``), looked up in one pass whatever their number."""
+    spans = [parse_span(text) for text in ids]
+    engine.con.register("similar_wanted", pa.table({
+        "seq_id": pa.array(sorted({s for s, _, _ in spans}), pa.string())}))
+    lengths = dict(engine.execute_internal(
+        "SELECT seq_id, length FROM sequences SEMI JOIN similar_wanted USING (seq_id)"
+    ).fetchall())
+    rows: dict[str, list[tuple[int, int, int]]] = {}
+    for seq_id, pool_id, start, end in engine.execute_internal(
+            "SELECT p.seq_id, p.pool_id, p.start, p.\"end\" FROM pooled p SEMI JOIN "
+            "similar_wanted USING (seq_id) WHERE p.layer = ? AND p.pooling = ? "
+            "ORDER BY p.seq_id, p.start", [layer, pooling]).fetchall():
+        rows.setdefault(seq_id, []).append((pool_id, start, end))
+    labels, wanted = [], []
+    for text, (seq_id, lo, hi) in zip(ids, spans):
+        if seq_id not in lengths:
             raise ConfigError(f"--seq-id {text}: no sequence {seq_id!r} in {atlas.path}")
-        lo, hi = (0, known[0][0]) if lo is None else (lo, min(hi, known[0][0]))
-        rows = engine.execute_internal(
-            "SELECT pool_id, start, \"end\" FROM similar_candidates WHERE seq_id = ? AND "
-            "start < ? AND \"end\" > ? ORDER BY start", [seq_id, hi, lo]).fetchall()
-        if not rows:
+        lo, hi = (0, lengths[seq_id]) if lo is None else (lo, min(hi, lengths[seq_id]))
+        found = [r for r in rows.get(seq_id, []) if r[1] < hi and r[2] > lo]
+        if not found:
             raise ConfigError(f"--seq-id {text}: {seq_id!r} has no pooled vector there (no "
                               "token starts in it: all N, or shorter than one token)")
-        for pool_id, start, end in rows:
+        for pool_id, start, end in found:
             labels.append(seq_id if atlas.manifest.pooling["bin"] == 0
                           else f"{seq_id}:{start}-{end}")
             wanted.append(pool_id)
-            exclude.append(pool_id)
     ids_sorted, vectors = candidate_vectors(atlas, layer, pooling,
                                             np.unique(np.asarray(wanted, np.int64)))
-    rows = np.searchsorted(ids_sorted, np.asarray(wanted, np.int64))
-    return Queries(labels, vectors[rows], exclude)
+    at = np.searchsorted(ids_sorted, np.asarray(wanted, np.int64))
+    return Queries(labels, vectors[at], list(wanted))
 
 
 def read_residues(sequence: str | list[str] | None, fasta: str | os.PathLike | None,

@@ -284,34 +284,66 @@ def present_ids(reader: AtlasReader, pooling: str = "mean") -> set[int]:
     return set(table.column("pool_id").to_numpy()[keep].tolist())
 
 
-def read_tokens(reader: AtlasReader, seq_ids: list[str], columns: tuple[str, ...],
-                span: tuple[int, int] | None = None) -> pa.Table:
-    """The stored token rows of ``seq_ids`` (with ``span``: of the one sequence's tokens
-    starting in [lo, hi)), reading only the parts whose key ranges may hold them."""
-    import pyarrow.compute as pc
-
-    wanted = set(seq_ids)
+def read_tokens(reader: AtlasReader, spans: dict[str, list[tuple[int, int]]],
+                columns: tuple[str, ...]) -> pa.Table:
+    """The stored token rows of each sequence of ``spans`` whose start lies in one of its
+    sorted, disjoint spans [lo, hi), reading only the parts, and in them the row groups,
+    whose key statistics may hold such rows."""
     names = ["token_id", "seq_id", "start", *columns]
+    records = reader.manifest.table_parts("tokens")
     tables = []
     for path in reader.part_paths("tokens"):
-        record = reader.manifest.table_parts("tokens").get(path.name)
+        record = records.get(path.name)
         if record is not None and record.stats and not any(
-                record.may_hold(s, *(span or (None, None))) for s in wanted):
+                record.may_hold(s, bins[0][0], bins[-1][1]) for s, bins in spans.items()):
             continue
         handle = reader.open_part(path)
-        for batch in handle.iter_batches(batch_size=65536, columns=names):
-            mask = pc.is_in(batch.column(1), pa.array(sorted(wanted), pa.string()))
-            if span is not None:
-                start = batch.column(2)
-                mask = pc.and_(mask, pc.and_(pc.greater_equal(start, span[0]),
-                                             pc.less(start, span[1])))
-            chosen = batch.filter(mask)
-            if chosen.num_rows:
-                tables.append(pa.Table.from_batches([chosen]))
+        groups = _row_groups(handle, spans)
+        if not groups:
+            continue
+        table = handle.read_row_groups(groups, columns=names)
+        seq = np.asarray(table.column("seq_id").to_pylist(), dtype=object)
+        start = table.column("start").to_numpy()
+        keep = np.zeros(len(seq), dtype=bool)
+        for seq_id, bins in spans.items():
+            mine = np.nonzero(seq == seq_id)[0]
+            if not len(mine):
+                continue
+            lo = np.array([b[0] for b in bins])
+            hi = np.array([b[1] for b in bins])
+            at = np.searchsorted(lo, start[mine], side="right") - 1
+            keep[mine] = (at >= 0) & (start[mine] < hi[np.maximum(at, 0)])
+        if keep.any():
+            tables.append(table.filter(pa.array(keep)))
     if not tables:
-        return pa.table({n: pa.array([], reader.manifest.tokens_schema().field(n).type)
-                         for n in names})
+        arrow_schema = reader.manifest.tokens_schema()
+        return pa.table({n: pa.array([], arrow_schema.field(n).type) for n in names})
     return pa.concat_tables(tables)
+
+
+def _row_groups(handle, spans: dict[str, list[tuple[int, int]]]) -> list[int]:
+    """The row groups of a tokens part whose seq_id and start statistics may hold a row of
+    ``spans`` (all of them where statistics are missing)."""
+    meta = handle.metadata
+    arrow_names = handle.schema_arrow.names
+    seq_col, start_col = arrow_names.index("seq_id"), arrow_names.index("start")
+    chosen = []
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        seq_stats = group.column(seq_col).statistics
+        start_stats = group.column(start_col).statistics
+        if seq_stats is None or not seq_stats.has_min_max or start_stats is None or \
+                not start_stats.has_min_max:
+            chosen.append(g)
+            continue
+        for seq_id, bins in spans.items():
+            if not seq_stats.min <= seq_id <= seq_stats.max:
+                continue
+            if seq_stats.min != seq_stats.max or any(
+                    lo <= start_stats.max and start_stats.min < hi for lo, hi in bins):
+                chosen.append(g)
+                break
+    return chosen
 
 
 def pool_from_store(reader: AtlasReader, spec: PoolSpec,
@@ -339,11 +371,9 @@ def pool_from_store(reader: AtlasReader, spec: PoolSpec,
             if not batch:
                 continue
             acc = MeanAccumulator(len(spec.layers))
-            if wanted is not None and len(batch) == 1 and len(wanted[batch[0]]) == 1:
-                lo, hi = wanted[batch[0]][0]
-                accumulate(acc, read_tokens(reader, batch, spec.columns, (lo, hi)), spec)
-            else:
-                accumulate(acc, read_tokens(reader, batch, spec.columns), spec)
+            spans = {s: _merged(wanted[s]) if wanted is not None else [(0, lengths[s])]
+                     for s in batch}
+            accumulate(acc, read_tokens(reader, spans, spec.columns), spec)
             keys = list(acc.where)
             if wanted is not None:
                 chosen = {(s, lo) for s in batch for lo, _ in wanted[s]}
@@ -352,6 +382,17 @@ def pool_from_store(reader: AtlasReader, spec: PoolSpec,
             meter.advance(len(batch))
             if rows:
                 yield pooled_table(rows, dim)
+
+
+def _merged(bins: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted bins with touching or overlapping ones merged."""
+    out: list[list[int]] = []
+    for lo, hi in sorted(bins):
+        if out and lo <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], hi)
+        else:
+            out.append([lo, hi])
+    return [(lo, hi) for lo, hi in out]
 
 
 def pool_missing(writer: AtlasWriter, spec: PoolSpec,
