@@ -24,12 +24,13 @@ Usage: python benchmarks/pooled_search.py --part proteins|dna [--workdir DIR] [-
 from __future__ import annotations
 
 import argparse
-import gzip
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
+
+from index_knn import write_slice  # chrX[start:start + length] as FASTA (benchmarks/ is on the path)
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 AMINO = "ACDEFGHIKLMNPQRSTVWY"
@@ -111,24 +112,6 @@ def proteins(workdir: Path) -> None:
           f"(exact, {vectors.shape[1]}-d): {search_only:,.0f} q/s")
 
 
-def write_slice(path: Path, name: str, start: int, length: int) -> None:
-    wanted, seen, chunks = start + length, 0, []
-    with gzip.open(DATA / "hs37_chrX_70Mb.fa.gz", "rt") as fh:
-        fh.readline()
-        for line in fh:
-            line = line.strip()
-            if seen + len(line) > start:
-                chunks.append(line[max(0, start - seen):])
-            seen += len(line)
-            if seen >= wanted:
-                break
-    sequence = "".join(chunks)[:length]
-    with open(path, "w") as out:
-        out.write(f">{name}\n")
-        for i in range(0, len(sequence), 60):
-            out.write(sequence[i : i + 60] + "\n")
-
-
 def recall(truth: np.ndarray, found: np.ndarray) -> float:
     return float(np.mean([len(set(t[t >= 0]) & set(f[f >= 0])) / max((t >= 0).sum(), 1)
                           for t, f in zip(truth, found)]))
@@ -145,7 +128,7 @@ def cost(workdir: Path) -> None:
     common = COMMON
     one = workdir / "one_mb.fa"
     if not one.exists():
-        write_slice(one, "X_30Mb", 30_000_000, 1_000_000)
+        write_slice(one, 30_000_000, 1_000_000)
     timings = {}
     for label, extra in (("pooled", {}), ("no-pool", {"pool": False})):
         target = workdir / f"cost_{label}"
@@ -171,8 +154,8 @@ def dna(workdir: Path, mb: float) -> None:
     atlas = workdir / "chrx_bins"
     first, second = workdir / "first.fa", workdir / "second.fa"
     if not first.exists():
-        write_slice(first, "X", 0, length)
-        write_slice(second, f"X_{mb:g}Mb", length, length)
+        write_slice(first, 0, length)
+        write_slice(second, length, length)
     reader = AtlasReader(atlas) if (atlas / "atlas.json").exists() else None
     names = {Path(i.path).name for i in reader.manifest.inputs} if reader else set()
     if "first.fa" not in names:

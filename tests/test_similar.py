@@ -138,7 +138,6 @@ def test_bad_queries_are_refused_clearly_and_nothing_is_written(proteins, capsys
         (["--sequence", "MKV*J1"], "letters the atlas's model does not score"),
         (["--seq-id", "p1", "-k", "0"], "-k must be a positive"),
         (["--seq-id", "p1", "--sequence", "MKV"], "one kind of query"),
-        (["--seq-id", "p1", "--pooling", "max"], "--pooling must be one of"),
         (["--seq-id", "p1", "--layer", "0"], "layer"),
         (["--seq-id", "p1", "--where", "1=1; SELECT 1"], "--where"),
         (["--seq-id", "p1", "--where", "no_such_column > 1"], "no_such_column"),
@@ -152,6 +151,12 @@ def test_bad_queries_are_refused_clearly_and_nothing_is_written(proteins, capsys
     assert main(["query", "similar", "--atlas", str(atlas), "--seq-id", "p1", "-k", "3",
                  "--where", "length > 30"]) == 0
     capsys.readouterr()
+    # a choice outside the enum is a usage error (exit 2), named by the option
+    assert main(["query", "similar", "--atlas", str(atlas), "--seq-id", "p1", "--pooling",
+                 "max"]) == 2
+    assert "--pooling" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="--pooling must be one of"):
+        similar(atlas, seq_id="p1", pooling="max")
     assert _tree(atlas) == before  # readers never write
     with pytest.raises(ConfigError, match="one kind of query"):
         similar(atlas, k=3)

@@ -10,16 +10,12 @@ import pyarrow as pa
 import typer
 from rich.console import Console
 
-from seqatlas.cli.options import (ATLAS, NO_PROGRESS, PROGRESS, IndexType, Metric, Progress,
-                                  address_option, choices, json_option)
+from seqatlas.cli.options import (ATLAS, NO_PROGRESS, PROGRESS, IndexType, Level, Metric,
+                                  Pooling, Progress, address_option, json_option)
 from seqatlas.cli.options import LIST_FORMAT, Format
 from seqatlas.cli.tables import FittedTable, chosen_format, note, print_table
-from seqatlas.index.vectors import LEVELS
-from seqatlas.schema import POOLINGS
 from seqatlas.util import format_size
 
-Level = choices("Level", LEVELS)  # index build --level
-Pooling = choices("Pooling", POOLINGS)  # index build --pooling
 
 index_app = typer.Typer(help="Nearest-neighbour indexes (FAISS) over the token embeddings.",
                         no_args_is_help=True)

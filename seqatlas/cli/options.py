@@ -21,7 +21,9 @@ from seqatlas.checkpoints.tokenizers import FAMILIES
 from seqatlas.fasta import KINDS
 from seqatlas.index.build import TYPES
 from seqatlas.index.search import METRICS
+from seqatlas.index.vectors import LEVELS
 from seqatlas.progress import MODES as PROGRESS_MODES
+from seqatlas.schema import POOLINGS
 from seqatlas.query.output import OUTPUT_FORMATS
 from seqatlas.query.repeat_enrichment import GROUPINGS
 from seqatlas.query.tracks import SORT_ORDERS
@@ -67,6 +69,8 @@ Tail = choices("Tail", TAILS)  # query anomalies|enrichment, export bed --tail
 By = choices("By", GROUPINGS)  # query enrichment --by
 IndexType = choices("IndexType", TYPES)  # index build --type
 Metric = choices("Metric", METRICS)  # index build --metric
+Pooling = choices("Pooling", POOLINGS)  # index build, query similar, plot embedding --pooling
+Level = choices("Level", LEVELS)  # index build --level
 AblationMethod = choices("AblationMethod", ABLATION_METHODS)  # probe --method, query --ablation-method
 ProbeLikelihood = choices("ProbeLikelihood", RESCORE_LIKELIHOODS)  # probe --likelihood
 OnMismatch = choices("OnMismatch", ON_MISMATCH)  # annotate --on-mismatch

@@ -11,13 +11,11 @@ import typer
 from seqatlas.cli.options import (ABLATION_METHOD, ATLAS, IDENTITY_INDEX, IDENTITY_K,
                                   IDENTITY_LAYER, IDENTITY_NPROBE, IDENTITY_SAMPLE,
                                   IDENTITY_SEED, MAX_GAP, MIN_LENGTH, SCORE_COLUMN, SMOOTH,
-                                  TAIL, Z, AblationMethod, By, Metric, Tail, anomaly_params,
-                                  choices)
+                                  TAIL, Z, AblationMethod, By, Metric, Pooling, Tail,
+                                  anomaly_params)
 from seqatlas.cli.tables import note
 from seqatlas.plot.output import DEFAULT_SIZE
-from seqatlas.schema import POOLINGS
 
-Pooling = choices("Pooling", POOLINGS)  # plot embedding --pooling
 
 plot_app = typer.Typer(help="Draw an atlas as PNG or SVG figures: a track of one region, "
                        "the in-silico mutagenesis heatmap of one region, enrichment in "

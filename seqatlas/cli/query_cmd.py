@@ -14,6 +14,7 @@ from seqatlas.cli.options import (ATLAS, COLUMN, FORMAT, MAX_GAP, MIN_LENGTH, OU
 from seqatlas.cli.options import (ABLATION_METHOD, IDENTITY_INDEX, IDENTITY_K, IDENTITY_LAYER,
                                   IDENTITY_NPROBE, IDENTITY_SAMPLE, IDENTITY_SEED, ChromNames,
                                   SortOrder, anomaly_params)
+from seqatlas.cli.options import Metric, Pooling
 from seqatlas.cli.tables import FittedTable, arrow_rich_table, note, print_table
 
 query_app = typer.Typer(help="Query an atlas with DuckDB: SQL, likelihood anomalies, "
@@ -265,14 +266,18 @@ def _note_pending(table) -> None:
 
 
 def _print_knn(table, console) -> None:
+    _print_per_query(table, console, ["rank", "seq_id", "start", "end", "token", "distance",
+                                      "logp", "repeat_class"], "nearest tokens of")
+
+
+def _print_per_query(table, console, shown: list[str], title: str) -> None:
     """One rich table per query, without the columns its title already says."""
     import pyarrow.compute as pc
 
-    shown = ["rank", "seq_id", "start", "end", "token", "distance", "logp", "repeat_class"]
     queries = table.column("query")
     for query in dict.fromkeys(queries.to_pylist()):
         hits = table.filter(pc.equal(queries, query)).select(shown)
-        console.print(arrow_rich_table(hits, f"nearest tokens of {query}"))
+        console.print(arrow_rich_table(hits, f"{title} {query}"))
 
 
 @query_app.command("similar")
@@ -293,11 +298,11 @@ def similar(
         "exactly the filtered brute-force top k."),
     layer: Optional[int] = typer.Option(None, "--layer", help="A pooled layer (default: the "
                                         "first stored; negative counts back from the last)."),
-    pooling: str = typer.Option("mean", "--pooling", help="mean, or bos (the BOS/CLS state, "
-                                "where the atlas pooled it)."),
+    pooling: Pooling = typer.Option(Pooling.mean, "--pooling", help="mean, or bos (the "
+                                    "BOS/CLS state, where the atlas pooled it)."),
     index: Optional[str] = typer.Option(None, "--index", help="A pooled index (`index build "
                                         "--level pooled`); default: exhaustive search."),
-    metric: str = typer.Option("cosine", "--metric", help="cosine, ip or l2 for the "
+    metric: Metric = typer.Option(Metric.cosine, "--metric", help="cosine, ip or l2 for the "
                                "exhaustive search (an index keeps its own)."),
     nprobe: Optional[int] = typer.Option(None, "--nprobe", help="IVF lists searched "
                                          "(default: the index's own)."),
@@ -312,7 +317,8 @@ def similar(
     from seqatlas.query.sequence_search import similar as run
 
     table = run(atlas, seq_id=seq_id, sequence=sequence, fasta=fasta, k=k, where=where,
-                layer=layer, pooling=pooling, index=index, metric=metric, nprobe=nprobe,
+                layer=layer, pooling=pooling.value, index=index, metric=metric.value,
+                nprobe=nprobe,
                 model=model)
     note(f"searched: {(table.schema.metadata or {}).get(b'search', b'').decode()}")
     _note_pending(table)
@@ -320,15 +326,9 @@ def similar(
 
 
 def _print_similar(table, console) -> None:
-    """One rich table per query."""
-    import pyarrow.compute as pc
-
-    shown = ["rank", "seq_id", "start", "end", "distance", "length", "description",
-             "repeat_class", "repeat_fraction", "logp", "n_anomalous"]
-    queries = table.column("query")
-    for query in dict.fromkeys(queries.to_pylist()):
-        hits = table.filter(pc.equal(queries, query)).select(shown)
-        console.print(arrow_rich_table(hits, f"nearest of {query}"))
+    _print_per_query(table, console, ["rank", "seq_id", "start", "end", "distance", "length",
+                                      "description", "repeat_class", "repeat_fraction",
+                                      "logp", "n_anomalous"], "nearest of")
 
 
 @query_app.command("identity")
