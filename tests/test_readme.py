@@ -145,15 +145,17 @@ def _pooled_snippets_run(tmp_path):
     assert [h[:2] for h in protein_hits[1:]] == [["abituzumab|L", "1"], ["abituzumab|L", "2"]]
     assert "abituzumab|L" not in {h[2] for h in protein_hits[1:]}  # its own row left out
     rows = [line.split("\t") for line in outputs[2].splitlines()]
-    assert rows == [["level", "bins", "fewest"], ["bin", "7", "4"]]  # 3,004 bases, 500 a bin
+    # 3,004 bases (the last 4 N) in 500-base bins: 6-mers start at 0..2998, so the last
+    # bin holding a token is [2500, 3000), with 499 of them
+    assert rows == [["level", "bins", "fewest"], ["bin", "6", "499"]]
     hits = [line.split("\t") for line in outputs[3].splitlines()]
     assert hits[0][:5] == ["query", "rank", "seq_id", "start", "end"]
     assert {h[0] for h in hits[1:]} == {"X:0-500"} and len(hits) == 4
     assert all(int(h[3]) >= 1000 for h in hits[1:])  # --where applied before ranking
     fasta_hits = [line.split("\t") for line in outputs[6].splitlines()[1:]]
     # each 1 kb bin of the genome, embedded again, finds its own stored bin first
-    assert [(h[0], h[2], h[3]) for h in fasta_hits] == [
-        (f"X:{s}-{min(s + 1000, 3004)}", "X", str(s)) for s in (0, 1000, 2000, 3000)]
+    assert [(h[0], h[2], h[3], h[5]) for h in fasta_hits] == [
+        (f"X:{s}-{s + 1000}", "X", str(s), "1") for s in (0, 1000, 2000)]
     script = "\n".join(_blocks(section, "python"))
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
                           text=True, timeout=600)

@@ -135,7 +135,7 @@ def test_bad_queries_are_refused_clearly_and_nothing_is_written(proteins, capsys
     cases = [
         (["--seq-id", "nope"], "no sequence 'nope'"),
         (["--sequence", "   "], "--sequence is empty"),
-        (["--sequence", "MKV*J1"], "letters the atlas's model does not score"),
+        (["--sequence", "MKV*J1"], "letters a protein atlas does not hold (*1)"),
         (["--seq-id", "p1", "-k", "0"], "-k must be a positive"),
         (["--seq-id", "p1", "--sequence", "MKV"], "one kind of query"),
         (["--seq-id", "p1", "--layer", "0"], "layer"),
@@ -198,6 +198,12 @@ def test_bins_join_repeats_and_anomaly_counts(tmp_path):
             f"seq_id = '{row['seq_id']}' AND pos >= {row['start']} AND pos < {row['end']}"
         ).to_pylist()[0]["m"]
         assert row["logp"] == pytest.approx(mean, abs=1e-5)
+    # a protein in a DNA atlas is refused; N (as the ingest accepts it) is not
+    with pytest.raises(ConfigError, match="letters a dna atlas does not hold .*give a dna"):
+        similar(tmp_path / "a", sequence="MKVLEEFPQ", k=1)
+    with_n = records["c1"][:60] + "NNNN" + records["c1"][64:100]
+    found = similar(tmp_path / "a", sequence=with_n, k=1)  # one query per 50-base bin
+    assert [(h["seq_id"], h["start"]) for h in found.to_pylist()] == [("c1", 0), ("c1", 50)]
     # the query bins themselves are left out of their own hits
     for query, hit_start, hit_seq in zip(*(got.column(c).to_pylist()
                                            for c in ("query", "start", "seq_id"))):

@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from seqatlas import schema
 from seqatlas.errors import ConfigError
+from seqatlas.fasta import NUCLEOTIDE_LETTERS, PROTEIN_LETTERS
 from seqatlas.store import AtlasReader
 from seqatlas.index.search import METRICS, exact_search
 from seqatlas.index.vectors import prepare, resolve_layer, to_float32
@@ -221,13 +222,20 @@ def embedded_queries(atlas: AtlasReader, residues: list[tuple[str, bytes]], laye
     scoring = manifest.scoring
     spec = atlas_model_spec(atlas, model)
     tokenizer = spec.tokenizer()
+    # what an ingest into this atlas accepts (N and ambiguity codes included, embedded as
+    # the ingest embeds them), and at least one letter the model scores
+    allowed = set((PROTEIN_LETTERS if manifest.kind == "protein" else NUCLEOTIDE_LETTERS)
+                  .encode())
     for label, data in residues:
-        bad = sorted({chr(b) for b, ok in zip(data.upper(), tokenizer.letter_index(
-            data.upper()) >= 0) if not ok})
+        upper = data.upper()
+        bad = sorted({chr(b) for b in set(upper) - allowed})
         if bad:
-            raise ConfigError(f"query {label!r} has letters the atlas's model does not score "
-                              f"({''.join(bad)}): a {manifest.kind} atlas scores "
-                              f"{tokenizer.letters}")
+            raise ConfigError(f"query {label!r} has letters a {manifest.kind} atlas does not "
+                              f"hold ({''.join(bad)}); its model scores {tokenizer.letters}: "
+                              f"give a {manifest.kind} sequence")
+        if not (tokenizer.letter_index(upper) >= 0).any():
+            raise ConfigError(f"query {label!r} has no letter the atlas's model scores "
+                              f"({tokenizer.letters})")
     pool = PoolSpec.from_record(manifest.pooling, scoring.embedding_columns())
     context = "left" if scoring.likelihood == "causal" else "centred"
     jobs, offset = [], 0
