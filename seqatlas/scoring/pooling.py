@@ -187,6 +187,7 @@ def unit_pooled(tokens: pa.Table | None, jobs: list, spec: PoolSpec,
     for job in jobs:
         owned.setdefault(job.seq_id, []).append((job.own_start, job.own_end))
         lengths[job.seq_id], offsets[job.seq_id] = job.seq_length, job.token_offset
+    owned = {seq_id: _merged(ranges) for seq_id, ranges in owned.items()}
     rows = []
     if tokens is not None and tokens.num_rows:
         acc = MeanAccumulator(len(spec.layers))
@@ -203,15 +204,12 @@ def unit_pooled(tokens: pa.Table | None, jobs: list, spec: PoolSpec,
 
 
 def _covers(ranges: list[tuple[int, int]], start: int, end: int) -> bool:
-    """Whether the union of half-open ``ranges`` covers [start, end)."""
-    at = start
-    for lo, hi in sorted(ranges):
-        if lo > at:
-            break
-        at = max(at, hi)
-        if at >= end:
-            return True
-    return at >= end
+    """Whether sorted, disjoint, non-touching half-open ``ranges`` (:func:`_merged`) cover
+    [start, end): one of them must hold it whole."""
+    import bisect
+
+    at = bisect.bisect_right(ranges, (start, float("inf"))) - 1
+    return at >= 0 and ranges[at][0] <= start and ranges[at][1] >= end
 
 
 def split_bins(units_owned: list[dict[str, list[tuple[int, int]]]], lengths: dict[str, int],
@@ -220,9 +218,9 @@ def split_bins(units_owned: list[dict[str, list[tuple[int, int]]]], lengths: dic
     sequence; ``units_owned``: per unit, seq_id -> its owned ranges. These are pooled from
     the stored tokens once every unit is committed."""
     by_seq: dict[str, list[list[tuple[int, int]]]] = {}
-    for owned in units_owned:
+    for owned in units_owned:  # a unit's windows touch: merged, its few spans remain
         for seq_id, ranges in owned.items():
-            by_seq.setdefault(seq_id, []).append(ranges)
+            by_seq.setdefault(seq_id, []).append(_merged(ranges))
     out: dict[str, list[tuple[int, int]]] = {}
     for seq_id, per_unit in by_seq.items():
         if len(per_unit) < 2:
