@@ -17,8 +17,8 @@ from seqatlas.cli.tables import FittedTable, chosen_format, note, print_table
 from seqatlas.util import format_size
 
 
-index_app = typer.Typer(help="Nearest-neighbour indexes (FAISS) over the token embeddings.",
-                        no_args_is_help=True)
+index_app = typer.Typer(help="Nearest-neighbour indexes (FAISS) over the token or pooled "
+                        "embeddings.", no_args_is_help=True)
 
 
 @index_app.command("build")
