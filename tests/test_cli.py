@@ -23,6 +23,7 @@ from seqatlas.cli.main import app, main
 from seqatlas.fasta import KINDS
 from seqatlas.index.build import TYPES
 from seqatlas.index.search import METRICS
+from seqatlas.index.vectors import LEVELS
 from seqatlas.query import AnomalyParams
 from seqatlas.query.output import OUTPUT_FORMATS
 from seqatlas.query.repeat_enrichment import GROUPINGS
@@ -32,7 +33,7 @@ from seqatlas.repeats.finders import FINDERS
 from seqatlas.repeats.formats import FORMATS
 from seqatlas.repeats.importer import ON_MISMATCH
 from seqatlas.util import CHROM_STYLES
-from seqatlas.schema import ABLATION_METHODS, DISTRIBUTION_CHOICES
+from seqatlas.schema import ABLATION_METHODS, DISTRIBUTION_CHOICES, POOLINGS
 from seqatlas.variants.formats import FORMATS as VARIANT_FORMATS
 from seqatlas.progress import MODES as PROGRESS_MODES
 from seqatlas.scoring.ablation import RESCORE_LIKELIHOODS
@@ -64,6 +65,8 @@ FROM_LIBRARY = {
     options.SortOrder: SORT_ORDERS,
     options.ChromNames: CHROM_STYLES,
     options.Progress: PROGRESS_MODES,
+    options.Pooling: POOLINGS,
+    options.Level: LEVELS,
 }
 # choices of the CLI alone: the library takes a bool (embeddings) or checks names itself
 CLI_ONLY = {options.Embeddings: ("float16", "none"), options.Names: ("auto", "exact")}
@@ -134,7 +137,8 @@ SOURCES = {"Kind": "seqatlas.fasta:KINDS", "Likelihood": "seqatlas.scoring.score
            "VariantFormat": "seqatlas.variants.formats:FORMATS",
            "SortOrder": "seqatlas.query.tracks:SORT_ORDERS",
            "ChromNames": "seqatlas.util:CHROM_STYLES",
-           "Progress": "seqatlas.progress:MODES"}
+           "Progress": "seqatlas.progress:MODES", "Pooling": "seqatlas.schema:POOLINGS",
+           "Level": "seqatlas.index.vectors:LEVELS"}
 
 
 def test_sources_name_every_library_choice():

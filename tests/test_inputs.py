@@ -344,6 +344,7 @@ BAD_OPTIONS = [
     ("copy_k", -1), ("copy_k", 1.5), ("copy_k", True),
     ("stall_timeout", -1.0), ("stall_timeout", math.nan),
     ("layer", "last"), ("layer", 1.0), ("layer", []),
+    ("pool_bin", -1), ("pool_bin", 2.5), ("pool_bin", True), ("pool_bin", "1000"),
 ]
 GOOD_OPTIONS = [
     ("window", None), ("window", 1), ("overlap", 0), ("overlap", None), ("batch_tokens", 1),
@@ -351,6 +352,7 @@ GOOD_OPTIONS = [
     ("cpus_per_worker", 1), ("gpus_per_worker", 0), ("gpus_per_worker", 0.25),
     ("gpus_per_worker", 2), ("gpus_per_worker", 2.0), ("skip_n_runs", 0), ("copy_k", 0),
     ("copy_k", None), ("stall_timeout", 0), ("layer", -1), ("layer", [0, 2]),
+    ("pool_bin", 0), ("pool_bin", 1000), ("pool_bin", None),
 ]
 
 
