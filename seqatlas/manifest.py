@@ -339,6 +339,7 @@ _SHAPE = {
                 "skip_n_runs": _OPT_INT, "copy_k": _OPT_INT, "distribution": _STR,
                 "fast": _DICT, "letter_dtype": _OPT_STR, "distribution_letters": _OPT_STR},
     "fast": {"stride": _INT, "mask_rate": _NUM, "method": _STR},
+    "pooling": {"bin": _INT, "level": _STR, "poolings": (list,), "layers": (list,)},
     "input": {"path": _STR, "size": _INT, "sha256": _STR, "kind": _STR, "records": _INT,
               "residues": _INT, "first_ordinal": _OPT_INT},
     "warning": {"code": _STR, "message": _STR, "model": _STR, "column": _STR,
@@ -388,6 +389,16 @@ def validate_manifest(data) -> None:
             raise TypeError(f"scoring.layers ({layers!r})")
         if "fast" in data["scoring"]:
             _check_shape(data["scoring"]["fast"], "fast", "scoring.fast")
+    if data.get("pooling"):
+        pooling = data["pooling"]
+        _check_shape(pooling, "pooling", "pooling")
+        for key in ("bin", "poolings", "layers"):
+            if key not in pooling:
+                raise KeyError(f"pooling.{key}")
+        if pooling["bin"] < 0 or not all(isinstance(p, str) for p in pooling["poolings"]) or \
+                not all(isinstance(x, int) and not isinstance(x, bool)
+                        for x in pooling["layers"]):
+            raise TypeError(f"pooling ({pooling!r})")
     for i, record in enumerate(data["inputs"]):
         _check_shape(record, "input", f"inputs[{i}]")
         for key in _SHAPE["input"]:

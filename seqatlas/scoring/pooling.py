@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from seqatlas import schema
-from seqatlas.errors import ConfigError
+from seqatlas.errors import AtlasDamagedError, ConfigError
 from seqatlas.progress import Meter
 from seqatlas.store import AtlasReader, AtlasWriter
 
@@ -62,6 +62,12 @@ class PoolSpec:
     @classmethod
     def from_record(cls, record: dict, columns: dict[int, str]) -> PoolSpec:
         layers = tuple(int(x) for x in record["layers"])
+        unknown = [x for x in layers if x not in columns]
+        if unknown or not set(record["poolings"]) <= set(schema.POOLINGS):
+            raise AtlasDamagedError(
+                f"atlas.json's pooling record {record!r} names what the atlas does not store "
+                f"(stored layers: {', '.join(map(str, columns)) or 'none'}); restore "
+                "atlas.json from a backup, or `seqatlas pool --replace` to pool again")
         return cls(int(record["bin"]), tuple(record["poolings"]), layers,
                    tuple(columns[x] for x in layers))
 
