@@ -351,17 +351,17 @@ def _row_groups(handle, spans: dict[str, list[tuple[int, int]]]) -> list[int]:
 
 
 def pool_from_store(reader: AtlasReader, spec: PoolSpec,
-                    wanted: dict[str, list[tuple[int, int]]] | None,
+                    wanted: dict[str, list[tuple[int, int]]],
                     progress: bool | str = False) -> Iterator[pa.Table]:
-    """Pooled ``mean`` rows from the stored tokens, in tables of at most ~2M positions of
-    sequences: of the bins in ``wanted`` (seq_id -> bins), or of every bin (None)."""
+    """Pooled ``mean`` rows of the bins in ``wanted`` (seq_id -> bins) from the stored
+    tokens, in tables of at most ~2M positions of sequences."""
     sequences = _sequences(reader)
     lengths = {s: n for s, n, _ in sequences}
     dim = reader.manifest.model.hidden_size
     batches: list[list[str]] = [[]]
     size = 0
     for seq_id, length, _ in sequences:
-        if wanted is not None and seq_id not in wanted:
+        if seq_id not in wanted:
             continue
         if size >= READ_POSITIONS and batches[-1]:
             batches.append([])
@@ -375,13 +375,10 @@ def pool_from_store(reader: AtlasReader, spec: PoolSpec,
             if not batch:
                 continue
             acc = MeanAccumulator(len(spec.layers))
-            spans = {s: _merged(wanted[s]) if wanted is not None else [(0, lengths[s])]
-                     for s in batch}
+            spans = {s: _merged(wanted[s]) for s in batch}
             accumulate(acc, read_tokens(reader, spans, spec.columns), spec)
-            keys = list(acc.where)
-            if wanted is not None:
-                chosen = {(s, lo) for s in batch for lo, _ in wanted[s]}
-                keys = [k for k in keys if acc.where[k] in chosen]
+            chosen = {(s, lo) for s in batch for lo, _ in wanted[s]}
+            keys = [k for k in acc.where if acc.where[k] in chosen]
             rows = mean_rows(acc, sorted(keys), spec, lengths)
             meter.advance(len(batch))
             if rows:
@@ -411,24 +408,19 @@ def pool_missing(writer: AtlasWriter, spec: PoolSpec,
     offsets = {s: off for s, _, off in sequences}
     if wanted is None:  # every bin not pooled yet (bins where no token starts included)
         wanted = {s: bins_of(length, spec.bin) for s, length, _ in sequences}
-    if wanted is not None:
-        wanted = {s: [b for b in bins if offsets[s] + b[0] not in present]
-                  for s, bins in wanted.items() if s in offsets}
-        wanted = {s: bins for s, bins in wanted.items() if bins}
-        if not wanted:
-            return 0
+    # only bins without a row: pool_from_store yields no other
+    wanted = {s: [b for b in bins if offsets[s] + b[0] not in present]
+              for s, bins in wanted.items() if s in offsets}
+    wanted = {s: bins for s, bins in wanted.items() if bins}
+    if not wanted:
+        return 0
     added = 0
     for table in pool_from_store(reader, spec, wanted, progress=progress):
         ids = table.column("pool_id").to_numpy()
-        pooling = np.asarray(table.column("pooling").to_pylist(), dtype=object)
-        new = np.array([not (p == "mean" and i in present) for p, i in zip(pooling, ids)])
-        table = table.filter(pa.array(new))
-        if not table.num_rows:
-            continue
         # unique per commit (the log version): a pooled table dropped by --replace and
         # pooled again never reuses a part name
         key = "pool-" + hashlib.sha256(json.dumps(
-            [spec.record(), writer.version, sorted(set(ids[new].tolist()))]).encode()
+            [spec.record(), writer.version, sorted(set(ids.tolist()))]).encode()
         ).hexdigest()
         # no "seq_ids" in the record: that key marks the units of scoring runs
         writer.commit(key, {"pooled": table},
