@@ -101,6 +101,9 @@ class ScoringRecord:
     # letters, in the order of each list
     letter_dtype: str | None = None
     distribution_letters: str | None = None
+    # the arithmetic of the forward passes when not float32 ("bfloat16": opt-in, changes the
+    # values within its stated tolerance); None, and absent from the file: float32
+    precision: str | None = None
     absent: tuple[str, ...] = ()  # keys an older atlas does not record (kept absent)
 
     _OPTIONAL = ("likelihood", "embeddings", "window", "overlap", "unit_tokens", "strands",
@@ -121,6 +124,7 @@ class ScoringRecord:
             fast=FastRecord.from_json(data["fast"]) if "fast" in data else None,
             letter_dtype=data.get("letter_dtype"),
             distribution_letters=data.get("distribution_letters"),
+            precision=data.get("precision"),
             absent=tuple(k for k in cls._OPTIONAL if k not in data))
 
     def to_json(self) -> dict:
@@ -135,6 +139,8 @@ class ScoringRecord:
             data.pop(key)
         if self.fast is not None:
             data["fast"] = self.fast.to_json()
+        if self.precision not in (None, "float32"):  # float32 atlases keep their keys
+            data["precision"] = self.precision
         return data
 
     def settings(self) -> dict:
@@ -337,7 +343,8 @@ _SHAPE = {
                 "overlap": _OPT_INT, "unit_tokens": _OPT_INT, "strands": _STR,
                 "embedding_dtype": _OPT_STR, "layer": _OPT_INT, "layers": (list, type(None)),
                 "skip_n_runs": _OPT_INT, "copy_k": _OPT_INT, "distribution": _STR,
-                "fast": _DICT, "letter_dtype": _OPT_STR, "distribution_letters": _OPT_STR},
+                "fast": _DICT, "letter_dtype": _OPT_STR, "distribution_letters": _OPT_STR,
+                "precision": _STR},
     "fast": {"stride": _INT, "mask_rate": _NUM, "method": _STR},
     "pooling": {"bin": _INT, "level": _STR, "poolings": (list,), "layers": (list,)},
     "input": {"path": _STR, "size": _INT, "sha256": _STR, "kind": _STR, "records": _INT,

@@ -141,7 +141,7 @@ def test_fast_mode_matches_brute_force_of_its_passes(tmp_path, tmp_path_factory)
     seq = random_dna(120, seed=3)
     atlas = _ingest(tmp_path, directory, {"s": seq}, likelihood="fast", embeddings=False)
     fast = atlas.manifest["scoring"]["fast"]
-    assert fast["stride"] == 20 and "3 tokens containing one base" in fast["method"]
+    assert fast["stride"] == 10 and "3 tokens containing one base" in fast["method"]
     rows = atlas.positions().sort_by("pos").to_pylist()
     from transformers import AutoModelForMaskedLM
 
@@ -149,8 +149,8 @@ def test_fast_mode_matches_brute_force_of_its_passes(tmp_path, tmp_path_factory)
     vocab = _vocab(directory)
     ids = [vocab["[CLS]"]] + [vocab[seq[j : j + 3]] for j in range(118)] + [vocab["[SEP]"]]
     kmers = [w for w in vocab if len(w) == 3 and not w.startswith("[")]
-    for r in (0, 7):  # two of the 20 passes: bases r, r+20, ... masked together
-        bases = list(range(r, 120, 20))
+    for r in (0, 7):  # two of the 10 passes: bases r, r+10, ... masked together
+        bases = list(range(r, 120, 10))
         masked = list(ids)
         for b in bases:
             for t in range(max(0, b - 2), min(b, 117) + 1):

@@ -60,6 +60,15 @@ def _ref_counts(atlas: AtlasReader, letters: str) -> dict[str, int]:
     return {c: int(found.get(c, 0)) for c in letters}
 
 
+def recorded_engine(scoring, likelihood: str | None = None) -> dict:
+    """The scorer settings that reproduce an atlas's values in ``likelihood`` (None: its
+    own mode): the forward passes' precision, and fast mode's stride when the atlas was
+    scored in fast mode (a probe in another mode uses the tokenizer's default)."""
+    mode = likelihood or scoring.likelihood
+    stride = scoring.fast.stride if scoring.fast is not None and mode == "fast" else None
+    return {"precision": scoring.precision or "float32", "fast_stride": stride}
+
+
 def recorded_settings(manifest: Manifest) -> dict:
     """The ingest options that reproduce an atlas's recorded settings (its kind included)."""
     model, scoring = manifest.model, manifest.scoring
@@ -78,4 +87,5 @@ def recorded_settings(manifest: Manifest) -> dict:
         options["skip_n_runs"] = scoring.skip_n_runs
     if scoring.likelihood != "none":
         options["distributions"] = scoring.letter_dtype or "none"
+    options.update({k: v for k, v in recorded_engine(scoring).items() if v != "float32"})
     return {k: v for k, v in options.items() if v is not None}

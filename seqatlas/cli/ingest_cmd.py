@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 
 from seqatlas.cli.options import (CPUS_PER_WORKER, GPUS_PER_WORKER, NO_PROGRESS, PROGRESS,
-                                  Distributions, Embeddings, Kind, Likelihood, Progress,
+                                  Distributions, Embeddings, Kind, Likelihood, Precision, Progress,
                                   Strands, Tokenizer,
                                   WriteParts,
                                   address_option, atlas_option, json_option)
@@ -28,7 +28,8 @@ LAYER = typer.Option(
     "counts back). Repeat for several: the first goes in the tokens column 'embedding', each "
     "further layer L in 'embedding_layer_L'.")
 BATCH_TOKENS = typer.Option(None, help="Token budget of one forward pass, rows x longest row "
-                            "(default: 2048 on CPU, 32768 on GPU).")
+                            "(default: 32768 on GPU; on a CPU, measured when the model loads: the fastest of "
+                            "1024-16384 for this model on this machine).")
 UNIT_TOKENS = typer.Option(None, help="Computed tokens per work unit, the resume granularity "
                            "(default: 65536 for exact/fast, 262144 for unmasked/none).")
 COPY_K = typer.Option(
@@ -108,6 +109,16 @@ def ingest(
     pool_bin: Optional[int] = typer.Option(
         None, "--pool-bin", metavar="BASES", help="Bases per pooled bin; 0 pools whole "
         "sequences (default: 1000 for DNA/RNA, 0 for proteins; the atlas's own when extending)."),
+    fast_stride: Optional[int] = typer.Option(
+        None, "--fast-stride", metavar="PASSES", help="--likelihood fast: passes per window; "
+        "pass r masks mask units r, r+PASSES, ... (default: the atlas's own, else the "
+        "tokenizer's: 7 for one-residue tokens, 24 for overlapping 6-mers; fewer passes are "
+        "faster and further from exact, see the README's Benchmarks)."),
+    precision: Optional[Precision] = typer.Option(
+        None, "--precision", show_default=False, help="The forward passes' arithmetic: "
+        "float32 (default), or bfloat16 (opt-in, on a GPU or a CPU with bf16 units: faster, "
+        "within the README's stated tolerance of float32; recorded in the atlas, so an "
+        "extension uses it too)."),
     compact: bool = typer.Option(
         False, "--compact", help="At the end, rewrite the run's many per-unit parts as few "
         "large files sorted by (seq_id, pos), as `seqatlas compact` does (region reads then "
@@ -129,7 +140,7 @@ def ingest(
         window=window, overlap=overlap, unit_tokens=unit_tokens, tokenizer=_value(tokenizer),
         strands=_value(strands), skip_n_runs=skip_n_runs, copy_k=copy_k,
         distributions=_value(distributions), adapter=adapter, pool=False if no_pool else None,
-        pool_bin=pool_bin)
+        pool_bin=pool_bin, fast_stride=fast_stride, precision=_value(precision))
     report = seqatlas.ingest(
         fasta, atlas=atlas, batch_tokens=batch_tokens, workers=workers,
         gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, address=address,

@@ -36,7 +36,7 @@ from seqatlas.variants.formats import FORMATS as VARIANT_FORMATS
 from seqatlas.util import CHROM_STYLES
 from seqatlas.schema import ABLATION_METHODS
 from seqatlas.scoring.ablation import RESCORE_LIKELIHOODS
-from seqatlas.scoring.scorer import LIKELIHOOD_MODES, STRANDS
+from seqatlas.scoring.scorer import LIKELIHOOD_MODES, PRECISIONS, STRANDS
 from seqatlas.scoring.workers import WRITE_PARTS
 
 
@@ -60,6 +60,7 @@ Likelihood = choices("Likelihood", LIKELIHOOD_MODES)  # ingest --likelihood
 Strands = choices("Strands", STRANDS)  # ingest --strands
 WriteParts = choices("WriteParts", WRITE_PARTS)  # ingest --write-parts
 Distributions = choices("Distributions", DISTRIBUTION_CHOICES)  # ingest --distributions
+Precision = choices("Precision", PRECISIONS)  # ingest --precision
 VariantFormat = choices("VariantFormat", VARIANT_FORMATS)  # variants score --input-format
 Tokenizer = choices("Tokenizer", FAMILIES)  # ingest --tokenizer
 RepeatFormat = choices("RepeatFormat", FORMATS)  # annotate --format

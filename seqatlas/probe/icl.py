@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from seqatlas import schema
-from seqatlas.checkpoints.recorded import atlas_model_spec
+from seqatlas.checkpoints.recorded import atlas_model_spec, recorded_engine
 from seqatlas.errors import AtlasMismatchError, ConfigError, IngestError, describe_error
 from seqatlas.probe.targets import DEFINITION_VERSION, Target, choose_control, split_runs
 from seqatlas.progress import Meter
@@ -172,7 +172,8 @@ def _probe_locked(reader: AtlasReader, writer: AtlasWriter, config: IclConfig) -
     tokenizer = spec.tokenizer()
     settings = {"probe": PROBE, "likelihood": mode, "method": config.method,
                 "seed": config.seed, "definition_version": DEFINITION_VERSION}
-    units = _plan_units(todo, mode=mode, stride=tokenizer.fast_stride(),
+    engine = recorded_engine(scoring, mode)
+    units = _plan_units(todo, mode=mode, stride=engine["fast_stride"] or tokenizer.fast_stride(),
                         budget=config.unit_tokens, recompute=report.intact_recomputed)
     source = _unit_items(reader, units, names, config=config, settings=settings,
                          fingerprint=model_identity(reader.manifest) + scoring.key(),
@@ -433,7 +434,8 @@ def _run(config: IclConfig, spec, mode: str, writer: AtlasWriter, source, report
          settings: dict, *, total: int, names: list[str]) -> None:
     scoring = {"likelihood": mode, "embeddings": False, "layer": [spec.num_layers],
                "batch_tokens": config.batch_tokens, "strands": "forward", "copy_k": 0,
-               "nucleic": spec.kind != "protein"}
+               "nucleic": spec.kind != "protein",
+               **recorded_engine(writer.manifest.scoring, mode)}
     progress = Meter(label="probing", unit="positions", rate_unit="pos", total=total,
                      progress=config.progress)
 

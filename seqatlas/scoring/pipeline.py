@@ -29,7 +29,7 @@ from seqatlas.copy_detector import default_copy_k
 from seqatlas.fasta import KINDS, detect_kind
 from seqatlas.scoring.plan import InputPlan, UnitPlan, iter_unit_jobs, plan_units, scan_input
 from seqatlas.scoring.pooling import PoolSpec, check_bin, default_bin, pool_missing, split_bins
-from seqatlas.scoring.scorer import LIKELIHOOD_MODES, STRANDS, objective_refusal
+from seqatlas.scoring.scorer import LIKELIHOOD_MODES, PRECISIONS, STRANDS, objective_refusal
 from seqatlas.scoring.windows import Window, default_overlap
 from seqatlas.scoring.workers import WRITE_PARTS
 from seqatlas.util import Spool, is_stream, spooled_inputs, utc_now
@@ -58,7 +58,7 @@ def _check_count(config, name: str, *, least: int, optional: bool, meaning: str 
 def _validate_numbers(config) -> None:
     """Every numeric option of an :class:`IngestConfig` (None: the default, where the
     option has one); a value that cannot mean anything is refused, naming the option."""
-    for name in ("window", "batch_tokens", "unit_tokens", "cpus_per_worker"):
+    for name in ("window", "batch_tokens", "unit_tokens", "cpus_per_worker", "fast_stride"):
         _check_count(config, name, least=1, optional=True)
     _check_count(config, "overlap", least=0, optional=True)
     _check_count(config, "workers", least=0, optional=True, meaning=" (0: score in this "
@@ -115,6 +115,11 @@ class IngestConfig:
     # passes; None: when embeddings are stored and the atlas pools (a new atlas does)
     pool_bin: int | None = None  # bases per pooled bin, 0: one vector per sequence; None:
     # the atlas's own, else 1000 for DNA/RNA and 0 for proteins
+    fast_stride: int | None = None  # --likelihood fast: passes per window, each masking
+    # every stride-th mask unit; None: the atlas's own, else the tokenizer's default
+    precision: str = "float32"  # float32 | bfloat16: the forward passes' arithmetic;
+    # bfloat16 (opt-in, on a GPU or a CPU with bf16 units) is recorded in the manifest and
+    # stays within BF16_TOLERANCE of float32 (seqatlas.scoring.scorer)
     compact: bool = False  # at the end, compact the positions and tokens parts (see
     # seqatlas.store.compaction); the rows and every read stay the same
     write_parts: str = "workers"  # workers: each worker writes its units' parts into the
@@ -136,6 +141,12 @@ class IngestConfig:
                               f"{self.strands!r}")
         _validate_numbers(self)
         check_progress(self.progress)
+        if self.fast_stride is not None and self.likelihood not in (None, "fast"):
+            raise ConfigError(f"--fast-stride sets --likelihood fast's passes; it means nothing "
+                              f"with --likelihood {self.likelihood}: drop it or use fast")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, not "
+                              f"{self.precision!r}")
         if self.distributions is not None and self.distributions not in DISTRIBUTION_CHOICES:
             raise ConfigError(f"--distributions must be one of "
                               f"{', '.join(DISTRIBUTION_CHOICES)}, not {self.distributions!r}")
@@ -176,6 +187,11 @@ class IngestConfig:
                               f"{self.layer!r}")
 
 
+# what a worker reports of how it ran (not of a unit): the forward passes' precision, its
+# batch size in padded tokens (measured on a CPU), its device and compute threads
+ENGINE_STATS = ("precision", "batch_tokens", "device", "threads")
+
+
 @dataclass
 class IngestReport:
     """What an ingest did; ``failed`` lists the sequence ids of units that kept failing."""
@@ -191,6 +207,8 @@ class IngestReport:
     computed_tokens: int = 0
     failed: list[dict] = field(default_factory=list)
     units_repaired: int = 0  # committed units whose parts were damaged, scored again
+    # how the workers ran: ENGINE_STATS -> the values seen (batch tokens, threads, ...)
+    engine: dict[str, set] = field(default_factory=dict)
 
     @property
     def positions_per_second(self) -> float:
@@ -202,8 +220,14 @@ class IngestReport:
         return self.real_tokens / self.computed_tokens if self.computed_tokens else 1.0
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "positions_per_second": self.positions_per_second,
+        return {**asdict(self), "engine": self.engine_record(),
+                "positions_per_second": self.positions_per_second,
                 "padding_efficiency": self.padding_efficiency}
+
+    def engine_record(self) -> dict:
+        """Each engine setting the workers used: one value, or the sorted list of several."""
+        return {key: (next(iter(v)) if len(v) == 1 else sorted(v, key=str))
+                for key, v in sorted(self.engine.items())}
 
 
 def ingest(fasta: str | Path | list, *, atlas: str | Path, **options) -> IngestReport:
@@ -292,7 +316,8 @@ class _Setup:
                 "layer": self.layers, "batch_tokens": config.batch_tokens,
                 "strands": config.strands, "copy_k": self.copy_k,
                 "nucleic": self.kind != "protein",
-                "distributions": letter_dtype(config)}
+                "distributions": letter_dtype(config), "precision": config.precision,
+                "fast_stride": fast_stride(config, self.tokenizer)}
 
 
 @dataclass
@@ -366,6 +391,13 @@ def _pool_split_bins(writer: AtlasWriter, spec: PoolSpec, inputs: list[InputPlan
         pool_missing(writer, spec, wanted)
 
 
+def fast_stride(config: IngestConfig, tokenizer) -> int | None:
+    """Fast mode's passes per window (None in other modes): as given, else the tokenizer's."""
+    if config.likelihood != "fast":
+        return None
+    return config.fast_stride or tokenizer.fast_stride()
+
+
 def letter_dtype(config: IngestConfig) -> str | None:
     """The dtype the distributions are stored in (None: not stored)."""
     if config.likelihood == "none" or config.distributions == "none":
@@ -387,7 +419,10 @@ def _with_recorded_settings(atlas: str | Path, options: dict) -> dict:
         for name in ("window", "overlap", "layer", "tokenizer", "adapter"):
             recorded.pop(name, None)
     given = {k: v for k, v in options.items() if v is not None or k not in recorded}
-    return {**recorded, **given}
+    merged = {**recorded, **given}
+    if merged.get("likelihood") != "fast" and given.get("fast_stride") is None:
+        merged.pop("fast_stride", None)  # another mode: the mismatch is the likelihood's
+    return merged
 
 
 def _config(options: dict) -> IngestConfig:
@@ -630,7 +665,7 @@ def _scoring_record(config: IngestConfig, tokenizer, *, window: int, overlap: in
                     copy_k: int) -> ScoringRecord:
     fast = None
     if config.likelihood == "fast":
-        stride = tokenizer.fast_stride()
+        stride = fast_stride(config, tokenizer)
         unit = {"single": "the token of one residue",
                 "overlapping_kmer": f"the {getattr(tokenizer, 'k', 1)} tokens containing one base",
                 }.get(tokenizer.family, "one token (all its bases)")
@@ -646,7 +681,8 @@ def _scoring_record(config: IngestConfig, tokenizer, *, window: int, overlap: in
         copy_k=copy_k,  # in-context copy detector (seqatlas.copy_detector); 0 = off
         distribution="standard-letters", distribution_text=DISTRIBUTIONS["standard-letters"],
         fast=fast, letter_dtype=letter_dtype(config),
-        distribution_letters=tokenizer.letters if letter_dtype(config) else None)
+        distribution_letters=tokenizer.letters if letter_dtype(config) else None,
+        precision=None if config.precision == "float32" else config.precision)
 
 
 
@@ -664,7 +700,8 @@ def _cost_model(config: IngestConfig, tokenizer):
         tokens = window.length * per_base + tokenizer.n_special
         owned = window.own_end - window.own_start
         passes = {"exact": owned * per_base,
-                  "fast": min(tokenizer.fast_stride(), owned)}.get(config.likelihood, 0)
+                  "fast": min(fast_stride(config, tokenizer) or 1, owned)}.get(
+                      config.likelihood, 0)
         return int(tokens * (passes + unmasked_pass) * strands)
 
     return cost
@@ -795,7 +832,7 @@ def _run_record(run: _Run, executor, *, nodes: dict[str, int], started: str,
         "positions_scored": positions, "positions_unscored": report.positions_unscored,
         "executor": "in-process" if getattr(executor, "ray", None) is None else "ray",
         "workers": getattr(executor, "workers", 1), "nodes": dict(sorted(nodes.items())),
-        "write_parts": run.config.write_parts,
+        "write_parts": run.config.write_parts, "engine": report.engine_record(),
         "units_sent_back": dict(sorted(unstaged.items())),
         "driver_bytes": {"sent": sent, "received": received,
                          "per_position": round((sent + received) / positions, 3)
@@ -814,7 +851,11 @@ def _executor(config: IngestConfig, setup: _Setup):
 
 def _commit_unit(run: _Run, unit: UnitPlan, jobs, result) -> None:
     """Commit one scored unit: the parts its worker staged, or the rows it sent back."""
-    stats, report = result.stats, run.report
+    report = run.report
+    stats = {k: v for k, v in result.stats.items() if k not in ENGINE_STATS}
+    for key in ENGINE_STATS:  # how the worker ran (the run record's, not the unit's)
+        if key in result.stats:
+            report.engine.setdefault(key, set()).add(result.stats[key])
     record = {**run.key_record, "seq_ids": sorted({j.seq_id for j in jobs}),
               "positions": result.positions, "unscored": unit.unscored, **stats}
     if result.staged is not None:

@@ -31,9 +31,21 @@ from seqatlas.scoring.ablation import RescoreTask, region_tokens
 LIKELIHOOD_MODES = ("exact", "fast", "unmasked", "causal", "none")
 MASKED_MODES = ("exact", "fast", "unmasked")  # modes that need a masked LM
 STRANDS = ("forward", "both")
-# Measured with AntiBERTy on 2 CPU cores: 2048-token batches ran 25% faster than 16384
-# (activations stay in cache); GPUs want large batches.
-DEFAULT_BATCH_TOKENS = {"cpu": 2048, "cuda": 32768}
+# The arithmetic of the forward passes. bfloat16 (autocast: matmuls in bf16, reductions and
+# the head's softmax in float32) is opt-in; on dnabert6-tiny and AntiBERTy it keeps per-position
+# logp within BF16_TOLERANCE nats of float32 (tests/test_throughput.py measures it).
+PRECISIONS = ("float32", "bfloat16")
+BF16_TOLERANCE = {"max_abs_logp": 0.25, "mean_abs_logp": 0.03, "spearman": 0.98}
+# The head's logits are computed this many (rows x candidates) at a time on a CPU: a block
+# that stays in cache runs the head's matmul and softmax 2-5x faster than one 16k-row block
+# (benchmarks/genome_scale.py --part head measures it).
+HEAD_BLOCK_ELEMENTS = 1 << 20
+# GPUs want large batches. On a CPU the best size depends on the model's shape and the
+# caches (AntiBERTy on 2 cores: 2048 tokens ran 25% faster than 16384; dnabert6-tiny peaks
+# elsewhere), so it is measured when the scorer first runs: BATCH_TOKEN_CANDIDATES, timed.
+DEFAULT_BATCH_TOKENS = {"cuda": 32768}
+BATCH_TOKEN_CANDIDATES = (1024, 2048, 4096, 8192, 16384)
+BATCH_MEASURE_SECONDS = 3.0  # the most a scorer spends measuring (a big model: fewer sizes)
 
 
 @dataclass(frozen=True)
@@ -113,13 +125,13 @@ def _pairs(tokenizer, view: View, bases) -> tuple[np.ndarray, np.ndarray, np.nda
     return readout.astype(np.int64), pair_readout.astype(np.int64), base
 
 
-def mask_groups(tokenizer: TokenizerFamily, view: View, *, mode: str,
-                bases=None) -> list[list[tuple[tuple, list[int]]]]:
+def mask_groups(tokenizer: TokenizerFamily, view: View, *, mode: str, bases=None,
+                stride: int | None = None) -> list[list[tuple[tuple, list[int]]]]:
     """The masked passes of ``mode`` over the view's owned bases, each a list of mask units
     ``(covering tokens, bases they hide)``; bases sharing a token share a unit.
 
     ``exact``: one pass per unit. ``fast``: the owned units, in order, dealt round-robin into
-    ``fast_stride`` passes. With ``bases`` (exact only needs those) exact plans only the
+    ``stride`` passes (None: the tokenizer's default, ``fast_stride()``). With ``bases`` (exact only needs those) exact plans only the
     units of ``bases``; fast always deals every owned unit, so a pass masks what it masked
     at ingest.
     """
@@ -133,12 +145,12 @@ def mask_groups(tokenizer: TokenizerFamily, view: View, *, mode: str,
     ordered = sorted(units.items())
     if mode == "exact":
         return [[unit] for unit in ordered]
-    stride = tokenizer.fast_stride()
+    stride = stride or tokenizer.fast_stride()
     return [group for group in (ordered[r::stride] for r in range(stride)) if group]
 
 
 def plan_rows(tokenizer: TokenizerFamily, views: list[View], *, mode: str,
-              unmasked_pass: bool) -> list[Row]:
+              unmasked_pass: bool, stride: int | None = None) -> list[Row]:
     """The forward passes that score ``views`` in ``mode``."""
     rows = []
     for v, view in enumerate(views):
@@ -154,7 +166,7 @@ def plan_rows(tokenizer: TokenizerFamily, views: list[View], *, mode: str,
             rows.append(Row(v, None, readout, pr, pb, length))
         if mode not in ("exact", "fast"):
             continue
-        for group in mask_groups(tokenizer, view, mode=mode):
+        for group in mask_groups(tokenizer, view, mode=mode, stride=stride):
             rows.append(_masked_row(tokenizer, view, v, group, length))
     return rows
 
@@ -178,7 +190,7 @@ def _masked_row(tokenizer, view: View, v: int, group, length: int, keep=None) ->
 
 
 def plan_target_rows(tokenizer: TokenizerFamily, views: list[View], targets: list,
-                     *, mode: str) -> list[Row]:
+                     *, mode: str, stride: int | None = None) -> list[Row]:
     """The passes of ``mode`` that score only ``targets[v]`` (view-local bases) of each view:
     the passes of :func:`mask_groups` that hide a target base, read out at target bases."""
     rows = []
@@ -186,7 +198,7 @@ def plan_target_rows(tokenizer: TokenizerFamily, views: list[View], targets: lis
         if view.tokens.n_tokens == 0 or not len(bases):
             continue
         keep = set(int(b) for b in bases)
-        for group in mask_groups(tokenizer, view, mode=mode, bases=bases):
+        for group in mask_groups(tokenizer, view, mode=mode, bases=bases, stride=stride):
             if any(b in keep for _, bs in group for b in bs):
                 rows.append(_masked_row(tokenizer, view, v, group, len(view.tokens.ids), keep))
     return rows
@@ -222,6 +234,52 @@ def pack_batches(lengths: list[int], budget: int) -> list[list[int]]:
     if current:
         batches.append(current)
     return batches
+
+
+def measure_batch_tokens(model, candidates: dict, *, sizes=BATCH_TOKEN_CANDIDATES,
+                         seconds: float = BATCH_MEASURE_SECONDS) -> tuple[int, dict[int, float]]:
+    """The batch size (padded tokens) at which ``model``'s forward pass runs fastest here,
+    and the measured tokens/s of each size tried. Rows are as long as the model's context
+    (at most 1,024 tokens); sizes are tried smallest first, twice each (the faster counts),
+    until one is 10% slower than the best or ``seconds`` are spent. Only sizes in ``sizes``
+    are tried, so a batch never exceeds the largest."""
+    import time
+
+    import torch
+
+    spec = model.spec
+    cache_key = (spec.name, spec.weights_sha256, str(model.device), torch.get_num_threads(),
+                 tuple(sizes))
+    if cache_key in _MEASURED_BATCHES:
+        return _MEASURED_BATCHES[cache_key]
+    length = max(8, min(int(spec.context_tokens or 512), 1024))
+    ids = torch.cat([c[0].cpu() for c in candidates.values()]) if candidates else \
+        torch.zeros(1, dtype=torch.long)
+    generator = torch.Generator().manual_seed(0)
+    rates: dict[int, float] = {}
+    spent, started = 0.0, time.perf_counter()
+    with torch.inference_mode():
+        for size in sizes:
+            rows = max(1, size // length)
+            pick = torch.randint(len(ids), (rows, length), generator=generator)
+            input_ids = ids[pick].to(model.device)
+            attention = torch.ones_like(input_ids)
+            best = float("inf")
+            for _ in range(2):
+                began = time.perf_counter()
+                model.encode(input_ids, attention, None)
+                best = min(best, time.perf_counter() - began)
+            rates[size] = rows * length / best
+            spent = time.perf_counter() - started
+            if rates[size] < 0.9 * max(rates.values()) or spent > seconds:
+                break
+    chosen = max(rates, key=lambda size: (rates[size], -size))
+    _MEASURED_BATCHES[cache_key] = chosen, rates
+    return chosen, rates
+
+
+# (model, weights, device, threads, sizes) -> what measure_batch_tokens found, per process
+_MEASURED_BATCHES: dict[tuple, tuple[int, dict[int, float]]] = {}
 
 
 def distribution_stats(letter_logprobs, true_letter):
@@ -294,10 +352,18 @@ class Scorer:
 
     def __init__(self, model, *, likelihood: str, embeddings: bool, layer: int | list[int],
                  batch_tokens: int | None = None, strands: str = "forward", copy_k: int = 0,
-                 nucleic: bool = False, distributions: str | None = None):
+                 nucleic: bool = False, distributions: str | None = None,
+                 precision: str = "float32", fast_stride: int | None = None):
         import torch
 
+        if precision not in PRECISIONS:
+            raise ModelError(f"precision must be one of {', '.join(PRECISIONS)}, not "
+                             f"{precision!r}")
         self.model = model
+        self.precision = precision
+        self.fast_stride = fast_stride  # fast mode's passes per view (None: the tokenizer's)
+        # every adapter runs its body and head under model.autocast()
+        model.autocast_dtype = torch.bfloat16 if precision == "bfloat16" else None
         self.tokenizer = model.spec.tokenizer()
         self.likelihood = likelihood
         self.causal = likelihood == "causal"
@@ -311,7 +377,9 @@ class Scorer:
         self.nucleic = nucleic  # DNA/RNA: copies are also sought as reverse complements
         # dtype of the stored per-position distributions (schema.LETTER_DTYPES); None: none
         self.distributions = distributions if likelihood != "none" else None
-        self.batch_tokens = batch_tokens or DEFAULT_BATCH_TOKENS.get(model.device.type, 8192)
+        # None until measured (a CPU, no --batch-tokens): see :func:`measure_batch_tokens`
+        self.batch_tokens = batch_tokens or DEFAULT_BATCH_TOKENS.get(model.device.type)
+        self.batch_tokens_measured: dict[int, float] | None = None  # candidate -> tokens/s
         self.real_tokens = 0
         self.computed_tokens = 0
         # seq_id -> the BOS/CLS hidden state (one float16 vector per layer) of the window
@@ -325,6 +393,14 @@ class Scorer:
             onehot.scatter_(2, torch.from_numpy(cand.letter_at).unsqueeze(-1), 1.0)
             self._candidates[length] = (torch.from_numpy(cand.token_ids).to(model.device),
                                         onehot.reshape(len(cand.token_ids), -1).to(model.device))
+
+    def batch_budget(self) -> int:
+        """Padded tokens per forward pass: as given, the device's default, or measured on
+        this machine the first time it is needed (:func:`measure_batch_tokens`)."""
+        if self.batch_tokens is None:
+            self.batch_tokens, self.batch_tokens_measured = measure_batch_tokens(
+                self.model, self._candidates)
+        return self.batch_tokens
 
     def score(self, jobs: list[WindowJob]) -> tuple[pa.Table, pa.Table | None]:
         """Positions rows (owned positions of every job, in job order) and token rows."""
@@ -341,9 +417,9 @@ class Scorer:
         results = [_Result(v.owned_end - v.owned_start, letters) for v in views]
         unmasked_pass = self.embeddings or self.likelihood != "none"
         rows = plan_rows(self.tokenizer, views, mode=self.likelihood,
-                         unmasked_pass=unmasked_pass)
+                         unmasked_pass=unmasked_pass, stride=self.fast_stride)
         with torch.inference_mode():
-            for batch in pack_batches([r.length for r in rows], self.batch_tokens):
+            for batch in pack_batches([r.length for r in rows], self.batch_budget()):
                 self._run_batch([rows[i] for i in batch], views, results)
         self.bos_vectors = {jobs[v.job].seq_id: res.bos for v, res in zip(views, results)
                             if res.bos is not None}
@@ -362,7 +438,7 @@ class Scorer:
         results = [_Result(v.owned_end - v.owned_start) for v in views]
         rows = self._target_rows(views, tasks)
         with torch.inference_mode():
-            for batch in pack_batches([r.length for r in rows], self.batch_tokens):
+            for batch in pack_batches([r.length for r in rows], self.batch_budget()):
                 self._run_batch([rows[i] for i in batch], views, results)
         return [res.logp[np.asarray(t.bases, dtype=np.int64) - view.owned_start]
                 for t, view, res in zip(tasks, views, results)]
@@ -382,7 +458,7 @@ class Scorer:
                    for v in views]
         rows = self._target_rows(views, tasks)
         with torch.inference_mode():
-            for batch in pack_batches([r.length for r in rows], self.batch_tokens):
+            for batch in pack_batches([r.length for r in rows], self.batch_budget()):
                 self._run_batch([rows[i] for i in batch], views, results)
         return [res.letters[np.asarray(t.bases, dtype=np.int64) - view.owned_start]
                 for t, view, res in zip(tasks, views, results)]
@@ -392,7 +468,7 @@ class Scorer:
         window's one pass for unmasked and causal."""
         if self.likelihood in ("exact", "fast"):
             return plan_target_rows(self.tokenizer, views, [t.bases for t in tasks],
-                                    mode=self.likelihood)
+                                    mode=self.likelihood, stride=self.fast_stride)
         rows = []
         for v, (view, task) in enumerate(zip(views, tasks)):
             if view.tokens.n_tokens and len(task.bases):
@@ -468,10 +544,14 @@ class Scorer:
             if int(length) not in self._candidates:
                 continue  # no vocabulary token of this length: the base stays unscored
             ids, onehot = self._candidates[int(length)]
-            which = torch.from_numpy(np.nonzero(lengths == length)[0]).to(device)
-            probs = torch.softmax(self.model.token_logits(hidden[which], ids), dim=-1)
-            marginal[which, : int(length)] = (probs @ onehot).view(len(which), int(length),
-                                                                  n_letters)
+            which = np.nonzero(lengths == length)[0]
+            block = len(which) if device.type != "cpu" else \
+                max(64, HEAD_BLOCK_ELEMENTS // len(ids))
+            for first in range(0, len(which), block):
+                part = torch.from_numpy(which[first : first + block]).to(device)
+                probs = torch.softmax(self.model.token_logits(hidden[part], ids), dim=-1)
+                marginal[part, : int(length)] = (probs @ onehot).view(len(part), int(length),
+                                                                     n_letters)
         pair_readout = torch.from_numpy(np.concatenate(pair_readout)).to(device)
         pair_offset = torch.from_numpy(np.concatenate(pair_offset)).to(device)
         pair_slot = torch.from_numpy(np.concatenate(pair_slot)).to(device)
@@ -522,26 +602,16 @@ class Scorer:
         columns_of_layers = [schema.layer_column(self.layers, layer) for layer in self.layers]
         positions_schema = schema.positions_schema(
             self.tokenizer.n_standard if self.distributions else None, self.distributions)
-        columns: dict[str, list] = {name: [] for name in positions_schema.names}
         tokens: dict[str, list] = {f.name: [] for f in token_schema}
         for j, job in enumerate(jobs):
-            n = job.own_end - job.own_start
             forward = by_job.get(j, {}).get(False)
-            reverse = by_job.get(j, {}).get(True)
-            fwd = forward[1] if forward else _Result(n)
-            rev = reverse[1] if reverse else None
-            _extend(columns, _job_columns(job))
-            _extend(columns, _score_columns(fwd))
-            _extend(columns, _strand_columns(fwd, rev, n))
-            _extend(columns, _copy_fields(copies.get(j), n))
-            if self.distributions:
-                _extend(columns, _letter_columns(self.tokenizer, fwd, rev, n))
-            if self.embeddings and forward and fwd.embedding is not None:
-                _extend(tokens, _token_columns(self.tokenizer, job, forward[0], fwd,
+            if self.embeddings and forward and forward[1].embedding is not None:
+                _extend(tokens, _token_columns(self.tokenizer, job, forward[0], forward[1],
                                                columns_of_layers))
+        columns = _position_columns(self.tokenizer, jobs, by_job, copies,
+                                    distributions=bool(self.distributions))
         positions = pa.Table.from_arrays(
-            [pa.concat_arrays(columns[f.name]).cast(f.type) for f in positions_schema],
-            schema=positions_schema)
+            [columns[f.name].cast(f.type) for f in positions_schema], schema=positions_schema)
         if not self.embeddings:
             return positions, None
         arrays = [pa.concat_arrays(tokens[f.name]) if tokens[f.name]
@@ -568,38 +638,69 @@ def _extend(columns: dict[str, list], arrays: dict[str, pa.Array]) -> None:
         columns[name].append(array)
 
 
-def _job_columns(job: WindowJob) -> dict[str, pa.Array]:
-    """The job's owned positions: seq_id, pos, ref, soft_masked and its window bounds."""
-    n = job.own_end - job.own_start
-    owned = job.residues[job.own_start - job.start : job.own_end - job.start]
-    if job.scored:
-        window = (pa.array(np.full(n, job.start, dtype=np.int64)),
-                  pa.array(np.full(n, job.end, dtype=np.int64)))
-    else:  # a long N run: no window scored it
-        window = (pa.nulls(n, pa.int64()), pa.nulls(n, pa.int64()))
-    return {"seq_id": pa.array([job.seq_id] * n, pa.string()),
-            "pos": pa.array(np.arange(job.own_start, job.own_end, dtype=np.int64)),
-            "ref": _letters_array(owned.upper()),
-            "soft_masked": pa.array(soft_mask(owned)),
-            "window_start": window[0], "window_end": window[1]}
+def _position_columns(tokenizer: TokenizerFamily, jobs: list[WindowJob], by_job: dict,
+                      copies: dict, *, distributions: bool) -> dict[str, pa.Array]:
+    """Every positions column over the owned positions of ``jobs``, in job order: each
+    column built once from the jobs' arrays (a long N run, or a strand not scored, is null).
+    """
+    counts = np.array([job.own_end - job.own_start for job in jobs], dtype=np.int64)
+    total = int(counts.sum())
+    scored = np.repeat(np.array([job.scored for job in jobs], dtype=bool), counts)
+    first = np.repeat(np.cumsum(counts) - counts, counts)
+    owned = b"".join(job.residues[job.own_start - job.start : job.own_end - job.start]
+                     for job in jobs)
+    strands = [by_job.get(j, {}) for j in range(len(jobs))]
 
+    def joined(strand: bool, attr: str, fill, dtype, reverse: bool = False) -> np.ndarray:
+        parts = []
+        for j, views in enumerate(strands):
+            res = views[strand][1] if strand in views else None
+            value = getattr(res, attr) if res is not None else None
+            if value is None:
+                shape = (counts[j],) if attr != "letters" else (counts[j], tokenizer.n_standard)
+                parts.append(np.full(shape, fill, dtype=dtype))
+            elif reverse:  # reverse-strand arrays run backwards along the window
+                parts.append(value[::-1] if attr != "letters"
+                             else forward_letters(tokenizer, value))
+            else:
+                parts.append(value)
+        if parts:
+            return np.concatenate(parts)
+        return np.empty((0, tokenizer.n_standard) if attr == "letters" else 0, dtype=dtype)
 
-def _score_columns(fwd: _Result) -> dict[str, pa.Array]:
-    """The forward strand's logp, logp_unmasked, entropy and rank (rank 0: null)."""
-    return {"logp": _floats(fwd.logp), "logp_unmasked": _floats(fwd.logp_unmasked),
-            "entropy": _floats(fwd.entropy), "rank": pa.array(fwd.rank, mask=fwd.rank == 0)}
-
-
-def _strand_columns(fwd: _Result, rev: _Result | None, n: int) -> dict[str, pa.Array]:
-    """The reverse strand's logp columns and the strand means; nulls without one."""
-    if rev is None:
-        return {name: pa.nulls(n, pa.float32())
-                for name in ("logp_rc", "logp_unmasked_rc", "logp_mean", "logp_unmasked_mean")}
-    # reverse-strand arrays run backwards along the window
-    logp_rc, unmasked_rc = rev.logp[::-1], rev.logp_unmasked[::-1]
-    return {"logp_rc": _floats(logp_rc), "logp_unmasked_rc": _floats(unmasked_rc),
-            "logp_mean": _floats((fwd.logp + logp_rc) / 2),
-            "logp_unmasked_mean": _floats((fwd.logp_unmasked + unmasked_rc) / 2)}
+    starts = np.repeat(np.array([job.start for job in jobs], dtype=np.int64), counts)
+    ends = np.repeat(np.array([job.end for job in jobs], dtype=np.int64), counts)
+    own = np.repeat(np.array([job.own_start for job in jobs], dtype=np.int64), counts)
+    logp, unmasked = joined(False, "logp", np.nan, np.float32), \
+        joined(False, "logp_unmasked", np.nan, np.float32)
+    rank = joined(False, "rank", 0, np.int16)
+    columns = {
+        "seq_id": pa.array([job.seq_id for job in jobs], pa.string()).take(
+            pa.array(np.repeat(np.arange(len(jobs)), counts))),
+        "pos": pa.array(own + np.arange(total, dtype=np.int64) - first),
+        "ref": _letters_array(owned.upper()), "soft_masked": pa.array(soft_mask(owned)),
+        # a long N run: no window scored it
+        "window_start": pa.array(starts, mask=~scored), "window_end": pa.array(ends, mask=~scored),
+        "logp": _floats(logp), "logp_unmasked": _floats(unmasked),
+        "entropy": _floats(joined(False, "entropy", np.nan, np.float32)),
+        "rank": pa.array(rank, mask=rank == 0)}
+    logp_rc = joined(True, "logp", np.nan, np.float32, reverse=True)
+    unmasked_rc = joined(True, "logp_unmasked", np.nan, np.float32, reverse=True)
+    columns.update({"logp_rc": _floats(logp_rc), "logp_unmasked_rc": _floats(unmasked_rc),
+                    "logp_mean": _floats((logp + logp_rc) / 2),
+                    "logp_unmasked_mean": _floats((unmasked + unmasked_rc) / 2)})
+    offset, strand = np.zeros(total, dtype=np.int64), np.zeros(total, dtype=np.int8)
+    job_first = np.cumsum(counts) - counts
+    for j, (found_offset, found_strand) in copies.items():  # off, or not scored: null
+        at = slice(int(job_first[j]), int(job_first[j] + counts[j]))
+        offset[at], strand[at] = found_offset, found_strand
+    columns["copy_offset"], columns["copy_strand"] = copy_columns(offset, strand)
+    if distributions:
+        columns[schema.LETTER_COLUMNS[0]] = letters_array(
+            joined(False, "letters", np.nan, np.float32))
+        columns[schema.LETTER_COLUMNS[1]] = letters_array(
+            joined(True, "letters", np.nan, np.float32, reverse=True))
+    return columns
 
 
 def complement_order(tokenizer: TokenizerFamily) -> np.ndarray:
@@ -623,33 +724,6 @@ def letters_array(values: np.ndarray) -> pa.Array:
     # a letter no token can spell keeps log p = -inf (never a large finite number)
     flat = pa.array(np.where(np.isnan(values), 0.0, values).reshape(-1).astype(np.float32))
     return pa.FixedSizeListArray.from_arrays(flat, values.shape[1], mask=pa.array(missing))
-
-
-def _letter_columns(tokenizer: TokenizerFamily, fwd: _Result, rev: _Result | None,
-                    n: int) -> dict[str, pa.Array]:
-    """letter_logp (forward) and letter_logp_rc (the reverse strand's, read back onto the
-    forward strand; null with one strand)."""
-    width = tokenizer.n_standard
-    forward = fwd.letters if fwd.letters is not None else np.full((n, width), np.nan,
-                                                                  np.float32)
-    columns = {schema.LETTER_COLUMNS[0]: letters_array(forward)}
-    if rev is not None and rev.letters is not None:
-        columns[schema.LETTER_COLUMNS[1]] = letters_array(forward_letters(tokenizer,
-                                                                          rev.letters))
-    else:
-        columns[schema.LETTER_COLUMNS[1]] = letters_array(np.full((n, width), np.nan,
-                                                                  np.float32))
-    return columns
-
-
-def _copy_fields(found: tuple[np.ndarray, np.ndarray] | None, n: int) -> dict[str, pa.Array]:
-    """copy_offset and copy_strand of a job; nulls when it was not scored (a long N run)
-    or detection is off."""
-    if found is None:
-        offset, strand = pa.nulls(n, pa.int32()), pa.nulls(n, pa.string())
-    else:
-        offset, strand = copy_columns(*found)
-    return {"copy_offset": offset, "copy_strand": strand}
 
 
 def _token_columns(tokenizer: TokenizerFamily, job: WindowJob, view: View, res: _Result,

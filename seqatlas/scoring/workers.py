@@ -29,6 +29,7 @@ Driver load: both executors count the bytes of what they send and receive
 from __future__ import annotations
 
 import math
+import os
 import pickle
 import time
 import warnings
@@ -105,6 +106,14 @@ def _node_id() -> str:
     return "local"
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity, else the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 class ScoringWorker:
     """Holds one loaded model and scores units with it (a Ray actor, or in process).
 
@@ -160,11 +169,14 @@ class ScoringWorker:
         from seqatlas.scoring.scorer import Scorer
         from seqatlas.checkpoints import load_model
 
-        if self.threads:
-            # Ray sets OMP_NUM_THREADS=1 in workers; use the CPUs this actor was given.
-            torch.set_num_threads(self.threads)
+        # Ray sets OMP_NUM_THREADS=1 in workers: use the CPUs this actor was given, and never
+        # more threads than this process may run on (oversubscribed threads spin and wait)
+        threads = min(self.threads or torch.get_num_threads(), usable_cores())
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.scorer = Scorer(load_model(self.spec, device=device), **self.scoring)
+        self.scorer.batch_budget()  # measured (on a CPU) as part of loading, not of a unit
         self._count_batches()
 
     def score(self, jobs):
@@ -173,8 +185,16 @@ class ScoringWorker:
         before = (self.scorer.real_tokens, self.scorer.computed_tokens)
         positions, tokens = self.scorer.score(jobs)
         stats = {"real_tokens": self.scorer.real_tokens - before[0],
-                 "computed_tokens": self.scorer.computed_tokens - before[1]}
+                 "computed_tokens": self.scorer.computed_tokens - before[1],
+                 **self.engine()}
         return positions, tokens, stats
+
+    def engine(self) -> dict:
+        """How this worker runs the model (the run record's ``engine``)."""
+        import torch
+
+        return {"precision": self.scorer.precision, "batch_tokens": self.scorer.batch_budget(),
+                "device": self.scorer.model.device.type, "threads": torch.get_num_threads()}
 
     def score_unit(self, request: UnitRequest) -> UnitResult:
         """Score one unit; with ``request.staging`` (when this node sees it), write its parts

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from seqatlas.checkpoints.recorded import atlas_model_spec
+from seqatlas.checkpoints.recorded import atlas_model_spec, recorded_engine
 from seqatlas.probe.icl import SequenceData, read_sequences, with_controls
 from seqatlas.probe.targets import split_runs
 from seqatlas.repeats.copies import copy_runs, read_copies, seq_order
@@ -70,7 +70,8 @@ class RescoreContext:
     def scoring_args(self) -> dict:
         return {"likelihood": self.mode, "embeddings": False, "layer": [self.spec.num_layers],
                 "strands": "forward", "copy_k": 0,
-                "nucleic": self.reader.manifest.kind != "protein", "distributions": "float32"}
+                "nucleic": self.reader.manifest.kind != "protein", "distributions": "float32",
+                **recorded_engine(self.reader.manifest.scoring, self.mode)}
 
     def window(self, i: int) -> tuple[bytes, int, int, tuple[int, int]]:
         """Site ``i``'s window: residues, start, end, and the bases it owned."""
