@@ -13,6 +13,7 @@ and prints the seconds of each stage side by side:
 - ``copy detection``: the in-context copy detector;
 - ``arrow tables``: the positions/tokens tables;
 - ``pooling``; ``parquet + commit`` (writing parts, hashing, the commit);
+- ``batch measurement``: timing batch sizes when the model loads (a CPU, no --batch-tokens);
 - ``model load``; ``other`` (imports, input scanning, planning units, ...).
 
 Usage: python benchmarks/profile_ingest.py [--kb 300] [--mode unmasked] [--baseline REV]
@@ -41,7 +42,8 @@ DATA = ROOT.parent / "shared" / "data"
 STAGES = {
     "model load": [("checkpoints/loading.py", "load_model")],
     "model body": [("", "encode")],
-    "head": [("checkpoints/adapter.py", "token_logits")],
+    "batch measurement": [("scoring/scorer.py", "measure_batch_tokens")],
+    "head": [("checkpoints/", "token_logits")],  # the outermost (an adapter may call super)
     "likelihoods": [("scoring/scorer.py", "_read_likelihoods")],
     "batch": [("scoring/scorer.py", "_run_batch")],
     "planning": [("scoring/scorer.py", "make_view"), ("scoring/scorer.py", "plan_rows")],
@@ -101,12 +103,16 @@ def profile(fasta: Path, *, mode: str, model: str, embeddings: bool) -> dict:
     wall = time.perf_counter() - started
     stats = pstats.Stats(profiler).stats
     raw = {stage: sum(_cumulative(stats, *f) for f in funcs) for stage, funcs in STAGES.items()}
+    raw["head"] = max((value[3] for (path, _, func), value in stats.items()
+                       if func == "token_logits" and "seqatlas/checkpoints/" in path), default=0)
     seconds = {
         "model load": raw["model load"],
-        "model body": raw["model body"],
+        "batch measurement": raw["batch measurement"],
+        "model body": raw["model body"] - raw["batch measurement"],
         "head": raw["head"],
         "marginalisation": raw["likelihoods"] - raw["head"],
-        "batch assembly": raw["batch"] - raw["likelihoods"] - raw["model body"],
+        "batch assembly": raw["batch"] - raw["likelihoods"]
+        - (raw["model body"] - raw["batch measurement"]),
         "planning": raw["planning"],
         "copy detection": raw["copy detection"],
         "arrow tables": raw["tables"] - raw["copy detection"],

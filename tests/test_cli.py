@@ -37,7 +37,7 @@ from seqatlas.schema import ABLATION_METHODS, DISTRIBUTION_CHOICES, POOLINGS
 from seqatlas.variants.formats import FORMATS as VARIANT_FORMATS
 from seqatlas.progress import MODES as PROGRESS_MODES
 from seqatlas.scoring.ablation import RESCORE_LIKELIHOODS
-from seqatlas.scoring.scorer import LIKELIHOOD_MODES, STRANDS
+from seqatlas.scoring.scorer import LIKELIHOOD_MODES, PRECISIONS, STRANDS
 from seqatlas.scoring.workers import WRITE_PARTS
 from tests.query_data import make_atlas
 
@@ -67,6 +67,7 @@ FROM_LIBRARY = {
     options.Progress: PROGRESS_MODES,
     options.Pooling: POOLINGS,
     options.Level: LEVELS,
+    options.Precision: PRECISIONS,
 }
 # choices of the CLI alone: the library takes a bool (embeddings) or checks names itself
 CLI_ONLY = {options.Embeddings: ("float16", "none"), options.Names: ("auto", "exact")}
@@ -138,7 +139,8 @@ SOURCES = {"Kind": "seqatlas.fasta:KINDS", "Likelihood": "seqatlas.scoring.score
            "SortOrder": "seqatlas.query.tracks:SORT_ORDERS",
            "ChromNames": "seqatlas.util:CHROM_STYLES",
            "Progress": "seqatlas.progress:MODES", "Pooling": "seqatlas.schema:POOLINGS",
-           "Level": "seqatlas.index.vectors:LEVELS"}
+           "Level": "seqatlas.index.vectors:LEVELS",
+           "Precision": "seqatlas.scoring.scorer:PRECISIONS"}
 
 
 def test_sources_name_every_library_choice():

@@ -345,6 +345,7 @@ BAD_OPTIONS = [
     ("stall_timeout", -1.0), ("stall_timeout", math.nan),
     ("layer", "last"), ("layer", 1.0), ("layer", []),
     ("pool_bin", -1), ("pool_bin", 2.5), ("pool_bin", True), ("pool_bin", "1000"),
+    ("fast_stride", 0), ("fast_stride", -4), ("fast_stride", 2.5), ("fast_stride", True),
 ]
 GOOD_OPTIONS = [
     ("window", None), ("window", 1), ("overlap", 0), ("overlap", None), ("batch_tokens", 1),
@@ -353,6 +354,7 @@ GOOD_OPTIONS = [
     ("gpus_per_worker", 2), ("gpus_per_worker", 2.0), ("skip_n_runs", 0), ("copy_k", 0),
     ("copy_k", None), ("stall_timeout", 0), ("layer", -1), ("layer", [0, 2]),
     ("pool_bin", 0), ("pool_bin", 1000), ("pool_bin", None),
+    ("fast_stride", None), ("fast_stride", 1), ("fast_stride", 20),
 ]
 
 

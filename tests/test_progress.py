@@ -274,7 +274,7 @@ def test_ray_actor_counts_rise_within_one_unit(tmp_path, tiny_esm, ray_session, 
     from seqatlas.scoring.workers import RayExecutor
 
     actor_class = _slow_batches_worker()
-    monkeypatch.setattr(pipeline, "_executor", lambda config, setup: RayExecutor(
+    monkeypatch.setattr(pipeline, "_executor", lambda config, setup, **_: RayExecutor(
         setup.spec, setup.scoring_args(config), workers=1, cpus_per_worker=1,
         gpus_per_worker=0, address=None, actor_class=actor_class))
     fasta = write_fasta(tmp_path / "p.fa", {"p": random_protein(120, seed=4)})

@@ -117,7 +117,7 @@ def test_batch_size_is_measured_among_the_candidates_and_recorded(tmp_path, monk
     scorer = scorer_module.Scorer(model, likelihood="unmasked", embeddings=False, layer=4)
     assert scorer.batch_tokens is None  # measured when first needed, not at construction
     scorer_module._MEASURED_BATCHES.clear()
-    chosen = scorer.batch_budget()
+    chosen = scorer.batch_budget([130] * 20 + [60])
     rates = scorer.batch_tokens_measured
     assert chosen in scorer_module.BATCH_TOKEN_CANDIDATES and chosen in rates
     assert set(rates) <= set(scorer_module.BATCH_TOKEN_CANDIDATES)
@@ -127,11 +127,11 @@ def test_batch_size_is_measured_among_the_candidates_and_recorded(tmp_path, monk
     assert tried == list(scorer_module.BATCH_TOKEN_CANDIDATES[: len(tried)])
     # measured once per process and model: a second scorer reuses it
     again = scorer_module.Scorer(model, likelihood="unmasked", embeddings=False, layer=4)
-    assert again.batch_budget() == chosen and again.batch_tokens_measured == rates
+    assert again.batch_budget([131] * 5) == chosen and again.batch_tokens_measured == rates
     # a given budget is used as given, never measured
     fixed = scorer_module.Scorer(model, likelihood="unmasked", embeddings=False, layer=4,
                                  batch_tokens=300)
-    assert fixed.batch_budget() == 300 and fixed.batch_tokens_measured is None
+    assert fixed.batch_budget([130]) == 300 and fixed.batch_tokens_measured is None
     # and a packed batch never exceeds the budget unless one row alone does
     lengths = [130] * 50 + [40] * 7
     for batch in scorer_module.pack_batches(lengths, chosen):
@@ -206,6 +206,10 @@ def test_fast_stride_is_a_recorded_setting(tmp_path):
         seqatlas.ingest(fasta, atlas=tmp_path / "x", model="dnabert6-tiny",
                         likelihood="exact", fast_stride=4, workers=0, progress=False)
     assert not (tmp_path / "x").exists()
+    with pytest.raises(seqatlas.SeqAtlasError, match="--fast-stride"):  # exact by default
+        seqatlas.ingest(fasta, atlas=tmp_path / "x", model="dnabert6-tiny", fast_stride=4,
+                        workers=0, progress=False)
+    assert not (tmp_path / "x").exists()
 
 
 def test_bfloat16_is_opt_in_recorded_and_within_its_tolerance(tmp_path):
@@ -262,3 +266,29 @@ def test_cli_precision_and_fast_stride_match_the_library(tmp_path):
     assert main(["ingest", str(fasta), "--atlas", str(tmp_path / "bad"), "--model",
                  "dnabert6-tiny", "--fast-stride", "0", "--workers", "0"]) == 1
     assert not (tmp_path / "bad").exists()
+
+
+def test_small_models_get_one_single_threaded_worker_per_core_when_units_keep_them_busy():
+    from seqatlas.checkpoints.loading import resolve_model
+    from seqatlas.scoring.workers import per_core_workers, plan_actors
+
+    free = {"workers": None, "cpus_per_worker": None, "gpus_per_worker": None}
+    two = [{"CPU": 2}]
+    assert plan_actors(two, **free, units=4, small_model=True)[:3] == (2, 1, 0.0)
+    # too few units to keep two busy: one worker with both cores, as before
+    assert plan_actors(two, **free, units=3, small_model=True)[:3] == (1, 2, 0.0)
+    assert plan_actors(two, **free, units=40, small_model=False)[:3] == (1, 2, 0.0)
+    # anything given is kept; GPUs are used as before
+    assert plan_actors(two, **{**free, "workers": 1}, units=40, small_model=True)[:3] == \
+        (1, 2, 0.0)
+    assert plan_actors(two, **{**free, "cpus_per_worker": 2}, units=40,
+                       small_model=True)[:3] == (1, 2, 0.0)
+    assert plan_actors([{"CPU": 4, "GPU": 1}], **free, units=40, small_model=True)[:3] == \
+        (1, 4, 1.0)
+    assert plan_actors([{"CPU": 1}], **free, units=40, small_model=True)[:3] == (1, 1, 0.0)
+    assert per_core_workers(resolve_model("dnabert6-tiny", kind="dna"))
+
+    class Big:
+        hidden_size, parameters = 1280, 650_000_000
+
+    assert not per_core_workers(Big())

@@ -171,9 +171,35 @@ class TransformersMaskedModel(ScoringModel):
             raise ModelError(f"model {spec.name!r} ({type(model).__name__}) has no MLM head "
                              "(cls or lm_head): is it a masked language model?")
         self.autocast_dtype = torch.bfloat16 if self.device.type == "cuda" else None
+        self._decoder_rows: dict[tuple, tuple] = {}  # candidate ids -> decoder rows, bias
 
     def encode(self, input_ids, attention_mask, layers):
         return run_body(self, self.encoder, input_ids, attention_mask, layers)
 
     def head_logits(self, hidden):
         return self.head(hidden)
+
+    def token_logits(self, hidden, token_ids):
+        """A BERT-style head (``predictions.transform`` then ``predictions.decoder``) runs its
+        decoder on the rows of ``token_ids`` only: the same dot products, without the
+        vocabulary's other columns, into a contiguous block (DNABERT's 4,101-column output
+        sliced to its 4,096 k-mers ran at 60% of the speed). Other heads: the whole head."""
+        import torch
+        import torch.nn.functional as F
+
+        predictions = getattr(self.head, "predictions", None)
+        transform = getattr(predictions, "transform", None)
+        decoder = getattr(predictions, "decoder", None)
+        if transform is None or not isinstance(decoder, torch.nn.Linear):
+            return super().token_logits(hidden, token_ids)
+        first, last = int(token_ids[0]), int(token_ids[-1])
+        key = (first, last) if last - first + 1 == len(token_ids) else \
+            tuple(token_ids.tolist())
+        rows = self._decoder_rows.get(key)
+        if rows is None:
+            index = token_ids.to(decoder.weight.device)
+            bias = decoder.bias[index].contiguous() if decoder.bias is not None else None
+            rows = self._decoder_rows[key] = (decoder.weight[index].contiguous(), bias)
+        with self.autocast():
+            logits = F.linear(transform(hidden), *rows)
+        return logits.float()

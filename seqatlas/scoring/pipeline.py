@@ -257,6 +257,9 @@ def _ingest_inputs(config: IngestConfig, spool: Spool, *, atlas: str | Path) -> 
     _check_model_fit(setup, paths)
     _refuse_pre_letter_map_atlas(existing, setup)
     config = replace(config, likelihood=setup.likelihood)
+    if config.fast_stride is not None and config.likelihood != "fast":
+        raise ConfigError(f"--fast-stride sets --likelihood fast's passes; it means nothing "
+                          f"with --likelihood {config.likelihood}: drop it or use fast")
     scoring = _scoring_record(config, setup.tokenizer, window=setup.window,
                               overlap=setup.overlap, layers=setup.layers,
                               unit_tokens=setup.unit_tokens, kind=kind, copy_k=setup.copy_k)
@@ -765,7 +768,7 @@ def _run_units(run: _Run) -> None:
     from seqatlas.scoring.workers import UnitRequest, run_units_timed
 
     config, report = run.config, run.report
-    executor = _executor(config, run.setup)
+    executor = _executor(config, run.setup, units=len(run.todo))
     staging = None
     if config.write_parts == "workers":  # a directory's absolute path, or a remote location
         area = run.writer.staging_area()
@@ -840,13 +843,14 @@ def _run_record(run: _Run, executor, *, nodes: dict[str, int], started: str,
     }
 
 
-def _executor(config: IngestConfig, setup: _Setup):
+def _executor(config: IngestConfig, setup: _Setup, *, units: int = 0):
     """The Ray actors, or this process with ``workers=0``."""
     from seqatlas.scoring.workers import make_executor
 
     return make_executor(setup.spec, setup.scoring_args(config), workers=config.workers,
                          gpus_per_worker=config.gpus_per_worker,
-                         cpus_per_worker=config.cpus_per_worker, address=config.address)
+                         cpus_per_worker=config.cpus_per_worker, address=config.address,
+                         units=units)
 
 
 def _commit_unit(run: _Run, unit: UnitPlan, jobs, result) -> None:

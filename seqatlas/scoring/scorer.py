@@ -236,42 +236,47 @@ def pack_batches(lengths: list[int], budget: int) -> list[list[int]]:
     return batches
 
 
-def measure_batch_tokens(model, candidates: dict, *, sizes=BATCH_TOKEN_CANDIDATES,
+def measure_batch_tokens(model, candidates: dict, *, length: int, sizes=BATCH_TOKEN_CANDIDATES,
                          seconds: float = BATCH_MEASURE_SECONDS) -> tuple[int, dict[int, float]]:
-    """The batch size (padded tokens) at which ``model``'s forward pass runs fastest here,
-    and the measured tokens/s of each size tried. Rows are as long as the model's context
-    (at most 1,024 tokens); sizes are tried smallest first, twice each (the faster counts),
-    until one is 10% slower than the best or ``seconds`` are spent. Only sizes in ``sizes``
-    are tried, so a batch never exceeds the largest."""
+    """The batch size (padded tokens) at which ``model``'s forward pass runs fastest here on
+    rows of ``length`` tokens, and the measured tokens/s of each size tried. Sizes are tried
+    smallest first, twice each (the faster counts), until one is 10% slower than the best or
+    ``seconds`` are spent. Only sizes in ``sizes`` are tried, so a batch never exceeds the
+    largest. Measured once per process, model, device, threads and length (to 16 tokens)."""
     import time
 
     import torch
 
     spec = model.spec
+    length = max(1, int(length))  # a real row's length: never beyond the model's context
     cache_key = (spec.name, spec.weights_sha256, str(model.device), torch.get_num_threads(),
-                 tuple(sizes))
+                 tuple(sizes), -(-length // 16))
     if cache_key in _MEASURED_BATCHES:
         return _MEASURED_BATCHES[cache_key]
-    length = max(8, min(int(spec.context_tokens or 512), 1024))
     ids = torch.cat([c[0].cpu() for c in candidates.values()]) if candidates else \
         torch.zeros(1, dtype=torch.long)
     generator = torch.Generator().manual_seed(0)
     rates: dict[int, float] = {}
-    spent, started = 0.0, time.perf_counter()
+    started = time.perf_counter()
     with torch.inference_mode():
         for size in sizes:
             rows = max(1, size // length)
+            # a size whose two timed passes would overrun the budget is not tried (a big
+            # model's largest batches take seconds each)
+            if rates and time.perf_counter() - started + \
+                    3 * rows * length / max(rates.values()) > seconds:
+                break
             pick = torch.randint(len(ids), (rows, length), generator=generator)
             input_ids = ids[pick].to(model.device)
             attention = torch.ones_like(input_ids)
+            model.encode(input_ids, attention, None)  # warms this shape up
             best = float("inf")
-            for _ in range(2):
+            for _ in range(2):  # the faster of two passes counts
                 began = time.perf_counter()
                 model.encode(input_ids, attention, None)
                 best = min(best, time.perf_counter() - began)
             rates[size] = rows * length / best
-            spent = time.perf_counter() - started
-            if rates[size] < 0.9 * max(rates.values()) or spent > seconds:
+            if rates[size] < 0.9 * max(rates.values()):
                 break
     chosen = max(rates, key=lambda size: (rates[size], -size))
     _MEASURED_BATCHES[cache_key] = chosen, rates
@@ -394,13 +399,19 @@ class Scorer:
             self._candidates[length] = (torch.from_numpy(cand.token_ids).to(model.device),
                                         onehot.reshape(len(cand.token_ids), -1).to(model.device))
 
-    def batch_budget(self) -> int:
+    def batch_budget(self, lengths: list[int]) -> int:
         """Padded tokens per forward pass: as given, the device's default, or measured on
-        this machine the first time it is needed (:func:`measure_batch_tokens`)."""
+        this machine the first time it is needed, on rows as long as the median of
+        ``lengths`` (:func:`measure_batch_tokens`)."""
         if self.batch_tokens is None:
+            length = int(np.median(lengths)) if lengths else self.model.spec.context_tokens
             self.batch_tokens, self.batch_tokens_measured = measure_batch_tokens(
-                self.model, self._candidates)
+                self.model, self._candidates, length=min(length or 512, 1024))
         return self.batch_tokens
+
+    def _batches(self, rows: list[Row]) -> list[list[int]]:
+        lengths = [r.length for r in rows]
+        return pack_batches(lengths, self.batch_budget(lengths))
 
     def score(self, jobs: list[WindowJob]) -> tuple[pa.Table, pa.Table | None]:
         """Positions rows (owned positions of every job, in job order) and token rows."""
@@ -419,7 +430,7 @@ class Scorer:
         rows = plan_rows(self.tokenizer, views, mode=self.likelihood,
                          unmasked_pass=unmasked_pass, stride=self.fast_stride)
         with torch.inference_mode():
-            for batch in pack_batches([r.length for r in rows], self.batch_budget()):
+            for batch in self._batches(rows):
                 self._run_batch([rows[i] for i in batch], views, results)
         self.bos_vectors = {jobs[v.job].seq_id: res.bos for v, res in zip(views, results)
                             if res.bos is not None}
@@ -438,7 +449,7 @@ class Scorer:
         results = [_Result(v.owned_end - v.owned_start) for v in views]
         rows = self._target_rows(views, tasks)
         with torch.inference_mode():
-            for batch in pack_batches([r.length for r in rows], self.batch_budget()):
+            for batch in self._batches(rows):
                 self._run_batch([rows[i] for i in batch], views, results)
         return [res.logp[np.asarray(t.bases, dtype=np.int64) - view.owned_start]
                 for t, view, res in zip(tasks, views, results)]
@@ -458,7 +469,7 @@ class Scorer:
                    for v in views]
         rows = self._target_rows(views, tasks)
         with torch.inference_mode():
-            for batch in pack_batches([r.length for r in rows], self.batch_budget()):
+            for batch in self._batches(rows):
                 self._run_batch([rows[i] for i in batch], views, results)
         return [res.letters[np.asarray(t.bases, dtype=np.int64) - view.owned_start]
                 for t, view, res in zip(tasks, views, results)]

@@ -176,7 +176,6 @@ class ScoringWorker:
             torch.set_num_threads(threads)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.scorer = Scorer(load_model(self.spec, device=device), **self.scoring)
-        self.scorer.batch_budget()  # measured (on a CPU) as part of loading, not of a unit
         self._count_batches()
 
     def score(self, jobs):
@@ -193,7 +192,7 @@ class ScoringWorker:
         """How this worker runs the model (the run record's ``engine``)."""
         import torch
 
-        return {"precision": self.scorer.precision, "batch_tokens": self.scorer.batch_budget(),
+        return {"precision": self.scorer.precision, "batch_tokens": self.scorer.batch_tokens,
                 "device": self.scorer.model.device.type, "threads": torch.get_num_threads()}
 
     def score_unit(self, request: UnitRequest) -> UnitResult:
@@ -279,15 +278,27 @@ class LocalExecutor:
         pass
 
 
+def per_core_workers(spec) -> bool:
+    """Whether a CPU runs ``spec``'s model faster as one single-threaded worker per core than
+    as one worker with every core: its matrices are too small to split across threads
+    (hidden size at most 512), and a copy per core is cheap (at most 50 M parameters).
+    Measured with dnabert6-tiny on 2 cores: two 1-thread processes ran the encoder 15% and
+    the LM head 38% faster than one 2-thread process, and the Python between passes runs
+    in both (benchmarks/genome_scale.py)."""
+    hidden, parameters = getattr(spec, "hidden_size", None), getattr(spec, "parameters", None)
+    return bool(hidden and hidden <= 512 and parameters and parameters <= 50_000_000)
+
+
 def make_executor(spec, scoring: dict, *, workers: int | None, gpus_per_worker: float | None,
                   cpus_per_worker: int | None, address: str | None,
-                  start_timeout: float = START_TIMEOUT):
-    """The Ray actors, or this process with ``workers=0``."""
+                  start_timeout: float = START_TIMEOUT, units: int = 0):
+    """The Ray actors, or this process with ``workers=0``; ``units``: how many work units
+    are to be scored (enough of them let a small model run one worker per CPU)."""
     if workers == 0:
         return LocalExecutor(spec, scoring)
     return RayExecutor(spec, scoring, workers=workers, gpus_per_worker=gpus_per_worker,
                        cpus_per_worker=cpus_per_worker, address=address,
-                       start_timeout=start_timeout)
+                       start_timeout=start_timeout, units=units)
 
 
 # -- what the cluster can hold ------------------------------------------------------------
@@ -316,14 +327,17 @@ def _amount(value: float, unit: str) -> str:
 
 
 def plan_actors(nodes: list[dict], *, workers: int | None, cpus_per_worker: int | None,
-                gpus_per_worker: float | None) -> tuple[int, float, float, str | None]:
+                gpus_per_worker: float | None, units: int = 0,
+                small_model: bool = False) -> tuple[int, float, float, str | None]:
     """``(workers, cpus_per_worker, gpus_per_worker, problem)`` for a cluster whose alive
     nodes have the resources ``nodes`` (``ray.nodes()[i]["Resources"]``).
 
     Values left None are derived so that they fit: GPUs per worker 1 when there are GPUs,
     else 0; workers as many as the GPUs hold (one CPU each at least), else 1; CPUs per
-    worker the most that lets every worker be placed. ``problem`` (None when everything
-    fits) says in numbers why the request cannot all be placed, and how to fix it.
+    worker the most that lets every worker be placed. Without GPUs, a ``small_model``
+    (:func:`per_core_workers`) with ``units`` enough to keep them busy (two per CPU) gets one
+    single-threaded worker per CPU instead. ``problem`` (None when everything fits) says in
+    numbers why the request cannot all be placed, and how to fix it.
     """
     total_cpu = sum(n.get("CPU", 0) for n in nodes)
     total_gpu = sum(n.get("GPU", 0) for n in nodes)
@@ -338,6 +352,9 @@ def plan_actors(nodes: list[dict], *, workers: int | None, cpus_per_worker: int 
     if cpus_per_worker is not None and not 0 <= cpus_per_worker < math.inf:
         raise ConfigError(f"--cpus-per-worker must be 0 or more, not {cpus_per_worker!r}")
     gpus = gpus_per_worker if gpus_per_worker is not None else (1.0 if total_gpu >= 1 else 0.0)
+    if workers is None and cpus_per_worker is None and not gpus and small_model \
+            and total_cpu >= 2 and units >= 2 * total_cpu:
+        workers, cpus_per_worker = int(total_cpu), 1
     if workers is None:
         workers = 1
         if gpus:
@@ -399,7 +416,7 @@ class RayExecutor:
                  gpus_per_worker: float | None,
                  cpus_per_worker: int | None, address: str | None,
                  start_timeout: float = START_TIMEOUT, actor_class: type | None = None,
-                 in_flight: int = IN_FLIGHT_PER_ACTOR):
+                 in_flight: int = IN_FLIGHT_PER_ACTOR, units: int = 0):
         self.started: dict = {}  # actor id -> started actor (alive as far as we know)
         self.queues: dict[str, deque] = {}  # actor id -> its units' result refs, oldest first
         self.in_flight = in_flight
@@ -419,18 +436,19 @@ class RayExecutor:
         try:
             self._start(spec, scoring, workers=workers, gpus_per_worker=gpus_per_worker,
                         cpus_per_worker=cpus_per_worker, fixed=address in (None, "local"),
-                        start_timeout=start_timeout, actor_class=actor_class or ScoringWorker)
+                        start_timeout=start_timeout, actor_class=actor_class or ScoringWorker,
+                        units=units)
         except BaseException:
             self.close()
             raise
 
     def _start(self, spec, scoring: dict, *, workers, gpus_per_worker, cpus_per_worker,
-               fixed: bool, start_timeout: float, actor_class: type) -> None:
+               fixed: bool, start_timeout: float, actor_class: type, units: int = 0) -> None:
         ray = self.ray
         nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
         workers, cpus, gpus, problem = plan_actors(
             nodes, workers=workers, cpus_per_worker=cpus_per_worker,
-            gpus_per_worker=gpus_per_worker)
+            gpus_per_worker=gpus_per_worker, units=units, small_model=per_core_workers(spec))
         if problem and fixed:
             raise IngestError(f"cannot start the scoring actors: {problem}")
         if problem:
