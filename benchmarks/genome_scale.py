@@ -187,22 +187,10 @@ def baseline_genome(rev: str, args, fasta: Path, work: Path) -> dict:
 
 def held_out_region(chrx: Path, start: int, length: int, target: Path) -> Path:
     """``length`` bases of chrX from ``start`` (0-based) as a FASTA record named X_<start>."""
-    with gzip.open(chrx, "rt") as fh:
-        fh.readline()
-        width = len(fh.readline().strip())
-    with gzip.open(chrx, "rt") as fh:
-        fh.readline()
-        for _ in range(start // width):
-            fh.readline()
-        chunks, total = [], 0
-        while total < length + width:
-            line = fh.readline().strip()
-            if not line:
-                break
-            chunks.append(line)
-            total += len(line)
-    offset = start % width
-    target.write_text(f">X_{start}\n{''.join(chunks)[offset:offset + length]}\n")
+    from gpu_check import read_region
+
+    _, bases = read_region(chrx, start, length)
+    target.write_text(f">X_{start}\n{bases}\n")
     return target
 
 
