@@ -3,11 +3,30 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture
+def sigint_delivered():
+    """Python's own SIGINT handler for a test that simulates Ctrl-C. A shell that starts the
+    suite in the background (``nohup ... &``) ignores SIGINT, and then neither
+    ``_thread.interrupt_main()`` nor ``kill(SIGINT)`` reaches the test: it would wait forever."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def sigint_default() -> None:
+    """``preexec_fn`` of a child that a test sends SIGINT: the default disposition, so the
+    child's Python installs its KeyboardInterrupt handler even when this process ignores it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 ESM_VOCAB = ["<cls>", "<pad>", "<eos>", "<unk>", *"LAGVSERTIDPKQNFYMHWCXBUZO", ".", "-",
              "<null_1>", "<mask>"]

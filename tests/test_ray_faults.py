@@ -326,7 +326,7 @@ def test_ingest_stall_keeps_committed_units_and_resumes(tmp_path, tiny_esm, ray_
 
 
 @pytest.mark.ray
-def test_ctrl_c_while_waiting_interrupts_and_kills_the_actors(ray_session):
+def test_ctrl_c_while_waiting_interrupts_and_kills_the_actors(ray_session, sigint_delivered):
     executor = RayExecutor(None, {}, workers=2, cpus_per_worker=1, gpus_per_worker=0,
                            address=None, actor_class=_dummy_worker())
     timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))

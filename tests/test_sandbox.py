@@ -30,6 +30,7 @@ from seqatlas.query import Engine, SqlConfig
 from seqatlas.query import sandbox as sandbox_module
 from seqatlas.query.output import csv_ready
 from seqatlas.util import machine_threads
+from tests.conftest import sigint_default
 from tests.query_data import make_atlas
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -359,7 +360,8 @@ def test_a_query_that_ignores_the_interrupt_is_abandoned_at_the_timeout(atlas, t
     ("run", LONG),
     ("fetch_internal", f"CREATE OR REPLACE TEMP TABLE slow AS {LONG}"),
 ])
-def test_ctrl_c_while_waiting_cancels_duckdb_and_propagates(atlas, method, sql):
+def test_ctrl_c_while_waiting_cancels_duckdb_and_propagates(atlas, method, sql,
+                                                           sigint_delivered):
     with Engine(atlas) as engine:
         timer = threading.Timer(0.5, _thread.interrupt_main)
         start = time.monotonic()
@@ -415,7 +417,8 @@ def _cli(args: list[str], tmp_path: Path, *, interrupt: bool, wrapper: bool = Fa
     else:
         command = [sys.executable, "-m", "seqatlas.cli.main", *args]
     proc = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "TMPDIR": str(spill_root)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=sigint_default)
     try:
         deadline = time.monotonic() + 120
         while not any(spill_root.glob("seqatlas-duckdb-*")):
@@ -686,3 +689,18 @@ def test_csv_ready_json_reads_back_as_the_values(rows, words, cut):
                       "words": pa.array(words[:n], pa.list_(pa.list_(pa.string())))})
     data = pa.concat_tables([table, table]).slice(min(cut, n))  # sliced, and two chunks
     _check_texts(data, csv_ready(data).to_pylist())
+
+
+def test_the_ctrl_c_tests_pass_when_the_suite_is_started_with_sigint_ignored():
+    """``nohup python -m pytest &`` starts pytest with SIGINT ignored: the tests that simulate
+    Ctrl-C install Python's handler for their duration, so they pass instead of hanging."""
+    def ignore_sigint():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--timeout", "120",
+         "tests/test_sandbox.py::test_ctrl_c_while_waiting_cancels_duckdb_and_propagates",
+         "tests/test_sandbox.py::test_ctrl_c_in_query_sql_exits_130_promptly"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, preexec_fn=ignore_sigint)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "3 passed" in done.stdout

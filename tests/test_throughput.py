@@ -117,7 +117,7 @@ def test_batch_size_is_measured_among_the_candidates_and_recorded(tmp_path, monk
     scorer = scorer_module.Scorer(model, likelihood="unmasked", embeddings=False, layer=4)
     assert scorer.batch_tokens is None  # measured when first needed, not at construction
     scorer_module._MEASURED_BATCHES.clear()
-    chosen = scorer.batch_budget([130] * 20 + [60])
+    chosen = scorer.batch_budget()
     rates = scorer.batch_tokens_measured
     assert chosen in scorer_module.BATCH_TOKEN_CANDIDATES and chosen in rates
     assert set(rates) <= set(scorer_module.BATCH_TOKEN_CANDIDATES)
@@ -127,11 +127,11 @@ def test_batch_size_is_measured_among_the_candidates_and_recorded(tmp_path, monk
     assert tried == list(scorer_module.BATCH_TOKEN_CANDIDATES[: len(tried)])
     # measured once per process and model: a second scorer reuses it
     again = scorer_module.Scorer(model, likelihood="unmasked", embeddings=False, layer=4)
-    assert again.batch_budget([131] * 5) == chosen and again.batch_tokens_measured == rates
+    assert again.batch_budget() == chosen and again.batch_tokens_measured == rates
     # a given budget is used as given, never measured
     fixed = scorer_module.Scorer(model, likelihood="unmasked", embeddings=False, layer=4,
                                  batch_tokens=300)
-    assert fixed.batch_budget([130]) == 300 and fixed.batch_tokens_measured is None
+    assert fixed.batch_budget() == 300 and fixed.batch_tokens_measured is None
     # and a packed batch never exceeds the budget unless one row alone does
     lengths = [130] * 50 + [40] * 7
     for batch in scorer_module.pack_batches(lengths, chosen):

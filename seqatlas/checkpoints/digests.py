@@ -78,8 +78,10 @@ def _store(path: Path, entries: dict) -> None:
         pass  # a read-only home or a full disk: the next run hashes again
 
 
-def _remembered(file_name: str, key: str, compute: Callable[[], object],
-                valid: Callable[[object], bool]):
+def remembered(file_name: str, key: str, compute: Callable[[], object],
+               valid: Callable[[object], bool]):
+    """``compute()``, kept under ``key`` in the cache file ``file_name`` of the user's cache
+    directory (safe under concurrent processes: each write replaces the file whole)."""
     path = cache_dir() / file_name
     entries = _load(path, valid)
     if key in entries:
@@ -99,7 +101,7 @@ def weights_sha256(paths: list[Path]) -> str:
         key = _key(paths)
     except OSError:
         return hash_files(paths)  # let hashing report the missing file
-    return _remembered(CACHE_FILE, key, lambda: hash_files(paths), _is_digest)
+    return remembered(CACHE_FILE, key, lambda: hash_files(paths), _is_digest)
 
 
 def _installed_version(package: str) -> str:
@@ -121,5 +123,5 @@ def remembered_facts(config_file: Path, compute: Callable[[], dict], *,
                          separators=(",", ":"))
     except OSError:
         return compute()  # let reading the config report the problem
-    return _remembered(FACTS_CACHE_FILE, key, compute,
+    return remembered(FACTS_CACHE_FILE, key, compute,
                        lambda v: isinstance(v, dict) and set(v) == fields)

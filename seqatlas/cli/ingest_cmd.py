@@ -166,6 +166,12 @@ def _print_report(report: dict, as_json: bool) -> None:
         f"padding efficiency {report['padding_efficiency']:.2f})"
         + (f"; {report['positions_unscored']:,} positions in long N runs left unscored."
            if report["positions_unscored"] else "."))
+    reasons = report.get("unscored_reasons") or {}
+    if reasons:  # on stderr, beside the progress: what has no score, and why
+        Console(stderr=True).print(
+            "unscored positions by reason: "
+            + "; ".join(f"{reason} {n:,}" for reason, n in sorted(reasons.items())),
+            highlight=False)
 
 
 def demo(

@@ -209,6 +209,8 @@ class IngestReport:
     units_repaired: int = 0  # committed units whose parts were damaged, scored again
     # how the workers ran: ENGINE_STATS -> the values seen (batch tokens, threads, ...)
     engine: dict[str, set] = field(default_factory=dict)
+    # positions left without a score, by reason (seqatlas.scoring.scorer.unscored_reasons)
+    unscored_reasons: dict[str, int] = field(default_factory=dict)
 
     @property
     def positions_per_second(self) -> float:
@@ -284,6 +286,7 @@ def _ingest_inputs(config: IngestConfig, spool: Spool, *, atlas: str | Path) -> 
                             key_record=key_record, pooling=pooling))
         if report.units_scored:
             _note_likelihood(writer)
+            _warn_unscored_letters(report)
         if pooling is not None and not report.failed:
             _pool_split_bins(writer, pooling, inputs, per_input)
         if config.compact and not report.failed:
@@ -836,11 +839,25 @@ def _run_record(run: _Run, executor, *, nodes: dict[str, int], started: str,
         "executor": "in-process" if getattr(executor, "ray", None) is None else "ray",
         "workers": getattr(executor, "workers", 1), "nodes": dict(sorted(nodes.items())),
         "write_parts": run.config.write_parts, "engine": report.engine_record(),
+        "unscored_reasons": dict(sorted(report.unscored_reasons.items())),
         "units_sent_back": dict(sorted(unstaged.items())),
         "driver_bytes": {"sent": sent, "received": received,
                          "per_position": round((sent + received) / positions, 3)
                          if positions else None},
     }
+
+
+def _warn_unscored_letters(report: IngestReport) -> None:
+    """Say which residue letters were left unscored because the model has no token for them
+    (a stray U in DNA, a B or Z with a model without them): null, never silently."""
+    letters = {reason.split(": ", 1)[1]: n for reason, n in report.unscored_reasons.items()
+               if reason.startswith("no token: ")}
+    if letters:
+        listed = ", ".join(f"{letter} x{n:,}" for letter, n in sorted(letters.items()))
+        warnings.warn(f"{sum(letters.values()):,} position(s) hold letters the model has no "
+                      f"token for ({listed}): their logp, entropy and rank are null; the run "
+                      "record's unscored_reasons lists every unscored position by reason",
+                      stacklevel=3)
 
 
 def _executor(config: IngestConfig, setup: _Setup, *, units: int = 0):
@@ -856,10 +873,13 @@ def _executor(config: IngestConfig, setup: _Setup, *, units: int = 0):
 def _commit_unit(run: _Run, unit: UnitPlan, jobs, result) -> None:
     """Commit one scored unit: the parts its worker staged, or the rows it sent back."""
     report = run.report
-    stats = {k: v for k, v in result.stats.items() if k not in ENGINE_STATS}
+    stats = {k: v for k, v in result.stats.items()
+             if k not in ENGINE_STATS and k != "unscored_reasons"}
     for key in ENGINE_STATS:  # how the worker ran (the run record's, not the unit's)
         if key in result.stats:
             report.engine.setdefault(key, set()).add(result.stats[key])
+    for reason, n in result.stats.get("unscored_reasons", {}).items():
+        report.unscored_reasons[reason] = report.unscored_reasons.get(reason, 0) + n
     record = {**run.key_record, "seq_ids": sorted({j.seq_id for j in jobs}),
               "positions": result.positions, "unscored": unit.unscored, **stats}
     if result.staged is not None:

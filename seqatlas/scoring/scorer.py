@@ -16,6 +16,9 @@ length, as for a masked token: log p(letter at that offset | the tokens before t
 
 from __future__ import annotations
 
+import json
+import os
+import platform
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +28,7 @@ from seqatlas import schema
 from seqatlas.errors import ModelError
 from seqatlas.copy_detector import copy_columns, window_copies
 from seqatlas.fasta import soft_mask
+from seqatlas.checkpoints.digests import remembered
 from seqatlas.checkpoints.tokenizers import UNSCORABLE, TokenizerFamily, WindowTokens
 from seqatlas.scoring.ablation import RescoreTask, region_tokens
 
@@ -236,23 +240,78 @@ def pack_batches(lengths: list[int], budget: int) -> list[list[int]]:
     return batches
 
 
+def unscored_reasons(tokenizer: TokenizerFamily, positions: pa.Table,
+                     column: str | None) -> dict[str, int]:
+    """How many positions have no score in ``column``, by reason: ``N run`` (a long N run,
+    not sent to the model), ``no token: X`` (a residue letter X the vocabulary lacks, e.g. a
+    U in DNA or an O without ESM), ``not a residue: X`` (an ambiguity code such as N, B, Z or
+    X) and ``no context`` (no token the model could score it from: a window shorter than one
+    token, a causal model's first residue without a BOS)."""
+    if column is None or positions.num_rows == 0:
+        return {}
+    missing = positions[column].is_null().to_numpy(zero_copy_only=False)
+    if not missing.any():
+        return {}
+    in_run = positions["window_start"].is_null().to_numpy(zero_copy_only=False)
+    ref = positions["ref"].combine_chunks()
+    offsets = np.frombuffer(ref.buffers()[1], dtype=np.int32)[ref.offset : ref.offset + len(ref)]
+    letters = np.frombuffer(ref.buffers()[2], dtype=np.uint8)[offsets]
+    codes = tokenizer.letter_index(letters.tobytes())
+    reasons = {"N run": int((missing & in_run).sum())}
+    rest = missing & ~in_run
+    for label, which in (("no token", rest & (codes == UNSCORABLE)),
+                         ("not a residue", rest & (codes < 0) & (codes != UNSCORABLE))):
+        found, counts = np.unique(letters[which], return_counts=True)
+        reasons.update({f"{label}: {chr(c)}": int(n) for c, n in zip(found, counts)})
+    reasons["no context"] = int((rest & (codes >= 0)).sum())
+    return {reason: n for reason, n in reasons.items() if n}
+
+
 def measure_batch_tokens(model, candidates: dict, *, length: int, sizes=BATCH_TOKEN_CANDIDATES,
                          seconds: float = BATCH_MEASURE_SECONDS) -> tuple[int, dict[int, float]]:
     """The batch size (padded tokens) at which ``model``'s forward pass runs fastest here on
     rows of ``length`` tokens, and the measured tokens/s of each size tried. Sizes are tried
-    smallest first, twice each (the faster counts), until one is 10% slower than the best or
-    ``seconds`` are spent. Only sizes in ``sizes`` are tried, so a batch never exceeds the
-    largest. Measured once per process, model, device, threads and length (to 16 tokens)."""
+    smallest first, twice each after a warm-up (the faster counts), until one is 10% slower
+    than the best or the next would overrun ``seconds``. Only sizes in ``sizes`` are tried,
+    so a batch never exceeds the largest. Measured once per machine, model, device, threads
+    and length, and kept in the user's cache directory."""
+    import torch
+
+    spec = model.spec
+    length = max(1, int(length))  # a row of the model's context: never beyond it
+    cache_key = json.dumps([spec.weights_sha256, str(model.device), torch.get_num_threads(),
+                            list(sizes), length, _processor()])
+    if cache_key not in _MEASURED_BATCHES:
+        # kept in the user's cache: every process on this machine (the Ray actors, a re-run,
+        # a repair) then packs a unit into the same batches, so its values are the same bits
+        chosen, rates = remembered(BATCH_CACHE_FILE, cache_key, lambda: _timed_sizes(
+            model, candidates, length=length, sizes=sizes, seconds=seconds), _measurement)
+        _MEASURED_BATCHES[cache_key] = int(chosen), {int(k): v for k, v in rates.items()}
+    return _MEASURED_BATCHES[cache_key]
+
+
+def _processor() -> str:
+    """This machine's CPU model and core count (a measurement holds for it alone)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            model = next((line.split(":", 1)[1].strip() for line in fh
+                          if line.startswith("model name")), "")
+    except OSError:
+        model = ""
+    return f"{model or platform.processor()} x{os.cpu_count()}"
+
+
+def _measurement(value) -> bool:
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], int) \
+        and isinstance(value[1], dict) and str(value[0]) in value[1]
+
+
+def _timed_sizes(model, candidates: dict, *, length: int, sizes, seconds: float) -> list:
+    """``[the fastest size, {size: tokens/s}]`` timed as :func:`measure_batch_tokens` says."""
     import time
 
     import torch
 
-    spec = model.spec
-    length = max(1, int(length))  # a real row's length: never beyond the model's context
-    cache_key = (spec.name, spec.weights_sha256, str(model.device), torch.get_num_threads(),
-                 tuple(sizes), -(-length // 16))
-    if cache_key in _MEASURED_BATCHES:
-        return _MEASURED_BATCHES[cache_key]
     ids = torch.cat([c[0].cpu() for c in candidates.values()]) if candidates else \
         torch.zeros(1, dtype=torch.long)
     generator = torch.Generator().manual_seed(0)
@@ -279,12 +338,12 @@ def measure_batch_tokens(model, candidates: dict, *, length: int, sizes=BATCH_TO
             if rates[size] < 0.9 * max(rates.values()):
                 break
     chosen = max(rates, key=lambda size: (rates[size], -size))
-    _MEASURED_BATCHES[cache_key] = chosen, rates
-    return chosen, rates
+    return [chosen, {str(size): rate for size, rate in rates.items()}]
 
 
-# (model, weights, device, threads, sizes) -> what measure_batch_tokens found, per process
-_MEASURED_BATCHES: dict[tuple, tuple[int, dict[int, float]]] = {}
+BATCH_CACHE_FILE = "batch_tokens.json"  # in the user's cache directory
+# what measure_batch_tokens found, per process (the cache file's entries, once read)
+_MEASURED_BATCHES: dict[str, tuple[int, dict[int, float]]] = {}
 
 
 def distribution_stats(letter_logprobs, true_letter):
@@ -390,6 +449,7 @@ class Scorer:
         # seq_id -> the BOS/CLS hidden state (one float16 vector per layer) of the window
         # starting each sequence scored by the last :meth:`score` (masked LMs with a BOS)
         self.bos_vectors: dict[str, list[np.ndarray]] = {}
+        self.unscored: dict[str, int] = {}  # the last score(): unscored_reasons of its rows
         n_letters = len(self.tokenizer.scored_letters)
         # candidates of each token length -> one-hot (C, length * letters)
         self._candidates = {}
@@ -399,19 +459,20 @@ class Scorer:
             self._candidates[length] = (torch.from_numpy(cand.token_ids).to(model.device),
                                         onehot.reshape(len(cand.token_ids), -1).to(model.device))
 
-    def batch_budget(self, lengths: list[int]) -> int:
+    def batch_budget(self) -> int:
         """Padded tokens per forward pass: as given, the device's default, or measured on
-        this machine the first time it is needed, on rows as long as the median of
-        ``lengths`` (:func:`measure_batch_tokens`)."""
+        this machine for this model on rows of its context (at most 1,024 tokens) the first
+        time it is needed (:func:`measure_batch_tokens`). It depends on the model and the
+        machine only, never on which unit came first, so a unit is always packed into the
+        same batches (and its values are the same bits) on this machine."""
         if self.batch_tokens is None:
-            length = int(np.median(lengths)) if lengths else self.model.spec.context_tokens
+            length = min(int(self.model.spec.context_tokens or 512), 1024)
             self.batch_tokens, self.batch_tokens_measured = measure_batch_tokens(
-                self.model, self._candidates, length=min(length or 512, 1024))
+                self.model, self._candidates, length=length)
         return self.batch_tokens
 
     def _batches(self, rows: list[Row]) -> list[list[int]]:
-        lengths = [r.length for r in rows]
-        return pack_batches(lengths, self.batch_budget(lengths))
+        return pack_batches([r.length for r in rows], self.batch_budget())
 
     def score(self, jobs: list[WindowJob]) -> tuple[pa.Table, pa.Table | None]:
         """Positions rows (owned positions of every job, in job order) and token rows."""
@@ -434,7 +495,11 @@ class Scorer:
                 self._run_batch([rows[i] for i in batch], views, results)
         self.bos_vectors = {jobs[v.job].seq_id: res.bos for v, res in zip(views, results)
                             if res.bos is not None}
-        return self._tables(jobs, views, results)
+        positions, tokens = self._tables(jobs, views, results)
+        column = {"exact": "logp", "fast": "logp", "causal": "logp",
+                  "unmasked": "logp_unmasked"}.get(self.likelihood)
+        self.unscored = unscored_reasons(self.tokenizer, positions, column)
+        return positions, tokens
 
     def rescore(self, tasks: list[RescoreTask]) -> list[np.ndarray]:
         """Masked logp of each :class:`~seqatlas.scoring.ablation.RescoreTask`'s bases, in

@@ -185,14 +185,14 @@ class ScoringWorker:
         positions, tokens = self.scorer.score(jobs)
         stats = {"real_tokens": self.scorer.real_tokens - before[0],
                  "computed_tokens": self.scorer.computed_tokens - before[1],
-                 **self.engine()}
+                 "unscored_reasons": dict(self.scorer.unscored), **self.engine()}
         return positions, tokens, stats
 
     def engine(self) -> dict:
         """How this worker runs the model (the run record's ``engine``)."""
         import torch
 
-        return {"precision": self.scorer.precision, "batch_tokens": self.scorer.batch_tokens,
+        return {"precision": self.scorer.precision, "batch_tokens": self.scorer.batch_budget(),
                 "device": self.scorer.model.device.type, "threads": torch.get_num_threads()}
 
     def score_unit(self, request: UnitRequest) -> UnitResult:
