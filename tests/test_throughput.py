@@ -292,3 +292,17 @@ def test_small_models_get_one_single_threaded_worker_per_core_when_units_keep_th
         hidden_size, parameters = 1280, 650_000_000
 
     assert not per_core_workers(Big())
+
+
+def test_readme_figures_of_this_work_are_the_code_constants():
+    from seqatlas.checkpoints.tokenizers import OVERLAPPING_KMER_MASK_RATE
+
+    readme = " ".join((Path(__file__).parent.parent / "README.md").read_text().split())
+    assert f"every (k/{OVERLAPPING_KMER_MASK_RATE:g})th base" in readme
+    sizes = scorer_module.BATCH_TOKEN_CANDIDATES
+    assert f"the fastest of {sizes[0]:,} to {sizes[-1]:,} tokens" in readme
+    assert f"Default: {scorer_module.DEFAULT_BATCH_TOKENS['cuda']:,} on a GPU" in readme
+    tolerance = scorer_module.BF16_TOLERANCE
+    assert (f"within {tolerance['max_abs_logp']:g} nats of float32 at every position, "
+            f"{tolerance['mean_abs_logp']:g} on average, Spearman >= {tolerance['spearman']:g}"
+            ) in readme

@@ -28,8 +28,8 @@ LAYER = typer.Option(
     "counts back). Repeat for several: the first goes in the tokens column 'embedding', each "
     "further layer L in 'embedding_layer_L'.")
 BATCH_TOKENS = typer.Option(None, help="Token budget of one forward pass, rows x longest row "
-                            "(default: 32768 on GPU; on a CPU, measured when the model loads: the fastest of "
-                            "1024-16384 for this model on this machine).")
+                            "(default: 32768 on GPU; on a CPU, the fastest of 1024-16384 for this model, "
+                            "measured once per machine and kept in the user's cache).")
 UNIT_TOKENS = typer.Option(None, help="Computed tokens per work unit, the resume granularity "
                            "(default: 65536 for exact/fast, 262144 for unmasked/none).")
 COPY_K = typer.Option(

@@ -22,8 +22,8 @@ SEED = typer.Option(0, "--seed", help="Seed of shuffle/substitute (recorded per 
 WORKERS = typer.Option(None, "--workers", help="Scoring actors (default: one per GPU, else 1); "
                        "0 scores in this process without Ray.")
 BATCH_TOKENS = typer.Option(None, "--batch-tokens", help="Padded tokens per forward pass "
-                            "(default: 32768 on GPU; on a CPU, measured when the model loads: the fastest of "
-                            "1024-16384 for this model on this machine).")
+                            "(default: 32768 on GPU; on a CPU, the fastest of 1024-16384 for this model, "
+                            "measured once per machine and kept in the user's cache).")
 
 
 def _fmt(value) -> str:
