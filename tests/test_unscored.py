@@ -24,22 +24,27 @@ def _run_record(atlas) -> dict:
     return json.loads((atlas / "atlas.json").read_text())["runs"][-1]
 
 
+def _ingest(fasta, atlas, **options):
+    """The ingest's report and the warnings it raised."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = seqatlas.ingest(fasta, atlas=atlas, embeddings=False, workers=0,
+                                 progress=False, **options)
+    return report, [str(w.message) for w in caught]
+
+
 def test_dna_with_a_stray_u_an_n_run_and_ambiguity_codes(tmp_path, capsys):
     seq = _dna(120, 1) + "U" + _dna(40, 2) + "N" * 70 + _dna(60, 3) + "R" + _dna(30, 4) + \
         "nn" + _dna(50, 5)
     fasta = tmp_path / "s.fa"
     fasta.write_text(f">s\n{seq}\n>t\n{_dna(80, 6)}U{_dna(20, 7)}\n")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        report = seqatlas.ingest(fasta, atlas=tmp_path / "a", model="dnabert6-tiny",
-                                 likelihood="unmasked", embeddings=False, workers=0,
-                                 progress=False)
+    report, caught = _ingest(fasta, tmp_path / "a", model="dnabert6-tiny", likelihood="unmasked")
     # letters as the positions table holds them (ref is upper case; "nn" is an N)
     expected = {"N run": 70, "no token: U": 2, "not a residue: R": 1, "not a residue: N": 2}
     assert report.unscored_reasons == expected
     assert report.positions_unscored == 70  # the N run, as before
     assert _run_record(tmp_path / "a")["unscored_reasons"] == expected
-    letters = [str(w.message) for w in caught if "no token for" in str(w.message)]
+    letters = [message for message in caught if "no token for" in message]
     assert len(letters) == 1 and "U x2" in letters[0]
     # the counts are the rows whose logp is null, reason by reason
     nulls = seqatlas.Atlas(tmp_path / "a").sql(
@@ -60,14 +65,10 @@ def test_dna_with_a_stray_u_an_n_run_and_ambiguity_codes(tmp_path, capsys):
 def test_a_clean_input_reports_nothing_unscored(tmp_path):
     fasta = tmp_path / "s.fa"
     fasta.write_text(f">s\n{_dna(300, 8)}\n")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        report = seqatlas.ingest(fasta, atlas=tmp_path / "a", model="dnabert6-tiny",
-                                 likelihood="fast", embeddings=False, workers=0,
-                                 progress=False)
+    report, caught = _ingest(fasta, tmp_path / "a", model="dnabert6-tiny", likelihood="fast")
     assert report.unscored_reasons == {}
     assert _run_record(tmp_path / "a")["unscored_reasons"] == {}
-    assert not [w for w in caught if "no token for" in str(w.message)]
+    assert not [message for message in caught if "no token for" in message]
 
 
 @pytest.mark.parametrize("mode", ["exact", "unmasked"])
@@ -76,10 +77,8 @@ def test_protein_letters_without_a_token_and_ambiguity_codes(tmp_path, mode):
     fasta = tmp_path / "p.fa"
     fasta.write_text(">p\nMKTAYIAKQRQISFVKSHFSRQBLEERLGLIEVQZAPILSRVGDGTQDNLSGAEKAVQVKXGNAL\n"
                      ">q\nMKTAYUAKQRQISFVKSHF\n")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        report = seqatlas.ingest(fasta, atlas=tmp_path / "a", model=str(model), kind="protein",
-                                 likelihood=mode, embeddings=False, workers=0, progress=False)
+    report, caught = _ingest(fasta, tmp_path / "a", model=str(model), kind="protein",
+                             likelihood=mode)
     assert report.unscored_reasons == {"not a residue: B": 1, "not a residue: X": 1,
                                        "not a residue: Z": 1, "no token: U": 1}
-    assert any("U x1" in str(w.message) for w in caught)
+    assert any("U x1" in message for message in caught)
