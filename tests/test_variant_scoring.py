@@ -259,7 +259,7 @@ def test_fast_mode_equals_its_passes_run_by_hand_and_the_stored_distributions(
     atlas = _ingest(tmp_path, model, {"s": seq}, "a", kind="protein" if protein else "dna",
                     likelihood="fast", **({} if protein else {"strands": "both"}))
     stride = seqatlas.Atlas(atlas).manifest["scoring"]["fast"]["stride"]
-    assert stride == (7 if protein else 20)
+    assert stride == (7 if protein else 10)  # 3-mers: every (3/0.3)th base
     _check_logp_columns(atlas, letters, main="logp", both=not protein)
     positions = (0, 1, 8, 20, len(seq) - 1)
     snvs = [(p, seq[p], a) for p in positions
