@@ -35,6 +35,10 @@ class AtlasDamagedError(AtlasError):
     """Committed parts are missing or no longer what was committed."""
 
 
+class AtlasBusyError(AtlasError):
+    """Another process holds the atlas's writer lock."""
+
+
 class AtlasMismatchError(AtlasError):
     """The atlas was built with another model or other scoring parameters."""
 

@@ -8,6 +8,11 @@ or any fsspec protocol such as ``memory://``).
 ``AWS_ENDPOINT_URL``, ``AWS_DEFAULT_REGION``), resolved once where the URI is opened, so the
 filesystem object sent to a Ray worker carries them. Other schemes go through
 ``pyarrow.fs.FileSystem.from_uri``, then fsspec.
+
+Credentials never go in a URI (they would be shown in messages, logs and the run record): a
+URI with user info (``user:password@``, also percent-encoded, also in a query value such as
+``?endpoint_override=``) or a credential query parameter is refused; :func:`redacted` is how
+such a URI is shown.
 """
 
 from __future__ import annotations
@@ -15,14 +20,27 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
+import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, parse_qsl, unquote, urlsplit
 
 from seqatlas.errors import AtlasError
 
 _LOCAL_SCHEMES = ("", "file")
 _S3_QUERY = ("endpoint_override", "scheme", "region")
+_USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*:)?//)?[^?#]*(?:@|%40)", re.IGNORECASE)
+_QUERY_ITEM = re.compile(r"([?&;])([^=&;#]*)=([^&;#]*)")
+_CREDENTIAL_NAME = re.compile(r"key|secret|token|passw|signature|^sig$", re.IGNORECASE)
+_NAMED_USER_SCHEMES = ("abfs", "abfss", "az")
+_SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID",
+                     "AWS_SECURITY_TOKEN", "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_SAS_TOKEN",
+                     "GOOGLE_OAUTH_ACCESS_TOKEN")
+_ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+_USE_THE_ENVIRONMENT = ("credentials never go in a URI: pass them through the environment "
+                        "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN for "
+                        "s3://) or the store's usual credential chain (a profile, an instance "
+                        "role, GOOGLE_APPLICATION_CREDENTIALS)")
 
 
 def is_remote(atlas) -> bool:
@@ -142,12 +160,77 @@ class RemoteLocation:
         return self.filesystem.open_input_file(self.path(*names))
 
 
+def _has_userinfo(text: str) -> bool:
+    """Whether a URI or an authority (``host:port``) carries ``user[:password]@``; a secret
+    with a ``/`` in it (AWS secret keys have them) ends the authority early, so an ``@`` in
+    the path after an authority with a ``:`` counts too. On Azure (``abfs://``) the part
+    before ``@`` names a container or an account: only a password there counts."""
+    try:
+        parts = urlsplit(text if "//" in text else f"//{text}")
+    except ValueError:
+        return "@" in unquote(text)
+    netloc, path = unquote(parts.netloc), unquote(parts.path)
+    if ":" in netloc and "@" in path:
+        return True
+    if parts.scheme.lower() in _NAMED_USER_SCHEMES:
+        return ":" in netloc.rpartition("@")[0]
+    return "@" in netloc
+
+
+def redacted(uri: str) -> str:
+    """``uri`` as it may be shown: user info as ``***@``, credential query values as ``***``."""
+    uri = str(uri)
+
+    def item(match: re.Match) -> str:
+        separator, name, value = match.groups()
+        if _CREDENTIAL_NAME.search(unquote(name)):
+            value = "***"
+        elif _has_userinfo(unquote(value)):
+            value = _USERINFO.sub(lambda m: f"{m.group(1) or ''}***@", value, count=1)
+        return f"{separator}{name}={value}"
+
+    head, mark, query = uri.partition("?")
+    if _has_userinfo(head):
+        head = _USERINFO.sub(lambda m: f"{m.group(1) or ''}***@", head, count=1)
+    return head + (_QUERY_ITEM.sub(item, mark + query) if mark else "")
+
+
+def scrubbed(text: str) -> str:
+    """``text`` (a message from a storage library) without the values of the environment's
+    credential variables."""
+    for variable in _SECRET_VARIABLES:
+        value = os.environ.get(variable)
+        if value and len(value) >= 4:
+            text = text.replace(value, "***")
+    return text
+
+
+def refuse_credentials(uri: str) -> None:
+    """Raise :class:`AtlasError` when ``uri`` carries credentials (user info, also in a query
+    value, or a credential query parameter); the message shows it redacted."""
+    head, _, query = str(uri).partition("?")
+    problem = None
+    if _has_userinfo(head):
+        problem = "carries user info (user:password@)"
+    for name, value in parse_qsl(query.partition("#")[0], keep_blank_values=True):
+        if problem is not None:
+            break
+        if _CREDENTIAL_NAME.search(name):
+            problem = f"carries a credential in its query ({name}=)"
+        elif _has_userinfo(value):
+            problem = f"carries user info (user:password@) in its query ({name}=)"
+    if problem is not None:
+        raise AtlasError(f"{redacted(uri)} {problem}; {_USE_THE_ENVIRONMENT}")
+
+
 def remote_location(atlas) -> RemoteLocation | None:
-    """The remote location ``atlas`` names, or None for a local path."""
+    """The remote location ``atlas`` names, or None for a local path. A URI with credentials
+    in it is refused (:func:`refuse_credentials`)."""
     if isinstance(atlas, RemoteLocation):
         return atlas
     if not is_remote(atlas):
         return None
+    refuse_credentials(atlas)
     parts = urlsplit(atlas)
     try:
         if parts.scheme == "s3":
@@ -155,9 +238,10 @@ def remote_location(atlas) -> RemoteLocation | None:
         else:
             filesystem, root = _other(atlas)
     except (OSError, ValueError, ImportError) as exc:
-        raise AtlasError(f"cannot open {atlas} ({exc}); check the URI, the credentials and "
-                         "the endpoint (for S3: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
-                         "AWS_ENDPOINT_URL or ?endpoint_override=host:port)") from None
+        raise AtlasError(f"cannot open {atlas} ({scrubbed(str(exc))}); check the URI, the "
+                         "credentials and the endpoint (for S3: AWS_ACCESS_KEY_ID, "
+                         "AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL or "
+                         "?endpoint_override=host:port)") from None
     if not root:
         raise AtlasError(f"{atlas}: name a bucket and a prefix (s3://bucket/atlas)")
     return RemoteLocation(uri=atlas, root=root, filesystem=filesystem)
@@ -171,6 +255,10 @@ def _s3(parts):
     if unknown:
         raise ValueError(f"unknown query parameter(s) {', '.join(unknown)}; an s3:// atlas "
                          f"takes {', '.join(_S3_QUERY)}")
+    for variable in _ENDPOINT_VARIABLES:
+        if _has_userinfo(os.environ.get(variable) or ""):
+            raise AtlasError(f"{variable} carries user info (user:password@); "
+                             f"{_USE_THE_ENVIRONMENT}")
     options = {}
     endpoint = query.get("endpoint_override") or os.environ.get("AWS_ENDPOINT_URL_S3") or \
         os.environ.get("AWS_ENDPOINT_URL")

@@ -66,12 +66,12 @@ def temporary_name(path: Path, tag: str = "") -> Path:
 
 
 @contextmanager
-def replacing(path: str | os.PathLike, *, durable: bool = True) -> Iterator[Path]:
+def replacing(path: str | os.PathLike, *, durable: bool = True, tag: str = "") -> Iterator[Path]:
     """Write ``path`` atomically: yield a temporary sibling to write, then (only if the
     block succeeds) fsync it, rename it over ``path`` and fsync the directory. On any error
     the temporary file is removed and ``path`` is untouched."""
     path = Path(path)
-    tmp = temporary_name(path)
+    tmp = temporary_name(path, tag)
     try:
         yield tmp
         if durable:
@@ -296,6 +296,10 @@ def start_ray(address: str | None, *, error: type[SeqAtlasError], fallback: str)
     it (so the caller shuts it down). A failure raises ``error`` ending with ``fallback``."""
     import ray
 
+    if address and "@" in address.split("//", 1)[-1].split("/", 1)[0]:
+        raise error("--address carries user info (user:password@), which would be shown and "
+                    "recorded: give Ray's address without it and credentials through the "
+                    "environment")
     if ray.is_initialized():
         return ray, False
     if address not in (None, "local") and not address.startswith("ray://"):

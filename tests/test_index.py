@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from seqatlas.store import AtlasReader
 from seqatlas.errors import AtlasIndexError, ConfigError
 from seqatlas.index import IndexConfig, build_index, choose_index, load_index, plan_index
 from seqatlas.index.build import pq_shape, use_gpu
+from seqatlas.index.store import index_dir
 
 MODEL = {"name": "synthetic", "model_type": "bert", "parameters": 0, "weights_sha256": "0" * 64,
          "tokenizer": {"family": "single"}}
@@ -322,8 +324,13 @@ def built(tmp_path):
     return path
 
 
+def _dir(path: Path, name: str = "default") -> Path:
+    """The directory of the build the atlas's current version names."""
+    return index_dir(AtlasReader(path), name)
+
+
 def _file(path: Path, name: str = "default") -> Path:
-    return path / "index" / name / "index.faiss"
+    return _dir(path, name) / "index.faiss"
 
 
 def test_flipped_byte_is_a_clear_error(built):
@@ -348,7 +355,7 @@ def test_unreadable_file_with_matching_checksum_is_a_clear_error(built):
 
     data = _file(built).read_bytes()
     _file(built).write_bytes(data[:40] + bytes(len(data) - 40))  # same size, zeroed body
-    meta_path = built / "index" / "default" / "meta.json"
+    meta_path = _dir(built) / "meta.json"
     meta = json.loads(meta_path.read_text())
     meta["sha256"] = file_sha256(_file(built))
     meta_path.write_text(json.dumps(meta))
@@ -365,7 +372,7 @@ def test_wrong_dimension_is_a_clear_error(built, tmp_path):
     other = faiss.IndexIDMap(faiss.IndexFlatL2(8))
     other.add_with_ids(np.zeros((500, 8), np.float32), np.arange(500))
     faiss.write_index(other, str(_file(built)))
-    meta_path = built / "index" / "default" / "meta.json"
+    meta_path = _dir(built) / "meta.json"
     meta = json.loads(meta_path.read_text())
     meta.update(sha256=file_sha256(_file(built)), bytes=_file(built).stat().st_size)
     meta_path.write_text(json.dumps(meta))
@@ -374,8 +381,8 @@ def test_wrong_dimension_is_a_clear_error(built, tmp_path):
     # an index copied to an atlas whose embeddings have another width
     narrow = make_embedding_atlas(tmp_path / "narrow", np.ones((500, 8), np.float32))
     build_index(narrow, type="flat")
-    shutil.rmtree(narrow / "index" / "default")
-    shutil.copytree(tmp_path / "a" / "index" / "default", narrow / "index" / "default")
+    shutil.rmtree(_dir(narrow))  # its build's files swapped for another atlas's
+    shutil.copytree(_dir(tmp_path / "a"), _dir(narrow))
     with pytest.raises(AtlasIndexError, match="has dimension 16 but the atlas's 'embedding' "
                                                "column has dimension 8"):
         load_index(narrow)
@@ -384,14 +391,21 @@ def test_wrong_dimension_is_a_clear_error(built, tmp_path):
 def test_index_of_another_atlas_is_a_clear_error(built, tmp_path):
     vectors = np.random.default_rng(7).normal(size=(500, 16)).astype(np.float32)
     other_model = make_embedding_atlas(tmp_path / "m", vectors, model={**MODEL, "name": "x"})
-    shutil.copytree(built / "index", other_model / "index")
+    same_model = make_embedding_atlas(tmp_path / "s", vectors[:400])
+    for other in (other_model, same_model):  # its build's files swapped for built's
+        build_index(other, type="ivf-flat", nlist=8)
+        shutil.rmtree(_dir(other))
+        shutil.copytree(_dir(built), _dir(other))
     with pytest.raises(AtlasIndexError, match="built from another atlas \\(model 'synthetic'"):
         load_index(other_model)
-    same_model = make_embedding_atlas(tmp_path / "s", vectors[:400])
-    shutil.copytree(built / "index", same_model / "index")
     with pytest.raises(AtlasIndexError, match="holds 500 vectors from other tokens parts than "
                                                "the atlas now has \\(400 token rows"):
         load_index(same_model)
+    # copied whole, without its manifest entry, it is no index of that atlas at all
+    bare = make_embedding_atlas(tmp_path / "bare", vectors)
+    shutil.copytree(built / "index", bare / "index")
+    with pytest.raises(AtlasIndexError, match="has no index named 'default'"):
+        load_index(bare)
 
 
 def test_atlas_changed_since_build_and_missing_index(built):
@@ -412,19 +426,85 @@ def test_atlas_changed_since_build_and_missing_index(built):
         load_index(built)
 
 
-def test_rebuild_replaces_atomically_and_cleans_stale_builds(built):
-    first = json.loads((built / "index" / "default" / "meta.json").read_text())
+def test_rebuild_replaces_atomically_and_cleans_stale_builds(built, monkeypatch):
+    first = json.loads((_dir(built) / "meta.json").read_text())
     stale = built / "index" / ".default.tmp-999999"
     stale.mkdir()
     (stale / "index.faiss").write_bytes(b"half written")
+    unrecorded = built / "index" / "default" / "b-00000000000000ff"  # a crash before commit
+    unrecorded.mkdir()
+    old_reader = AtlasReader(built)
     meta = build_index(built, type="flat")
-    assert not stale.exists()
+    assert not stale.exists() and not unrecorded.exists()
     assert meta["type"] == "flat" and first["type"] == "ivf-flat"
     assert sorted(p.name for p in (built / "index").iterdir()) == ["default"]
     assert load_index(built).meta["sha256"] == meta["sha256"] != first["sha256"]
     manifest = Atlas(built).manifest["indexes"]["default"]
     assert manifest["sha256"] == meta["sha256"] and manifest["type"] == "flat"
     assert seqatlas.Atlas(built).count("tokens") == 500
+    # the first build is kept for readers that opened the atlas before the rebuild
+    assert set(manifest["retired"]) == {first["dir"]} and meta["dir"] != first["dir"]
+    assert load_index(old_reader).meta["sha256"] == first["sha256"]
+    # ... until it has been retired for the keep time
+    from seqatlas.index import store as index_store
+
+    monkeypatch.setattr(index_store, "RETIRED_KEEP_SECONDS", 0.0)
+    third = build_index(built, type="flat")
+    assert sorted(p.name for p in (built / "index" / "default").iterdir()) == \
+        sorted([meta["dir"], third["dir"]])  # the first is gone, the second just retired
+    assert set(Atlas(built).manifest["indexes"]["default"]["retired"]) == {meta["dir"]}
+
+
+def test_an_index_built_before_builds_had_directories_is_read_and_replaced(built, monkeypatch):
+    """Earlier versions kept an index's files in ``index/<name>/`` itself: still read, kept
+    for earlier readers when rebuilt, then removed."""
+    from seqatlas.index import store as index_store
+
+    build = _dir(built)
+    entry = dict(AtlasReader(built).manifest.indexes["default"])
+    for file in build.iterdir():
+        file.rename(build.parent / file.name)
+    build.rmdir()
+    entry.pop("dir")
+    meta = json.loads((build.parent / "meta.json").read_text())
+    meta.pop("dir")
+    (build.parent / "meta.json").write_text(json.dumps(meta))
+    with AtlasWriter(built) as writer:
+        writer.set_index("default", entry)
+    legacy = AtlasReader(built)
+    assert _dir(built) == built / "index" / "default"
+    assert load_index(legacy).meta["sha256"] == meta["sha256"]
+    rebuilt = build_index(built, type="flat")
+    assert (built / "index" / "default" / "index.faiss").exists()  # kept for `legacy`
+    assert load_index(legacy).meta["sha256"] == meta["sha256"]
+    assert load_index(built).meta["sha256"] == rebuilt["sha256"]
+    monkeypatch.setattr(index_store, "RETIRED_KEEP_SECONDS", 0.0)
+    last = build_index(built, type="flat")
+    assert sorted(p.name for p in (built / "index" / "default").iterdir()) == \
+        sorted([rebuilt["dir"], last["dir"]])  # the legacy files are gone
+
+
+def test_a_build_runs_beside_a_writer_and_records_after_it(built, monkeypatch):
+    """The build reads one version without the lock; recording it waits for the lock."""
+    import threading
+
+    from seqatlas.store import writer as writer_module
+
+    monkeypatch.setattr(writer_module, "LOCK_POLL_SECONDS", 0.05)
+    first = AtlasReader(built).tokens().slice(0, 1)
+    extra = first.set_column(0, "token_id", pa.array([500], pa.int64()))
+    holder = AtlasWriter(built)  # a writer (say an ingest) holds the lock
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(build_index(built, type="flat")))
+    thread.start()
+    holder.commit("extra-tokens", {"tokens": extra})  # committed during the build
+    time.sleep(0.5)
+    assert thread.is_alive() and "ntotal" not in result  # waiting for the lock
+    holder.close()
+    thread.join(timeout=120)
+    assert result["ntotal"] in (500, 501)
+    index = load_index(built)  # rows the build did not see are searched beside it
+    assert index.ntotal + index.pending_rows == 501
 
 
 def test_no_embeddings_and_unknown_column(tmp_path, built):
@@ -476,7 +556,7 @@ def test_cli_and_api_parity(small, capsys):
     assert main(["index", "build", "--atlas", str(path), "--name", "cli", "--type", "ivf-flat",
                  "--metric", "l2", "--nlist", "16", "--json"]) == 0
     cli = json.loads(capsys.readouterr().out)
-    varying = {"name", "built", "build_seconds", "train_seconds", "add_seconds", "atlas"}
+    varying = {"name", "built", "build_seconds", "train_seconds", "add_seconds", "atlas", "dir"}
     assert {k: v for k, v in cli.items() if k not in varying} == \
         {k: v for k, v in api.items() if k not in varying}
     assert main(["index", "build", "--atlas", str(path), "--name", "shown"]) == 0

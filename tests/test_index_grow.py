@@ -17,6 +17,7 @@ from seqatlas import schema
 from seqatlas.cli.main import main
 from seqatlas.errors import AtlasIndexError, ConfigError
 from seqatlas.index import build_index, load_index, update_index
+from seqatlas.index.store import index_dir
 from seqatlas.query import knn
 from seqatlas.store import AtlasReader, AtlasWriter
 from tests.embedding_data import make_token_atlas, random_dna
@@ -90,8 +91,13 @@ def _brute_cosine(path: Path, queries: np.ndarray, k: int
     return np.take_along_axis(scores, order, axis=1), ids[order]
 
 
+def _dir(path: Path, name: str = "default") -> Path:
+    """The directory of the build the atlas's current version names."""
+    return index_dir(AtlasReader(path), name)
+
+
 def _files(path: Path, name: str = "default") -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted((path / "index" / name).iterdir())}
+    return {p.name: p.read_bytes() for p in sorted(_dir(path, name).iterdir())}
 
 
 @pytest.fixture
@@ -175,7 +181,7 @@ def test_cli_update_and_json(grown, capsys):
     assert main(["index", "update", "--atlas", str(path), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["added"] == 50 and shown["ntotal"] == 260
-    assert shown == json.loads((path / "index" / "default" / "meta.json").read_text()) | \
+    assert shown == json.loads((_dir(path) / "meta.json").read_text()) | \
         {"added": 50}
     add_sequence(path, "d", random_dna(20, 5))
     assert main(["index", "update", "--atlas", str(path), "--name", "default"]) == 0
@@ -296,7 +302,7 @@ def test_hnsw_appends(grown):
 
 def test_other_weights_are_refused(grown):
     path, _ = grown
-    meta_path = path / "index" / "default" / "meta.json"
+    meta_path = _dir(path) / "meta.json"
     meta = json.loads(meta_path.read_text())
     meta["model"]["weights_sha256"] = "1" * 64
     meta_path.write_text(json.dumps(meta))
@@ -327,7 +333,7 @@ def test_rows_gone_from_the_atlas_are_refused(grown, capsys):
 def test_an_index_built_before_coverage_keeps_the_fingerprint_check(tmp_path):
     path = make_token_atlas(tmp_path / "atlas", SEQS, _embed, dim=DIM)
     build_index(path, type="flat", metric="ip")
-    directory = path / "index" / "default"
+    directory = _dir(path)
     meta = json.loads((directory / "meta.json").read_text())
     for key in ("coverage", "level", "pooling", "layer_column"):
         meta.pop(key)
@@ -345,13 +351,13 @@ def test_an_index_built_before_coverage_keeps_the_fingerprint_check(tmp_path):
 
 def test_damaged_coverage_is_refused(grown):
     path, _ = grown
-    ids = path / "index" / "default" / "ids.npy"
+    ids = _dir(path) / "ids.npy"
     data = bytearray(ids.read_bytes())
     data[-1] ^= 0xFF
     ids.write_bytes(bytes(data))
     with pytest.raises(AtlasIndexError, match=f"ids.npy is corrupt.*{REBUILD}"):
         load_index(path)
-    (path / "index" / "default" / "units.json").write_text("[]")
+    (_dir(path) / "units.json").write_text("[]")
     with pytest.raises(AtlasIndexError, match=f"units.json is corrupt.*{REBUILD}"):
         load_index(path)
 
@@ -509,9 +515,9 @@ def test_a_remote_index_grows_like_a_local_one(tmp_path):
 
     uri = f"memory://seqatlas-grow-{tmp_path.name}/atlas"
     make_token_atlas(uri, SEQS, _embed, dim=DIM)
-    build_index(uri, type="flat")
+    build = build_index(uri, type="flat")["dir"]
     assert {"index.faiss", "meta.json", "units.json", "ids.npy"} <= \
-        set(remote_location(uri).listdir("index", "default"))
+        set(remote_location(uri).listdir("index", "default", build))
     new = add_sequence(uri, "c", random_dna(30, 3))
     index = load_index(uri)
     assert (index.ntotal, index.pending_rows) == (210, 30)

@@ -282,7 +282,7 @@ def _sql_to(atlas: Path, output) -> int:
 
 def test_an_output_inside_an_atlas_is_refused(built, tmp_path, capsys):
     atlas = _copy(built, tmp_path)
-    seqatlas.query.sql(atlas, "SELECT 1")  # every part hashed, so .verified is settled
+    seqatlas.query.sql(atlas, "SELECT 1")
 
     def files():
         return {p: p.read_bytes() for p in atlas.rglob("*") if p.is_file()}

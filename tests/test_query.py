@@ -21,6 +21,7 @@ from seqatlas.cli.main import main
 from seqatlas.errors import AtlasError, QueryError
 from seqatlas.query import AnomalyParams, Engine, SqlConfig
 from seqatlas.query.views import repeat_overlaps_sql
+from seqatlas.store import AtlasWriter
 from tests.query_data import make_atlas
 
 RNG = np.random.default_rng(7)
@@ -197,27 +198,46 @@ def test_z_scores_are_robust_per_reference_letter(atlas):
 
 def test_robust_statistics_are_cached_and_invalidated(tmp_path):
     atlas = make_atlas(tmp_path / "atlas", SEQS, _scores())
-    # query sql computes the statistics inside DuckDB and never writes the atlas
-    before = (atlas / "atlas.json").read_bytes()
+    before = {p: p.read_bytes() for p in atlas.rglob("*") if p.is_file()}
+    # query sql computes the statistics inside DuckDB
     inline = seqatlas.Atlas(atlas).sql("SELECT seq_id, pos, z FROM position_z ORDER BY ALL")
-    assert (atlas / "atlas.json").read_bytes() == before
-    # anomalies (like enrichment and export) runs the pass once and caches it ...
-    seqatlas.Atlas(atlas).anomalies()
-    manifest = json.loads((atlas / "atlas.json").read_text())
-    cached = manifest["cache"]["robust_z"]["logp"]
+    # anomalies (like enrichment and export) runs the pass once and caches it, for the user
+    # and outside the atlas: no reader writes the atlas
+    reader = seqatlas.Atlas(atlas)
+    reader.anomalies()
+    assert {p: p.read_bytes() for p in atlas.rglob("*") if p.is_file()} == before
+    [path] = (reader.cache / "robust_z").glob("logp-*.json")
+    cached = json.loads(path.read_text())
     # ... and the cached values give the same z as the inline computation
     assert seqatlas.Atlas(atlas).sql("SELECT seq_id, pos, z FROM position_z ORDER BY ALL") \
         .equals(inline)
     assert set(cached["by_ref"]) == {"A", "C", "G", "T"}
     # the cache is what the views use: doctor it and z follows
     cached["by_ref"]["A"]["median"] = 100.0
-    (atlas / "atlas.json").write_text(json.dumps(manifest))
+    path.write_text(json.dumps(cached))
     low = seqatlas.Atlas(atlas).sql("SELECT max(z) AS z FROM position_z WHERE ref = 'A'")
     assert low.to_pylist()[0]["z"] < -100
     # new positions parts invalidate it
     make_atlas(atlas, {"chrC": "ACGT" * 10}, {"chrC": np.full(40, -1.0)})
     fresh = seqatlas.Atlas(atlas).sql("SELECT max(z) AS z FROM position_z WHERE ref = 'A'")
     assert fresh.to_pylist()[0]["z"] > 0
+
+
+def test_statistics_an_earlier_version_cached_in_the_atlas_state_are_still_read(tmp_path):
+    """Atlases whose state holds ``cache.robust_z`` (written by readers of earlier seqatlas
+    versions) keep using it while current; nothing new is written there."""
+    atlas = make_atlas(tmp_path / "atlas", SEQS, _scores())
+    inline = seqatlas.Atlas(atlas).sql("SELECT max(z) AS z FROM position_z WHERE ref = 'A'")
+    reader = seqatlas.Atlas(atlas)
+    reader.anomalies()
+    [path] = (reader.cache / "robust_z").glob("logp-*.json")
+    cached = json.loads(path.read_text())
+    path.unlink()
+    cached["by_ref"]["A"]["median"] = 100.0
+    with AtlasWriter(atlas) as writer:
+        writer.set_cache(("robust_z", "logp"), cached)
+    low = seqatlas.Atlas(atlas).sql("SELECT max(z) AS z FROM position_z WHERE ref = 'A'")
+    assert low.to_pylist()[0]["z"] < -100 < inline.to_pylist()[0]["z"]
 
 
 def _reference_regions(scores: dict, params: AnomalyParams) -> set:

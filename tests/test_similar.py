@@ -13,6 +13,7 @@ import pytest
 import seqatlas
 from seqatlas.cli.main import main
 from seqatlas.errors import ConfigError
+from seqatlas.index.store import index_dir
 from seqatlas.query import similar
 from seqatlas.store import AtlasReader
 
@@ -245,7 +246,7 @@ def test_a_pooled_index_gives_the_exhaustive_hits_grows_and_refuses_other_weight
     same(folded, grown)
     with pytest.raises(seqatlas.SeqAtlasError, match="indexes tokens"):
         similar(atlas, seq_id="q1", index="tok")
-    meta_path = atlas / "index" / "seqs" / "meta.json"
+    meta_path = index_dir(AtlasReader(atlas), "seqs") / "meta.json"
     meta = json.loads(meta_path.read_text())
     meta["model"]["weights_sha256"] = "1" * 64
     meta_path.write_text(json.dumps(meta))

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import typer
 
+from seqatlas.cli.access import access_note
+
 EXAMPLES: dict[str, tuple[str, ...]] = {
     "ingest": (
         "seqatlas ingest proteins.fa --atlas prot_atlas",
@@ -98,11 +100,13 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
 
 def add_examples(typer_app: typer.Typer, prefix: str = "") -> None:
     """Give each command registered under ``typer_app`` its :data:`EXAMPLES` as the epilog
-    of its help (a command without examples is an error: every command has one)."""
+    of its help, after what it does to the atlas (:func:`~seqatlas.cli.access.access_note`);
+    a command without examples or access is an error: every command has both."""
     for info in typer_app.registered_commands:
         name = (prefix + " " + (info.name or info.callback.__name__)).strip()
         lines = EXAMPLES[name]
         # rich help keeps blank-line-separated paragraphs: one per example
-        info.epilog = "Examples:\n\n" + "\n\n".join(f"  {line}" for line in lines)
+        info.epilog = (access_note(name) + "\n\nExamples:\n\n"
+                       + "\n\n".join(f"  {line}" for line in lines))
     for group in typer_app.registered_groups:
         add_examples(group.typer_instance, (prefix + " " + group.name).strip())

@@ -22,7 +22,7 @@ import numpy as np
 from seqatlas.store import AtlasReader, AtlasWriter
 from seqatlas import schema
 from seqatlas.util import format_size, machine_memory_bytes, utc_now
-from seqatlas.errors import ConfigError
+from seqatlas.errors import AtlasIndexError, ConfigError
 from seqatlas.index import store
 from seqatlas.progress import Meter
 from seqatlas.index.populate import add_batches, make_index, train, use_gpu
@@ -266,6 +266,10 @@ def build_index(atlas: str | os.PathLike | AtlasReader, **options) -> dict:
     manifest: over its tokens, or (``level`` "pooled") its pooled rows of ``pooling`` and
     the layer ``column`` stores.
 
+    The index is built from the version of the atlas open when it starts, without the
+    writer lock; it is recorded under the lock (waiting for a running writer to finish),
+    and rows committed meanwhile are searched beside it until an update.
+
     Options are the fields of :class:`IndexConfig`. Returns the index meta: type, metric,
     dim, ntotal, level, pooling, layer, parameters, why they were chosen, calibrated search
     settings with their measured recall@10, what it covers (``coverage``), sha256, timings.
@@ -275,26 +279,35 @@ def build_index(atlas: str | os.PathLike | AtlasReader, **options) -> dict:
 
     path = atlas.path if isinstance(atlas, AtlasReader) else atlas
     started = time.perf_counter()
-    with AtlasWriter(path) as writer:  # holds the atlas lock: no ingest during the build
-        path = writer.path  # a directory, or a remote location
-        store.remove_stale(path)
-        snapshot = AtlasReader(path)
-        source, plan, (gpu, device) = _open(snapshot, config)
-        t0 = time.perf_counter()
-        index, calibration, variance = _trained_index(config, plan, source, gpu)
-        train_seconds = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        index, shards, nodes = _add(index, source, config, calibration, gpu)
-        add_seconds = time.perf_counter() - t0
-        search = calibrate(index, plan, calibration.queries, calibration.truth(),
-                           config.recall_target)
-        meta = _meta(config, plan, snapshot, source, index, search=search, gpu=gpu,
-                     device=device, shards=shards, nodes=nodes, train_seconds=train_seconds,
-                     add_seconds=add_seconds, variance=variance)
+    # built from one version, without the lock: ingests and readers go on meanwhile
+    snapshot = AtlasReader(path)
+    source, plan, (gpu, device) = _open(snapshot, config)
+    t0 = time.perf_counter()
+    index, calibration, variance = _trained_index(config, plan, source, gpu)
+    train_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    index, shards, nodes = _add(index, source, config, calibration, gpu)
+    add_seconds = time.perf_counter() - t0
+    search = calibrate(index, plan, calibration.queries, calibration.truth(),
+                       config.recall_target)
+    meta = _meta(config, plan, snapshot, source, index, search=search, gpu=gpu,
+                 device=device, shards=shards, nodes=nodes, train_seconds=train_seconds,
+                 add_seconds=add_seconds, variance=variance)
+    # recorded under the lock, after any ingest running now: rows it commits meanwhile are
+    # searched beside the index until `index update`
+    with AtlasWriter(path, wait=math.inf) as writer:
+        gone = set(source.units()) - set(writer.manifest.units)
+        if gone:
+            raise AtlasIndexError(
+                f"{writer.path}: {len(gone)} unit(s) this index was built from were dropped "
+                "while it was built (a repair or re-ingest); nothing was recorded. Run "
+                f"`seqatlas index build --atlas {writer.path} --name {config.name}` again.")
+        store.remove_stale(writer.path, writer.manifest)
         meta["build_seconds"] = round(time.perf_counter() - started, 3)
-        meta = store.write_index(path, config.name, index, meta, units=source.units(),
+        meta = store.write_index(writer.path, config.name, index, meta, units=source.units(),
                                  ids=index_ids(index))
-        writer.set_index(config.name, store.index_entry(meta))
+        writer.set_index(config.name, store.replacing_entry(
+            meta, (writer.manifest.indexes or {}).get(config.name)))
     return meta
 
 

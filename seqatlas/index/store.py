@@ -2,8 +2,13 @@
 covers: ``units.json``, ``ids.npy``, see :mod:`~seqatlas.index.coverage`): atomic writes,
 checked loading, search.
 
-A build is written into a temporary directory and swapped in only once complete, so a
-reader sees the old index or the new one, never a mixture. Loading checks the checksum, the
+Each build (or update) is written into a directory of its own, ``index/<name>/<build>/``,
+renamed into place once complete and named by the manifest's ``indexes`` entry (``dir``)
+in the commit that records it. A reader therefore uses the build of the version it opened
+(never a mixture, never a build of rows it does not know), while a newer one is written;
+the builds replaced stay for :data:`~seqatlas.store.writer.RETIRED_KEEP_SECONDS` (the
+entry's ``retired``) and are then removed by a writer. Indexes built before keep their
+files in ``index/<name>/`` itself until their next build. Loading checks the checksum, the
 dimension, the vector count and that the index was built from this atlas's rows, and turns
 every failure (FAISS raises RuntimeError on a bad file) into :class:`AtlasIndexError`. Rows
 added to the atlas since the build are found and searched exactly beside the index
@@ -13,20 +18,22 @@ only while the table's fingerprint is unchanged.
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 import threading
+import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from seqatlas.locations import RemoteLocation
 from seqatlas.store import AtlasReader
-from seqatlas.util import TEMP_MARK, file_sha256, fsync_dir, temporary_name
+from seqatlas.store.writer import RETIRED_KEEP_SECONDS
+from seqatlas.util import TEMP_MARK, file_sha256, fsync_dir, temporary_name, utc_now
 from seqatlas.errors import AtlasIndexError, ConfigError
 from seqatlas.index.coverage import (COVERAGE_KEYS, PendingRows, find_pending, local_copy,
                                      write_coverage)
@@ -37,15 +44,20 @@ from seqatlas.index.vectors import (POOLED_VECTORS, legacy_tokens_fingerprint, p
 INDEX_DIR = "index"
 INDEX_FILE = "index.faiss"
 META_FILE = "meta.json"
-_RENAME_EXCHANGE = 2
 # the meta keys recorded in the manifest's ``indexes`` entry
 ENTRY_KEYS = ("type", "metric", "column", "dim", "ntotal", "bytes", "bytes_per_vector",
-              "sha256", "built", "factory", "level", "updated")
+              "sha256", "built", "factory", "level", "updated", "dir")
+_BUILD = re.compile(r"^b-[0-9a-f]{16}$")
+LEGACY_BUILD = "."  # the files of a build made before builds had directories of their own
 
 
 def index_dir(atlas: AtlasReader, name: str) -> Path:
+    """The directory of index ``name`` as of the version ``atlas`` reads."""
     check_name(name)
-    return atlas.path / INDEX_DIR / name
+    entry = (atlas.manifest.indexes or {}).get(name) or {}
+    build = entry.get("dir")
+    root = atlas.path / INDEX_DIR / name
+    return root / build if isinstance(build, str) and _BUILD.match(build) else root
 
 
 def check_name(name: str) -> None:
@@ -54,31 +66,59 @@ def check_name(name: str) -> None:
                           "starting with '.'")
 
 
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two directories (Linux renameat2); False where unsupported."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd = -100
-    result = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
-    if result == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.ENOTSUP):
-        return False
-    raise OSError(code, os.strerror(code), str(b))
-
-
-def remove_stale(atlas_path: Path | RemoteLocation) -> None:
-    """Temporary directories of builds that died (call while holding the atlas lock)."""
+def remove_stale(atlas_path: Path | RemoteLocation, manifest) -> None:
+    """Temporary directories of builds that died, builds no entry of ``manifest`` names
+    (a crash before the commit) and builds retired longer than the keep time (call while
+    holding the atlas lock)."""
     if isinstance(atlas_path, RemoteLocation):
         return  # a remote index is uploaded whole, file by file, from a local build
     root = atlas_path / INDEX_DIR
-    if root.is_dir():
-        for stale in root.glob(f".*{TEMP_MARK}*"):
-            shutil.rmtree(stale, ignore_errors=True)
+    if not root.is_dir():
+        return
+    for stale in root.glob(f".*{TEMP_MARK}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for directory in root.iterdir():
+        if not directory.is_dir() or TEMP_MARK in directory.name:
+            continue
+        entry = (manifest.indexes or {}).get(directory.name)
+        keep = kept_builds(entry)
+        for child in directory.iterdir():
+            if child.is_dir() and (TEMP_MARK in child.name or
+                                   (_BUILD.match(child.name) and child.name not in keep)):
+                shutil.rmtree(child, ignore_errors=True)
+            elif child.is_file() and entry is not None and entry.get("dir") and \
+                    LEGACY_BUILD not in keep:
+                child.unlink(missing_ok=True)
+
+
+def kept_builds(entry: dict | None) -> set[str]:
+    """The builds of an index entry that readers may use: its own, and those it replaced
+    less than the keep time ago (:data:`LEGACY_BUILD`: the files in the index's directory)."""
+    if entry is None:
+        return set()
+    now = datetime.now(timezone.utc)
+    kept = {entry.get("dir") or LEGACY_BUILD}
+    for build, when in (entry.get("retired") or {}).items():
+        try:
+            age = (now - datetime.fromisoformat(when)).total_seconds()
+        except (TypeError, ValueError):
+            continue
+        if age <= RETIRED_KEEP_SECONDS:
+            kept.add(build)
+    return kept
+
+
+def replacing_entry(meta: dict, previous: dict | None) -> dict:
+    """The ``indexes`` entry of build ``meta`` replacing the entry ``previous``: the builds
+    readers of earlier versions may still use are listed as ``retired`` (build -> when)."""
+    entry = index_entry(meta)
+    if previous is None:
+        return entry
+    kept = kept_builds(previous)
+    retired = {b: t for b, t in (previous.get("retired") or {}).items() if b in kept}
+    retired[previous.get("dir") or LEGACY_BUILD] = utc_now()
+    retired.pop(entry.get("dir"), None)
+    return {**entry, "retired": retired}
 
 
 def index_entry(meta: dict) -> dict:
@@ -100,28 +140,30 @@ def write_index(atlas_path: Path | RemoteLocation, name: str, index, meta: dict,
     if isinstance(atlas_path, RemoteLocation):
         with tempfile.TemporaryDirectory(prefix="seqatlas-index-") as tmp:
             meta = write_index(Path(tmp), name, index, meta, units=units, ids=ids)
-            built = Path(tmp) / INDEX_DIR / name
+            built = Path(tmp) / INDEX_DIR / name / meta["dir"]
             files = [INDEX_FILE] + [meta["coverage"][key] for key in ("units_file", "ids_file")
                                     if key in meta.get("coverage", {})]
             try:
                 for file in files:
                     with open(built / file, "rb") as fh:
-                        atlas_path.write_bytes(fh.read(), INDEX_DIR, name, file)
+                        atlas_path.write_bytes(fh.read(), INDEX_DIR, name, meta["dir"], file)
                 atlas_path.write_bytes((built / META_FILE).read_bytes(), INDEX_DIR, name,
-                                       META_FILE)
+                                       meta["dir"], META_FILE)
             except OSError as exc:
                 raise AtlasIndexError(f"cannot upload index {name!r} to {atlas_path} "
                                       f"({exc}); nothing was recorded, build it again") from None
         return meta
-    root = atlas_path / INDEX_DIR
-    root.mkdir(exist_ok=True)
-    final = root / name
+    root = atlas_path / INDEX_DIR / name
+    root.mkdir(parents=True, exist_ok=True)
+    build = f"b-{uuid.uuid4().hex[:16]}"
+    final = root / build
     tmp = temporary_name(final)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         faiss.write_index(index, str(tmp / INDEX_FILE))
-        meta = {**meta, "file": INDEX_FILE, "bytes": (tmp / INDEX_FILE).stat().st_size,
+        meta = {**meta, "file": INDEX_FILE, "dir": build,
+                "bytes": (tmp / INDEX_FILE).stat().st_size,
                 "sha256": file_sha256(tmp / INDEX_FILE)}
         meta["bytes_per_vector"] = round(meta["bytes"] / max(meta["ntotal"], 1), 2)
         meta.pop("coverage", None)
@@ -130,16 +172,7 @@ def write_index(atlas_path: Path | RemoteLocation, name: str, index, meta: dict,
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
         for path in sorted(tmp.iterdir()) + [tmp]:
             fsync_dir(path)
-        if final.exists():
-            if _exchange(tmp, final):  # tmp now holds the old index
-                shutil.rmtree(tmp)
-            else:
-                old = temporary_name(final, "-old")
-                os.replace(final, old)
-                os.replace(tmp, final)
-                shutil.rmtree(old)
-        else:
-            os.replace(tmp, final)
+        os.replace(tmp, final)
         fsync_dir(root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -46,7 +46,7 @@ def update_index(atlas: str | os.PathLike | AtlasReader, name: str = "default", 
     started = time.perf_counter()
     with AtlasWriter(path) as writer:  # holds the atlas lock: no ingest during the update
         path = writer.path
-        store.remove_stale(path)
+        store.remove_stale(path, writer.manifest)
         snapshot = AtlasReader(path)
         loaded = store.load_index(snapshot, name, mmap=False)  # refuses a stale index
         if not loaded.pending_rows:
@@ -78,7 +78,8 @@ def update_index(atlas: str | os.PathLike | AtlasReader, name: str = "default", 
                                  "seconds": round(time.perf_counter() - started, 3)})
         meta = store.write_index(path, name, index, meta, units=pending.source.units(),
                                  ids=ids)
-        writer.set_index(name, store.index_entry(meta))
+        writer.set_index(name, store.replacing_entry(meta, (writer.manifest.indexes or {})
+                                                     .get(name)))
     return {**meta, "added": meta["last_update"]["added"]}
 
 

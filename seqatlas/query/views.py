@@ -3,11 +3,14 @@ and runs, the in-context look-up probes, and the overlap SQL that joins interval
 
 ``z = (score - median) / (1.4826 * MAD)``, with the median and MAD of the score column over
 all scored positions of the same reference letter (one model per atlas). They are computed
-by :func:`robust_stats` and cached in the atlas state under ``cache`` (keyed by column and the
-committed positions parts), so later queries skip the pass. An engine made without that pass
-(``query sql``) uses the cache when it is current and otherwise computes the same statistics
-inside DuckDB when, and only when, a query reads these views; it never writes the atlas. With ``smooth = W`` the z-score is the mean
-of the per-position z over W consecutive scored rows centred on the position.
+by :func:`robust_stats` and cached in the user's cache, outside the atlas (keyed by the
+atlas, the column and the committed positions parts, see :mod:`seqatlas.store.reader_cache`),
+so later queries skip the pass; no reader writes the atlas. Statistics that earlier versions
+cached in the atlas state (under ``cache``) are still used while current. An engine made
+without that pass (``query sql``) uses a current cache and otherwise computes the same
+statistics inside DuckDB when, and only when, a query reads these views. With ``smooth = W``
+the z-score is the mean of the per-position z over W consecutive scored rows centred on the
+position.
 
 In a region engine (``Engine(..., region=...)``) the statistics stay the whole atlas's: the
 cached ones, or computed over all the positions parts (:meth:`Sandbox.whole_table`), never
@@ -49,14 +52,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from dataclasses import dataclass
 
-
-from seqatlas.errors import AtlasError, ConfigError
+from seqatlas.errors import ConfigError
 from seqatlas.schema import ABLATION_METHODS, COPY_REPEAT_CLASS
 from seqatlas.query.sandbox import sql_string
 from seqatlas.manifest import ScoringRecord
-from seqatlas.store import AtlasWriter
+from seqatlas.store.reader_cache import read_value, write_value
 
 SCORE_COLUMNS = ("logp", "logp_unmasked", "logp_rc", "logp_unmasked_rc", "logp_mean",
                  "logp_unmasked_mean", "entropy")
@@ -128,14 +131,22 @@ def _stats_query(column: str, positions: str = "positions") -> str:
 
 
 def cached_stats(atlas, column: str) -> dict[str, dict] | None:
-    """The robust statistics of ``column`` cached in ``atlas``'s manifest, when they are
-    current (computed over the committed positions parts); else None."""
-    cached = atlas.manifest.cached("robust_z", column)
-    return cached["by_ref"] if cached and cached.get("parts") == _parts_key(atlas) else None
+    """The robust statistics of ``column`` when cached for the positions parts ``atlas``
+    reads (in the user's cache, or in the state by an earlier version); else None."""
+    key = _parts_key(atlas)
+    cached = read_value(atlas.cache, _stats_file(column, key))
+    if not (isinstance(cached, dict) and cached.get("parts") == key):
+        cached = atlas.manifest.cached("robust_z", column)
+    return cached["by_ref"] if cached and cached.get("parts") == key else None
+
+
+def _stats_file(column: str, parts_key: str) -> str:
+    return f"robust_z/{re.sub(r'[^A-Za-z0-9_]', '_', column)}-{parts_key}.json"
 
 
 def robust_stats(engine, column: str) -> dict[str, dict]:
-    """Median, scaled MAD and count of ``column`` per reference letter (cached in the atlas)."""
+    """Median, scaled MAD and count of ``column`` per reference letter (cached for the user,
+    outside the atlas)."""
     atlas = engine.atlas
     cached = cached_stats(atlas, column)
     if cached is not None:
@@ -149,7 +160,8 @@ def robust_stats(engine, column: str) -> dict[str, dict]:
         # (times sqrt(pi/2), a normal's SD) keeps its z finite. Both 0: z is null.
         scale = MAD_TO_SD * mad if mad else (MEAN_ABS_TO_SD * mean_abs if mean_abs else None)
         by_ref[ref] = {"median": float(median), "scale": scale, "count": int(count)}
-    _store_cache(atlas, column, {"parts": key, "by_ref": by_ref})
+    write_value(atlas.cache, _stats_file(column, key), {"parts": key, "by_ref": by_ref},
+                superseded=_stats_file(column, "*"))
     return by_ref
 
 
@@ -172,18 +184,6 @@ def _stats_relation(engine, column: str, compute: bool) -> str:
     return (f"SELECT * FROM (VALUES {values}) t(ref, median, scale)" if values else
             "SELECT NULL::VARCHAR AS ref, NULL::DOUBLE AS median, NULL::DOUBLE AS scale "
             "WHERE false")
-
-
-def _store_cache(atlas, column: str, value: dict) -> None:
-    """Record in the manifest when the atlas is writable and not being written; else skip."""
-    try:
-        with AtlasWriter(atlas.path) as writer:
-            if _parts_key(writer) != value["parts"]:
-                return  # an ingest committed parts since; the next query recomputes
-            writer.set_cache(("robust_z", column), value)
-            atlas.manifest = writer.manifest
-    except (AtlasError, OSError):
-        pass
 
 
 def _regions_sql(params: AnomalyParams) -> str:

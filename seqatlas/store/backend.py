@@ -23,7 +23,7 @@ import time
 import uuid
 from pathlib import Path
 
-from seqatlas.errors import AtlasError
+from seqatlas.errors import AtlasBusyError
 from seqatlas.locations import RemoteLocation
 from seqatlas.store.parts import storage_error
 from seqatlas.util import atomic_write, fsync_dir, temporary_name
@@ -128,7 +128,7 @@ class LocalBackend(Backend):
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.close()
-            raise AtlasError(f"{self.path} is being written by another seqatlas process; "
+            raise AtlasBusyError(f"{self.path} is being written by another seqatlas process; "
                              "wait for it to finish") from None
         self._lock = handle
 
@@ -196,7 +196,7 @@ class ObjectBackend(Backend):
             held = _lock_record(location.read_bytes(LOCK))
             if held and now - held.get("refreshed", 0) < LOCK_STALE_SECONDS and \
                     not _dead_here(held):
-                raise AtlasError(
+                raise AtlasBusyError(
                     f"{location} is being written by another seqatlas process (host "
                     f"{held.get('host')}, pid {held.get('pid')}, lock refreshed "
                     f"{now - held.get('refreshed', 0):.0f} s ago); wait for it to finish. If "
@@ -209,7 +209,7 @@ class ObjectBackend(Backend):
         except OSError as exc:
             raise storage_error(exc, location, "open the atlas") from None
         if not back or back.get("owner") != owner["owner"]:
-            raise AtlasError(f"{location} is being written by another seqatlas process "
+            raise AtlasBusyError(f"{location} is being written by another seqatlas process "
                              "(it took the lock as this one did); wait for it to finish")
         self._owner = owner
         self._heartbeat = threading.Event()

@@ -3,8 +3,9 @@ Parquet page checksums are written and verified on read. Every read of a table f
 its parts: a missing or resized part, or one whose bytes no longer hash to the recorded
 value, is refused by name. Hashing every part on every read would cost a full read, so a
 part is re-hashed only when its file identity (size, mtime, ctime, inode, device) differs
-from the one it had when last hashed (``.verified``, an append-only log): any write to a
-file changes its ctime. ``seqatlas verify`` re-hashes everything regardless."""
+from the one it had when last hashed (an append-only log in the user's cache, see
+:mod:`.reader_cache`; never in the atlas, which readers do not write): any write to a file
+changes its ctime. ``seqatlas verify`` re-hashes everything regardless."""
 
 from __future__ import annotations
 
@@ -18,9 +19,11 @@ from pathlib import Path
 from seqatlas import schema
 from seqatlas.locations import RemoteLocation
 from seqatlas.manifest import Manifest, PartRecord
-from seqatlas.util import atomic_write, cache_dir, file_sha256
+from seqatlas.store.reader_cache import atlas_cache
+from seqatlas.util import atomic_write, file_sha256
 
-VERIFIED_LOG = ".verified"
+VERIFIED_LOG = ".verified"  # where earlier versions kept the log, in the atlas: writers remove it
+VERIFIED_CACHE = "verified.log"
 
 
 @dataclass(frozen=True)
@@ -44,10 +47,13 @@ def file_identity(info: os.stat_result) -> list[int]:
 class VerifiedLog:
     """Parts hashed since they last changed: ``table/name`` -> (file identity, SHA-256)."""
 
-    def __init__(self, root: Path | RemoteLocation):
-        self.path = _verified_path(root)
+    def __init__(self, root: Path | RemoteLocation, manifest: Manifest):
+        directory = atlas_cache(root, manifest)
+        self.path = directory / VERIFIED_CACHE if directory is not None else None
         self.entries: dict[str, tuple[list[int], str]] = {}
         self.lines = 0
+        if self.path is None:
+            return
         try:
             with open(self.path, encoding="utf-8") as fh:
                 lines = fh.read().splitlines()
@@ -75,16 +81,23 @@ class VerifiedLog:
 
     def record(self, key: str, identity: list[int], digest: str) -> None:
         self.entries[key] = (identity, digest)
-        try:
-            with open(self.path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps([key, identity, digest]) + "\n")
+        if self.path is None:
+            return
+        line = (json.dumps([key, identity, digest]) + "\n").encode()
+        try:  # one write of one short line with O_APPEND: processes appending never interleave
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
             self.lines += 1
         except OSError:
-            pass  # a read-only atlas: the part is hashed again next time
+            pass  # no cache: the part is hashed again next time
 
     def compact(self, keep: set[str]) -> None:
-        """Rewrite the log with one line per part still committed (writers only)."""
-        if self.lines <= 2 * len(self.entries) + 1000:
+        """Rewrite the log with one line per part still committed (writers only: a reader
+        of an older version would drop the newer parts' lines)."""
+        if self.path is None or self.lines <= 2 * len(self.entries) + 1000:
             return
         self.entries = {k: v for k, v in self.entries.items() if k in keep}
         text = "".join(json.dumps([k, i, d]) + "\n" for k, (i, d) in self.entries.items())
@@ -93,19 +106,6 @@ class VerifiedLog:
             self.lines = len(self.entries)
         except OSError:
             pass
-
-
-def _verified_path(root: Path | RemoteLocation) -> Path:
-    """Where the ``.verified`` log of an atlas lives: in it, or for a remote atlas in this
-    machine's cache (what one machine hashed says nothing of another's reads)."""
-    if isinstance(root, RemoteLocation):
-        directory = cache_dir() / "remote-atlases"
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            pass  # the log is then not kept: parts are hashed on every read
-        return directory / f"{root.key()}{VERIFIED_LOG}"
-    return root / VERIFIED_LOG
 
 
 def damage_message(path: Path, damage: list[PartDamage]) -> str:

@@ -45,7 +45,6 @@ FOLD_TAIL_SHARE = 0.25  # else folded when the tail's bytes reach this share of 
 RUNS_KEPT = 100  # run records kept in the state (the most recent)
 _ENTRY = re.compile(r"^(\d{20})\.json$")
 _SEGMENT = re.compile(r"^(\d{20})-(\d{20})\.json$")
-OPEN_RETRIES = 5
 
 
 def entry_name(version: int) -> str:
@@ -150,9 +149,10 @@ def load_base(backend: Backend) -> tuple[dict, bytes] | None:
                          "re-ingest") from None
 
 
-def read_log(backend: Backend, manifest: Manifest, base_bytes: int) -> LogState | None:
-    """Bring ``manifest`` (the base) up to the log's last version, in place; None when a
-    segment vanished under a concurrent fold or merge (read everything again)."""
+def read_log(backend: Backend, manifest: Manifest, base_bytes: int) -> LogState:
+    """Bring ``manifest`` (the base) up to the log's last version, in place. A segment that
+    vanished under a concurrent merge or fold is read as the entries it copied (entries are
+    never removed), so a reader never waits for, nor fails under, a writer."""
     state = LogState(base_bytes=base_bytes)
     version = manifest.log_version
     if version is None:
@@ -166,8 +166,8 @@ def read_log(backend: Backend, manifest: Manifest, base_bytes: int) -> LogState 
         first, last = max(following, key=lambda s: s[1])
         where = f"{backend.path}/{segment_name(first, last)}"
         raw = backend.read(segment_name(first, last))
-        if raw is None:
-            return None
+        if raw is None:  # merged or folded meanwhile: the entries it copied are all kept
+            break
         try:
             entries = [(e["actions"], e["time"]) for e in json.loads(raw)["entries"]]
         except (ValueError, UnicodeDecodeError, KeyError, TypeError) as exc:

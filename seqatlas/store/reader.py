@@ -16,46 +16,42 @@ from seqatlas.locations import RemoteLocation, remote_location
 from seqatlas.manifest import Manifest
 from seqatlas.store.backend import Backend, backend_for
 from seqatlas.store.integrity import PartDamage, VerifiedLog, check_parts, damage_message
-from seqatlas.store.journal import (MANIFEST, OPEN_RETRIES, LogState, history, load_base,
-                                    read_log)
+from seqatlas.store.journal import MANIFEST, LogState, history, load_base, read_log
 from seqatlas.store.parts import parquet_format
+from seqatlas.store.reader_cache import atlas_cache
 
 
 def read_state(backend: Backend) -> tuple[Manifest, LogState]:
     """The atlas's state at its last committed version (raises :class:`AtlasError` when
-    there is no atlas, or its files are not readable as one)."""
+    there is no atlas, or its files are not readable as one). Nothing is locked: a writer
+    committing meanwhile makes this the version before or after its commit."""
     path = backend.path
-    for _ in range(OPEN_RETRIES):
-        try:
-            loaded = load_base(backend)
-        except OSError as exc:
-            raise AtlasError(f"cannot read {path}/{MANIFEST} ({exc}); check the credentials "
-                             "and the endpoint") from None
-        if loaded is None:
-            create = f"`seqatlas ingest FASTA --atlas {path}`" if isinstance(
-                path, RemoteLocation) else "`seqatlas ingest FASTA --atlas DIR`"
-            raise AtlasError(f"{path} is not an atlas (no {MANIFEST}); create one with {create}")
-        data, raw = loaded
-        version = data.get("schema_version") if isinstance(data, dict) else None
-        if version not in schema.READABLE_VERSIONS:
-            raise AtlasError(f"{path} has schema version {version}; this seqatlas reads "
-                             f"versions {', '.join(map(str, schema.READABLE_VERSIONS))}: "
-                             "re-ingest into a new --atlas directory, or use the seqatlas "
-                             "version that wrote it")
-        try:
-            manifest = Manifest.from_json(data)
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise AtlasError(f"{path}/{MANIFEST} is corrupt (it lacks or misshapes {exc}); "
-                             "restore it or re-ingest") from None
-        try:
-            state = read_log(backend, manifest, len(raw))
-        except OSError as exc:
-            raise AtlasError(f"cannot read the commit log of {path} ({exc}); check the "
-                             "permissions, the credentials and the endpoint") from None
-        if state is not None:
-            return manifest, state
-    raise AtlasError(f"{path}: the commit log kept changing while it was read "
-                     f"({OPEN_RETRIES} tries); try again")
+    try:
+        loaded = load_base(backend)
+    except OSError as exc:
+        raise AtlasError(f"cannot read {path}/{MANIFEST} ({exc}); check the credentials "
+                         "and the endpoint") from None
+    if loaded is None:
+        create = f"`seqatlas ingest FASTA --atlas {path}`" if isinstance(
+            path, RemoteLocation) else "`seqatlas ingest FASTA --atlas DIR`"
+        raise AtlasError(f"{path} is not an atlas (no {MANIFEST}); create one with {create}")
+    data, raw = loaded
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    if version not in schema.READABLE_VERSIONS:
+        raise AtlasError(f"{path} has schema version {version}; this seqatlas reads "
+                         f"versions {', '.join(map(str, schema.READABLE_VERSIONS))}: "
+                         "re-ingest into a new --atlas directory, or use the seqatlas "
+                         "version that wrote it")
+    try:
+        manifest = Manifest.from_json(data)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise AtlasError(f"{path}/{MANIFEST} is corrupt (it lacks or misshapes {exc}); "
+                         "restore it or re-ingest") from None
+    try:
+        return manifest, read_log(backend, manifest, len(raw))
+    except OSError as exc:
+        raise AtlasError(f"cannot read the commit log of {path} ({exc}); check the "
+                         "permissions, the credentials and the endpoint") from None
 
 
 def atlas_exists(atlas) -> bool:
@@ -78,12 +74,18 @@ class AtlasReader:
         self.backend = backend_for(self.path)
         self.manifest, _ = read_state(self.backend)
         self.schema_version = self.manifest.schema_version
-        self._verified = VerifiedLog(self.path)
+        self._verified = VerifiedLog(self.path, self.manifest)
         self._sound: set[tuple[str, str]] = set()  # parts this reader has checked
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{t}={self.count(t)}" for t in schema.TABLES)
         return f"{type(self).__name__}({str(self.path)!r}, {counts})"
+
+    @property
+    def cache(self) -> Path | None:
+        """This user's cache directory for the atlas, where readers keep what they derive
+        (see :mod:`seqatlas.store.reader_cache`); None when it cannot be made."""
+        return atlas_cache(self.path, self.manifest)
 
     @property
     def version(self) -> int | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,11 +21,12 @@ from pathlib import Path
 import pyarrow as pa
 
 from seqatlas import schema
-from seqatlas.errors import AtlasDamagedError, AtlasError, AtlasMismatchError
+from seqatlas.errors import AtlasBusyError, AtlasDamagedError, AtlasError, AtlasMismatchError
 from seqatlas.locations import RemoteLocation, remote_location
 from seqatlas.manifest import Manifest, ModelRecord, ScoringRecord
 from seqatlas.store.backend import backend_for
-from seqatlas.store.integrity import PartDamage, VerifiedLog, check_parts, file_identity
+from seqatlas.store.integrity import (VERIFIED_LOG, PartDamage, VerifiedLog, check_parts,
+                                      file_identity)
 from seqatlas.store.journal import LOG_DIR, MANIFEST, Journal, LogState
 from seqatlas.store.parts import (part_name, part_stats, storage_error, write_parquet,
                                   write_remote)
@@ -34,6 +36,7 @@ from seqatlas.store.staging import (STAGING, STAGING_OPEN, StagedPart, footer_ro
 from seqatlas.util import TEMP_MARK, fsync_dir, replacing, utc_now
 
 RETIRED_KEEP_SECONDS = 3600.0  # a replaced part stays readable this long
+LOCK_POLL_SECONDS = 0.5  # how often a waiting writer tries the lock again
 
 
 class AtlasWriter:
@@ -42,9 +45,12 @@ class AtlasWriter:
     def __init__(self, path: str | os.PathLike | RemoteLocation, *, kind: str | None = None,
                  model: ModelRecord | dict | None = None,
                  scoring: ScoringRecord | dict | None = None,
-                 seqatlas_version: str = "", kind_detected: bool = False):
+                 seqatlas_version: str = "", kind_detected: bool = False,
+                 wait: float = 0.0):
         """Without ``model`` the atlas must exist already (adding annotations to it).
-        ``path``: a directory, or the URI of a remote atlas (:mod:`seqatlas.locations`)."""
+        ``path``: a directory, or the URI of a remote atlas (:mod:`seqatlas.locations`).
+        ``wait``: seconds to wait for another writer's lock (``math.inf``: as long as it
+        takes) before refusing with :class:`~seqatlas.errors.AtlasBusyError`."""
         remote = remote_location(path)
         self.path = remote if remote is not None else Path(path)
         self.backend = backend_for(self.path)
@@ -58,7 +64,7 @@ class AtlasWriter:
             exists = self._check_place(model)
         except OSError as exc:
             raise storage_error(exc, self.path, "open the atlas") from None
-        self.backend.lock()
+        self._lock(wait)
         self._locked = True
         try:
             self._open(exists, kind, model, scoring, seqatlas_version, kind_detected)
@@ -68,6 +74,17 @@ class AtlasWriter:
         except BaseException:
             self.close()
             raise
+
+    def _lock(self, wait: float) -> None:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                self.backend.lock()
+                return
+            except AtlasBusyError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(min(LOCK_POLL_SECONDS, max(deadline - time.monotonic(), 0.0)))
 
     def _check_place(self, model) -> bool:
         """Whether an atlas exists at the path; refuses a place that is not one."""
@@ -97,7 +114,7 @@ class AtlasWriter:
             self.manifest, state = read_state(self.backend)
             self.journal = Journal(self.backend, state)
             self._remove_stale_files()
-            self._verified = VerifiedLog(self.path)
+            self._verified = VerifiedLog(self.path, self.manifest)
             for table in schema.TABLES:
                 self.manifest.parts.setdefault(table, {})
             if model is not None:
@@ -111,7 +128,6 @@ class AtlasWriter:
         else:
             self._remove_stale_files()
             self._clear_log()
-            self._verified = VerifiedLog(self.path)
             now = utc_now()
             self.manifest = Manifest(
                 schema_version=schema.SCHEMA_VERSION, seqatlas_version=seqatlas_version,
@@ -120,6 +136,7 @@ class AtlasWriter:
             data = self.manifest.dumps()
             self.backend.replace(MANIFEST, data)
             self.journal = Journal(self.backend, LogState(base_bytes=len(data)))
+            self._verified = VerifiedLog(self.path, self.manifest)
         self._verified.compact({f"{table}/{name}" for table, parts in self.manifest.parts.items()
                                 for name in parts})
 
@@ -196,7 +213,7 @@ class AtlasWriter:
                     except OSError:
                         pass  # a read-only atlas: readers never look at them
         for name in self.backend.listdir(""):
-            if name.startswith(f".{MANIFEST}{TEMP_MARK}"):
+            if name.startswith(f".{MANIFEST}{TEMP_MARK}") or name == VERIFIED_LOG:
                 self.backend.delete(name)
         for name in self.backend.listdir(LOG_DIR):
             if TEMP_MARK in name:
@@ -344,8 +361,8 @@ class AtlasWriter:
 
     def drop_damaged(self, damage: list[PartDamage]) -> set[str]:
         """Forget the units that wrote damaged parts (every part holding rows of such a
-        unit, and its unit record) and delete their files, so that the work that made them
-        is redone; returns the unit keys dropped. A compacted part holds many units: they
+        unit, and its unit record) and delete the damaged files, so that the work that made
+        them is redone; returns the unit keys dropped. A compacted part holds many units: they
         are all dropped, and so is every other part that holds rows of any of them."""
         units = {u for d in damage for u in (d.units or (d.unit,))}
         doomed: set[tuple[str, str]] = set()
@@ -360,12 +377,14 @@ class AtlasWriter:
                         if not covered <= units:
                             units |= covered
                             grew = True
+        damaged = sorted({(d.table, d.name) for d in damage} & doomed)
         actions = [{"remove": {"table": t, "name": n}} for t, n in sorted(doomed)]
         actions += [{"drop_unit": u} for u in sorted(units) if u in self.manifest.units]
-        # damaged parts are not kept for earlier readers: deleted now, so not retired
-        actions.append({"unretire": [f"{t}/{n}" for t, n in sorted(doomed)]})
+        # damaged parts are deleted now (no reader can use them); the sound parts of the
+        # dropped units stay retired for readers of earlier versions, as compaction's do
+        actions.append({"unretire": [f"{t}/{n}" for t, n in damaged]})
         self._commit(actions, "drop damaged parts")
-        for table, name in sorted(doomed):
+        for table, name in damaged:
             try:
                 self.backend.delete(f"{table}/{name}")
             except OSError:
