@@ -319,3 +319,42 @@ def test_every_reader_works_on_a_read_only_bind_mount(full_atlas, tmp_path):
     codes = json.loads(done.stdout.strip().splitlines()[-1])
     assert set(codes) == {n for n, a in ATLAS_ACCESS.items() if a == READS}
     assert tree(full_atlas) == before
+
+
+def _hammer(atlas: str, worker: int, rounds: int) -> list[str]:
+    """One process's writes and reads of a shared atlas cache (see the test below)."""
+    from seqatlas.store.integrity import VerifiedLog
+    from seqatlas.store.reader_cache import read_value, write_value
+
+    reader = AtlasReader(atlas)
+    log = VerifiedLog(reader.path, reader.manifest)
+    problems = []
+    for i in range(rounds):
+        payload = {"worker": worker, "i": i, "pad": "x" * (50 + 37 * ((worker + i) % 40))}
+        write_value(reader.cache, "robust_z/logp-abc.json", payload)
+        seen = read_value(reader.cache, "robust_z/logp-abc.json")
+        if seen is not None and set(seen) != {"worker", "i", "pad"}:
+            problems.append(f"a torn value: {seen!r}")
+        log.record(f"positions/part-{worker}-{i}", [i, worker], "0" * 64)
+    return problems
+
+
+def test_the_reader_cache_is_safe_under_concurrent_processes(full_atlas, tmp_path,
+                                                             monkeypatch):
+    """Four processes write and read the same value and append to the same verified log:
+    every value read is whole, and every appended line is there, whole."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from seqatlas.store.integrity import VerifiedLog
+
+    monkeypatch.setenv("SEQATLAS_CACHE_DIR", str(tmp_path / "cache"))
+    reader = AtlasReader(full_atlas)
+    directory = reader.cache
+    with ProcessPoolExecutor(4) as pool:
+        results = list(pool.map(_hammer, [str(full_atlas)] * 4, range(4), [150] * 4))
+    assert [p for r in results for p in r] == []
+    log = VerifiedLog(full_atlas, reader.manifest)
+    assert log.lines == 600
+    assert {k for k in log.entries if k.startswith("positions/part-")} == \
+        {f"positions/part-{w}-{i}" for w in range(4) for i in range(150)}
+    assert not [p for p in directory.rglob("*") if ".tmp-" in p.name]
