@@ -507,6 +507,42 @@ def test_a_build_runs_beside_a_writer_and_records_after_it(built, monkeypatch):
     assert index.ntotal + index.pending_rows == 501
 
 
+def test_a_writer_may_start_while_a_build_writes_its_files(built, monkeypatch):
+    """A build writes its files before it takes the lock: an ingest started meanwhile is
+    not refused, and the half-written build survives that writer's clean-up."""
+    import threading
+
+    from seqatlas.index import store as index_store
+
+    staged, release = threading.Event(), threading.Event()
+    original = index_store.stage_index
+
+    def slow_stage(*args, **kwargs):
+        result = original(*args, **kwargs)
+        staged.set()
+        release.wait(timeout=60)
+        return result
+
+    monkeypatch.setattr(index_store, "stage_index", slow_stage)
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(build_index(built, type="flat")))
+    thread.start()
+    assert staged.wait(timeout=120)
+    temporary = [p for p in (built / "index" / "default").iterdir() if ".tmp-" in p.name]
+    assert len(temporary) == 1
+    first = AtlasReader(built).tokens().slice(0, 1)
+    extra = first.set_column(0, "token_id", pa.array([500], pa.int64()))
+    with AtlasWriter(built) as writer:  # not refused: the build does not hold the lock
+        index_store.remove_stale(writer.path, writer.manifest)
+        writer.commit("extra-tokens", {"tokens": extra})
+    assert temporary[0].is_dir()  # a running build's files are not stale
+    release.set()
+    thread.join(timeout=120)
+    assert result["dir"] and not temporary[0].exists()
+    index = load_index(built)
+    assert index.meta["dir"] == result["dir"] and index.ntotal + index.pending_rows == 501
+
+
 def test_no_embeddings_and_unknown_column(tmp_path, built):
     with pytest.raises(AtlasIndexError, match="no embedding column 'embedding_layer_3'; "
                                                "choose one of: embedding"):

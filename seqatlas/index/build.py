@@ -293,21 +293,26 @@ def build_index(atlas: str | os.PathLike | AtlasReader, **options) -> dict:
     meta = _meta(config, plan, snapshot, source, index, search=search, gpu=gpu,
                  device=device, shards=shards, nodes=nodes, train_seconds=train_seconds,
                  add_seconds=add_seconds, variance=variance)
-    # recorded under the lock, after any ingest running now: rows it commits meanwhile are
-    # searched beside the index until `index update`
-    with AtlasWriter(path, wait=math.inf) as writer:
-        gone = set(source.units()) - set(writer.manifest.units)
-        if gone:
-            raise AtlasIndexError(
-                f"{writer.path}: {len(gone)} unit(s) this index was built from were dropped "
-                "while it was built (a repair or re-ingest); nothing was recorded. Run "
-                f"`seqatlas index build --atlas {writer.path} --name {config.name}` again.")
-        store.remove_stale(writer.path, writer.manifest)
-        meta["build_seconds"] = round(time.perf_counter() - started, 3)
-        meta = store.write_index(writer.path, config.name, index, meta, units=source.units(),
-                                 ids=index_ids(index))
-        writer.set_index(config.name, store.replacing_entry(
-            meta, (writer.manifest.indexes or {}).get(config.name)))
+    meta["build_seconds"] = round(time.perf_counter() - started, 3)
+    staged = store.stage_index(snapshot.path, config.name, index, meta, units=source.units(),
+                               ids=index_ids(index))
+    try:
+        # recorded under the lock, after any ingest running now: rows it commits meanwhile
+        # are searched beside the index until `index update`
+        with AtlasWriter(path, wait=math.inf) as writer:
+            gone = set(source.units()) - set(writer.manifest.units)
+            if gone:
+                raise AtlasIndexError(
+                    f"{writer.path}: {len(gone)} unit(s) this index was built from were "
+                    "dropped while it was built (a repair or re-ingest); nothing was "
+                    f"recorded. Run `seqatlas index build --atlas {writer.path} --name "
+                    f"{config.name}` again.")
+            store.remove_stale(writer.path, writer.manifest)
+            meta = staged.publish()
+            writer.set_index(config.name, store.replacing_entry(
+                meta, (writer.manifest.indexes or {}).get(config.name)))
+    finally:
+        staged.discard()
     return meta
 
 

@@ -25,6 +25,7 @@ import shutil
 import tempfile
 import threading
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -76,19 +77,35 @@ def remove_stale(atlas_path: Path | RemoteLocation, manifest) -> None:
     if not root.is_dir():
         return
     for stale in root.glob(f".*{TEMP_MARK}*"):
-        shutil.rmtree(stale, ignore_errors=True)
+        if not _being_written(stale.name):
+            shutil.rmtree(stale, ignore_errors=True)
     for directory in root.iterdir():
         if not directory.is_dir() or TEMP_MARK in directory.name:
             continue
         entry = (manifest.indexes or {}).get(directory.name)
         keep = kept_builds(entry)
         for child in directory.iterdir():
-            if child.is_dir() and (TEMP_MARK in child.name or
-                                   (_BUILD.match(child.name) and child.name not in keep)):
+            if child.is_dir() and ((TEMP_MARK in child.name and not _being_written(child.name))
+                                   or (_BUILD.match(child.name) and child.name not in keep)):
                 shutil.rmtree(child, ignore_errors=True)
             elif child.is_file() and entry is not None and entry.get("dir") and \
                     LEGACY_BUILD not in keep:
                 child.unlink(missing_ok=True)
+
+
+def _being_written(name: str) -> bool:
+    """Whether a temporary build is another running process's (builds are written before
+    the lock is taken; the temporary name carries the writer's pid)."""
+    match = re.search(re.escape(TEMP_MARK) + r"(\d+)", name)
+    if match is None:
+        return False
+    try:
+        os.kill(int(match[1]), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists, owned by someone else
+    return True
 
 
 def kept_builds(entry: dict | None) -> set[str]:
@@ -126,11 +143,35 @@ def index_entry(meta: dict) -> dict:
     return {key: meta[key] for key in ENTRY_KEYS if key in meta}
 
 
-def write_index(atlas_path: Path | RemoteLocation, name: str, index, meta: dict, *,
-                units: list[str] | None = None, ids: np.ndarray | None = None) -> dict:
-    """Write ``index`` and its meta (sha256, bytes added) atomically, with what it covers
-    (the ``units`` whose rows it holds and its ``ids``, when given: meta ``coverage``);
-    return the meta.
+@dataclass
+class StagedIndex:
+    """A build written into the atlas under a temporary name (:func:`stage_index`), to be
+    renamed into place by :meth:`publish` under the atlas lock, just before the commit that
+    records it, or removed by :meth:`discard`."""
+
+    meta: dict
+    staged: Path | None  # None: already in place (a remote build is uploaded whole)
+    final: Path | None
+
+    def publish(self) -> dict:
+        if self.staged is not None:
+            os.replace(self.staged, self.final)
+            fsync_dir(self.final.parent)
+            self.staged = None
+        return self.meta
+
+    def discard(self) -> None:
+        if self.staged is not None:
+            shutil.rmtree(self.staged, ignore_errors=True)
+            self.staged = None
+
+
+def stage_index(atlas_path: Path | RemoteLocation, name: str, index, meta: dict, *,
+                units: list[str] | None = None, ids: np.ndarray | None = None
+                ) -> StagedIndex:
+    """Write ``index`` and its meta (sha256, bytes and its build directory added), with what
+    it covers (the ``units`` whose rows it holds and its ``ids``, when given: meta
+    ``coverage``), into a build directory of its own; no lock needed.
 
     A remote atlas gets the index file and the coverage files, then its meta (uploaded from
     a local build); the manifest's ``indexes`` entry, written after, is what makes it the
@@ -152,7 +193,7 @@ def write_index(atlas_path: Path | RemoteLocation, name: str, index, meta: dict,
             except OSError as exc:
                 raise AtlasIndexError(f"cannot upload index {name!r} to {atlas_path} "
                                       f"({exc}); nothing was recorded, build it again") from None
-        return meta
+        return StagedIndex(meta, None, None)
     root = atlas_path / INDEX_DIR / name
     root.mkdir(parents=True, exist_ok=True)
     build = f"b-{uuid.uuid4().hex[:16]}"
@@ -172,11 +213,20 @@ def write_index(atlas_path: Path | RemoteLocation, name: str, index, meta: dict,
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True))
         for path in sorted(tmp.iterdir()) + [tmp]:
             fsync_dir(path)
-        os.replace(tmp, final)
-        fsync_dir(root)
-    finally:
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-    return meta
+        raise
+    return StagedIndex(meta, tmp, final)
+
+
+def write_index(atlas_path: Path | RemoteLocation, name: str, index, meta: dict, *,
+                units: list[str] | None = None, ids: np.ndarray | None = None) -> dict:
+    """:func:`stage_index` and publish at once (the caller holds the atlas lock); the meta."""
+    staged = stage_index(atlas_path, name, index, meta, units=units, ids=ids)
+    try:
+        return staged.publish()
+    finally:
+        staged.discard()
 
 
 def read_meta(atlas: AtlasReader, name: str) -> dict:
