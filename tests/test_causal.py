@@ -476,6 +476,9 @@ def test_knn_embeds_a_query_with_the_causal_model(tmp_path, char_gpt):
     seq = random_dna(20, seed=12)
     atlas = _ingest(tmp_path, char_gpt, {"s": seq}, name="knn")
     seqatlas.build_index(atlas.path, progress=False)
+    with pytest.raises(seqatlas.SeqAtlasError, match="built after this reader opened"):
+        atlas.knn(sequence=seq, offset=12, k=3)  # a reader is a snapshot of its version
+    assert atlas.refresh() and not atlas.refresh()
     hits = atlas.knn(sequence=seq, offset=12, k=3).to_pylist()
     # the query is the stored sequence itself: its own token is the nearest (cosine 1), and
     # the join shows the causal logp (the atlas's likelihood column)

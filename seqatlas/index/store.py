@@ -238,6 +238,12 @@ def read_meta(atlas: AtlasReader, name: str) -> dict:
     else:
         text = path.read_text() if path.exists() else None
     if text is None:
+        latest = AtlasReader(atlas.path)
+        if latest.version != atlas.version and name in (latest.manifest.indexes or {}):
+            raise AtlasIndexError(
+                f"index {name!r} of {atlas.path} was built after this reader opened the atlas "
+                f"(it reads version {atlas.version}, the atlas is at {latest.version}): call "
+                "`atlas.refresh()` or open the atlas again")
         known = ", ".join(sorted(atlas.manifest.indexes or {})) or "none"
         raise AtlasIndexError(
             f"{atlas.path} has no index named {name!r} (indexes: {known}); build one with "

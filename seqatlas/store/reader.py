@@ -63,7 +63,9 @@ def atlas_exists(atlas) -> bool:
 
 
 class AtlasReader:
-    """An atlas directory, readable as Arrow tables (only committed parts)."""
+    """An atlas directory, readable as Arrow tables (only committed parts): a snapshot of
+    the version committed when it was opened, whatever writers commit meanwhile, until
+    :meth:`refresh`."""
 
     def __init__(self, path: str | os.PathLike | RemoteLocation):
         """``path``: an atlas directory, or the URI of a remote one (``s3://bucket/prefix``,
@@ -80,6 +82,18 @@ class AtlasReader:
     def __repr__(self) -> str:
         counts = ", ".join(f"{t}={self.count(t)}" for t in schema.TABLES)
         return f"{type(self).__name__}({str(self.path)!r}, {counts})"
+
+    def refresh(self) -> bool:
+        """Read the atlas's latest committed version from now on (a reader is a snapshot:
+        it sees the version it opened until this is called); whether it moved."""
+        manifest, _ = read_state(self.backend)
+        moved = manifest.log_version != self.manifest.log_version or \
+            manifest.updated != self.manifest.updated
+        if moved:
+            self.manifest = manifest
+            self.schema_version = manifest.schema_version
+            self._sound = set()
+        return moved
 
     @property
     def cache(self) -> Path | None:
