@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -86,7 +87,7 @@ def test_the_whole_job_on_s3_equals_a_local_atlas(tmp_path, tiny_esm, s3, capsys
 
     metas = [seqatlas.build_index(a, type="flat") for a in (uri, tmp_path / "local")]
     assert metas[0]["sha256"] == metas[1]["sha256"] and metas[0]["ntotal"] == 375
-    assert "atlas/index/default/index.faiss" in s3.keys("whole")
+    assert f"atlas/index/default/{metas[0]['dir']}/index.faiss" in s3.keys("whole")
     hits = [seqatlas.query.knn(a, at="p1:5", k=3).to_pylist() for a in (uri, tmp_path / "local")]
     assert hits[0] == hits[1] and len(hits[0]) == 3
 
@@ -247,7 +248,8 @@ def test_the_readme_clusters_commands_run_against_a_local_endpoint(tmp_path, s3)
     hits = [row for row in outputs[5].splitlines() if "X" in row]
     assert len(hits) == 5
     keys = s3.keys("atlases")
-    assert "genome/index/default/index.faiss" in keys and "genome/atlas.json" in keys
+    assert any(re.fullmatch(r"genome/index/default/b-[0-9a-f]{16}/index\.faiss", k)
+               for k in keys) and "genome/atlas.json" in keys
     assert "<html" in (tmp_path / "report.html").read_text()[:200].lower()
     assert not [p for p in tmp_path.iterdir()
                 if p.name not in ("genome.fa.gz", "anomalies.bed", "report.html")]
