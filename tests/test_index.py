@@ -446,9 +446,9 @@ def test_rebuild_replaces_atomically_and_cleans_stale_builds(built, monkeypatch)
     assert set(manifest["retired"]) == {first["dir"]} and meta["dir"] != first["dir"]
     assert load_index(old_reader).meta["sha256"] == first["sha256"]
     # ... until it has been retired for the keep time
-    from seqatlas.index import store as index_store
+    from seqatlas.store import writer as writer_module
 
-    monkeypatch.setattr(index_store, "RETIRED_KEEP_SECONDS", 0.0)
+    monkeypatch.setattr(writer_module, "RETIRED_KEEP_SECONDS", 0.0)
     third = build_index(built, type="flat")
     assert sorted(p.name for p in (built / "index" / "default").iterdir()) == \
         sorted([meta["dir"], third["dir"]])  # the first is gone, the second just retired
@@ -458,7 +458,7 @@ def test_rebuild_replaces_atomically_and_cleans_stale_builds(built, monkeypatch)
 def test_an_index_built_before_builds_had_directories_is_read_and_replaced(built, monkeypatch):
     """Earlier versions kept an index's files in ``index/<name>/`` itself: still read, kept
     for earlier readers when rebuilt, then removed."""
-    from seqatlas.index import store as index_store
+    from seqatlas.store import writer as writer_module
 
     build = _dir(built)
     entry = dict(AtlasReader(built).manifest.indexes["default"])
@@ -478,7 +478,7 @@ def test_an_index_built_before_builds_had_directories_is_read_and_replaced(built
     assert (built / "index" / "default" / "index.faiss").exists()  # kept for `legacy`
     assert load_index(legacy).meta["sha256"] == meta["sha256"]
     assert load_index(built).meta["sha256"] == rebuilt["sha256"]
-    monkeypatch.setattr(index_store, "RETIRED_KEEP_SECONDS", 0.0)
+    monkeypatch.setattr(writer_module, "RETIRED_KEEP_SECONDS", 0.0)
     last = build_index(built, type="flat")
     assert sorted(p.name for p in (built / "index" / "default").iterdir()) == \
         sorted([rebuilt["dir"], last["dir"]])  # the legacy files are gone

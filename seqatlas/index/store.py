@@ -26,14 +26,13 @@ import tempfile
 import threading
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from seqatlas.locations import RemoteLocation
 from seqatlas.store import AtlasReader
-from seqatlas.store.writer import RETIRED_KEEP_SECONDS
+from seqatlas.store.writer import retired_long_enough
 from seqatlas.util import TEMP_MARK, file_sha256, fsync_dir, temporary_name, utc_now
 from seqatlas.errors import AtlasIndexError, ConfigError
 from seqatlas.index.coverage import (COVERAGE_KEYS, PendingRows, find_pending, local_copy,
@@ -94,8 +93,8 @@ def remove_stale(atlas_path: Path | RemoteLocation, manifest) -> None:
 
 
 def _being_written(name: str) -> bool:
-    """Whether a temporary build is another running process's (builds are written before
-    the lock is taken; the temporary name carries the writer's pid)."""
+    """Whether a temporary build belongs to a process that still runs (builds are written
+    before the lock is taken; the temporary name carries the writer's pid)."""
     match = re.search(re.escape(TEMP_MARK) + r"(\d+)", name)
     if match is None:
         return False
@@ -113,16 +112,9 @@ def kept_builds(entry: dict | None) -> set[str]:
     less than the keep time ago (:data:`LEGACY_BUILD`: the files in the index's directory)."""
     if entry is None:
         return set()
-    now = datetime.now(timezone.utc)
-    kept = {entry.get("dir") or LEGACY_BUILD}
-    for build, when in (entry.get("retired") or {}).items():
-        try:
-            age = (now - datetime.fromisoformat(when)).total_seconds()
-        except (TypeError, ValueError):
-            continue
-        if age <= RETIRED_KEEP_SECONDS:
-            kept.add(build)
-    return kept
+    return {entry.get("dir") or LEGACY_BUILD} | {
+        build for build, when in (entry.get("retired") or {}).items()
+        if not retired_long_enough(when)}
 
 
 def replacing_entry(meta: dict, previous: dict | None) -> dict:

@@ -5,6 +5,7 @@ against its record first (:mod:`seqatlas.store.integrity`)."""
 from __future__ import annotations
 
 import os
+from functools import cached_property
 from pathlib import Path
 
 import pyarrow as pa
@@ -95,7 +96,7 @@ class AtlasReader:
             self._sound = set()
         return moved
 
-    @property
+    @cached_property
     def cache(self) -> Path | None:
         """This user's cache directory for the atlas, where readers keep what they derive
         (see :mod:`seqatlas.store.reader_cache`); None when it cannot be made."""

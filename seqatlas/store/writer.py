@@ -39,6 +39,16 @@ RETIRED_KEEP_SECONDS = 3600.0  # a replaced part stays readable this long
 LOCK_POLL_SECONDS = 0.5  # how often a waiting writer tries the lock again
 
 
+def retired_long_enough(when: str) -> bool:
+    """Whether something retired at ``when`` (ISO 8601) has been kept the keep time, so no
+    reader still uses it (:data:`RETIRED_KEEP_SECONDS`); an unreadable time: not yet."""
+    try:
+        age = (datetime.now(timezone.utc) - datetime.fromisoformat(when)).total_seconds()
+    except (TypeError, ValueError):
+        return False
+    return age > RETIRED_KEEP_SECONDS
+
+
 class AtlasWriter:
     """Creates or extends an atlas; the only code that writes parts and commits them."""
 
@@ -197,10 +207,7 @@ class AtlasWriter:
         delete while we hold the lock."""
         committed = getattr(self, "manifest", None)
         retired = dict(committed.retired or {}) if committed is not None else {}
-        now = datetime.now(timezone.utc)
-        expired = [key for key, when in retired.items()
-                   if (now - datetime.fromisoformat(when)).total_seconds()
-                   > RETIRED_KEEP_SECONDS]
+        expired = [key for key, when in retired.items() if retired_long_enough(when)]
         for table in schema.TABLES:
             parts = committed.table_parts(table) if committed is not None else {}
             for name in self.backend.listdir(table):
